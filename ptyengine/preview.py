@@ -1,0 +1,92 @@
+"""Quick looks at a dataset: virtual detector images, mean pattern, PNG previews.
+
+Everything streams over scan-row blocks, so it works on datasets larger than memory.
+PNG files are written atomically (to a temporary name, then renamed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def detector_angles(cal) -> np.ndarray:
+    """Scattering angle (mrad) of every detector pixel, from the calibration."""
+    ny, nx = cal.detector_shape
+    ky = (np.arange(ny) - cal.detector_center[0]) * cal.dk[0]
+    kx = (np.arange(nx) - cal.detector_center[1]) * cal.dk[1]
+    return np.hypot(ky[:, None], kx[None, :]) * cal.wavelength * 1e3
+
+
+def virtual_images(ds, detectors: dict[str, tuple[float, float]]):
+    """Images (scan_y, scan_x) of annular detectors {name: (inner, outer) mrad}, plus the
+    mean diffraction pattern; one pass over the data."""
+    cal = ds.calibration
+    angle = detector_angles(cal)
+    masks = {n: ((angle >= lo) & (angle < hi)).astype(np.float64) for n, (lo, hi) in
+             detectors.items()}  # fmt: skip
+    out = {n: np.zeros(cal.scan_shape) for n in detectors}
+    mean = np.zeros(cal.detector_shape)
+    for row0, block in ds.iter_row_blocks():
+        block = np.asarray(block, dtype=np.float64)
+        rows = slice(row0, row0 + block.shape[0])
+        for n, m in masks.items():
+            out[n][rows] = np.tensordot(block, m, axes=([2, 3], [0, 1]))
+        mean += block.sum(axis=(0, 1))
+    return out, mean / (cal.scan_shape[0] * cal.scan_shape[1])
+
+
+def ground_truth_window(ds):
+    """Ground-truth projected potential cropped to the scanned area, or None."""
+    if "ground_truth/potential" not in ds.arrays():
+        return None
+    pot, attrs = ds.read_array("ground_truth/potential")
+    cal = ds.calibration
+    dy, dx = attrs["sampling"]
+    y0 = int(round(cal.scan_origin[0] / dy))
+    x0 = int(round(cal.scan_origin[1] / dx))
+    h = int(round(cal.scan_shape[0] * cal.scan_step[0] / dy))
+    w = int(round(cal.scan_shape[1] * cal.scan_step[1] / dx))
+    yy = np.arange(y0, y0 + h) % pot.shape[0]
+    xx = np.arange(x0, x0 + w) % pot.shape[1]
+    return pot[np.ix_(yy, xx)]
+
+
+def save_figure(fig, path) -> Path:
+    """Save a matplotlib figure atomically as PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def dataset_preview(ds, png_path, title: str | None = None) -> Path:
+    """Mean pattern, virtual BF and ADF images and the ground truth, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = ds.calibration
+    a = cal.semiangle
+    imgs, mean = virtual_images(ds, {"BF": (0, 0.5 * a), "ADF": (1.1 * a, 1e9)})
+    truth = ground_truth_window(ds)
+    panels = [("mean pattern (log)", np.log1p(mean / max(mean.max(), 1e-30) * 1e4)),
+              (f"virtual BF < {0.5 * a:g} mrad", imgs["BF"]),
+              (f"virtual ADF > {1.1 * a:g} mrad", imgs["ADF"])]  # fmt: skip
+    if truth is not None:
+        panels.append(("ground truth V·Å (scanned area)", truth))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (name, img) in zip(axes, panels, strict=True):
+        ax.imshow(img, cmap="gray")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    out = save_figure(fig, png_path)
+    plt.close(fig)
+    return out

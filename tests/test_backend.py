@@ -1,0 +1,47 @@
+"""FFT provider and device selection."""
+
+import numpy as np
+import pytest
+
+from ptyengine import backend
+from ptyengine.errors import PtyengineError
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.complex64, 2e-5), (np.complex128, 1e-12)])
+def test_fft_matches_numpy(dtype, tol):
+    rng = np.random.default_rng(0)
+    a = (rng.normal(size=(5, 48, 40)) + 1j * rng.normal(size=(5, 48, 40))).astype(dtype)
+    ref = np.fft.fft2(a)
+    got = backend.fft2(a)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(backend.ifft2(got), a, atol=tol * np.abs(a).max() * 10)
+    np.testing.assert_array_equal(a, a.copy())  # input untouched (out of place)
+
+
+def test_fft_into_out_and_in_place():
+    rng = np.random.default_rng(1)
+    a = (rng.normal(size=(3, 32, 32)) + 1j * rng.normal(size=(3, 32, 32))).astype(np.complex64)
+    ref = np.fft.fft2(a)
+    out = backend.empty(a.shape, np.complex64)
+    assert backend.fft2(a, out=out) is out
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    # an unaligned output view still gets the right answer
+    buf = np.empty(a.size + 1, np.complex64)[1:].reshape(a.shape)
+    backend.fft2(a, out=buf)
+    np.testing.assert_allclose(buf, ref, atol=1e-4)
+    b = a.copy()
+    assert backend.fft2(b, out=b) is b
+    np.testing.assert_allclose(b, ref, atol=1e-4)
+    backend.ifft2(b, out=b)
+    np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_device_selection():
+    assert backend.get_xp("cpu") is np
+    with pytest.raises(PtyengineError, match="device must be one of"):
+        backend.get_xp("tpu")
+    if not backend.gpu_available():
+        with pytest.raises(PtyengineError, match="GPU was asked for"):
+            backend.get_xp("gpu")
+        assert backend.get_xp("auto") is np

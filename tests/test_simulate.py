@@ -1,0 +1,126 @@
+"""End-to-end simulation: dose statistics, resume, presets, CLI errors."""
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ptyengine import io, presets
+from ptyengine.errors import PtyengineError
+from ptyengine.simulate import SimulationParameters, simulate
+
+SMALL = SimulationParameters(structure="srtio3", zone_axis=(0, 0, 1), field=(7.81, 7.81),
+                             thickness=8.0, scan_step=0.5, scan_size=(3.0, 2.5),
+                             max_angle=30.0, detector_pixels=24, phonons=0, seed=3)
+
+
+def _read(path):
+    with io.open_dataset(path) as ds:
+        return np.asarray(ds.read_rows(0, ds.calibration.scan_shape[0])), ds.calibration
+
+
+def test_dose_gives_poisson_counts_with_the_right_mean(tmp_path):
+    clean, _ = _read(simulate(SMALL, str(tmp_path / "clean.zarr"))["output"])
+    dosed = dataclasses.replace(SMALL, dose=1e4)
+    counts, cal = _read(simulate(dosed, str(tmp_path / "dose.zarr"))["output"])
+    assert counts.dtype == np.uint32
+    per_pattern = 1e4 * 0.5 * 0.5  # dose × step²
+    assert cal.counts_per_pattern == pytest.approx(per_pattern)
+    # the noise-free patterns hold most electrons (the rest scatter beyond 30 mrad; the
+    # band-limited transmission function is not exactly unitary, hence < 1.01) ...
+    assert 0.9 < clean.sum(axis=(2, 3)).min() <= clean.sum(axis=(2, 3)).max() < 1.01
+    # ... and the mean number of counts is dose × step² × that, within Poisson error
+    expected = per_pattern * clean.sum()
+    assert abs(counts.sum() - expected) < 4 * np.sqrt(expected)
+    mean_counts = counts.sum(axis=(2, 3)).mean()
+    n = counts.shape[0] * counts.shape[1]
+    assert abs(mean_counts - per_pattern * clean.sum(axis=(2, 3)).mean()) < 4 * np.sqrt(
+        per_pattern / n)
+    # pixel statistics are Poisson: variance ≈ mean in bright pixels
+    lam = clean * per_pattern
+    bright = lam > 8
+    assert bright.sum() > 1000
+    z = (counts[bright] - lam[bright]) / np.sqrt(lam[bright])
+    assert abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    params = dataclasses.replace(SMALL, dose=500.0, phonons=2)
+    ref, _ = _read(simulate(params, str(tmp_path / "ref.zarr"), rows_per_block=2)["output"])
+    out = str(tmp_path / "run.zarr")
+    done = []
+
+    def interrupt(n):
+        done.append(n)
+        if len(done) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate(params, out, rows_per_block=2, batch_size=3, progress=interrupt)
+    with pytest.raises(PtyengineError, match="resume"):
+        io.open_dataset(out)
+    simulate(params, out, rows_per_block=2, resume=True)
+    got, _ = _read(out)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_phonons_smear_the_potential(tmp_path):
+    static = simulate(SMALL, str(tmp_path / "s.zarr"))["output"]
+    hot = simulate(dataclasses.replace(SMALL, phonons=3), str(tmp_path / "h.zarr"))["output"]
+    with io.open_dataset(static) as a, io.open_dataset(hot) as b:
+        va, _ = a.read_array("ground_truth/potential")
+        vb, _ = b.read_array("ground_truth/potential")
+    # thermal averaging lowers the peaks and keeps the mean (same atoms)
+    assert vb.max() < 0.9 * va.max()
+    assert vb.mean() == pytest.approx(va.mean(), rel=1e-3)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ptyengine", *args], capture_output=True,
+                          text=True)
+
+
+def test_quick_uio66_preset_end_to_end(tmp_path):
+    """The quick UiO-66 defocus preset runs on a CI machine and opens with `info`."""
+    r = _cli("simulate", "uio66-defocus", "--preset", "quick", "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    for label in ("df0nm", "df50nm", "df100nm"):
+        info = _cli("info", str(tmp_path / f"{label}.zarr"))
+        assert info.returncode == 0, info.stderr
+        assert "300" in info.stdout and "20" in info.stdout
+        data, cal = _read(tmp_path / f"{label}.zarr")
+        assert cal.defocus == {"df0nm": 0, "df50nm": 500, "df100nm": 1000}[label]
+        sums = data.sum(axis=(2, 3))
+        assert 0.9 < sums.min() <= sums.max() < 1.01
+    params = presets.uio66_defocus("quick")[0][1]
+    assert params.thickness == 30.0 and params.energy == 300e3 and params.semiangle == 20.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", "nonexistent.zarr"], "does not exist"),
+    (["simulate", "--structure", "srtio3", "--sampling", "0.5", "-o", "x.zarr"], "too coarse"),
+    (["simulate", "--structure", "nothere.cif", "-o", "x.zarr"], "nothere.cif"),
+    (["simulate", "nosuchrecipe", "-o", "x"], "unknown recipe"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "ptyengine", *args], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("simulating")]
+    assert len(lines) == 1, r.stderr
+
+
+def test_unknown_element_is_a_clear_error(tmp_path):
+    cif = tmp_path / "og.cif"
+    cif.write_text("data_x\n_cell_length_a 5\n_cell_length_b 5\n_cell_length_c 5\n"
+                   "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+                   "_symmetry_space_group_name_H-M 'P 1'\nloop_\n_atom_site_label\n"
+                   "_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+                   "_atom_site_fract_z\nOg1 Og 0 0 0\n")
+    r = _cli("simulate", "--structure", str(cif), "--field", "5", "--thickness", "5",
+             "-o", str(tmp_path / "og.zarr"))
+    assert r.returncode == 2 and "Og" in r.stderr and "Traceback" not in r.stderr
