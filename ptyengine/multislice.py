@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend, physics
+from .kernels import windows as kernels
 
 # FFT-friendly sizes (2^a 3^b 5^c 7^d) are fast in FFTW and cuFFT alike.
 _SMOOTH = sorted(
@@ -132,17 +133,14 @@ class ProbeWindow:
         ``transmissions`` is the (n_slices, ny, nx) stack of one frozen-phonon configuration;
         windows wrap round the periodic field.
         """
-        w = self.width
         n_slices, ny, nx = transmissions.shape
         psi, corner = self.probes_at(positions, xp)
-        ar = np.arange(w)
-        iy = xp.asarray((corner[:, 0, None] + ar) % ny)[:, :, None]
-        ix = xp.asarray((corner[:, 1, None] + ar) % nx)[:, None, :]
+        wrapped = xp.asarray(corner % np.array([ny, nx]))
         for s in range(n_slices):
-            psi *= transmissions[s][iy, ix]
+            kernels.window_multiply(psi, transmissions[s], wrapped)
             if s < n_slices - 1:
                 backend.fft2(psi, out=psi)
-                psi *= self.propagators[s]
+                kernels.broadcast_multiply(psi, self.propagators[s])
                 backend.ifft2(psi, out=psi)
         return psi, corner
 
