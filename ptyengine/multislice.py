@@ -119,13 +119,15 @@ class ProbeWindow:
         w = self.width
         pos_px = np.asarray(positions, dtype=np.float64) / np.asarray(self.sampling)
         corner = np.floor(pos_px).astype(np.int64)
-        frac = xp.asarray(pos_px - corner)
-        k = xp.asarray(np.fft.fftfreq(w))  # cycles per pixel
-        ramp_y = xp.exp(-2j * math.pi * frac[:, 0, None] * k[None, :])
-        ramp_x = xp.exp(-2j * math.pi * frac[:, 1, None] * k[None, :])
-        psi_k = self.probe_k[None] * ramp_y[:, :, None] * ramp_x[:, None, :]
-        psi = backend.ifft2(psi_k.astype(self.probe_k.dtype, copy=False))
-        return psi, corner - w // 2
+        frac = pos_px - corner
+        k = np.fft.fftfreq(w)  # cycles per pixel
+        dtype = self.probe_k.dtype
+        ramp_y = xp.asarray(np.exp(-2j * math.pi * frac[:, 0, None] * k[None, :]), dtype=dtype)
+        ramp_x = xp.asarray(np.exp(-2j * math.pi * frac[:, 1, None] * k[None, :]), dtype=dtype)
+        psi = backend.empty((len(pos_px), w, w), dtype, xp)
+        xp.multiply(self.probe_k[None], ramp_y[:, :, None], out=psi)
+        psi *= ramp_x[:, None, :]
+        return backend.ifft2(psi, out=psi), corner - w // 2
 
     def exit_waves(self, transmissions, positions, xp=np):
         """Exit waves (B, W, W) in real space and their window corners (B, 2) in pixels.
