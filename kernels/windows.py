@@ -7,46 +7,51 @@ The GPU versions are tested against the CPU twins through numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``, see tests/test_kernels.py).
 
 Why fuse: numpy's ``psi *= t[iy, ix]`` builds a (B, W, W) temporary by fancy indexing and
-then makes a second pass, single-threaded; the fused loop reads the window straight out of
-the periodic slice and multiplies in one threaded pass.
+then makes a second pass; the fused loop reads the window straight out of the periodic
+slice and multiplies in one pass. The CPU twins are serial and release the GIL: CPU
+parallelism comes from splitting the batch over threads (``backend.split_map``), which
+on few cores is faster than waking a thread pool for every kernel and every FFT.
 """
 
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 
-# FFTW's threads and numba's share the cores in turn: numba's OpenMP layer keeps its
-# threads spinning after a parallel loop and slows the next FFT by ~20 %; the workqueue
-# layer does not spin. A user's NUMBA_THREADING_LAYER still wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
-
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def window_multiply_cpu(psi, t, corners):
-    """psi[b, i, j] *= t[(cy_b + i) % ny, (cx_b + j) % nx] with corners[b] = (cy_b, cx_b)."""
+    """psi[b, i, j] *= t[cy_b + i, cx_b + j] with corners[b] = (cy_b, cx_b).
+
+    ``t`` is a periodically extended slice (multislice.ProbeWindow.prepare), large enough
+    that every window lies inside it.
+    """
     nb, w0, w1 = psi.shape
-    ny, nx = t.shape
-    for n in numba.prange(nb * w0):
+    for b in range(nb):
+        cy = corners[b, 0]
+        cx = corners[b, 1]
+        for i in range(w0):
+            for j in range(w1):
+                psi[b, i, j] *= t[cy + i, cx + j]
+
+
+@numba.njit(nogil=True, cache=True)
+def masked_intensity_cpu(psi, mask, scale, out):
+    """out[b, i, j] = |psi[b, i, j]|² · mask[i, j] · scale (float32 or float64 out)."""
+    nb, w0, w1 = psi.shape
+    for n in range(nb * w0):
         b = n // w0
         i = n % w0
-        y = (corners[b, 0] + i) % ny
-        x = corners[b, 1] % nx
         for j in range(w1):
-            psi[b, i, j] *= t[y, x]
-            x += 1
-            if x == nx:  # wrap round the periodic slice (any number of times)
-                x = 0
+            v = psi[b, i, j]
+            out[b, i, j] = (v.real * v.real + v.imag * v.imag) * mask[i, j] * scale
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def broadcast_multiply_cpu(psi, p):
     """psi[b, i, j] *= p[i, j]."""
     nb, w0, w1 = psi.shape
-    for n in numba.prange(nb * w0):
+    for n in range(nb * w0):
         b = n // w0
         i = n % w0
         for j in range(w1):
@@ -77,14 +82,21 @@ def broadcast_multiply_cuda(psi, p):
     _cuda().broadcast_multiply_gpu[grid, block](psi, p)
 
 
+def masked_intensity_cuda(psi, mask, scale, out):
+    """GPU twin of :func:`masked_intensity_cpu`."""
+    grid, block = _grid(psi.shape)
+    _cuda().masked_intensity_gpu[grid, block](psi, mask, scale, out)
+
+
 def _on_host(a) -> bool:
     return isinstance(a, np.ndarray)
 
 
 def window_multiply(psi, t, corners):
-    """In place: multiply each wave psi[b] by the window of ``t`` at corners[b] (pixels,
-    wrapping round the periodic slice). ``corners`` is an int64 (B, 2) array on the same
-    device as ``psi``."""
+    """In place: multiply each wave psi[b] by the window of ``t`` at corners[b] (pixels).
+
+    ``t`` must hold every window (a periodically extended slice); ``corners`` is an int64
+    (B, 2) array on the same device as ``psi``."""
     if _on_host(psi):
         window_multiply_cpu(psi, t, corners)
     else:
@@ -99,3 +111,12 @@ def broadcast_multiply(psi, p):
     else:
         broadcast_multiply_cuda(psi, p)
     return psi
+
+
+def masked_intensity(psi, mask, scale, out):
+    """out = |psi|² · mask · scale, in one pass (mask broadcast over the batch)."""
+    if _on_host(psi):
+        masked_intensity_cpu(psi, mask, scale, out)
+    else:
+        masked_intensity_cuda(psi, mask, scale, out)
+    return out

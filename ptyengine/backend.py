@@ -16,12 +16,16 @@ fallback to numpy; ``device="auto"`` takes the GPU when cupy and a device are pr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .errors import PtyengineError
 
@@ -96,7 +100,59 @@ def real_dtype(double: bool = False):
 # ----------------------------------------------------------------------------- FFTs
 
 
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def fft_threads(n: int):
+    """Within this block (this thread only), CPU FFTs use ``n`` threads."""
+    old = getattr(_local, "threads", None)
+    _local.threads = n
+    try:
+        yield
+    finally:
+        _local.threads = old
+
+
+def cpu_workers() -> int:
+    """Worker threads for CPU batch parallelism (``PTYENGINE_THREADS`` overrides)."""
+    env = os.environ.get("PTYENGINE_THREADS")
+    return max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)))
+
+
+@functools.cache
+def _pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="ptyengine")
+
+
+def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
+    """[fn(slice) for contiguous slices covering range(n_items)], in parallel on the CPU.
+
+    On the CPU the batch is split into one part per core, each run in its own thread with
+    single-threaded FFTs (pyfftw and the numba kernels release the GIL). One pool of
+    threads that each own a part beats handing every FFT and every kernel to a thread pool
+    of its own: on a 2-core machine the hand-offs cost as much as the work. On the GPU
+    there is one part.
+    """
+    workers = cpu_workers() if xp is np else 1
+    parts = min(workers, n_items)
+    if parts <= 1:
+        return [fn(slice(0, n_items))]
+    edges = [n_items * i // parts for i in range(parts + 1)]
+
+    def run(i):
+        with fft_threads(1):
+            return fn(slice(edges[i], edges[i + 1]))
+
+    # BLAS (matrix products in the parts) would start threads of its own on top of ours
+    with threadpool_limits(limits=1, user_api="blas"):
+        return list(_pool(parts).map(run, range(parts)))
+
+
 def _fft_threads(n_elements: int) -> int:
+    override = getattr(_local, "threads", None)
+    if override:
+        return override
     env = os.environ.get("PTYENGINE_FFT_THREADS")
     if env:
         return max(1, int(env))
@@ -113,8 +169,19 @@ except ImportError:  # pragma: no cover - pyfftw is a declared dependency
     _HAVE_PYFFTW = False
 
 
-@functools.cache
+_plan_lock = threading.Lock()
+
+
 def _fftw_plan(shape: tuple[int, ...], dtype: str, inverse: bool, inplace: bool):
+    threads = _fft_threads(int(np.prod(shape)))
+    # A plan object holds its arrays, so each calling thread gets its own plans; FFTW's
+    # planner itself is not thread-safe, hence the lock.
+    with _plan_lock:
+        return _fftw_plan_cached(shape, dtype, inverse, inplace, threads, threading.get_ident())
+
+
+@functools.cache
+def _fftw_plan_cached(shape, dtype, inverse, inplace, threads, thread_id):
     """A cached FFTW plan for a 2-D transform over the last two axes of ``shape``."""
     effort = os.environ.get("PTYENGINE_FFTW_PLANNER", "FFTW_MEASURE")
     a = pyfftw.empty_aligned(shape, dtype=dtype)
@@ -125,7 +192,7 @@ def _fftw_plan(shape: tuple[int, ...], dtype: str, inverse: bool, inplace: bool)
         axes=(-2, -1),
         direction="FFTW_BACKWARD" if inverse else "FFTW_FORWARD",
         flags=(effort,),
-        threads=_fft_threads(int(np.prod(shape))),
+        threads=threads,
     )
 
 

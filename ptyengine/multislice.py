@@ -85,12 +85,21 @@ def rebin_matrix(n_src: int, d_src: float, n_det: int, d_det: float, xp=np, dtyp
 
 
 @dataclass
+class PaddedSlices:
+    """Transmission functions (n_slices, ny + W, nx + W) of a periodic field of shape
+    ``field_shape``, extended periodically so a W-wide window never wraps."""
+
+    padded: object
+    field_shape: tuple[int, int]
+
+
+@dataclass
 class ProbeWindow:
     """Everything fixed for one (probe, window, detector) geometry, built once per run."""
 
     probe_k: object  # (W, W) Fourier-space probe centred at (W//2, W//2), Σ|ψ|² = 1
     propagators: object  # (n_slices, W, W) Fresnel propagators (band-limited)
-    mask: object  # (W, W) anti-aliasing aperture applied to the exit-wave intensity
+    mask: object  # (W, W) anti-aliasing aperture (0/1, real) applied to the intensity
     rebin_y: object  # (n_det_y, W)
     rebin_x: object  # (n_det_x, W)
     sampling: tuple[float, float]
@@ -104,8 +113,8 @@ class ProbeWindow:
                                 dtype=dtype, fourier=True)  # fmt: skip
         props = xp.stack([physics.fresnel_propagator(gpts, sampling, energy, dz, xp, dtype)
                           for dz in slice_thicknesses])  # fmt: skip
-        mask = physics.antialias_mask(gpts, sampling, xp=xp)
         real = np.float64 if dtype == np.complex128 else np.float32
+        mask = physics.antialias_mask(gpts, sampling, xp=xp).astype(real)
         ry = rebin_matrix(width, 1 / (width * sampling[0]), detector_shape[0], dk[0], xp, real)
         rx = rebin_matrix(width, 1 / (width * sampling[1]), detector_shape[1], dk[1], xp, real)
         return cls(probe_k, props, mask, ry, rx, tuple(sampling), width)
@@ -129,17 +138,30 @@ class ProbeWindow:
         psi *= ramp_x[:, None, :]
         return backend.ifft2(psi, out=psi), corner - w // 2
 
+    def prepare(self, transmissions, xp=np) -> PaddedSlices:
+        """The slices of one configuration, periodically extended by the window width so
+        that every window is a plain sub-array (no wrap-around inside the hot loop)."""
+        if isinstance(transmissions, PaddedSlices):
+            return transmissions
+        w = self.width
+        _, ny, nx = transmissions.shape
+        reps = (1, -(-(ny + w) // ny), -(-(nx + w) // nx))
+        padded = xp.tile(transmissions, reps)[:, :ny + w, :nx + w]
+        return PaddedSlices(xp.ascontiguousarray(padded), (ny, nx))
+
     def exit_waves(self, transmissions, positions, xp=np):
         """Exit waves (B, W, W) in real space and their window corners (B, 2) in pixels.
 
-        ``transmissions`` is the (n_slices, ny, nx) stack of one frozen-phonon configuration;
-        windows wrap round the periodic field.
+        ``transmissions`` is the (n_slices, ny, nx) stack of one frozen-phonon configuration
+        (or its :meth:`prepare`-d form); windows wrap round the periodic field.
         """
-        n_slices, ny, nx = transmissions.shape
+        slab = self.prepare(transmissions, xp)
+        ny, nx = slab.field_shape
+        n_slices = slab.padded.shape[0]
         psi, corner = self.probes_at(positions, xp)
         wrapped = xp.asarray(corner % np.array([ny, nx]))
         for s in range(n_slices):
-            kernels.window_multiply(psi, transmissions[s], wrapped)
+            kernels.window_multiply(psi, slab.padded[s], wrapped)
             if s < n_slices - 1:
                 backend.fft2(psi, out=psi)
                 kernels.broadcast_multiply(psi, self.propagators[s])
@@ -150,11 +172,19 @@ class ProbeWindow:
         """Detector intensities (B, n_det_y, n_det_x) for probes at ``positions`` (Å).
 
         Intensities are normalised so that a pattern sums to the fraction of electrons
-        that reach the detector (1 for a probe that is not scattered out of it).
+        that reach the detector (1 for a probe that is not scattered out of it). On the
+        CPU the batch is split over the cores (backend.split_map).
         """
+        positions = np.asarray(positions, dtype=np.float64)
+        transmissions = self.prepare(transmissions, xp)
+        parts = backend.split_map(
+            lambda part: self._diffraction(transmissions, positions[part], xp), len(positions), xp)
+        return parts[0] if len(parts) == 1 else xp.concatenate(parts)
+
+    def _diffraction(self, transmissions, positions, xp):
         w = self.width
         psi, _ = self.exit_waves(transmissions, positions, xp)
         backend.fft2(psi, out=psi)
-        intensity = psi.real**2 + psi.imag**2
-        intensity *= self.mask / (w * w)
+        intensity = xp.empty(psi.shape, dtype=self.mask.dtype)
+        kernels.masked_intensity(psi, self.mask, 1.0 / (w * w), intensity)
         return self.rebin_y @ intensity @ self.rebin_x.T

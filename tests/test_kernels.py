@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from ptyengine.kernels import windows
 
+from ptyengine.multislice import ProbeWindow
+
 cuda = pytest.importorskip("numba.cuda")
 
 
@@ -40,6 +42,8 @@ def test_window_multiply_twins(window, field):
     t = _waves(rng, field)
     corners = np.array([[0, 0], [5, 8], [6, 3]], dtype=np.int64)  # wraps, also more than once
     ref = _reference_window_multiply(psi, t, corners)
+    pw = ProbeWindow(None, None, None, None, None, (1.0, 1.0), max(window))
+    t = pw.prepare(t[None]).padded[0]  # the kernels read windows of the extended slice
     cpu = psi.copy()
     windows.window_multiply_cpu(cpu, t, corners)
     np.testing.assert_allclose(cpu, ref, rtol=1e-6)
@@ -58,3 +62,16 @@ def test_broadcast_multiply_twins():
     windows.broadcast_multiply_cpu(cpu, p)
     np.testing.assert_allclose(cpu, ref, rtol=1e-6)
     np.testing.assert_allclose(_run_gpu(windows.broadcast_multiply_cuda, psi, p), ref, rtol=1e-6)
+
+
+def test_masked_intensity_twins():
+    rng = np.random.default_rng(2)
+    psi = _waves(rng, (2, 6, 5))
+    mask = (rng.uniform(size=(6, 5)) > 0.3).astype(np.float32)
+    ref = (np.abs(psi) ** 2 * mask * 0.25).astype(np.float32)
+    cpu = np.empty(psi.shape, np.float32)
+    windows.masked_intensity_cpu(psi, mask, 0.25, cpu)
+    np.testing.assert_allclose(cpu, ref, rtol=1e-6)
+    d = [cuda.to_device(a) for a in (psi, mask, np.empty(psi.shape, np.float32))]
+    windows.masked_intensity_cuda(d[0], d[1], 0.25, d[2])
+    np.testing.assert_allclose(d[2].copy_to_host(), ref, rtol=1e-6)
