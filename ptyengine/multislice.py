@@ -23,6 +23,7 @@ import numpy as np
 
 from . import backend, physics
 from .kernels import windows as kernels
+from .shift import shifted_waves
 
 # FFT-friendly sizes (2^a 3^b 5^c 7^d) are fast in FFTW and cuFFT alike.
 _SMOOTH = sorted(
@@ -128,15 +129,7 @@ class ProbeWindow:
         w = self.width
         pos_px = np.asarray(positions, dtype=np.float64) / np.asarray(self.sampling)
         corner = np.floor(pos_px).astype(np.int64)
-        frac = pos_px - corner
-        k = np.fft.fftfreq(w)  # cycles per pixel
-        dtype = self.probe_k.dtype
-        ramp_y = xp.asarray(np.exp(-2j * math.pi * frac[:, 0, None] * k[None, :]), dtype=dtype)
-        ramp_x = xp.asarray(np.exp(-2j * math.pi * frac[:, 1, None] * k[None, :]), dtype=dtype)
-        psi = backend.empty((len(pos_px), w, w), dtype, xp)
-        xp.multiply(self.probe_k[None], ramp_y[:, :, None], out=psi)
-        psi *= ramp_x[:, None, :]
-        return backend.ifft2(psi, out=psi), corner - w // 2
+        return shifted_waves(self.probe_k, pos_px - corner, xp), corner - w // 2
 
     def prepare(self, transmissions, xp=np) -> PaddedSlices:
         """The slices of one configuration, periodically extended by the window width so

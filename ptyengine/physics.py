@@ -162,15 +162,17 @@ def probe(
     xp=np,
     dtype=np.complex64,
     fourier: bool = False,
+    band_fraction: float = 2 / 3,
 ):
     """The STEM probe at the entrance surface on a (ny, nx) grid.
 
     Parameters are in Å, eV and mrad. ``position`` (y, x) in Å places the crossover axis;
     by default the probe sits at the grid centre (ny//2, nx//2). The real-space probe is
     normalised to Σ|ψ|² = 1. With ``fourier=True`` the FFT-ordered Ψ(k) is returned
-    instead (then Σ|Ψ|² = N by Parseval).
+    instead (then Σ|Ψ|² = N by Parseval). The aperture must lie inside ``band_fraction`` of
+    Nyquist: 2/3 for multislice (anti-aliasing), up to 1 for a probe that is not propagated.
     """
-    check_sampling(sampling, energy, semiangle)
+    check_sampling(sampling, energy, semiangle, band_fraction)
     ab = aberrations or {}
     amp = aperture(gpts, sampling, energy, semiangle, xp)
     chi = aberration_function(gpts, sampling, energy, ab, xp)

@@ -75,3 +75,46 @@ def test_masked_intensity_twins():
     d = [cuda.to_device(a) for a in (psi, mask, np.empty(psi.shape, np.float32))]
     windows.masked_intensity_cuda(d[0], d[1], 0.25, d[2])
     np.testing.assert_allclose(d[2].copy_to_host(), ref, rtol=1e-6)
+
+
+def test_fourier_modulus_twins():
+    rng = np.random.default_rng(3)
+    psi = _waves(rng, (3, 6, 5))
+    psi[1, 2, 3] = 0  # a zero: takes the amplitude with zero phase
+    amp = rng.uniform(0.1, 2.0, size=psi.shape).astype(np.float32)
+    mag = np.abs(psi)
+    ref = np.where(mag > 0, psi * amp / np.where(mag > 0, mag, 1), amp).astype(np.complex64)
+    ref_err = ((mag - amp) ** 2).sum(axis=(1, 2))
+    cpu, err = psi.copy(), np.zeros(3)
+    from ptyengine.kernels import ptycho
+    ptycho.fourier_modulus_cpu(cpu, amp, err)
+    np.testing.assert_allclose(cpu, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(err, ref_err, rtol=1e-5)
+    d = [cuda.to_device(a) for a in (psi, amp, np.zeros(3))]
+    ptycho.fourier_modulus_cuda(*d)
+    np.testing.assert_allclose(d[0].copy_to_host(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d[2].copy_to_host(), ref_err, rtol=1e-5)
+
+
+def test_overlap_add_twins():
+    """Overlapping windows of one batch must add up (atomics on the GPU)."""
+    from ptyengine.kernels import ptycho
+
+    rng = np.random.default_rng(4)
+    weight = _waves(rng, (3, 4, 5))
+    update = _waves(rng, (3, 4, 5))
+    corners = np.array([[0, 0], [1, 2], [1, 2]], dtype=np.int64)  # two identical windows
+    num_ref = np.zeros((6, 8), np.complex64)
+    den_ref = np.zeros((6, 8), np.float32)
+    for b, (cy, cx) in enumerate(corners):
+        num_ref[cy:cy + 4, cx:cx + 5] += np.conj(weight[b]) * update[b]
+        den_ref[cy:cy + 4, cx:cx + 5] += np.abs(weight[b]) ** 2
+    num, den = np.zeros_like(num_ref), np.zeros_like(den_ref)
+    ptycho.overlap_add_cpu(num, den, weight, update, corners)
+    np.testing.assert_allclose(num, num_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(den, den_ref, rtol=1e-5)
+    d = [cuda.to_device(a) for a in (np.zeros_like(num_ref), np.zeros_like(den_ref), weight,
+                                     update, corners)]
+    ptycho.overlap_add_cuda(*d)
+    np.testing.assert_allclose(d[0].copy_to_host(), num_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d[1].copy_to_host(), den_ref, rtol=1e-5)

@@ -1,0 +1,103 @@
+"""The loop owner for iterative reconstructions: iterations, error history, checkpoints.
+
+An algorithm supplies a state (arrays on ``xp``) and one function ``sweep(state,
+iteration) -> error`` that performs one full pass over the data; :func:`run` does the
+rest: progress, divergence checks, checkpoints every N iterations and resumption.
+
+Reproducibility: every random choice of iteration k must come from
+``numpy.random.default_rng([seed, k])`` (see :func:`iteration_rng`), so a run resumed from
+a checkpoint continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend
+from ..errors import PtyengineError
+
+
+def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(iteration)])
+
+
+@dataclass
+class IterativeState:
+    """Arrays of a reconstruction (name -> xp array), iterations done, error history."""
+
+    arrays: dict
+    iteration: int = 0
+    errors: list[float] = field(default_factory=list)
+
+    def is_finite(self, xp) -> bool:
+        return all(bool(xp.isfinite(a).all()) for a in self.arrays.values())
+
+
+def save_checkpoint(path, state: IterativeState, fingerprint: str) -> None:
+    """Atomically write the state to ``path`` (.npz); refuses a non-finite state."""
+    path = Path(path)
+    host = {k: backend.to_numpy(v) for k, v in state.arrays.items()}
+    meta = json.dumps({"iteration": state.iteration, "errors": state.errors,
+                       "fingerprint": fingerprint})  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, __meta__=np.array(meta), **host)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, fingerprint: str, xp) -> IterativeState:
+    """Read a checkpoint written by :func:`save_checkpoint` for the same parameters."""
+    path = Path(path)
+    try:
+        with np.load(path) as f:
+            meta = json.loads(str(f["__meta__"]))
+            arrays = {k: xp.asarray(f[k]) for k in f.files if k != "__meta__"}
+    except FileNotFoundError:
+        raise PtyengineError(f"no checkpoint to resume from at {path}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise PtyengineError(f"checkpoint {path} is unreadable ({exc})") from None
+    if meta.get("fingerprint") != fingerprint:
+        raise PtyengineError(
+            f"checkpoint {path} was written for other data or parameters; "
+            "resume with the same ones, or start afresh without --resume")
+    return IterativeState(arrays, meta["iteration"], list(meta["errors"]))
+
+
+def run(
+    state: IterativeState,
+    sweep: Callable[[IterativeState, int], float],
+    n_iterations: int,
+    xp,
+    fingerprint: str = "",
+    checkpoint: str | None = None,
+    checkpoint_every: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> IterativeState:
+    """Run ``sweep`` until ``state.iteration == n_iterations``.
+
+    After each iteration the state is checked for NaN/inf: a diverged run raises and
+    leaves the last good checkpoint in place. With ``checkpoint`` and
+    ``checkpoint_every`` > 0 the state is saved every N iterations and at the end.
+    """
+    while state.iteration < n_iterations:
+        k = state.iteration
+        err = float(sweep(state, k))
+        if not (np.isfinite(err) and state.is_finite(xp)):
+            where = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
+            raise PtyengineError(
+                f"the reconstruction diverged at iteration {k + 1} (NaN or inf in the "
+                f"object or probe){where}; try smaller step sizes")
+        state.errors.append(err)
+        state.iteration = k + 1
+        if progress:
+            progress(state.iteration, err)
+        if checkpoint and checkpoint_every and (
+                state.iteration % checkpoint_every == 0 or state.iteration == n_iterations):
+            save_checkpoint(checkpoint, state, fingerprint)
+    return state

@@ -1,0 +1,94 @@
+"""Writing reconstruction results: a Zarr v3 group (atomically) and PNG previews.
+
+Layout of ``NAME.zarr`` (one per reconstruction)::
+
+    attrs["ptyengine"] = {"format": "ptyengine.result", "format_version": 1, "method": ...,
+                          "calibration": {...}, "parameters": {...}, "sampling": [dy, dx],
+                          "origin": [y0, x0], "errors": [...], "created_by": ...}
+    phase        (ny, nx) float32, rad        (all methods)
+    object       (ny, nx) complex64           (ptychography)
+    probe        (wy, wx) complex64           (ptychography, real space, centred)
+    com_y, com_x (ny, nx) float32, 1/Å        (iCOM)
+
+``sampling`` and ``origin`` place pixel (0, 0) of the images in the specimen (field) frame,
+so a result can be compared with the simulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from . import __version__
+from .errors import PtyengineError
+
+FORMAT, FORMAT_VERSION = "ptyengine.result", 1
+
+
+def write_result(path, method: str, arrays: dict, sampling, origin, calibration=None,
+                 parameters=None, errors=None, extra=None, overwrite: bool = True) -> Path:
+    """Write a result group to ``path`` (.zarr) via ``path.partial`` and a rename."""
+    path = Path(path)
+    if path.suffix != ".zarr":
+        raise PtyengineError(f"result path {path} must end in .zarr")
+    if path.exists() and not overwrite:
+        raise PtyengineError(f"{path} exists; pass --overwrite to replace it")
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        root.create_array(name, shape=a.shape, dtype=a.dtype)[...] = a
+    root.attrs["ptyengine"] = json.loads(json.dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "method": method,
+        "calibration": calibration.to_dict() if calibration is not None else None,
+        "parameters": parameters or {}, "sampling": list(map(float, sampling)),
+        "origin": list(map(float, origin)), "errors": list(map(float, errors or [])),
+        "created_by": f"ptyengine {__version__}", **(extra or {}),
+    }, default=str))  # fmt: skip
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def read_result(path) -> tuple[dict, dict]:
+    """(arrays, attrs) of a result written by :func:`write_result`."""
+    path = Path(path)
+    if not path.exists():
+        raise PtyengineError(f"{path} does not exist")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        attrs = dict(root.attrs["ptyengine"])
+    except Exception as exc:
+        raise PtyengineError(f"{path} is not a ptyengine result ({exc})") from None
+    if attrs.get("format") != FORMAT:
+        raise PtyengineError(f"{path} is not a ptyengine result (format {attrs.get('format')})")
+    return {name: np.asarray(a[...]) for name, a in root.arrays()}, attrs
+
+
+def preview_png(path, panels: list[tuple[str, np.ndarray]], title: str | None = None) -> Path:
+    """Side-by-side grey-scale panels (name, image) written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .preview import save_figure
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.5), squeeze=False)
+    for ax, (name, img) in zip(axes[0], panels, strict=True):
+        ax.imshow(img, cmap="gray")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out

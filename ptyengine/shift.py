@@ -1,0 +1,34 @@
+"""Sub-pixel shifts of waves by Fourier phase ramps (shared by simulation and ptychography)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+
+
+def phase_ramps(frac, shape, xp=np, dtype=np.complex64):
+    """Separable ramps exp(-2πi k·f) for sub-pixel shifts ``frac`` (B, 2) in pixels.
+
+    Returns (ramp_y (B, ny, 1), ramp_x (B, 1, nx)) in FFT order: multiplying a Fourier-space
+    wave by both moves it by +frac pixels in real space.
+    """
+    frac = np.asarray(frac, dtype=np.float64)
+    ky = np.fft.fftfreq(shape[0])
+    kx = np.fft.fftfreq(shape[1])
+    ry = xp.asarray(np.exp(-2j * math.pi * frac[:, 0, None] * ky[None, :]), dtype=dtype)
+    rx = xp.asarray(np.exp(-2j * math.pi * frac[:, 1, None] * kx[None, :]), dtype=dtype)
+    return ry[:, :, None], rx[:, None, :]
+
+
+def shifted_waves(wave_k, frac, xp=np, out=None):
+    """Real-space copies (B, ny, nx) of the Fourier-space wave ``wave_k`` (ny, nx), each
+    moved by its sub-pixel shift frac[b] (pixels)."""
+    ry, rx = phase_ramps(frac, wave_k.shape, xp, wave_k.dtype)
+    if out is None:
+        out = backend.empty((len(ry), *wave_k.shape), wave_k.dtype, xp)
+    xp.multiply(wave_k[None], ry, out=out)
+    out *= rx
+    return backend.ifft2(out, out=out)
