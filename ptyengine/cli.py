@@ -14,11 +14,12 @@ import click
 
 from .errors import PtyengineError
 
-DEFOCUS_HELP = (
-    "Probe defocus C10 in Å. Positive: the probe crossover lies this far ABOVE (upstream "
-    "of) the entrance surface, e.g. 500 = focused 50 nm above the specimen; 0 = focused on "
-    "the entrance surface; negative = focused inside/below it. Repeat for several datasets."
+DEFOCUS_SIGN = (
+    "Positive: the probe crossover lies this far ABOVE (upstream of) the entrance surface, "
+    "e.g. 500 = focused 50 nm above the specimen; 0 = focused on the entrance surface; "
+    "negative = focused inside/below it."
 )
+DEFOCUS_HELP = f"Probe defocus C10 in Å. {DEFOCUS_SIGN} Repeat for several datasets."
 
 
 def _pair(text: str | None, name: str, kind=float):
@@ -143,6 +144,15 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
         _run_simulation(params, path, device, overwrite, resume, batch_size)
 
 
+def _progress_bar(tqdm, total: int, unit: str, desc: str | None = None):
+    """A tqdm bar on stderr, shown on a terminal; in batch logs (no TTY) set
+    PTYENGINE_PROGRESS=1 for it (then updated at most every 30 s)."""
+    tty = sys.stderr.isatty()
+    show = tty or os.environ.get("PTYENGINE_PROGRESS") == "1"
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=sys.stderr,
+                disable=not show, mininterval=0.5 if tty else 30)
+
+
 def _run_simulation(params, path, device, overwrite, resume, batch_size):
     from tqdm import tqdm
 
@@ -150,14 +160,11 @@ def _run_simulation(params, path, device, overwrite, resume, batch_size):
 
     click.echo(f"simulating {path}  (defocus C10 = {params.defocus:g} Å, "
                f"dose = {params.dose if params.dose else 'noise-free'})", err=True)
-    # progress goes to a terminal; in batch logs (no TTY) set PTYENGINE_PROGRESS=1 for it
-    show = sys.stderr.isatty() or os.environ.get("PTYENGINE_PROGRESS") == "1"
     bar = None
 
     def total(n):
         nonlocal bar
-        bar = tqdm(total=n, unit="pos", dynamic_ncols=True, file=sys.stderr, disable=not show,
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
+        bar = _progress_bar(tqdm, n, "pos")
 
     def log(msg):
         tqdm.write(f"  {msg}", file=sys.stderr)
@@ -185,16 +192,282 @@ def info(path):
     click.echo(io.describe(path))
 
 
+def _rotation_option(ctx, param, value):
+    if value is None or value in ("auto", "calibration"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"give degrees, 'auto' or 'calibration', not {value!r}") from None
+
+
+def _default_output(data: Path, method: str) -> Path:
+    return data.parent / f"{data.stem}_{method}.zarr"
+
+
+def _checkpoint_path(output: Path) -> Path:
+    return output.with_name(output.name + ".checkpoint.npz")
+
+
+def _preview_path(output: Path) -> Path:
+    return output.with_name(output.stem + "_preview.png")
+
+
 @cli.command()
-@click.option("-o", "--output", type=click.Path(), default="ptyengine-demo", show_default=True,
-              help="Directory for the dataset and preview image.")
+@click.argument("data", type=click.Path())
+@click.option("--method", type=click.Choice(["epie", "icom", "idpc"]), default="epie",
+              show_default=True,
+              help="ePIE ptychography, or a phase image integrated from the centre of mass "
+                   "(iCOM) or from a virtual four-quadrant detector (iDPC).")
+@click.option("-o", "--output", type=click.Path(),
+              help="Result .zarr [default: <DATA stem>_<method>.zarr next to DATA]; the "
+                   "preview <output stem>_preview.png goes next to it.")
+@click.option("--iterations", type=click.IntRange(min=0),
+              help="ePIE: passes over the data [default: 50].")
+@click.option("--alpha", type=float, help="ePIE: object step size in (0, 2] [default: 1].")
+@click.option("--beta", type=float, help="ePIE: probe step size in (0, 2] [default: 1].")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="ePIE: positions updated together; 1 = sequential ePIE, larger batches "
+                   "keep a GPU busy [default: 1].")
+@click.option("--defocus", type=float,
+              help=f"ePIE: C10 in Å of the initial probe [default: the calibration's]. "
+                   f"{DEFOCUS_SIGN}")
+@click.option("--probe-update-start", type=click.IntRange(min=0),
+              help="ePIE: first iteration (0-based) that refines the probe [default: 1].")
+@click.option("--seed", type=int, help="ePIE: seed of the random position order [default: 0].")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True)
-def demo(output, device):
-    """Simulate a small built-in dataset (SrTiO3 [001]) and write preview images."""
-    from . import io, presets
-    from .preview import dataset_preview
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
+              help="ePIE: save the state every N iterations to <output>.checkpoint.npz "
+                   "(0: never).")
+@click.option("--resume", is_flag=True,
+              help="ePIE: continue from <output>.checkpoint.npz (same data and parameters); "
+                   "without one, start afresh.")
+@click.option("--keep-checkpoint", is_flag=True,
+              help="ePIE: keep the checkpoint after a successful run (default: delete it).")
+@click.option("--rotation", callback=_rotation_option,
+              help="iCOM/iDPC: scan-detector rotation in degrees, 'auto' (found from the "
+                   "data: the curl-free field) or 'calibration' [default: calibration].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing result.")
+def reconstruct(data, method, output, device, checkpoint_every, resume, keep_checkpoint,
+                rotation, overwrite, **epie_opts):  # fmt: skip
+    """Reconstruct the phase of the specimen from a 4D-STEM dataset (.zarr/.h5).
 
+    Writes a result Zarr (phase, and for ePIE the complex object and probe; every
+    parameter and the calibration in its attributes) and a PNG preview. If the dataset
+    holds a simulated ground truth, prints the correlation (NCC) of the phase with σ·V.
+
+    \b
+    Examples:
+      ptyengine reconstruct sto.zarr --method icom --rotation auto
+      ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20
+      ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20 --resume
+    """
+    given = {k: v for k, v in epie_opts.items() if v is not None}
+    if method == "epie":
+        if rotation is not None:
+            raise click.UsageError("--rotation applies to --method icom/idpc; ePIE takes "
+                                   "the calibration's rotation")  # fmt: skip
+    else:
+        flags = [f"--{k.replace('_', '-')}" for k in given]
+        flags += [f for f, on in (("--checkpoint-every", checkpoint_every), ("--resume", resume),
+                                  ("--keep-checkpoint", keep_checkpoint)) if on]  # fmt: skip
+        if flags:
+            raise click.UsageError(f"{', '.join(flags)}: for --method epie only")
+    _reconstruct(Path(data), method, Path(output) if output else None, device=device,
+                 overwrite=overwrite, epie_options=given, rotation=rotation,
+                 checkpoint_every=checkpoint_every, resume=resume,
+                 keep_checkpoint=keep_checkpoint)  # fmt: skip
+
+
+def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
+                 overwrite: bool = False, epie_options: dict | None = None, rotation=None,
+                 checkpoint_every: int = 0, resume: bool = False,
+                 keep_checkpoint: bool = False) -> dict:  # fmt: skip
+    """Run one reconstruction, write its result and preview; returns what was done
+    (``crop``: the phase over the scanned area, ``ncc``: the comparison or None)."""
+    import time
+
+    from . import io
+    from .results import preview_png, write_result
+
+    out = output or _default_output(data, method)
+    if out.suffix != ".zarr":
+        raise PtyengineError(f"{out}: a result is a Zarr store; name it *.zarr")
+    if out.exists() and not (overwrite or resume):
+        raise PtyengineError(f"{out} exists; pass --overwrite to replace it")
+    click.echo(f"reconstructing {data} by {method} on {device}", err=True)
+    with io.open_dataset(data) as ds:
+        t0 = time.perf_counter()
+        if method == "epie":
+            rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every, resume)
+        else:
+            rec = _run_icom(ds, method, device, rotation)
+        seconds = time.perf_counter() - t0
+        ncc = _truth_ncc(ds, rec["image"], rec["sampling"], rec["origin"], rec["border"])
+        cal = ds.calibration
+    extra = {"source": str(data), "seconds": round(seconds, 3), **rec["extra"]}
+    if ncc is not None:
+        extra.update(ncc_to_truth=ncc["ncc"], ncc_shift_A=list(ncc["shift_A"]),
+                     ncc_k_max=ncc["k_max"])  # fmt: skip
+    path = write_result(out, method, rec["arrays"], rec["sampling"], rec["origin"], cal,
+                        rec["parameters"], rec["errors"], extra, overwrite=True)  # fmt: skip
+    click.echo(f"wrote {path}: {rec['summary']}, {seconds:.1f} s", err=True)
+    title = f"{data.name}: {rec['summary']}"
+    if ncc is not None:
+        title += f", NCC with σV {ncc['ncc']:.3f}"
+        click.echo(f"NCC of the {method} phase with σ·V (ground truth, |k| ≤ "
+                   f"{ncc['k_max']:.2f} 1/Å): {ncc['ncc']:.4f}")  # fmt: skip
+    png = preview_png(_preview_path(out), rec["panels"], title=title)
+    click.echo(f"result: {path}\npreview: {png}")
+    ck = rec.get("checkpoint")
+    if ck is not None and ck.exists() and not keep_checkpoint:
+        ck.unlink()
+    return {"output": path, "preview": png, "crop": rec["crop"], "ncc": ncc,
+            "seconds": seconds}  # fmt: skip
+
+
+def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resume) -> dict:
+    import dataclasses
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from .reconstruct.epie import EpieParameters, epie
+
+    params = EpieParameters(**options)
+    ck = _checkpoint_path(out)
+    if resume and not ck.exists():
+        click.echo(f"no checkpoint at {ck}: starting from the first iteration", err=True)
+        resume = False
+    elif resume:
+        click.echo(f"resuming from {ck}", err=True)
+    use_ck = ck if (checkpoint_every or resume) else None
+    bar = _progress_bar(tqdm, params.iterations, "it", "ePIE")
+
+    def progress(iteration, error):
+        bar.update(iteration - bar.n)
+        bar.set_postfix(error=f"{error:.4g}")
+
+    try:
+        res = epie(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
+                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                   data_id=str(data.resolve()))  # fmt: skip
+    finally:
+        bar.close()
+    g, cal = res.geometry, ds.calibration
+    w = np.asarray(g.window)
+    lo = g.corners.min(axis=0) + w // 2  # object pixels of the first and last positions
+    hi = g.corners.max(axis=0) + w // 2 + 1
+    phase = res.phase.astype(np.float32)
+    crop = phase[lo[0]:hi[0], lo[1]:hi[1]]
+    errors = [float(e) for e in res.errors]
+    summary = f"ePIE, {len(errors)} iterations" + (
+        f", final error {errors[-1]:.4g}" if errors else "")  # fmt: skip
+    probe_box = _central_box(np.abs(res.probe))
+    probe_title = f"probe amplitude (central {probe_box.shape[0] * g.sampling[0]:.3g} Å)"
+    panels = [("ePIE phase, scanned area (rad)", crop), (probe_title, probe_box)]
+    if errors:
+        panels.append(("error vs iteration", np.asarray(errors)))
+    parameters = {**dataclasses.asdict(params), "device": device,
+                  "defocus_used": cal.defocus if params.defocus is None else params.defocus,
+                  "checkpoint_every": checkpoint_every}  # fmt: skip
+    return {
+        "arrays": {"object": res.object.astype(np.complex64),
+                   "probe": res.probe.astype(np.complex64), "phase": phase},
+        "sampling": g.sampling, "origin": g.object_origin, "parameters": parameters,
+        "errors": errors, "image": phase, "crop": crop, "panels": panels, "summary": summary,
+        # the NCC ignores the unscanned margin round the scanned area
+        "border": int(min(w // 2 + g.corners.min(axis=0))),
+        "extra": {"resumed": resume,
+                  "scanned_area_px": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]]},
+        "checkpoint": use_ck,
+    }  # fmt: skip
+
+
+def _central_box(image, level: float = 0.02, pad: float = 1.5, least: int = 16):
+    """The centred square of ``image`` that holds every pixel above ``level`` × its maximum,
+    enlarged ``pad`` times (at least ``least`` pixels a side): a focused probe is a few
+    pixels wide in a large window."""
+    import numpy as np
+
+    c = np.array(image.shape) // 2
+    idx = np.argwhere(image > level * image.max())
+    half = int(np.abs(idx - c).max()) if len(idx) else 0
+    half = max(int(half * pad) + 1, least // 2)
+    lo, hi = np.maximum(c - half, 0), np.minimum(c + half + 1, image.shape)
+    return image[lo[0]:hi[0], lo[1]:hi[1]]
+
+
+def _run_icom(ds, method, device, rotation) -> dict:
+    import numpy as np
+
+    from .reconstruct import icom as ic
+
+    run = ic.icom if method == "icom" else ic.idpc
+    r = run(ds, rotation=rotation, device=device)
+    if r.rotation_found:
+        click.echo(f"rotation found from the data: {r.rotation_deg:g}°, transpose "
+                   f"{'yes' if r.transpose else 'no'}", err=True)  # fmt: skip
+    if r.n_empty:
+        click.echo(f"warning: {r.n_empty} pattern(s) hold no counts (taken as no "
+                   "deflection)", err=True)  # fmt: skip
+    name = "iCOM" if method == "icom" else "iDPC"
+    field = "COM (1/Å)" if method == "icom" else "DPC signal"
+    phase = r.phase.astype(np.float32)
+    return {
+        "arrays": {"phase": phase, "com_y": r.com_y.astype(np.float32),
+                   "com_x": r.com_x.astype(np.float32)},
+        "sampling": r.sampling, "origin": r.origin,
+        "parameters": {"rotation": "calibration" if rotation is None else rotation,
+                       "device": device},
+        "errors": None, "image": phase, "crop": phase, "border": 0,
+        "panels": [(f"{name} phase ({'rad' if method == 'icom' else 'arb.'})", phase),
+                   (f"{field} y, scan frame", r.com_y), (f"{field} x, scan frame", r.com_x)],
+        "summary": f"{name}, rotation {r.rotation_deg:g}°",
+        "extra": {"rotation_deg": r.rotation_deg, "transpose": r.transpose,
+                  "rotation_found": r.rotation_found, "n_empty": r.n_empty, "units": r.units},
+    }  # fmt: skip
+
+
+def _truth_ncc(ds, image, sampling, origin, border: int):
+    """compare_to_truth of a phase image with σ·V of the dataset's ground truth (None if
+    it has none), band-limited to the data's information limit 2α/λ."""
+    if "ground_truth/potential" not in ds.arrays():
+        return None
+    from . import metrics, physics
+
+    pot, attrs = ds.read_array("ground_truth/potential")
+    cal = ds.calibration
+    try:
+        if "sampling" not in attrs:
+            raise PtyengineError("ground_truth/potential has no 'sampling' attribute")
+        return metrics.compare_to_truth(
+            image, sampling, origin, physics.interaction_constant(cal.energy) * pot,
+            attrs["sampling"], truth_origin=attrs.get("origin", (0.0, 0.0)),
+            k_max=2 * cal.semiangle * 1e-3 / cal.wavelength, max_shift=1.0, border=border)
+    except PtyengineError as exc:
+        click.echo(f"warning: no comparison with the ground truth: {exc}", err=True)
+        return None
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(), default="ptyengine-demo", show_default=True,
+              help="Directory for the dataset, the reconstructions and the preview images.")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
+              show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True,
+              help="ePIE iterations.")
+def demo(output, device, iterations):
+    """Simulate a small built-in dataset (SrTiO3 [001], focused probe), reconstruct it by
+    iCOM and ePIE and compare both with the ground truth (well under a minute on a CPU)."""
+    import time
+
+    from . import io, physics, presets
+    from .preview import dataset_preview, ground_truth_window
+    from .results import preview_png
+
+    t0 = time.perf_counter()
     out = Path(output)
     label, params = presets.demo()[0]
     path = out / f"{label}.zarr"
@@ -202,7 +475,181 @@ def demo(output, device):
     with io.open_dataset(path) as ds:
         png = dataset_preview(ds, out / f"{label}_preview.png",
                               title=f"{label}: simulated 4D-STEM (ptyengine demo)")
+        truth = ground_truth_window(ds) * physics.interaction_constant(ds.calibration.energy)
     click.echo(f"preview: {png}")
+    runs = {
+        "iCOM": _reconstruct(path, "icom", device=device, overwrite=True),
+        "ePIE": _reconstruct(path, "epie", device=device, overwrite=True,
+                             epie_options={"iterations": iterations, "batch_size": 16}),
+    }  # fmt: skip
+    panels = [("ground truth σV (rad)", truth)]
+    for name, r in runs.items():
+        ncc = "" if r["ncc"] is None else f", NCC {r['ncc']['ncc']:.3f}"
+        panels.append((f"{name} phase{ncc}", r["crop"]))
+    cmp = preview_png(out / "demo_comparison.png", panels,
+                      title=f"{label}: scanned area, focused probe, noise-free "
+                            f"(ePIE {iterations} iterations)")  # fmt: skip
+    for name, r in runs.items():
+        if r["ncc"] is not None:
+            click.echo(f"{name}: NCC with the ground truth {r['ncc']['ncc']:.3f} "
+                       f"({r['seconds']:.1f} s)")  # fmt: skip
+    click.echo(f"comparison: {cmp}")
+    click.echo(f"demo done in {time.perf_counter() - t0:.1f} s", err=True)
+
+
+@cli.command()
+def doctor():
+    """Check the installation: Python, numpy, FFTs, numba kernels, CuPy/CUDA and the GPU
+    (a tiny ePIE on each device). Exit status 0 when the CPU path works (GPU problems are
+    warnings), 1 when something the CPU path needs is broken."""
+    import platform
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from . import __version__, backend
+
+    failures, warnings_ = [], []
+    found: dict = {}
+
+    def check(name, fn, needed=True):
+        try:
+            text = fn()
+        except Exception as exc:  # a doctor reports every failure
+            text = f"FAILED: {type(exc).__name__}: {exc}".splitlines()[0]
+            (failures if needed else warnings_).append(f"{name}: {text[8:]}")
+        click.echo(f"{name + ':':<15}{text}")
+
+    info = backend.describe()
+    check("ptyengine", lambda: __version__)
+    check("python", lambda: f"{platform.python_version()} ({platform.python_implementation()}, "
+                            f"{platform.platform()})")  # fmt: skip
+
+    check("numpy", lambda: np.__version__)
+
+    def fft_check():
+        rng = np.random.default_rng(0)
+        a = (rng.standard_normal((4, 64, 64)) + 1j * rng.standard_normal((4, 64, 64)))
+        a = a.astype(np.complex64)
+        ref = np.fft.fft2(a)
+        err = float(np.abs(backend.fft2(a) - ref).max() / np.abs(ref).max())
+        back = float(np.abs(backend.ifft2(backend.fft2(a)) - a).max())
+        if not (err < 1e-4 and back < 1e-4):
+            raise RuntimeError(f"{info['cpu_fft']} disagrees with numpy.fft ({err:.2g})")
+        if not info["cpu_fft"].startswith("pyfftw"):
+            warnings_.append("pyfftw is missing: CPU FFTs fall back to scipy.fft (2-3x "
+                             "slower); pip install pyfftw")  # fmt: skip
+        return f"{info['cpu_fft']}: ok (matches numpy.fft to {err:.1g})"
+
+    check("FFT backend", fft_check)
+    threads = info["cpu_threads"]
+    env = [f"{k}={os.environ[k]}" for k in ("PTYENGINE_THREADS", "PTYENGINE_FFT_THREADS",
+                                            "OMP_NUM_THREADS") if k in os.environ]  # fmt: skip
+    check("CPU threads", lambda: threads + (f" ({', '.join(env)})" if env else ""))
+
+    def numba_check():
+        import numba
+
+        from .kernels import windows
+
+        t = time.perf_counter()
+        psi = np.ones((2, 3, 3), np.complex64)
+        tr = np.arange(36, dtype=np.complex64).reshape(6, 6)
+        corners = np.array([[0, 0], [2, 3]], np.int64)
+        windows.window_multiply_cpu(psi, tr, corners)
+        if not (np.array_equal(psi[0], tr[:3, :3]) and np.array_equal(psi[1], tr[2:5, 3:6])):
+            raise RuntimeError("the window kernel computes wrong numbers")
+        return f"{numba.__version__}: CPU kernels compile and run ({time.perf_counter() - t:.1f} s)"
+
+    check("numba", numba_check)
+
+    def tiny_dataset(tmp):
+        from .simulate import SimulationParameters, simulate
+
+        p = SimulationParameters(structure="srtio3", zone_axis=(0, 0, 1), field=(7.81, 7.81),
+                                 thickness=4.0, scan_step=0.4, scan_size=(2.4, 2.4),
+                                 max_angle=40.0, detector_pixels=32)  # fmt: skip
+        path = Path(tmp) / "tiny.zarr"
+        simulate(p, str(path))
+        return path
+
+    def epie_check(device, tmp):
+        from .reconstruct.epie import EpieParameters, epie
+
+        path = found.get("data") or tiny_dataset(tmp)
+        found["data"] = path
+        params = EpieParameters(iterations=3, batch_size=4)
+        t = time.perf_counter()
+        res = epie(path, params, device=device)
+        first = time.perf_counter() - t
+        if not (np.isfinite(res.object).all() and np.isfinite(res.errors).all()):
+            raise RuntimeError("NaN or inf in the result")
+        found[device] = res
+        text = f"ok: 3 iterations on a 6 x 6 scan of 32 x 32 patterns in {first:.2f} s"
+        if device == "gpu":
+            t = time.perf_counter()
+            epie(path, params, device=device)
+            text += f" ({time.perf_counter() - t:.2f} s once compiled)"
+            if "cpu" in found:
+                diff = float(np.abs(res.object - found["cpu"].object).max())
+                text += f"; max |object difference| to the CPU: {diff:.1g}"
+                if diff > 1e-2:
+                    raise RuntimeError(f"GPU and CPU results differ by {diff:.2g}")
+        return text
+
+    with tempfile.TemporaryDirectory(prefix="ptyengine-doctor-") as tmp:
+        check("CPU ePIE", lambda: epie_check("cpu", tmp))
+        cupy_text = _cupy_report(warnings_)
+        click.echo(f"{'cupy:':<15}{cupy_text}")
+        check("GPU", lambda: info["gpu"], needed=False)
+        check("numba.cuda", _numba_cuda_report, needed=False)
+        if backend.gpu_available():
+            check("GPU ePIE", lambda: epie_check("gpu", tmp), needed=False)
+        else:
+            click.echo(f"{'GPU ePIE:':<15}skipped (no usable GPU)")
+            warnings_.append(
+                "no usable GPU: everything runs on the CPU. For a GPU, install the gpu "
+                "extra, pip install 'ptyengine[gpu]' (CuPy for CUDA 12: needs an NVIDIA "
+                "driver for CUDA 12, i.e. >= 525)")  # fmt: skip
+    for w in warnings_:
+        click.echo(f"warning: {w}")
+    if failures:
+        click.echo("CPU path: BROKEN (" + "; ".join(failures) + ")")
+        sys.exit(1)
+    click.echo("CPU path: ok")
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _cupy_report(warnings_: list) -> str:
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        return f"not installed ({type(exc).__name__}: {exc})".splitlines()[0]
+    text = f"{cupy.__version__}"
+    try:
+        text += (f", CUDA runtime {_cuda_version(cupy.cuda.runtime.runtimeGetVersion())}, "
+                 f"driver {_cuda_version(cupy.cuda.runtime.driverGetVersion())}")
+    except Exception as exc:  # anything a broken driver raises
+        warnings_.append(f"cupy cannot talk to the CUDA driver ({exc})")
+        text += f" (CUDA driver unreachable: {exc})"
+    return text
+
+
+def _numba_cuda_report() -> str:
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+        return "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): kernels run on the CPU, no device"
+    from numba import cuda
+
+    if not cuda.is_available():
+        return "no CUDA device seen"
+    name = cuda.get_current_device().name
+    return f"sees {name.decode() if isinstance(name, bytes) else name}"
 
 
 def main(argv=None):

@@ -74,18 +74,32 @@ def read_result(path) -> tuple[dict, dict]:
 
 
 def preview_png(path, panels: list[tuple[str, np.ndarray]], title: str | None = None) -> Path:
-    """Side-by-side grey-scale panels (name, image) written atomically as PNG."""
+    """Side-by-side grey-scale panels (name, image) written atomically as PNG; a 1-D
+    array is drawn as a line against 1, 2, ... (e.g. the error per iteration), on a
+    logarithmic axis when it is positive."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     from .preview import save_figure
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.5), squeeze=False)
     for ax, (name, img) in zip(axes[0], panels, strict=True):
-        ax.imshow(img, cmap="gray")
         ax.set_title(name, fontsize=9)
+        if np.ndim(img) == 1:
+            ax.plot(np.arange(1, len(img) + 1), img, lw=1.2)
+            if np.all(np.asarray(img) > 0):
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            ax.set_box_aspect(1)
+            continue
+        ax.imshow(img, cmap="gray")
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)

@@ -6,3 +6,20 @@ os.environ.setdefault("PTYENGINE_FFTW_PLANNER", "FFTW_ESTIMATE")
 # Without a GPU, numba.cuda kernels run in numba's CUDA simulator (set before numba loads).
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def uio66_quick(tmp_path_factory):
+    """The quick UiO-66 defocus preset, simulated once per test session through the CLI
+    (~70 s on a 2-core CPU): {label: path} for df0nm, df50nm, df100nm."""
+    out = tmp_path_factory.mktemp("uio66_quick")
+    r = subprocess.run([sys.executable, "-m", "ptyengine", "simulate", "uio66-defocus",
+                        "--preset", "quick", "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return {label: out / f"{label}.zarr" for label in ("df0nm", "df50nm", "df100nm")}

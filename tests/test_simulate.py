@@ -82,15 +82,13 @@ def _cli(*args):
                           text=True)
 
 
-def test_quick_uio66_preset_end_to_end(tmp_path):
+def test_quick_uio66_preset_end_to_end(uio66_quick):
     """The quick UiO-66 defocus preset runs on a CI machine and opens with `info`."""
-    r = _cli("simulate", "uio66-defocus", "--preset", "quick", "-o", str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    for label in ("df0nm", "df50nm", "df100nm"):
-        info = _cli("info", str(tmp_path / f"{label}.zarr"))
+    for label, path in uio66_quick.items():
+        info = _cli("info", str(path))
         assert info.returncode == 0, info.stderr
         assert "300" in info.stdout and "20" in info.stdout
-        data, cal = _read(tmp_path / f"{label}.zarr")
+        data, cal = _read(path)
         assert cal.defocus == {"df0nm": 0, "df50nm": 500, "df100nm": 1000}[label]
         sums = data.sum(axis=(2, 3))
         assert 0.9 < sums.min() <= sums.max() < 1.01

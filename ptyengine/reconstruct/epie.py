@@ -13,9 +13,11 @@ same O and P; their updates are summed and normalised by the maximum of the summ
 weights, O += α Σ conj(P_j)Δψ_j / max Σ|P_j|² and P += β Σ conj(O_j)Δψ_j / max Σ|O_j|²
 (sums over the batch). For B = 1 this is ePIE exactly; where the windows of a batch do
 not overlap, each gets the sequential step; where they overlap the step shrinks instead
-of overshooting. It converges per iteration more slowly than sequential ePIE (one update
-per B positions instead of B), so it needs more iterations for the same error; see
-tests/test_epie.py for a measured comparison.
+of overshooting. Measured on noise-free SrTiO3 (tests/test_epie.py, 400 positions): large
+batches start slower (B = 64: error 4.4e-3 after the first sweep against 3.0e-3 for
+sequential ePIE) and then settle lower (1.5e-4 against 2.1e-4 after 12 iterations, where
+sequential ePIE's full steps keep overshooting); the phase agrees with the ground truth
+equally well (NCC 0.988-0.989 for B = 1, 16, 64).
 
 Geometry: the detector grid fixes the real-space pixel, d = 1/(N dk) Å; the probe window
 is the detector size. Positions are sub-pixel: the window sits at the integer pixel and
@@ -159,8 +161,9 @@ def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp)
     w0, w1 = geom.window
     real = np.float32
 
-    def batch_update(state, idx, iteration, err):
-        obj, probe_k = state.arrays["object"], state.arrays["probe_k"]
+    def exit_wave_updates(obj, probe_k, idx, with_probe):
+        """Per-position work of a batch (parallel over CPU cores): probes, Δψ, the probe
+        update term and its normalisation, and the Fourier misfit."""
         c = corners_dev[idx]
         frac = geom.frac[idx]
         probes = shifted_waves(probe_k, frac, xp)  # (B, W, W) real space   [1 FFT]
@@ -170,26 +173,41 @@ def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp)
         psi_k = backend.fft2(psi)  # [1 FFT]
         e = xp.zeros(len(idx), dtype=np.float64)
         pk.fourier_modulus(psi_k, amplitudes[idx], e)
-        err += float(e.sum())
         dpsi = backend.ifft2(psi_k, out=psi_k)  # [1 FFT]
         dpsi -= psi
-        # object: overlap sum over the batch, applied on the batch's bounding box
-        lo = geom.corners[idx].min(axis=0)
-        hi = geom.corners[idx].max(axis=0) + np.array([w0, w1])
-        num = xp.zeros((hi[0] - lo[0], hi[1] - lo[1]), dtype=obj.dtype)
-        den = xp.zeros(num.shape, dtype=real)
-        pk.overlap_add(num, den, probes, dpsi, c - xp.asarray(lo))
-        obj[lo[0]:hi[0], lo[1]:hi[1]] += (params.alpha / float(den.max())) * num
-        # probe: Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
-        if iteration >= params.probe_update_start:
+        upd = o_weight = None
+        if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
             upd = xp.conj(o_win)
             upd *= dpsi
             backend.fft2(upd, out=upd)  # [1 FFT]
             ry, rx = phase_ramps(-frac, (w0, w1), xp, upd.dtype)
             upd *= ry
             upd *= rx
-            norm = float((o_win.real**2 + o_win.imag**2).sum(axis=0).max())
-            probe_k += (params.beta / norm) * upd.sum(axis=0)
+            upd = upd.sum(axis=0)
+            o_weight = (o_win.real**2 + o_win.imag**2).sum(axis=0)
+        return probes, dpsi, upd, o_weight, float(e.sum())
+
+    def batch_update(state, idx, iteration, err):
+        obj, probe_k = state.arrays["object"], state.arrays["probe_k"]
+        with_probe = iteration >= params.probe_update_start
+        parts = backend.split_map(
+            lambda p: exit_wave_updates(obj, probe_k, idx[p], with_probe), len(idx), xp)
+        # object: overlap sum over the batch, applied on the batch's bounding box
+        lo = geom.corners[idx].min(axis=0)
+        hi = geom.corners[idx].max(axis=0) + np.array([w0, w1])
+        num = xp.zeros((hi[0] - lo[0], hi[1] - lo[1]), dtype=obj.dtype)
+        den = xp.zeros(num.shape, dtype=real)
+        start = 0
+        for probes, dpsi, _, _, e in parts:
+            part_idx = idx[start:start + len(probes)]
+            start += len(probes)
+            pk.overlap_add(num, den, probes, dpsi, corners_dev[part_idx] - xp.asarray(lo))
+            err += e
+        obj[lo[0]:hi[0], lo[1]:hi[1]] += (params.alpha / float(den.max())) * num
+        if with_probe:
+            upd = sum(p[2] for p in parts)
+            norm = float(sum(p[3] for p in parts).max())
+            probe_k += (params.beta / norm) * upd
         return err
 
     def sweep(state: IterativeState, iteration: int) -> float:

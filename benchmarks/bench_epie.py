@@ -1,0 +1,82 @@
+"""Seconds per ePIE iteration against the time of the FFTs the iteration must do.
+
+Problem: a dataset of the quick UiO-66 preset (simulated here if --data is not given:
+840 positions, 160 × 160 detector). Every position costs 4 FFTs of the window: one to
+form the sub-pixel-shifted probe, the exit wave forward and back, and one to bring the
+probe update back from its shift. The floor runs exactly those FFTs on batches of the
+same shape (the faster of FFTW's threads over the batch and the batch split over the
+cores). Target: ≤ 1.5× for the batched update. Sequential ePIE (batch 1) is reported
+too: there every position is its own small FFT and Python's per-call cost shows.
+
+    python benchmarks/bench_epie.py [--data uio66_quick_df50nm.zarr] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from ptyengine import backend, io, presets
+from ptyengine.reconstruct.epie import EpieParameters, epie
+from ptyengine.simulate import simulate
+
+
+def fft_floor(n_pos, window, batch, xp, repeat=3):
+    buf = backend.empty((batch, *window), np.complex64, xp)
+    buf[...] = 1
+
+    def ffts(part=slice(None)):
+        a = buf[part]
+        for _ in range(0, n_pos, batch):
+            for _ in range(2):
+                backend.ifft2(a, out=a)
+                backend.fft2(a, out=a)
+
+    best = np.inf
+    for fn in (ffts, lambda: backend.split_map(ffts, batch, xp)):
+        fn()
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            if xp is not np:
+                xp.cuda.Stream.null.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--iterations", type=int, default=3)
+    args = ap.parse_args()
+    xp = backend.get_xp(args.device)
+    path = args.data
+    if path is None:
+        path = os.path.join(tempfile.gettempdir(), "ptyengine-bench-uio66-df50nm.zarr")
+        if not os.path.exists(path):
+            simulate(presets.uio66_defocus("quick")[1][1], path)
+    with io.open_dataset(path) as ds:
+        cal = ds.calibration
+        n_pos = cal.scan_shape[0] * cal.scan_shape[1]
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPU threads, device "
+              f"{args.device}; data {path}: {n_pos} positions, window {cal.detector_shape}")
+        for b in (int(v) for v in args.batches.split(",")):
+            stamps = []  # time at the end of every iteration: set-up is not counted
+            res = epie(ds, EpieParameters(iterations=args.iterations + 1, batch_size=b),
+                       device=args.device, progress=lambda k, e, s=stamps: s.append(
+                           time.perf_counter()))
+            per_it = (stamps[-1] - stamps[0]) / args.iterations
+            floor = fft_floor(n_pos, cal.detector_shape, b, xp)
+            print(f"batch {b:4d}: {per_it:.3f} s/iteration, FFT floor {floor:.3f} s, "
+                  f"ratio {per_it / floor:.2f}x, final error {res.errors[-1]:.3g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Reconstruction quality against dose and defocus: iCOM, iDPC and ePIE on the UiO-66 study.
+
+For every dose and each of the three defocus values of the quick UiO-66 preset
+(C10 = 0, 500, 1000 Å: crossover at the entrance surface, 50 nm and 100 nm above it), the
+dataset is simulated (or reused when a complete dataset with the same parameter
+fingerprint is already in ``--out``), reconstructed with iCOM, iDPC and ePIE, and each
+phase image is compared with σ·V, the ground-truth projected potential times the
+interaction constant: signed normalised cross-correlation (NCC) after band-limiting both
+to k_max = 2·semiangle/λ (the information limit of the data) and registering with
+|shift| ≤ 1 Å (metrics.compare_to_truth). For ePIE the unscanned margin of the object is
+left out (border = window//2 + min(corners) pixels); iCOM/iDPC images cover the scan only.
+A negative NCC means inverted contrast (e.g. iCOM out of focus).
+
+    python benchmarks/bench_quality.py [--doses none,100,20] [--iterations 30]
+        [--alpha 1 --beta 1] [--methods icom,idpc,epie] [--out /tmp/ptyengine-quality]
+
+Doses are in e/Å² ("none" = noise-free). Prints a Markdown table (rows dose × defocus) with
+the machine and the command line; writes the numbers to
+``<out>/results_a<α>_b<β>_i<iterations>.json`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ptyengine import backend, io, metrics, physics, presets
+from ptyengine.errors import PtyengineError
+from ptyengine.reconstruct.epie import EpieParameters, epie
+from ptyengine.reconstruct.icom import icom, idpc
+from ptyengine.simulate import simulate
+
+METHODS = ("icom", "idpc", "epie")
+
+
+def parse_doses(text: str) -> list[float | None]:
+    doses = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item in ("none", "inf", "noise-free", "noisefree"):
+            doses.append(None)
+        else:
+            d = float(item)
+            if not (math.isfinite(d) and d > 0):
+                raise SystemExit(f"dose must be > 0 e/Å² or 'none', got {item!r}")
+            doses.append(d)
+    return doses
+
+
+def dose_label(dose: float | None) -> str:
+    return "noise-free" if dose is None else f"{dose:g} e/Å²"
+
+
+def dataset_path(out: Path, dose: float | None, label: str) -> Path:
+    return out / ("dose_none" if dose is None else f"dose_{dose:g}") / f"{label}.zarr"
+
+
+def ensure_dataset(params, path: Path, log) -> tuple[float, bool]:
+    """Simulate ``params`` into ``path`` unless a complete dataset with the same parameter
+    fingerprint is there already. Returns (seconds spent, reused?)."""
+    if path.exists():
+        try:
+            with io.open_dataset(path) as ds:
+                same = ds.metadata.get("fingerprint") == params.fingerprint()
+        except PtyengineError as exc:
+            log(f"  {path}: cannot reuse ({exc}); simulating again")
+            same = False
+        if same:
+            return 0.0, True
+        log(f"  {path}: parameters differ; simulating again")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    simulate(params, str(path), overwrite=True)
+    return time.perf_counter() - t0, False
+
+
+def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log) -> dict:
+    """NCC of each method's phase with σ·V (see the module docstring)."""
+    out = {}
+    with io.open_dataset(path) as ds:
+        cal = ds.calibration
+        pot, attrs = ds.read_array("ground_truth/potential")
+        truth = physics.interaction_constant(cal.energy) * pot
+        truth_sampling = attrs["sampling"]
+        truth_origin = attrs.get("origin", (0.0, 0.0))
+        k_max = 2 * cal.semiangle * 1e-3 / physics.wavelength(cal.energy)
+
+        def score(phase, sampling, origin, border):
+            r = metrics.compare_to_truth(phase, sampling, origin, truth, truth_sampling,
+                                         truth_origin, k_max=k_max, max_shift=1.0,
+                                         border=border)  # fmt: skip
+            return r["ncc"], r["shift_A"]
+
+        for name, fn in (("icom", icom), ("idpc", idpc)):
+            if name in methods:
+                t0 = time.perf_counter()
+                res = fn(ds, device=device)
+                sec = time.perf_counter() - t0
+                ncc, shift = score(res.phase, res.sampling, res.origin, 0)
+                out[name] = {"ncc": ncc, "shift_A": shift, "seconds": sec}
+        if "epie" in methods:
+            t0 = time.perf_counter()
+            res = epie(ds, epie_params, device=device)
+            sec = time.perf_counter() - t0
+            g = res.geometry
+            border = int(g.window[0] // 2 + g.corners.min())
+            ncc, shift = score(res.phase, g.sampling, g.object_origin, border)
+            out["epie"] = {
+                "ncc": ncc,
+                "shift_A": shift,
+                "seconds": sec,
+                "border": border,
+                "final_error": res.errors[-1] if res.errors else None,
+            }
+    for name, r in out.items():
+        log(
+            f"  {name}: NCC {r['ncc']:+.3f}, shift ({r['shift_A'][0]:+.2f}, "
+            f"{r['shift_A'][1]:+.2f}) Å, {r['seconds']:.1f} s"
+        )
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--doses", default="none,100,20", help="comma-separated doses in e/Å²; 'none' = noise-free"
+    )
+    ap.add_argument("--iterations", type=int, default=30, help="ePIE iterations")
+    ap.add_argument("--alpha", type=float, default=1.0, help="ePIE object step size")
+    ap.add_argument("--beta", type=float, default=1.0, help="ePIE probe step size")
+    ap.add_argument("--batch-size", type=int, default=1, help="ePIE batch (1 = sequential)")
+    ap.add_argument("--out", default="/tmp/ptyengine-quality", help="dataset folder")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed (and ePIE seed)")
+    ap.add_argument("--methods", default="icom,idpc,epie")
+    ap.add_argument("--device", default="cpu", help="cpu | gpu | auto (reconstructions)")
+    args = ap.parse_args(argv)
+    doses = parse_doses(args.doses)
+    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown method(s) {bad}: choose from {', '.join(METHODS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    epie_params = EpieParameters(iterations=args.iterations, alpha=args.alpha, beta=args.beta,
+                                 batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    t_start = time.perf_counter()
+    rows = []
+    for dose in doses:
+        for label, base in presets.uio66_defocus("quick"):
+            params = dataclasses.replace(base, dose=dose, seed=args.seed)
+            path = dataset_path(out, dose, label)
+            log(f"{dose_label(dose)}, {label} (C10 = {params.defocus:g} Å): {path}")
+            t_sim, reused = ensure_dataset(params, path, log)
+            log(f"  dataset {'reused' if reused else f'simulated in {t_sim:.1f} s'}")
+            res = evaluate(path, methods, epie_params, args.device, log)
+            rows.append(
+                {
+                    "dose": dose,
+                    "label": label,
+                    "defocus_A": params.defocus,
+                    "simulation_s": t_sim,
+                    "reused": reused,
+                    **res,
+                }
+            )
+    total = time.perf_counter() - t_start
+
+    info = backend.describe()
+    cpu = platform.processor() or platform.machine()
+    print(
+        f"machine: {platform.platform()}, {cpu}, {os.cpu_count()} CPUs "
+        f"({info['cpu_threads']} usable), {info['cpu_fft']}; device {args.device}"
+    )
+    print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
+    print(
+        f"problem: UiO-66 [110] quick preset; NCC with σ·V band-limited to 2α/λ, "
+        f"registered |shift| ≤ 1 Å; ePIE {args.iterations} iterations, α = {args.alpha:g}, "
+        f"β = {args.beta:g}, batch {args.batch_size}"
+    )
+    print()
+    names = {"icom": "iCOM", "idpc": "iDPC", "epie": "ePIE"}
+    head = ["dose (e/Å²)", "defocus"] + [f"{names[m]} NCC" for m in methods]
+    if "epie" in methods:
+        head.append("ePIE s")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = ["none" if r["dose"] is None else f"{r['dose']:g}", f"{r['defocus_A'] / 10:g} nm"]
+        cells += [f"{r[m]['ncc']:+.3f}" for m in methods]
+        if "epie" in methods:
+            cells.append(f"{r['epie']['seconds']:.0f}")
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print(
+        f"total run time {total:.0f} s "
+        f"({sum(r['simulation_s'] for r in rows):.0f} s simulating, "
+        f"{sum(r['reused'] for r in rows)} of {len(rows)} datasets reused)"
+    )
+    record = {
+        "command": sys.argv,
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "epie": dataclasses.asdict(epie_params),
+        "total_s": total,
+        "rows": rows,
+    }
+    name = f"results_a{args.alpha:g}_b{args.beta:g}_i{args.iterations}.json"
+    (out / name).write_text(json.dumps(record, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
