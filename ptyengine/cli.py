@@ -288,23 +288,34 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
     (``crop``: the phase over the scanned area, ``ncc``: the comparison or None)."""
     import time
 
+    import numpy as np
+
     from . import io
     from .results import preview_png, write_result
 
     out = output or _default_output(data, method)
     if out.suffix != ".zarr":
         raise PtyengineError(f"{out}: a result is a Zarr store; name it *.zarr")
-    if out.exists() and not (overwrite or resume):
+    if out.exists() and not overwrite and not (resume and _checkpoint_path(out).exists()):
         raise PtyengineError(f"{out} exists; pass --overwrite to replace it")
-    click.echo(f"reconstructing {data} by {method} on {device}", err=True)
     with io.open_dataset(data) as ds:
+        click.echo(f"reconstructing {data} by {method} on {device}", err=True)
         t0 = time.perf_counter()
-        if method == "epie":
-            rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every, resume)
-        else:
-            rec = _run_icom(ds, method, device, rotation)
+        try:
+            if method == "epie":
+                rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every,
+                                resume)  # fmt: skip
+            else:
+                rec = _run_icom(ds, method, device, rotation)
+        except PtyengineError as exc:  # name the dataset in every message
+            if str(data) in str(exc):
+                raise
+            raise PtyengineError(f"{data}: {exc}") from exc
         seconds = time.perf_counter() - t0
         ncc = _truth_ncc(ds, rec["image"], rec["sampling"], rec["origin"], rec["border"])
+        if ncc is not None and not np.isfinite(ncc["ncc"]):  # a constant image
+            click.echo("warning: the phase is constant; no NCC with the ground truth", err=True)
+            ncc = None
         cal = ds.calibration
     extra = {"source": str(data), "seconds": round(seconds, 3), **rec["extra"]}
     if ncc is not None:
@@ -346,8 +357,8 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
     bar = _progress_bar(tqdm, params.iterations, "it", "ePIE")
 
     def progress(iteration, error):
+        bar.set_postfix(error=f"{error:.4g}", refresh=False)  # shown by update's refresh
         bar.update(iteration - bar.n)
-        bar.set_postfix(error=f"{error:.4g}")
 
     try:
         res = epie(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,

@@ -151,7 +151,10 @@ def initial_probe(cal: Calibration, defocus: float | None, mean_intensity: float
 
 
 def fingerprint(cal: Calibration, params: EpieParameters, data_id: str) -> str:
-    blob = json.dumps([cal.to_dict(), params.__dict__, data_id], sort_keys=True, default=str)
+    """What a checkpoint must match to be resumed: data and every parameter but the number
+    of iterations (a finished run may be continued to more iterations)."""
+    p = {k: v for k, v in params.__dict__.items() if k != "iterations"}
+    blob = json.dumps([cal.to_dict(), p, data_id], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
