@@ -16,7 +16,7 @@ A negative NCC means inverted contrast (e.g. iCOM out of focus).
 
 Doses are in e/Å² ("none" = noise-free). Prints a Markdown table (rows dose × defocus) with
 the machine and the command line; writes the numbers to
-``<out>/results_a<α>_b<β>_i<iterations>.json`` too.
+``<out>/results_d<doses>_a<α>_b<β>_i<iterations>.json`` too.
 """
 
 from __future__ import annotations
@@ -137,6 +137,9 @@ def main(argv=None):
     ap.add_argument("--alpha", type=float, default=1.0, help="ePIE object step size")
     ap.add_argument("--beta", type=float, default=1.0, help="ePIE probe step size")
     ap.add_argument("--batch-size", type=int, default=1, help="ePIE batch (1 = sequential)")
+    ap.add_argument("--phase-only", action="store_true", help="ePIE: constrain |O| = 1")
+    ap.add_argument("--probe-update-start", type=int, default=1,
+                    help="ePIE: first iteration that refines the probe")
     ap.add_argument("--out", default="/tmp/ptyengine-quality", help="dataset folder")
     ap.add_argument("--seed", type=int, default=0, help="noise seed (and ePIE seed)")
     ap.add_argument("--methods", default="icom,idpc,epie")
@@ -150,7 +153,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     epie_params = EpieParameters(iterations=args.iterations, alpha=args.alpha, beta=args.beta,
-                                 batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+                                 batch_size=args.batch_size, seed=args.seed,
+                                 phase_only=args.phase_only,
+                                 probe_update_start=args.probe_update_start)  # fmt: skip
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -216,7 +221,8 @@ def main(argv=None):
         "total_s": total,
         "rows": rows,
     }
-    name = f"results_a{args.alpha:g}_b{args.beta:g}_i{args.iterations}.json"
+    tag = "_".join("none" if d is None else f"{d:g}" for d in doses)
+    name = f"results_d{tag}_a{args.alpha:g}_b{args.beta:g}_i{args.iterations}.json"
     (out / name).write_text(json.dumps(record, indent=1, default=str))
 
 

@@ -60,6 +60,7 @@ class EpieParameters:
     probe_update_start: int = 1
     seed: int = 0
     margin: int = 8  # extra object pixels round the scanned area
+    phase_only: bool = False  # constrain |O| = 1 (weak-phase specimens, low dose)
 
     def __post_init__(self):
         if self.iterations < 0 or self.batch_size < 1:
@@ -206,7 +207,10 @@ def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp)
             start += len(probes)
             pk.overlap_add(num, den, probes, dpsi, corners_dev[part_idx] - xp.asarray(lo))
             err += e
-        obj[lo[0]:hi[0], lo[1]:hi[1]] += (params.alpha / float(den.max())) * num
+        box = obj[lo[0]:hi[0], lo[1]:hi[1]]
+        box += (params.alpha / float(den.max())) * num
+        if params.phase_only:  # a pure phase object: |O| = 1
+            box /= xp.maximum(xp.abs(box), np.float32(1e-12))
         if with_probe:
             upd = sum(p[2] for p in parts)
             norm = float(sum(p[3] for p in parts).max())
