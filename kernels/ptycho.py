@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def fourier_modulus_cpu(psi_k, amplitude, err):
     """Replace |Ψ| by the measured amplitude, keep the phase; err[b] += Σ (|Ψ| − A)².
 

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .errors import PtyengineError
 
@@ -121,6 +121,12 @@ def cpu_workers() -> int:
 
 
 @functools.cache
+def _blas() -> ThreadpoolController:
+    """Found once: scanning the loaded libraries costs milliseconds per call."""
+    return ThreadpoolController()
+
+
+@functools.cache
 def _pool(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="ptyengine")
 
@@ -145,7 +151,7 @@ def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
             return fn(slice(edges[i], edges[i + 1]))
 
     # BLAS (matrix products in the parts) would start threads of its own on top of ours
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas().limit(limits=1, user_api="blas"):
         return list(_pool(parts).map(run, range(parts)))
 
 
