@@ -53,6 +53,63 @@ def overlap_add_cpu(num, den, weight, update, corners):
                 den[cy + i, cx + j] += wv.real * wv.real + wv.imag * wv.imag
 
 
+@numba.njit(nogil=True, cache=True)
+def ramp_multiply_cpu(out, wave, ry, rx):
+    """out[b, i, j] = wave[i, j] · ry[b, i] · rx[b, j]: a Fourier-space wave times the
+    separable sub-pixel shift ramps of each batch member (one pass)."""
+    nb, w0, w1 = out.shape
+    for b in range(nb):
+        for i in range(w0):
+            r = ry[b, i]
+            for j in range(w1):
+                out[b, i, j] = wave[i, j] * r * rx[b, j]
+
+
+@numba.njit(nogil=True, cache=True)
+def ramp_reduce_cpu(acc, u, ry, rx):
+    """acc[i, j] += Σ_b u[b, i, j] · ry[b, i] · rx[b, j]: undo each member's shift and sum
+    over the batch (one pass)."""
+    nb, w0, w1 = u.shape
+    for b in range(nb):
+        for i in range(w0):
+            r = ry[b, i]
+            for j in range(w1):
+                acc[i, j] += u[b, i, j] * r * rx[b, j]
+
+
+@numba.njit(nogil=True, cache=True)
+def exit_waves_cpu(probes, obj, corners, o_win, psi, o_weight):
+    """o_win[b] = obj[window_b]; psi[b] = probes[b] · o_win[b]; o_weight += Σ_b |o_win[b]|²."""
+    nb, w0, w1 = probes.shape
+    for b in range(nb):
+        cy = corners[b, 0]
+        cx = corners[b, 1]
+        for i in range(w0):
+            for j in range(w1):
+                o = obj[cy + i, cx + j]
+                o_win[b, i, j] = o
+                psi[b, i, j] = probes[b, i, j] * o
+                o_weight[i, j] += o.real * o.real + o.imag * o.imag
+
+
+@numba.njit(nogil=True, cache=True)
+def difference_updates_cpu(num, den, probes, o_win, psi_new, psi, corners, probe_term):
+    """From the revised exit waves, in one pass: Δψ = psi_new − psi;
+    num[window] += conj(P)Δψ, den[window] += |P|² (object update, overlapping windows add);
+    probe_term = conj(O)Δψ (probe update, before its unshift)."""
+    nb, w0, w1 = psi.shape
+    for b in range(nb):
+        cy = corners[b, 0]
+        cx = corners[b, 1]
+        for i in range(w0):
+            for j in range(w1):
+                d = psi_new[b, i, j] - psi[b, i, j]
+                p = probes[b, i, j]
+                num[cy + i, cx + j] += np.conj(p) * d
+                den[cy + i, cx + j] += p.real * p.real + p.imag * p.imag
+                probe_term[b, i, j] = np.conj(o_win[b, i, j]) * d
+
+
 def _cuda():
     from . import ptycho_cuda
 
@@ -79,6 +136,28 @@ def overlap_add_cuda(num, den, weight, update, corners):
     _cuda().overlap_add_gpu[grid, block](real, den, weight, update, corners)
 
 
+def ramp_multiply_cuda(out, wave, ry, rx):
+    grid, block = _grid(out.shape)
+    _cuda().ramp_multiply_gpu[grid, block](out, wave, ry, rx)
+
+
+def ramp_reduce_cuda(acc, u, ry, rx):
+    grid, block = _grid((1, *acc.shape))
+    _cuda().ramp_reduce_gpu[grid, block](acc, u, ry, rx)
+
+
+def exit_waves_cuda(probes, obj, corners, o_win, psi, o_weight):
+    grid, block = _grid(probes.shape)
+    _cuda().exit_waves_gpu[grid, block](probes, obj, corners, o_win, psi, o_weight)
+
+
+def difference_updates_cuda(num, den, probes, o_win, psi_new, psi, corners, probe_term):
+    grid, block = _grid(psi.shape)
+    real = num.view(np.float32 if num.dtype == np.complex64 else np.float64)
+    _cuda().difference_updates_gpu[grid, block](real, den, probes, o_win, psi_new, psi,
+                                                corners, probe_term)
+
+
 def _on_host(a) -> bool:
     return isinstance(a, np.ndarray)
 
@@ -98,3 +177,27 @@ def overlap_add(num, den, weight, update, corners):
         overlap_add_cpu(num, den, weight, update, corners)
     else:
         overlap_add_cuda(num, den, weight, update, corners)
+
+
+def ramp_multiply(out, wave, ry, rx):
+    """out[b] = wave · (ry[b] ⊗ rx[b]); ry (B, ny), rx (B, nx)."""
+    (ramp_multiply_cpu if _on_host(out) else ramp_multiply_cuda)(out, wave, ry, rx)
+    return out
+
+
+def ramp_reduce(acc, u, ry, rx):
+    """acc += Σ_b u[b] · (ry[b] ⊗ rx[b])."""
+    (ramp_reduce_cpu if _on_host(acc) else ramp_reduce_cuda)(acc, u, ry, rx)
+    return acc
+
+
+def exit_waves(probes, obj, corners, o_win, psi, o_weight):
+    """Object windows, exit waves and the summed window intensity in one pass."""
+    (exit_waves_cpu if _on_host(psi) else exit_waves_cuda)(probes, obj, corners, o_win, psi,
+                                                           o_weight)
+
+
+def difference_updates(num, den, probes, o_win, psi_new, psi, corners, probe_term):
+    """See difference_updates_cpu; on the GPU the overlap sums use atomics."""
+    fn = difference_updates_cpu if _on_host(psi) else difference_updates_cuda
+    fn(num, den, probes, o_win, psi_new, psi, corners, probe_term)

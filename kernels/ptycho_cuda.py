@@ -36,3 +36,46 @@ def overlap_add_gpu(num_real, den, weight, update, corners):
         cuda.atomic.add(num_real, (y, 2 * x), prod.real)
         cuda.atomic.add(num_real, (y, 2 * x + 1), prod.imag)
         cuda.atomic.add(den, (y, x), w.real * w.real + w.imag * w.imag)
+
+
+@cuda.jit
+def ramp_multiply_gpu(out, wave, ry, rx):
+    b, i, j = cuda.grid(3)
+    if b < out.shape[0] and i < out.shape[1] and j < out.shape[2]:
+        out[b, i, j] = wave[i, j] * ry[b, i] * rx[b, j]
+
+
+@cuda.jit
+def ramp_reduce_gpu(acc, u, ry, rx):
+    """One thread per (i, j), looping over the batch: no atomics needed."""
+    _, i, j = cuda.grid(3)
+    if i < acc.shape[0] and j < acc.shape[1]:
+        s = acc[i, j]
+        for b in range(u.shape[0]):
+            s += u[b, i, j] * ry[b, i] * rx[b, j]
+        acc[i, j] = s
+
+
+@cuda.jit
+def exit_waves_gpu(probes, obj, corners, o_win, psi, o_weight):
+    b, i, j = cuda.grid(3)
+    if b < probes.shape[0] and i < probes.shape[1] and j < probes.shape[2]:
+        o = obj[corners[b, 0] + i, corners[b, 1] + j]
+        o_win[b, i, j] = o
+        psi[b, i, j] = probes[b, i, j] * o
+        cuda.atomic.add(o_weight, (i, j), o.real * o.real + o.imag * o.imag)
+
+
+@cuda.jit
+def difference_updates_gpu(num_real, den, probes, o_win, psi_new, psi, corners, probe_term):
+    b, i, j = cuda.grid(3)
+    if b < psi.shape[0] and i < psi.shape[1] and j < psi.shape[2]:
+        d = psi_new[b, i, j] - psi[b, i, j]
+        p = probes[b, i, j]
+        prod = p.conjugate() * d
+        y = corners[b, 0] + i
+        x = corners[b, 1] + j
+        cuda.atomic.add(num_real, (y, 2 * x), prod.real)
+        cuda.atomic.add(num_real, (y, 2 * x + 1), prod.imag)
+        cuda.atomic.add(den, (y, x), p.real * p.real + p.imag * p.imag)
+        probe_term[b, i, j] = o_win[b, i, j].conjugate() * d

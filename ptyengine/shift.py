@@ -7,6 +7,17 @@ import math
 import numpy as np
 
 from . import backend
+from .kernels import ptycho as pk
+
+
+def ramps_2d(frac, shape, xp=np, dtype=np.complex64):
+    """(ry (B, ny), rx (B, nx)): the separable factors of :func:`phase_ramps`."""
+    frac = np.asarray(frac, dtype=np.float64)
+    ky = np.fft.fftfreq(shape[0])
+    kx = np.fft.fftfreq(shape[1])
+    ry = xp.asarray(np.exp(-2j * math.pi * frac[:, 0, None] * ky[None, :]), dtype=dtype)
+    rx = xp.asarray(np.exp(-2j * math.pi * frac[:, 1, None] * kx[None, :]), dtype=dtype)
+    return ry, rx
 
 
 def phase_ramps(frac, shape, xp=np, dtype=np.complex64):
@@ -15,20 +26,15 @@ def phase_ramps(frac, shape, xp=np, dtype=np.complex64):
     Returns (ramp_y (B, ny, 1), ramp_x (B, 1, nx)) in FFT order: multiplying a Fourier-space
     wave by both moves it by +frac pixels in real space.
     """
-    frac = np.asarray(frac, dtype=np.float64)
-    ky = np.fft.fftfreq(shape[0])
-    kx = np.fft.fftfreq(shape[1])
-    ry = xp.asarray(np.exp(-2j * math.pi * frac[:, 0, None] * ky[None, :]), dtype=dtype)
-    rx = xp.asarray(np.exp(-2j * math.pi * frac[:, 1, None] * kx[None, :]), dtype=dtype)
+    ry, rx = ramps_2d(frac, shape, xp, dtype)
     return ry[:, :, None], rx[:, None, :]
 
 
 def shifted_waves(wave_k, frac, xp=np, out=None):
     """Real-space copies (B, ny, nx) of the Fourier-space wave ``wave_k`` (ny, nx), each
     moved by its sub-pixel shift frac[b] (pixels)."""
-    ry, rx = phase_ramps(frac, wave_k.shape, xp, wave_k.dtype)
+    ry, rx = ramps_2d(frac, wave_k.shape, xp, wave_k.dtype)
     if out is None:
         out = backend.empty((len(ry), *wave_k.shape), wave_k.dtype, xp)
-    xp.multiply(wave_k[None], ry, out=out)
-    out *= rx
+    pk.ramp_multiply(out, wave_k, ry, rx)
     return backend.ifft2(out, out=out)

@@ -118,3 +118,70 @@ def test_overlap_add_twins():
     ptycho.overlap_add_cuda(*d)
     np.testing.assert_allclose(d[0].copy_to_host(), num_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(d[1].copy_to_host(), den_ref, rtol=1e-5)
+
+
+def _gpu_outputs(fn, args, outputs):
+    """Run a CUDA twin on device copies of ``args``; return host copies of args[outputs]."""
+    d = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
+    fn(*d)
+    return [d[i].copy_to_host() for i in outputs]
+
+
+def test_ramp_kernels_twins():
+    from ptyengine.kernels import ptycho
+
+    rng = np.random.default_rng(5)
+    wave = _waves(rng, (6, 5))
+    ry, rx = _waves(rng, (3, 6)), _waves(rng, (3, 5))
+    ref = wave[None] * ry[:, :, None] * rx[:, None, :]
+    out = np.empty((3, 6, 5), np.complex64)
+    ptycho.ramp_multiply_cpu(out, wave, ry, rx)
+    np.testing.assert_allclose(out, ref, rtol=1e-5)
+    (gpu,) = _gpu_outputs(ptycho.ramp_multiply_cuda, [np.empty_like(out), wave, ry, rx], [0])
+    np.testing.assert_allclose(gpu, ref, rtol=1e-5)
+    u = _waves(rng, (3, 6, 5))
+    acc0 = _waves(rng, (6, 5))
+    ref = acc0 + (u * ry[:, :, None] * rx[:, None, :]).sum(axis=0)
+    acc = acc0.copy()
+    ptycho.ramp_reduce_cpu(acc, u, ry, rx)
+    np.testing.assert_allclose(acc, ref, rtol=1e-5, atol=1e-5)
+    (gpu,) = _gpu_outputs(ptycho.ramp_reduce_cuda, [acc0.copy(), u, ry, rx], [0])
+    np.testing.assert_allclose(gpu, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_exit_wave_and_difference_kernels_twins():
+    from ptyengine.kernels import ptycho
+
+    rng = np.random.default_rng(6)
+    obj = _waves(rng, (9, 10))
+    probes = _waves(rng, (3, 4, 5))
+    corners = np.array([[0, 0], [2, 3], [2, 3]], dtype=np.int64)
+    o_ref = np.stack([obj[cy:cy + 4, cx:cx + 5] for cy, cx in corners])
+    psi_ref = probes * o_ref
+    w_ref = (np.abs(o_ref) ** 2).sum(axis=0)
+    bufs = [np.empty_like(probes), np.empty_like(probes), np.zeros((4, 5), np.float32)]
+    ptycho.exit_waves_cpu(probes, obj, corners, *bufs)
+    for got, ref in zip(bufs, (o_ref, psi_ref, w_ref), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5)
+    gpu = _gpu_outputs(ptycho.exit_waves_cuda,
+                       [probes, obj, corners, np.empty_like(probes), np.empty_like(probes),
+                        np.zeros((4, 5), np.float32)], [3, 4, 5])
+    for got, ref in zip(gpu, (o_ref, psi_ref, w_ref), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5)
+    psi_new = _waves(rng, probes.shape)
+    d = psi_new - psi_ref
+    num_ref = np.zeros((9, 10), np.complex64)
+    den_ref = np.zeros((9, 10), np.float32)
+    for b, (cy, cx) in enumerate(corners):
+        num_ref[cy:cy + 4, cx:cx + 5] += np.conj(probes[b]) * d[b]
+        den_ref[cy:cy + 4, cx:cx + 5] += np.abs(probes[b]) ** 2
+    term_ref = np.conj(o_ref) * d
+    num, den, term = np.zeros_like(num_ref), np.zeros_like(den_ref), o_ref.copy()
+    ptycho.difference_updates_cpu(num, den, probes, term, psi_new, psi_ref, corners, term)
+    for got, ref in zip((num, den, term), (num_ref, den_ref, term_ref), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    gpu = _gpu_outputs(ptycho.difference_updates_cuda,
+                       [np.zeros_like(num_ref), np.zeros_like(den_ref), probes, o_ref.copy(),
+                        psi_new, psi_ref, corners, np.empty_like(o_ref)], [0, 1, 7])
+    for got, ref in zip(gpu, (num_ref, den_ref, term_ref), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -39,8 +39,7 @@ from ..calibration import Calibration
 from ..dataset import as_dataset, check_counts
 from ..errors import PtyengineError
 from ..kernels import ptycho as pk
-from ..kernels import windows as wk
-from ..shift import phase_ramps, shifted_waves
+from ..shift import ramps_2d, shifted_waves
 from .iterative import IterativeState, iteration_rng, load_checkpoint, run
 
 
@@ -162,51 +161,62 @@ def fingerprint(cal: Calibration, params: EpieParameters, data_id: str) -> str:
 def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp):
     n_pos = len(geom.corners)
     corners_dev = xp.asarray(geom.corners)
+    # positions per cache-sized sub-chunk on the CPU (~1 MB of waves per array)
+    chunk = max(1, (1 << 20) // (geom.window[0] * geom.window[1] * 8))
     w0, w1 = geom.window
     real = np.float32
 
-    def exit_wave_updates(obj, probe_k, idx, with_probe):
-        """Per-position work of a batch (parallel over CPU cores): probes, Δψ, the probe
-        update term and its normalisation, and the Fourier misfit."""
-        c = corners_dev[idx]
-        frac = geom.frac[idx]
-        probes = shifted_waves(probe_k, frac, xp)  # (B, W, W) real space   [1 FFT]
-        o_win = xp.ones(probes.shape, dtype=obj.dtype)
-        wk.window_multiply(o_win, obj, c)  # O windows (before any update)
-        psi = probes * o_win
-        psi_k = backend.fft2(psi)  # [1 FFT]
-        e = xp.zeros(len(idx), dtype=np.float64)
-        pk.fourier_modulus(psi_k, amplitudes[idx], e)
-        dpsi = backend.ifft2(psi_k, out=psi_k)  # [1 FFT]
-        dpsi -= psi
-        upd = o_weight = None
-        if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
-            upd = xp.conj(o_win)
-            upd *= dpsi
-            backend.fft2(upd, out=upd)  # [1 FFT]
-            ry, rx = phase_ramps(-frac, (w0, w1), xp, upd.dtype)
-            upd *= ry
-            upd *= rx
-            upd = upd.sum(axis=0)
-            o_weight = (o_win.real**2 + o_win.imag**2).sum(axis=0)
-        return probes, dpsi, upd, o_weight, float(e.sum())
+    def exit_wave_updates(obj, probe_k, idx, with_probe, lo, box_shape):
+        """Per-position work of a batch (parallel over CPU cores): the object's overlap
+        sums (this part's share), the probe update term and its normalisation, and the
+        Fourier misfit. Worked through in sub-chunks of ``chunk`` positions so that the
+        waves stay in the CPU's cache between the fused passes and the 4 FFTs."""
+        num = xp.zeros(box_shape, dtype=obj.dtype)
+        den = xp.zeros(box_shape, dtype=real)
+        o_weight = xp.zeros((w0, w1), dtype=real)
+        upd = xp.zeros((w0, w1), dtype=obj.dtype) if with_probe else None
+        err = xp.zeros(1, dtype=np.float64)
+        lo_dev = xp.asarray(lo)
+        step = chunk if xp is np else len(idx)
+        for s0 in range(0, len(idx), step):
+            sub = idx[s0:s0 + step]
+            c = corners_dev[sub]
+            frac = geom.frac[sub]
+            shape = (len(sub), w0, w1)
+            probes = shifted_waves(probe_k, frac, xp)  # real space   [1 FFT]
+            o_win = backend.empty(shape, obj.dtype, xp)
+            psi = backend.empty(shape, obj.dtype, xp)
+            pk.exit_waves(probes, obj, c, o_win, psi, o_weight)  # O windows before updates
+            psi_k = backend.fft2(psi, out=backend.empty(shape, obj.dtype, xp))  # [1 FFT]
+            e = xp.zeros(len(sub), dtype=np.float64)
+            pk.fourier_modulus(psi_k, amplitudes[sub], e)
+            err += e.sum()
+            psi_new = backend.ifft2(psi_k, out=psi_k)  # [1 FFT]
+            # Δψ = psi_new − psi feeds the object's overlap sums and the probe term
+            # conj(O)Δψ in one fused pass (each window is read before its slot is reused)
+            term = o_win
+            pk.difference_updates(num, den, probes, o_win, psi_new, psi, c - lo_dev, term)
+            if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
+                backend.fft2(term, out=term)  # [1 FFT]
+                ry, rx = ramps_2d(-frac, (w0, w1), xp, term.dtype)
+                pk.ramp_reduce(upd, term, ry, rx)
+        return num, den, upd, o_weight, float(err[0])
 
     def batch_update(state, idx, iteration, err):
         obj, probe_k = state.arrays["object"], state.arrays["probe_k"]
         with_probe = iteration >= params.probe_update_start
-        parts = backend.split_map(
-            lambda p: exit_wave_updates(obj, probe_k, idx[p], with_probe), len(idx), xp)
         # object: overlap sum over the batch, applied on the batch's bounding box
         lo = geom.corners[idx].min(axis=0)
         hi = geom.corners[idx].max(axis=0) + np.array([w0, w1])
-        num = xp.zeros((hi[0] - lo[0], hi[1] - lo[1]), dtype=obj.dtype)
-        den = xp.zeros(num.shape, dtype=real)
-        start = 0
-        for probes, dpsi, _, _, e in parts:
-            part_idx = idx[start:start + len(probes)]
-            start += len(probes)
-            pk.overlap_add(num, den, probes, dpsi, corners_dev[part_idx] - xp.asarray(lo))
-            err += e
+        box_shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
+        parts = backend.split_map(
+            lambda p: exit_wave_updates(obj, probe_k, idx[p], with_probe, lo, box_shape),
+            len(idx), xp)
+        num, den = parts[0][0], parts[0][1]
+        for part in parts[1:]:
+            num += part[0]
+            den += part[1]
+        err += sum(part[4] for part in parts)
         box = obj[lo[0]:hi[0], lo[1]:hi[1]]
         box += (params.alpha / float(den.max())) * num
         if params.phase_only:  # a pure phase object: |O| = 1
