@@ -236,7 +236,7 @@ def _preview_path(output: Path) -> Path:
               help="ePIE: first iteration (0-based) that refines the probe [default: 1].")
 @click.option("--phase-only", is_flag=True, default=None,
               help="ePIE: constrain the object to a pure phase (|O| = 1): weak-phase "
-                   "specimens at low dose.")
+                   "specimens at low dose [default: off].")
 @click.option("--seed", type=int, help="ePIE: seed of the random position order [default: 0].")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True)

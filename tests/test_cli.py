@@ -195,7 +195,9 @@ def test_help_states_the_library_defaults():
         if f.name not in ("defocus", "margin"):
             flag = f"--{f.name.replace('_', '-')}"
             assert flag in text
-            assert f"[default: {f.default:g}]" in text.split(flag, 1)[1].split("--", 1)[0]
+            shown = ("on" if f.default else "off") if isinstance(f.default, bool) else \
+                f"{f.default:g}"
+            assert f"[default: {shown}]" in text.split(flag, 1)[1].split("--", 1)[0]
     assert "ABOVE (upstream of) the entrance surface" in text
 
 

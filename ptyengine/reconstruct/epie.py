@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -150,6 +151,22 @@ def initial_probe(cal: Calibration, defocus: float | None, mean_intensity: float
     return p * np.float32(math.sqrt(mean_intensity / n))
 
 
+def _warn_low_counts(cal: Calibration, mean_counts: float, params: EpieParameters) -> None:
+    """Amplitude projection is biased far below one count per bright-field pixel
+    (E[√n] ≪ √λ): say so, with the settings that measured better (benchmarks/RESULTS.md)."""
+    if cal.dose is None:
+        return
+    lam = cal.wavelength
+    disc = math.pi * (cal.semiangle * 1e-3 / lam) ** 2 / (cal.dk[0] * cal.dk[1])  # pixels
+    per_pixel = mean_counts / max(disc, 1.0)
+    if per_pixel < 1.0 and not (params.phase_only and params.probe_update_start > 0):
+        warnings.warn(
+            f"only {per_pixel:.3g} counts per bright-field pixel: plain ePIE's amplitude "
+            "update is biased at such counts and can collapse the object; for weak-phase "
+            "specimens try --phase-only, a fixed probe (--probe-update-start larger than "
+            "--iterations) and --alpha 0.1", stacklevel=3)
+
+
 def fingerprint(cal: Calibration, params: EpieParameters, data_id: str) -> str:
     """What a checkpoint must match to be resumed: data and every parameter but the number
     of iterations (a finished run may be continued to more iterations)."""
@@ -264,6 +281,7 @@ def epie(
     mean_int = float((amplitudes.astype(np.float64) ** 2).sum()) / len(amplitudes)
     if mean_int <= 0:
         raise PtyengineError(f"{getattr(ds, 'path', 'data')}: every pattern is empty")
+    _warn_low_counts(cal, mean_int, params)
     fp = fingerprint(cal, params, data_id or str(getattr(ds, "path", "")))
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
