@@ -22,19 +22,18 @@ def fourier_modulus_cpu(psi_k, amplitude, err):
     for b in range(nb):
         acc = 0.0
         for i in range(w0):
+            row = psi_k[b, i]
+            amp = amplitude[b, i]
             for j in range(w1):
-                v = psi_k[b, i, j]
+                v = row[j]
                 mag = np.sqrt(v.real * v.real + v.imag * v.imag)
-                a = amplitude[b, i, j]
+                a = amp[j]
                 acc += (mag - a) * (mag - a)
-                if mag > 0:
-                    psi_k[b, i, j] = v * (a / mag)
-                else:
-                    psi_k[b, i, j] = a
+                row[j] = v * (a / mag) if mag > 0 else a + 0j
         err[b] += acc
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def overlap_add_cpu(num, den, weight, update, corners):
     """num[window_b] += conj(weight[b]) · update[b];  den[window_b] += |weight[b]|².
 
@@ -47,37 +46,45 @@ def overlap_add_cpu(num, den, weight, update, corners):
         cy = corners[b, 0]
         cx = corners[b, 1]
         for i in range(w0):
+            num_row = num[cy + i, cx:cx + w1]
+            den_row = den[cy + i, cx:cx + w1]
             for j in range(w1):
                 wv = weight[b, i, j]
-                num[cy + i, cx + j] += np.conj(wv) * update[b, i, j]
-                den[cy + i, cx + j] += wv.real * wv.real + wv.imag * wv.imag
+                num_row[j] += wv.conjugate() * update[b, i, j]
+                den_row[j] += wv.real * wv.real + wv.imag * wv.imag
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def ramp_multiply_cpu(out, wave, ry, rx):
     """out[b, i, j] = wave[i, j] · ry[b, i] · rx[b, j]: a Fourier-space wave times the
     separable sub-pixel shift ramps of each batch member (one pass)."""
     nb, w0, w1 = out.shape
     for b in range(nb):
+        rxb = rx[b]
         for i in range(w0):
             r = ry[b, i]
+            orow = out[b, i]
+            wrow = wave[i]
             for j in range(w1):
-                out[b, i, j] = wave[i, j] * r * rx[b, j]
+                orow[j] = wrow[j] * r * rxb[j]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def ramp_reduce_cpu(acc, u, ry, rx):
     """acc[i, j] += Σ_b u[b, i, j] · ry[b, i] · rx[b, j]: undo each member's shift and sum
     over the batch (one pass)."""
     nb, w0, w1 = u.shape
     for b in range(nb):
+        rxb = rx[b]
         for i in range(w0):
             r = ry[b, i]
+            arow = acc[i]
+            urow = u[b, i]
             for j in range(w1):
-                acc[i, j] += u[b, i, j] * r * rx[b, j]
+                arow[j] += urow[j] * r * rxb[j]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def exit_waves_cpu(probes, obj, corners, o_win, psi, o_weight):
     """o_win[b] = obj[window_b]; psi[b] = probes[b] · o_win[b]; o_weight += Σ_b |o_win[b]|²."""
     nb, w0, w1 = probes.shape
@@ -85,14 +92,15 @@ def exit_waves_cpu(probes, obj, corners, o_win, psi, o_weight):
         cy = corners[b, 0]
         cx = corners[b, 1]
         for i in range(w0):
+            row = obj[cy + i, cx:cx + w1]  # row views let LLVM vectorise the inner loop
             for j in range(w1):
-                o = obj[cy + i, cx + j]
+                o = row[j]
                 o_win[b, i, j] = o
                 psi[b, i, j] = probes[b, i, j] * o
                 o_weight[i, j] += o.real * o.real + o.imag * o.imag
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def difference_updates_cpu(num, den, probes, o_win, psi_new, psi, corners, probe_term):
     """From the revised exit waves, in one pass: Δψ = psi_new − psi;
     num[window] += conj(P)Δψ, den[window] += |P|² (object update, overlapping windows add);
@@ -102,12 +110,14 @@ def difference_updates_cpu(num, den, probes, o_win, psi_new, psi, corners, probe
         cy = corners[b, 0]
         cx = corners[b, 1]
         for i in range(w0):
+            num_row = num[cy + i, cx:cx + w1]
+            den_row = den[cy + i, cx:cx + w1]
             for j in range(w1):
                 d = psi_new[b, i, j] - psi[b, i, j]
                 p = probes[b, i, j]
-                num[cy + i, cx + j] += np.conj(p) * d
-                den[cy + i, cx + j] += p.real * p.real + p.imag * p.imag
-                probe_term[b, i, j] = np.conj(o_win[b, i, j]) * d
+                num_row[j] += p.conjugate() * d
+                den_row[j] += p.real * p.real + p.imag * p.imag
+                probe_term[b, i, j] = o_win[b, i, j].conjugate() * d
 
 
 def _cuda():

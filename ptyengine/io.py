@@ -11,7 +11,8 @@ Zarr v3 layout::
                             "complete": bool, "rows_written": int,
                             "created_by": "ptyengine <version>", "metadata": {free JSON}}
       data                        (Sy, Sx, Ky, Kx) float32 intensities or uint16/uint32 counts;
-                                  chunks of whole scan rows, Blosc zstd + bitshuffle
+                                  chunks of whole scan rows, Blosc zstd + bitshuffle,
+                                  then a CRC32C checksum per chunk
                                   (see :func:`storage_layout`); every chunk is stored
       <extra arrays>              e.g. ground_truth/potential (Ny, Nx) float32,
                                   ground_truth/probe (Wy, Wx) complex64, each with its own
@@ -40,7 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import __version__
 from .calibration import Calibration
@@ -72,9 +73,14 @@ def storage_layout(shape, dtype, rows_per_chunk: int | None = None) -> Layout:
         raise PtyengineError(f"rows_per_chunk must be a positive integer, got {rows_per_chunk!r}")
     return Layout(
         chunks=(rows, *(int(s) for s in shape[1:])),
-        zarr_compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),),
-        # gzip + shuffle: readable by every HDF5 build (Blosc would need hdf5plugin)
-        hdf5_options={"compression": "gzip", "compression_opts": 3, "shuffle": True},
+        # CRC32C of every compressed chunk: a truncated or corrupted chunk fails its checksum
+        # on reading (Blosc alone does not always notice a truncated buffer)
+        zarr_compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+                          Crc32cCodec()),
+        # gzip + shuffle + Fletcher32 checksums: readable by every HDF5 build (Blosc would
+        # need hdf5plugin)
+        hdf5_options={"compression": "gzip", "compression_opts": 3, "shuffle": True,
+                      "fletcher32": True},
     )
 
 
