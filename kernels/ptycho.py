@@ -1,4 +1,5 @@
-"""Kernels for ptychographic updates: Fourier-modulus constraint and overlap accumulation.
+"""Kernels for ptychographic updates: probe shifts, exit waves, Fourier-modulus constraint,
+and the overlap sums of the object and probe updates.
 
 Each kernel has a serial, GIL-free CPU twin (numba) and a numba.cuda version
 (:mod:`ptycho_cuda`), tested against each other through numba's CUDA simulator
@@ -31,27 +32,6 @@ def fourier_modulus_cpu(psi_k, amplitude, err):
                 acc += (mag - a) * (mag - a)
                 row[j] = v * (a / mag) if mag > 0 else a + 0j
         err[b] += acc
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def overlap_add_cpu(num, den, weight, update, corners):
-    """num[window_b] += conj(weight[b]) · update[b];  den[window_b] += |weight[b]|².
-
-    The ptychographic overlap sum: object update numerator and its normalisation, windows
-    of size (W, W) at corners[b] (inside the arrays; no wrap). Serial, so overlapping
-    windows of one batch add up correctly.
-    """
-    nb, w0, w1 = update.shape
-    for b in range(nb):
-        cy = corners[b, 0]
-        cx = corners[b, 1]
-        for i in range(w0):
-            num_row = num[cy + i, cx:cx + w1]
-            den_row = den[cy + i, cx:cx + w1]
-            for j in range(w1):
-                wv = weight[b, i, j]
-                num_row[j] += wv.conjugate() * update[b, i, j]
-                den_row[j] += wv.real * wv.real + wv.imag * wv.imag
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
@@ -136,16 +116,6 @@ def fourier_modulus_cuda(psi_k, amplitude, err):
     _cuda().fourier_modulus_gpu[grid, block](psi_k, amplitude, err)
 
 
-def overlap_add_cuda(num, den, weight, update, corners):
-    """GPU twin of :func:`overlap_add_cpu` (atomic adds: overlapping windows are safe).
-
-    ``num`` is complex64/complex128; the kernel adds into its real view.
-    """
-    grid, block = _grid(update.shape)
-    real = num.view(np.float32 if num.dtype == np.complex64 else np.float64)
-    _cuda().overlap_add_gpu[grid, block](real, den, weight, update, corners)
-
-
 def ramp_multiply_cuda(out, wave, ry, rx):
     grid, block = _grid(out.shape)
     _cuda().ramp_multiply_gpu[grid, block](out, wave, ry, rx)
@@ -179,14 +149,6 @@ def fourier_modulus(psi_k, amplitude, err):
     else:
         fourier_modulus_cuda(psi_k, amplitude, err)
     return psi_k
-
-
-def overlap_add(num, den, weight, update, corners):
-    """Accumulate a batch of windowed updates into (num, den); see overlap_add_cpu."""
-    if _on_host(num):
-        overlap_add_cpu(num, den, weight, update, corners)
-    else:
-        overlap_add_cuda(num, den, weight, update, corners)
 
 
 def ramp_multiply(out, wave, ry, rx):

@@ -21,24 +21,6 @@ def fourier_modulus_gpu(psi_k, amplitude, err):
 
 
 @cuda.jit
-def overlap_add_gpu(num_real, den, weight, update, corners):
-    """One thread per window element; atomics make overlapping windows safe.
-
-    ``num_real`` is the float view of the complex numerator (real, imag interleaved).
-    """
-    b, i, j = cuda.grid(3)
-    if b < update.shape[0] and i < update.shape[1] and j < update.shape[2]:
-        y = corners[b, 0] + i
-        x = corners[b, 1] + j
-        w = weight[b, i, j]
-        u = update[b, i, j]
-        prod = w.conjugate() * u
-        cuda.atomic.add(num_real, (y, 2 * x), prod.real)
-        cuda.atomic.add(num_real, (y, 2 * x + 1), prod.imag)
-        cuda.atomic.add(den, (y, x), w.real * w.real + w.imag * w.imag)
-
-
-@cuda.jit
 def ramp_multiply_gpu(out, wave, ry, rx):
     b, i, j = cuda.grid(3)
     if b < out.shape[0] and i < out.shape[1] and j < out.shape[2]:

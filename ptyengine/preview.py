@@ -66,10 +66,7 @@ def save_figure(fig, path) -> Path:
 
 def dataset_preview(ds, png_path, title: str | None = None) -> Path:
     """Mean pattern, virtual BF and ADF images and the ground truth, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .results import preview_png
 
     cal = ds.calibration
     a = cal.semiangle
@@ -80,13 +77,4 @@ def dataset_preview(ds, png_path, title: str | None = None) -> Path:
               (f"virtual ADF > {1.1 * a:g} mrad", imgs["ADF"])]  # fmt: skip
     if truth is not None:
         panels.append(("ground truth V·Å (scanned area)", truth))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for ax, (name, img) in zip(axes, panels, strict=True):
-        ax.imshow(img, cmap="gray")
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=10)
-    out = save_figure(fig, png_path)
-    plt.close(fig)
-    return out
+    return preview_png(png_path, panels, title=title)

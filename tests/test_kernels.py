@@ -96,30 +96,6 @@ def test_fourier_modulus_twins():
     np.testing.assert_allclose(d[2].copy_to_host(), ref_err, rtol=1e-5)
 
 
-def test_overlap_add_twins():
-    """Overlapping windows of one batch must add up (atomics on the GPU)."""
-    from ptyengine.kernels import ptycho
-
-    rng = np.random.default_rng(4)
-    weight = _waves(rng, (3, 4, 5))
-    update = _waves(rng, (3, 4, 5))
-    corners = np.array([[0, 0], [1, 2], [1, 2]], dtype=np.int64)  # two identical windows
-    num_ref = np.zeros((6, 8), np.complex64)
-    den_ref = np.zeros((6, 8), np.float32)
-    for b, (cy, cx) in enumerate(corners):
-        num_ref[cy:cy + 4, cx:cx + 5] += np.conj(weight[b]) * update[b]
-        den_ref[cy:cy + 4, cx:cx + 5] += np.abs(weight[b]) ** 2
-    num, den = np.zeros_like(num_ref), np.zeros_like(den_ref)
-    ptycho.overlap_add_cpu(num, den, weight, update, corners)
-    np.testing.assert_allclose(num, num_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(den, den_ref, rtol=1e-5)
-    d = [cuda.to_device(a) for a in (np.zeros_like(num_ref), np.zeros_like(den_ref), weight,
-                                     update, corners)]
-    ptycho.overlap_add_cuda(*d)
-    np.testing.assert_allclose(d[0].copy_to_host(), num_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(d[1].copy_to_host(), den_ref, rtol=1e-5)
-
-
 def _gpu_outputs(fn, args, outputs):
     """Run a CUDA twin on device copies of ``args``; return host copies of args[outputs]."""
     d = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
