@@ -60,8 +60,8 @@ def main():
                     params.thickness, params.max_angle, detector_fov=1 / cal.dk[0])
     pw = ProbeWindow.build(w, spec.sampling, params.energy, params.semiangle, cal.aberrations,
                            spec.slice_thicknesses, cal.detector_shape, cal.dk, xp)
-    t = spec.transmissions[0]
-    n_slices = t.shape[0]
+    t = pw.prepare(spec.transmissions[0], xp)  # periodically extended once, as simulate() does
+    n_slices = t.padded.shape[0]
     rng = np.random.default_rng(0)
     pos = rng.uniform(0, 20, size=(args.positions, 2))
     b = args.batch

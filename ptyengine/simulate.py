@@ -194,6 +194,11 @@ def simulate(
     window = ProbeWindow.build(width, spec.sampling, params.energy, params.semiangle,
                                cal.aberrations, spec.slice_thicknesses, cal.detector_shape,
                                cal.dk, xp, cplx)  # fmt: skip
+    # each configuration's slices, periodically extended once for the window (the
+    # unextended copies are dropped so the field is held once)
+    slabs = [window.prepare(t, xp) for t in spec.transmissions]
+    n_configs = len(slabs)
+    spec.transmissions.clear()
     if batch_size is None:  # ~32 MiB of complex wave per batch (fastest on the CI CPU)
         batch_size = max(1, min(1024, (32 << 20) // (width * width * np.dtype(cplx).itemsize)))
     ny, nx = scan_shape
@@ -203,7 +208,7 @@ def simulate(
     log(f"field {spec.cell[0]:.2f} x {spec.cell[1]:.2f} x {spec.cell[2]:.2f} Å, "
         f"{spec.n_atoms} atoms, {len(spec.slice_thicknesses)} slices, sampling "
         f"{spec.sampling[0]:.4f} Å; window {width} px; scan {ny} x {nx}; "
-        f"{len(spec.transmissions)} configuration(s)")  # fmt: skip
+        f"{n_configs} configuration(s)")  # fmt: skip
     metadata = {
         "fingerprint": params.fingerprint(),
         "simulation": json.loads(json.dumps(dataclasses.asdict(params), default=str)),
@@ -213,24 +218,25 @@ def simulate(
     }
     dtype = np.float32 if params.dose is None else np.uint32
     if total:
-        total(ny * nx * len(spec.transmissions))
+        total(ny * nx * n_configs)
     iy, ix = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     with io.create_dataset(output, cal, dtype, rows_per_chunk=rows_per_block, metadata=metadata,
                            overwrite=overwrite, resume=resume) as writer:  # fmt: skip
         first_row = writer.rows_written
         if progress and first_row:
-            progress(first_row * nx * len(spec.transmissions))
+            progress(first_row * nx * n_configs)
         for row0 in range(first_row, ny, rows_per_block):
             rows = slice(row0, min(ny, row0 + rows_per_block))
             pos = np.stack([scan_origin[0] + iy[rows].ravel() * params.scan_step,
                             scan_origin[1] + ix[rows].ravel() * params.scan_step], axis=1)
             acc = xp.zeros((len(pos), *cal.detector_shape), dtype=np.float64)
-            for t in spec.transmissions:
+            for slab in slabs:
                 for b0 in range(0, len(pos), batch_size):
-                    acc[b0:b0 + batch_size] += window.diffraction(t, pos[b0:b0 + batch_size], xp)
+                    acc[b0:b0 + batch_size] += window.diffraction(slab, pos[b0:b0 + batch_size],
+                                                                  xp)
                     if progress:
                         progress(len(pos[b0:b0 + batch_size]))
-            mean = backend.to_numpy(acc / len(spec.transmissions))
+            mean = backend.to_numpy(acc / n_configs)
             block = apply_dose(mean, cal, params.seed, row0 // rows_per_block)
             writer.write_rows(row0, block.reshape(rows.stop - rows.start, nx,
                                                   *cal.detector_shape))  # fmt: skip
