@@ -1,0 +1,48 @@
+"""The same computations on a real GPU (cupy) and on the CPU agree.
+
+Skipped cleanly without cupy and a CUDA device; run on a GPU machine with
+``python -m pytest tests/test_gpu.py``.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ptyengine import backend, io
+from ptyengine.reconstruct.epie import EpieParameters, epie
+from ptyengine.reconstruct.icom import icom
+from ptyengine.simulate import SimulationParameters, simulate
+
+pytestmark = pytest.mark.skipif(not backend.gpu_available(), reason="needs cupy and a GPU")
+
+SMALL = SimulationParameters(structure="srtio3", zone_axis=(0, 0, 1), field=(7.81, 7.81),
+                             thickness=7.81, scan_step=0.4, scan_size=(3.9, 3.9),
+                             max_angle=40.0, detector_pixels=48, defocus=50.0, phonons=2)
+
+
+def _read(path):
+    with io.open_dataset(path) as ds:
+        return np.asarray(ds.read_rows(0, ds.calibration.scan_shape[0]))
+
+
+def test_simulation_gpu_matches_cpu(tmp_path):
+    cpu = _read(simulate(SMALL, str(tmp_path / "cpu.zarr"), device="cpu")["output"])
+    gpu = _read(simulate(SMALL, str(tmp_path / "gpu.zarr"), device="gpu")["output"])
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-6 * cpu.max())
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_epie_gpu_matches_cpu(tmp_path, batch):
+    path = simulate(dataclasses.replace(SMALL, phonons=0), str(tmp_path / "d.zarr"))["output"]
+    params = EpieParameters(iterations=3, batch_size=batch)
+    cpu = epie(path, params, device="cpu")
+    gpu = epie(path, params, device="gpu")
+    np.testing.assert_allclose(gpu.errors, cpu.errors, rtol=1e-3)
+    np.testing.assert_allclose(gpu.object, cpu.object, atol=1e-3)
+
+
+def test_icom_gpu_matches_cpu(tmp_path):
+    path = simulate(dataclasses.replace(SMALL, phonons=0), str(tmp_path / "d.zarr"))["output"]
+    np.testing.assert_allclose(icom(path, device="gpu").phase, icom(path, device="cpu").phase,
+                               atol=1e-5)
