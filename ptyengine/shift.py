@@ -30,10 +30,11 @@ def phase_ramps(frac, shape, xp=np, dtype=np.complex64):
     return ry[:, :, None], rx[:, None, :]
 
 
-def shifted_waves(wave_k, frac, xp=np, out=None):
+def shifted_waves(wave_k, frac, xp=np, out=None, ramps=None):
     """Real-space copies (B, ny, nx) of the Fourier-space wave ``wave_k`` (ny, nx), each
-    moved by its sub-pixel shift frac[b] (pixels)."""
-    ry, rx = ramps_2d(frac, wave_k.shape, xp, wave_k.dtype)
+    moved by its sub-pixel shift frac[b] (pixels). ``ramps`` = (ry, rx) from
+    :func:`ramps_2d` may be passed instead of being computed from ``frac``."""
+    ry, rx = ramps if ramps is not None else ramps_2d(frac, wave_k.shape, xp, wave_k.dtype)
     if out is None:
         out = backend.empty((len(ry), *wave_k.shape), wave_k.dtype, xp)
     pk.ramp_multiply(out, wave_k, ry, rx)

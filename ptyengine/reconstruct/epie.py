@@ -178,6 +178,9 @@ def fingerprint(cal: Calibration, params: EpieParameters, data_id: str) -> str:
 def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp):
     n_pos = len(geom.corners)
     corners_dev = xp.asarray(geom.corners)
+    # every position's sub-pixel shift ramps, and their inverses, computed once per run
+    ramp_y, ramp_x = ramps_2d(geom.frac, geom.window, xp)
+    unramp_y, unramp_x = ramp_y.conj(), ramp_x.conj()
     # positions per cache-sized sub-chunk on the CPU (~1 MB of waves per array)
     chunk = max(1, (1 << 20) // (geom.window[0] * geom.window[1] * 8))
     w0, w1 = geom.window
@@ -198,9 +201,8 @@ def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp)
         for s0 in range(0, len(idx), step):
             sub = idx[s0:s0 + step]
             c = corners_dev[sub]
-            frac = geom.frac[sub]
             shape = (len(sub), w0, w1)
-            probes = shifted_waves(probe_k, frac, xp)  # real space   [1 FFT]
+            probes = shifted_waves(probe_k, None, xp, ramps=(ramp_y[sub], ramp_x[sub]))  # [1 FFT]
             o_win = backend.empty(shape, obj.dtype, xp)
             psi = backend.empty(shape, obj.dtype, xp)
             pk.exit_waves(probes, obj, c, o_win, psi, o_weight)  # O windows before updates
@@ -215,8 +217,7 @@ def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp)
             pk.difference_updates(num, den, probes, o_win, psi_new, psi, c - lo_dev, term)
             if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
                 backend.fft2(term, out=term)  # [1 FFT]
-                ry, rx = ramps_2d(-frac, (w0, w1), xp, term.dtype)
-                pk.ramp_reduce(upd, term, ry, rx)
+                pk.ramp_reduce(upd, term, unramp_y[sub], unramp_x[sub])
         return num, den, upd, o_weight, float(err[0])
 
     def batch_update(state, idx, iteration, err):
