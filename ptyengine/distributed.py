@@ -1,0 +1,245 @@
+"""iCOM and virtual detector images of a dataset on a Dask cluster (dask.distributed).
+
+The work is the same chunked work as the local path (:func:`ptyengine.reconstruct.icom.icom`,
+:func:`ptyengine.preview.virtual_images`): one task per stored chunk of scan rows, each
+task opening the dataset on its worker and reading only its own chunk (with the same
+missing/corrupt-chunk checks as :meth:`ptyengine.io.Dataset.read_rows`), so no diffraction
+data pass through the client; only the per-pattern sums (a few scan-sized images) come
+back. The dataset's path must therefore be readable from every worker (a shared file
+system). Results equal the local path's.
+
+Install with ``pip install ptyengine[dist]`` (dask, distributed, dask-jobqueue).
+
+SLURM example. Either let dask-jobqueue submit the worker jobs from a login node::
+
+    from dask.distributed import Client
+    from ptyengine.distributed import cluster_from_spec, icom_dask
+
+    cluster = cluster_from_spec("slurm:cores=8,memory=32GB,walltime=01:00:00,queue=normal,jobs=4")
+    with Client(cluster) as client:
+        result = icom_dask("/scratch/me/scan.zarr", client=client, rotation="auto")
+    cluster.close()
+
+or run the whole thing as one batch job (``sbatch icom.sh``) on a single node::
+
+    #!/bin/bash
+    #SBATCH --job-name=icom
+    #SBATCH --nodes=1
+    #SBATCH --cpus-per-task=16
+    #SBATCH --mem=64G
+    #SBATCH --time=01:00:00
+    source ~/venvs/ptyengine/bin/activate
+    python -c "
+    from dask.distributed import Client
+    from ptyengine.distributed import cluster_from_spec, icom_dask
+    import numpy as np
+    with cluster_from_spec('local:16') as cluster, Client(cluster) as client:
+        np.save('phase.npy', icom_dask('/scratch/me/scan.zarr', client=client).phase)
+    "
+
+Cluster specs (:func:`cluster_from_spec`): ``local`` (one worker per core), ``local:N``
+(N single-threaded worker processes), ``slurm:OPTIONS`` and ``pbs:OPTIONS`` with OPTIONS a
+comma-separated list of ``cores=`` (per job, default 1), ``memory=`` (per job, default
+4GB), ``walltime=`` (HH:MM:SS), ``queue=``, ``account=`` and ``jobs=`` (worker jobs to
+submit, default 1).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import io
+from .dataset import check_counts
+from .errors import PtyengineError
+from .preview import detector_angles
+from .reconstruct.icom import (
+    IComResult,
+    _detector_k,
+    _normalise,
+    _resolve_rotation,
+    integrate_gradient,
+    to_scan_frame,
+)
+
+_JOB_KEYS = {"cores", "memory", "walltime", "queue", "account", "jobs"}
+
+
+def _dask():
+    try:
+        import dask
+        import dask.array as da
+    except ImportError:
+        raise PtyengineError("the Dask path needs dask: pip install 'ptyengine[dist]'") from None
+    return dask, da
+
+
+def dask_array(path):
+    """(data, calibration): the dataset's 4D ``data`` as a lazy dask array chunked as on disk
+    (one block per stored chunk/shard of scan rows), and its Calibration."""
+    _, da = _dask()
+    with io.open_dataset(_path(path)) as ds:
+        if ds.kind != "zarr":
+            raise PtyengineError(f"{ds.path}: dask_array needs a .zarr dataset")
+        return da.from_zarr(ds.data, chunks=io._storage_chunks(ds.data)), ds.calibration
+
+
+def _row_ranges(ds):
+    rows = int(io._storage_chunks(ds.data)[0])
+    sy = ds.shape[0]
+    return [(r, min(r + rows, sy)) for r in range(0, sy, rows)]
+
+
+def _read(path, start, stop):
+    """Scan rows start:stop read on the worker, validated like the local path."""
+    with io.open_dataset(path) as ds:
+        block = ds.read_rows(start, stop)
+    check_counts(block, f"{path}: scan rows {start}:{stop}", row_start=start)
+    return block
+
+
+def _block_moments(path, start, stop, w):
+    """(n_weights, rows, Sx) weighted sums of the patterns of one chunk (as icom._moments)."""
+    block = _read(path, start, stop)
+    n, sx = block.shape[:2]
+    m = block.reshape(n * sx, -1).astype(np.float64) @ w
+    return m.T.reshape(w.shape[1], n, sx)
+
+
+def _block_virtual(path, start, stop, masks):
+    """Virtual images (n_masks, rows, Sx) and the summed pattern of one chunk."""
+    block = np.asarray(_read(path, start, stop), dtype=np.float64)
+    imgs = np.stack([np.tensordot(block, m, axes=([2, 3], [0, 1])) for m in masks])
+    return imgs, block.sum(axis=(0, 1))
+
+
+def _run(client, tasks):
+    """Compute a list of delayed objects on ``client`` (None: the default scheduler,
+    i.e. the current distributed Client if there is one)."""
+    dask, _ = _dask()
+    if client is None:
+        return list(dask.compute(*tasks))
+    return client.gather(client.compute(tasks))
+
+
+def _path(path):
+    """A path, also from an io.Dataset (the workers open the file themselves)."""
+    return str(path.path if isinstance(path, io.Dataset) else path)
+
+
+def _moments_dask(path, make_weights, client):
+    dask, _ = _dask()
+    path = _path(path)
+    with io.open_dataset(path) as ds:
+        cal, ranges = ds.calibration, _row_ranges(ds)
+    weights = make_weights(cal)
+    w = dask.delayed(np.stack([np.ravel(v) for v in weights], axis=1).astype(np.float64))
+    fn = dask.delayed(_block_moments, pure=True)
+    parts = _run(client, [fn(path, a, b, w) for a, b in ranges])
+    return cal, np.concatenate(parts, axis=1)
+
+
+def _com_weights(cal):
+    ky, kx = _detector_k(cal)
+    return [np.ones_like(ky), ky, kx]
+
+
+def _com(path, client):
+    cal, m = _moments_dask(path, _com_weights, client)
+    (com_y, com_x), n_empty = _normalise(m)
+    return cal, com_y, com_x, n_empty
+
+
+def center_of_mass_dask(path, client=None):
+    """(com_y, com_x) in 1/Å, detector frame, as :func:`icom.center_of_mass`, on Dask."""
+    _, com_y, com_x, n_empty = _com(path, client)
+    if n_empty:
+        warnings.warn(f"{n_empty} diffraction pattern(s) hold no counts; their centre of "
+                      "mass is set to 0", stacklevel=2)  # fmt: skip
+    return com_y, com_x
+
+
+def icom_dask(path, client=None, rotation=None, transpose=None, high_pass=None) -> IComResult:
+    """iCOM phase of the dataset at ``path`` on Dask; arguments and result as :func:`icom`."""
+    cal, com_y, com_x, n_empty = _com(path, client)
+    rot, tr, found = _resolve_rotation(rotation, transpose, cal, (com_y, com_x), high_pass)
+    sy, sx = to_scan_frame(com_y, com_x, rot, tr)
+    phase = integrate_gradient(2 * np.pi * sy, 2 * np.pi * sx, cal.scan_step, high_pass)
+    return IComResult(phase, sy, sx, rot, tr, found, cal.scan_step, cal.scan_origin, n_empty)
+
+
+def virtual_images_dask(path, detectors: dict[str, tuple[float, float]], client=None):
+    """({name: image}, mean pattern) of annular detectors {name: (inner, outer) mrad} on
+    Dask, as :func:`ptyengine.preview.virtual_images`."""
+    dask, _ = _dask()
+    path = _path(path)
+    with io.open_dataset(path) as ds:
+        cal, ranges = ds.calibration, _row_ranges(ds)
+    angle = detector_angles(cal)
+    names = list(detectors)
+    masks = dask.delayed([((angle >= detectors[n][0]) & (angle < detectors[n][1]))
+                          .astype(np.float64) for n in names])  # fmt: skip
+    fn = dask.delayed(_block_virtual, pure=True)
+    parts = _run(client, [fn(path, a, b, masks) for a, b in ranges])
+    imgs = np.concatenate([p[0] for p in parts], axis=1).reshape(len(names), *cal.scan_shape)
+    mean = np.zeros(cal.detector_shape)
+    for _, s in parts:
+        mean += s
+    return dict(zip(names, imgs, strict=True)), mean / (cal.scan_shape[0] * cal.scan_shape[1])
+
+
+def _parse_options(kind: str, text: str) -> dict:
+    opts = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in _JOB_KEYS:
+            raise PtyengineError(f"bad {kind} cluster option {item!r}: use "
+                                 f"{', '.join(sorted(_JOB_KEYS))} as key=value")  # fmt: skip
+        opts[key.strip()] = value.strip()
+    try:
+        opts["cores"] = int(opts.get("cores", 1))
+        opts["jobs"] = int(opts.get("jobs", 1))
+    except ValueError:
+        raise PtyengineError(f"{kind} cluster: cores and jobs must be integers") from None
+    opts.setdefault("memory", "4GB")
+    return opts
+
+
+def cluster_from_spec(spec: str, **kwargs):
+    """A Dask cluster from a short spec: ``local``, ``local:N``, ``slurm:OPTIONS`` or
+    ``pbs:OPTIONS`` (see the module docstring); ``kwargs`` go to the cluster class
+    (LocalCluster, dask_jobqueue.SLURMCluster / PBSCluster), e.g. ``job_extra_directives``.
+    Connect with ``Client(cluster)``."""
+    kind, _, rest = str(spec).strip().partition(":")
+    kind = kind.lower()
+    if kind == "local":
+        try:
+            from dask.distributed import LocalCluster
+        except ImportError:
+            raise PtyengineError("local clusters need distributed: pip install "
+                                 "'ptyengine[dist]'") from None  # fmt: skip
+        if not rest:
+            return LocalCluster(**kwargs)
+        try:
+            n = int(rest)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise PtyengineError(f"bad cluster spec {spec!r}: local:N needs N ≥ 1 workers")
+        return LocalCluster(**{"n_workers": n, "threads_per_worker": 1, **kwargs})
+    if kind in ("slurm", "pbs"):
+        opts = _parse_options(kind, rest)
+        try:
+            import dask_jobqueue
+        except ImportError:
+            raise PtyengineError(f"{kind} clusters need dask-jobqueue: pip install "
+                                 "'ptyengine[dist]'") from None  # fmt: skip
+        cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
+        jobs = opts.pop("jobs")
+        cluster = cls(**opts, **kwargs)
+        if jobs:
+            cluster.scale(jobs=jobs)
+        return cluster
+    raise PtyengineError(f"unknown cluster spec {spec!r}: use local, local:N, slurm:OPTIONS "
+                         "or pbs:OPTIONS")  # fmt: skip
