@@ -435,14 +435,36 @@ class Dataset:
             raise PtyengineError(f"{self.path}: reading scan rows {start}:{stop} failed "
                                  f"({type(exc).__name__}: {exc})") from exc
 
-    def iter_row_blocks(self, rows: int | None = None):
+    def iter_row_blocks(self, rows: int | None = None, prefetch: int = 2):
         """Yield ``(row_start, block)`` over the scan in order, ``rows`` rows per block
-        (default: one stored chunk)."""
+        (default: one stored chunk).
+
+        ``prefetch`` blocks are read and decompressed ahead in a background thread while the
+        caller works on the current one (0: read in the caller's thread); memory holds at
+        most ``prefetch + 1`` blocks.
+        """
         rows = int(rows or _storage_chunks(self.data)[0])
         if rows < 1:
             raise PtyengineError(f"{self.path}: rows per block must be ≥ 1, got {rows}")
-        for start in range(0, self.shape[0], rows):
-            yield start, self.read_rows(start, min(start + rows, self.shape[0]))
+        starts = list(range(0, self.shape[0], rows))
+        if prefetch < 1 or len(starts) < 2:
+            for start in starts:
+                yield start, self.read_rows(start, min(start + rows, self.shape[0]))
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptyengine-read") as pool:
+            ahead = deque()
+            for start in starts:
+                ahead.append((start, pool.submit(self.read_rows, start,
+                                                 min(start + rows, self.shape[0]))))
+                if len(ahead) > prefetch:
+                    s0, fut = ahead.popleft()
+                    yield s0, fut.result()
+            while ahead:
+                s0, fut = ahead.popleft()
+                yield s0, fut.result()
 
     def close(self) -> None:
         if self.kind == "hdf5" and self._root is not None:

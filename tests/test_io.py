@@ -309,3 +309,22 @@ def test_corrupt_hdf5_chunk(tmp_path, cal):
     with io.open_dataset(path) as ds:
         with pytest.raises(PtyengineError, match=r"d\.h5: data chunk \(2, 0, 0, 0\) is corrupt"):
             ds.read_rows(3, 6)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_prefetching_reader_gives_the_same_blocks(tmp_path, cal, prefetch):
+    path = tmp_path / "d.zarr"
+    write(path, cal, make_data())
+    with io.open_dataset(path) as ds:
+        blocks = list(ds.iter_row_blocks(prefetch=prefetch))
+    assert [s for s, _ in blocks] == list(range(0, 6, 2))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), make_data())
+
+
+def test_prefetching_reader_reports_a_corrupt_chunk(tmp_path, cal):
+    path = tmp_path / "d.zarr"
+    write(path, cal, make_data())
+    chunk = path / "data" / "c" / "2" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with io.open_dataset(path) as ds, pytest.raises(PtyengineError, match=r"chunk \(2, 0, 0, 0\)"):
+        list(ds.iter_row_blocks(prefetch=2))
