@@ -23,3 +23,10 @@ def uio66_quick(tmp_path_factory):
                         "--preset", "quick", "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return {label: out / f"{label}.zarr" for label in ("df0nm", "df50nm", "df100nm")}
+
+
+@pytest.fixture(autouse=True)
+def _plain_cli_environment(monkeypatch):
+    """Tests see the CLI as a user without debugging or forced progress bars does."""
+    monkeypatch.delenv("PTYENGINE_DEBUG", raising=False)
+    monkeypatch.delenv("PTYENGINE_PROGRESS", raising=False)

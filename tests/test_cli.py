@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from cli_helpers import run
 from click.testing import CliRunner
 
 from ptyengine import io
@@ -18,23 +19,6 @@ from ptyengine.calibration import Calibration
 from ptyengine.cli import cli, main
 from ptyengine.reconstruct.epie import EpieParameters
 from ptyengine.results import read_result
-
-
-def run(capsys, *args):
-    """(exit status, stdout, stderr) of ``ptyengine ARGS``."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("PTYENGINE_DEBUG", raising=False)
-    monkeypatch.delenv("PTYENGINE_PROGRESS", raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -15,32 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from cli_helpers import run
 
 from ptyengine import convert as cv
 from ptyengine import io
 from ptyengine.calibration import Calibration
-from ptyengine.cli import main
 from ptyengine.errors import PtyengineError
 
 GIVEN = {"energy": 300e3, "semiangle": 20.0, "scan_step": (0.5, 0.5), "dk": (0.02, 0.02),
          "detector_center": (7.0, 8.0)}  # fmt: skip
-
-
-def run(capsys, *args):
-    """(exit status, stdout, stderr) of ``ptyengine ARGS``."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("PTYENGINE_DEBUG", raising=False)
-    monkeypatch.delenv("PTYENGINE_PROGRESS", raising=False)
 
 
 def counts(shape, seed=0, high=4000, dtype=np.uint16):
