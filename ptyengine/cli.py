@@ -186,10 +186,14 @@ def _run_simulation(params, path, device, overwrite, resume, batch_size):
 @cli.command()
 @click.argument("path", type=click.Path())
 def info(path):
-    """Describe a ptyengine dataset: shape, chunks, every calibration field."""
-    from . import io
+    """Describe a ptyengine dataset (shape, chunks, every calibration field) or a
+    reconstruction result (method, arrays, parameters, error history)."""
+    from . import io, results
 
-    click.echo(io.describe(path))
+    if results.is_result(path):
+        click.echo(results.describe_result(path))
+    else:
+        click.echo(io.describe(path))
 
 
 @cli.command()

@@ -73,6 +73,36 @@ def read_result(path) -> tuple[dict, dict]:
     return {name: np.asarray(a[...]) for name, a in root.arrays()}, attrs
 
 
+def is_result(path) -> bool:
+    """Whether ``path`` holds a result written by :func:`write_result` (not a dataset)."""
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        return dict(root.attrs.get("ptyengine", {})).get("format") == FORMAT
+    except Exception:
+        return False
+
+
+def describe_result(path) -> str:
+    """A human summary of a result: method, arrays, where it sits, parameters, errors."""
+    arrays, attrs = read_result(path)
+    lines = [f"path:        {path}",
+             f"format:      ptyengine result v{attrs.get('format_version')}, method "
+             f"{attrs.get('method')}, by {attrs.get('created_by')}",
+             f"sampling:    {attrs['sampling'][0]:.4g} × {attrs['sampling'][1]:.4g} Å, "
+             f"origin ({attrs['origin'][0]:.4g}, {attrs['origin'][1]:.4g}) Å"]  # fmt: skip
+    lines += [f"  {name:<10} {a.shape} {a.dtype}" for name, a in arrays.items()]
+    params = attrs.get("parameters") or {}
+    if params:
+        lines.append("parameters:  " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    errors = attrs.get("errors") or []
+    if errors:
+        lines.append(f"errors:      {len(errors)} iterations, first {errors[0]:.4g}, "
+                     f"last {errors[-1]:.4g}")
+    if attrs.get("ncc_to_truth") is not None:
+        lines.append(f"NCC to the ground truth: {attrs['ncc_to_truth']:.4f}")
+    return "\n".join(lines)
+
+
 def preview_png(path, panels: list[tuple[str, np.ndarray]], title: str | None = None) -> Path:
     """Side-by-side grey-scale panels (name, image) written atomically as PNG; a 1-D
     array is drawn as a line against 1, 2, ... (e.g. the error per iteration), on a

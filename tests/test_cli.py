@@ -215,3 +215,10 @@ def test_demo(tmp_path, capsys):
     _, attrs = read_result(tmp_path / "srtio3_001_epie.zarr")
     assert json.loads(json.dumps(attrs))["ncc_to_truth"] > 0.8
     assert Path(tmp_path / "srtio3_001_icom.zarr").is_dir()
+
+
+def test_info_describes_a_result(tiny, tmp_path, capsys):
+    out = tmp_path / "r.zarr"
+    assert run(capsys, "reconstruct", tiny, "--method", "icom", "-o", out)[0] == 0
+    code, text, _ = run(capsys, "info", out)
+    assert code == 0 and "method icom" in text and "phase" in text and "com_y" in text
