@@ -56,10 +56,10 @@ from .errors import PtyengineError
 from .preview import detector_angles
 from .reconstruct.icom import (
     IComResult,
-    _detector_k,
-    _normalise,
-    _resolve_rotation,
+    detector_k,
     integrate_gradient,
+    normalise_moments,
+    resolve_rotation,
     to_scan_frame,
 )
 
@@ -82,11 +82,11 @@ def dask_array(path):
     with io.open_dataset(_path(path)) as ds:
         if ds.kind != "zarr":
             raise PtyengineError(f"{ds.path}: dask_array needs a .zarr dataset")
-        return da.from_zarr(ds.data, chunks=io._storage_chunks(ds.data)), ds.calibration
+        return da.from_zarr(ds.data, chunks=io.storage_chunks(ds.data)), ds.calibration
 
 
 def _row_ranges(ds):
-    rows = int(io._storage_chunks(ds.data)[0])
+    rows = int(io.storage_chunks(ds.data)[0])
     sy = ds.shape[0]
     return [(r, min(r + rows, sy)) for r in range(0, sy, rows)]
 
@@ -141,13 +141,13 @@ def _moments_dask(path, make_weights, client):
 
 
 def _com_weights(cal):
-    ky, kx = _detector_k(cal)
+    ky, kx = detector_k(cal)
     return [np.ones_like(ky), ky, kx]
 
 
 def _com(path, client):
     cal, m = _moments_dask(path, _com_weights, client)
-    (com_y, com_x), n_empty = _normalise(m)
+    (com_y, com_x), n_empty = normalise_moments(m)
     return cal, com_y, com_x, n_empty
 
 
@@ -163,7 +163,7 @@ def center_of_mass_dask(path, client=None):
 def icom_dask(path, client=None, rotation=None, transpose=None, high_pass=None) -> IComResult:
     """iCOM phase of the dataset at ``path`` on Dask; arguments and result as :func:`icom`."""
     cal, com_y, com_x, n_empty = _com(path, client)
-    rot, tr, found = _resolve_rotation(rotation, transpose, cal, (com_y, com_x), high_pass)
+    rot, tr, found = resolve_rotation(rotation, transpose, cal, (com_y, com_x), high_pass)
     sy, sx = to_scan_frame(com_y, com_x, rot, tr)
     phase = integrate_gradient(2 * np.pi * sy, 2 * np.pi * sx, cal.scan_step, high_pass)
     return IComResult(phase, sy, sx, rot, tr, found, cal.scan_step, cal.scan_origin, n_empty)

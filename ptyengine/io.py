@@ -127,7 +127,7 @@ def _cast(block: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     raise PtyengineError(f"{where}: cannot store {block.dtype} values in a {dtype} dataset")
 
 
-def _storage_chunks(data) -> tuple:
+def storage_chunks(data) -> tuple:
     """Shape of one stored chunk file (the shard, once data are sharded)."""
     return tuple(getattr(data, "shards", None) or data.chunks)
 
@@ -203,7 +203,7 @@ class DatasetWriter:
             (old.get("fingerprint") != fingerprint, "its fingerprint differs"),
             (not same_cal, "its calibration differs"),
             (data is None or data.dtype != self.dtype, "its dtype differs"),
-            (data is None or _storage_chunks(data) != self.chunks, "its chunking differs"),
+            (data is None or storage_chunks(data) != self.chunks, "its chunking differs"),
             (not isinstance(rows, int) or not 0 <= rows <= self.shape[0], "bad rows_written"),
         ] if bad), None)  # fmt: skip
         if why is None:
@@ -412,7 +412,7 @@ class Dataset:
         sy = self.shape[0]
         if not 0 <= start <= stop <= sy:
             raise PtyengineError(f"{self.path}: rows {start}:{stop} are outside the scan (0:{sy})")
-        chunks = _storage_chunks(self.data)
+        chunks = storage_chunks(self.data)
         grid = [math.ceil(s / n) for s, n in zip(self.shape, chunks, strict=True)]
         coords = [(c, *rest) for c in range(start // chunks[0], math.ceil(stop / chunks[0]))
                   for rest in np.ndindex(*grid[1:])]  # fmt: skip
@@ -443,7 +443,7 @@ class Dataset:
         caller works on the current one (0: read in the caller's thread); memory holds at
         most ``prefetch + 1`` blocks.
         """
-        rows = int(rows or _storage_chunks(self.data)[0])
+        rows = int(rows or storage_chunks(self.data)[0])
         if rows < 1:
             raise PtyengineError(f"{self.path}: rows per block must be ≥ 1, got {rows}")
         starts = list(range(0, self.shape[0], rows))

@@ -70,7 +70,7 @@ class IComResult:
 # ------------------------------------------------------------------ streaming moments
 
 
-def _detector_k(cal):
+def detector_k(cal):
     """Detector-frame (ky, kx) in 1/Å of every pixel, as (Ky, Kx) arrays."""
     ky = (np.arange(cal.detector_shape[0]) - cal.detector_center[0]) * cal.dk[0]
     kx = (np.arange(cal.detector_shape[1]) - cal.detector_center[1]) * cal.dk[1]
@@ -101,7 +101,7 @@ def _moments(ds, weights, device: str = "cpu"):
     return out
 
 
-def _normalise(moments):
+def normalise_moments(moments):
     """moments[1:] / moments[0] per pattern (0 where the pattern is empty), n_empty."""
     total = moments[0]
     empty = ~(total > 0)
@@ -110,8 +110,8 @@ def _normalise(moments):
 
 
 def _center_of_mass(ds, device="cpu"):
-    ky, kx = _detector_k(ds.calibration)
-    (com_y, com_x), n_empty = _normalise(_moments(ds, [np.ones_like(ky), ky, kx], device))
+    ky, kx = detector_k(ds.calibration)
+    (com_y, com_x), n_empty = normalise_moments(_moments(ds, [np.ones_like(ky), ky, kx], device))
     return com_y, com_x, n_empty
 
 
@@ -273,7 +273,7 @@ def integrate_gradient(gy, gx, step, high_pass: float | None = None) -> np.ndarr
 # ------------------------------------------------------------------ iCOM / iDPC
 
 
-def _resolve_rotation(rotation, transpose, cal, com=None, high_pass=None):
+def resolve_rotation(rotation, transpose, cal, com=None, high_pass=None):
     """(rotation_deg, transpose, found): see :func:`icom` for the meaning of the arguments."""
     if rotation is None or (isinstance(rotation, str) and rotation == "calibration"):
         return cal.rotation, cal.transpose if transpose is None else bool(transpose), False
@@ -310,7 +310,7 @@ def icom(ds, rotation=None, transpose=None, high_pass=None, device: str = "cpu")
     finally:
         if dset is not ds:
             dset.close()
-    rot, tr, found = _resolve_rotation(rotation, transpose, cal, (com_y, com_x), high_pass)
+    rot, tr, found = resolve_rotation(rotation, transpose, cal, (com_y, com_x), high_pass)
     sy, sx = to_scan_frame(com_y, com_x, rot, tr)
     phase = integrate_gradient(2 * np.pi * sy, 2 * np.pi * sx, cal.scan_step, high_pass)
     return IComResult(phase, sy, sx, rot, tr, found, cal.scan_step, cal.scan_origin, n_empty)
@@ -334,8 +334,8 @@ def idpc(ds, rotation=None, transpose=None, high_pass=None, outer: float = 1.0,
     try:
         cal = dset.calibration
         com = _center_of_mass(dset, device)[:2] if rotation == "auto" else None
-        rot, tr, found = _resolve_rotation(rotation, transpose, cal, com, high_pass)
-        ky, kx = _detector_k(cal)
+        rot, tr, found = resolve_rotation(rotation, transpose, cal, com, high_pass)
+        ky, kx = detector_k(cal)
         k_alpha = cal.semiangle * 1e-3 / cal.wavelength
         k = np.hypot(ky, kx)
         mask = ((k < outer * k_alpha) & (k >= inner * k_alpha)).astype(np.float64)
@@ -344,7 +344,7 @@ def idpc(ds, rotation=None, transpose=None, high_pass=None, outer: float = 1.0,
                                  f"{cal.semiangle:g} mrad) covers no detector pixel")
         ks_y, ks_x = to_scan_frame(ky, kx, rot, tr)
         weights = [mask, mask * np.sign(ks_y), mask * np.sign(ks_x)]
-        (dpc_y, dpc_x), n_empty = _normalise(_moments(dset, weights, device))
+        (dpc_y, dpc_x), n_empty = normalise_moments(_moments(dset, weights, device))
     finally:
         if dset is not ds:
             dset.close()
