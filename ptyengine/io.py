@@ -51,6 +51,7 @@ FORMAT, FORMAT_VERSION = "ptyengine.dataset", 1
 ATTRS, DATA, PARTIAL = "ptyengine", "data", ".partial"
 DTYPES = ("float32", "float64", "uint8", "uint16", "uint32")
 CHUNK_TARGET_BYTES = 16 * 2**20  # default chunk: about 16 MiB of whole scan rows
+SHARD_TARGET_BYTES = 1024 * 2**20  # default shard: about 1 GiB of whole chunks
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,17 @@ class Layout:
     chunks: tuple[int, int, int, int]
     zarr_compressors: tuple
     hdf5_options: dict
+    shards: tuple[int, int, int, int] | None = None  # Zarr: chunks grouped into one file
 
 
-def storage_layout(shape, dtype, rows_per_chunk: int | None = None) -> Layout:
-    """Chunking and codecs of the ``data`` array: the one place to change them."""
+def storage_layout(shape, dtype, rows_per_chunk: int | None = None,
+                   shard_bytes: int | None = None) -> Layout:
+    """Chunking and codecs of the ``data`` array: the one place to change them.
+
+    Zarr data larger than one shard (``shard_bytes``, default SHARD_TARGET_BYTES) are
+    sharded: whole chunks of scan rows grouped into one file of ~that size, so a terabyte
+    is a few thousand files rather than a million chunk files.
+    """
     sy, row_bytes = int(shape[0]), math.prod(shape[1:]) * np.dtype(dtype).itemsize
     if rows_per_chunk is None:
         rows = max(1, min(sy, CHUNK_TARGET_BYTES // max(row_bytes, 1)))
@@ -71,7 +79,13 @@ def storage_layout(shape, dtype, rows_per_chunk: int | None = None) -> Layout:
         rows = min(int(rows_per_chunk), sy)
     else:
         raise PtyengineError(f"rows_per_chunk must be a positive integer, got {rows_per_chunk!r}")
+    chunk_bytes = rows * row_bytes
+    per_shard = max(1, int(shard_bytes or SHARD_TARGET_BYTES) // max(chunk_bytes, 1))
+    n_chunks = math.ceil(sy / rows)
+    shards = (rows * per_shard, *(int(s) for s in shape[1:])) \
+        if 1 < per_shard < n_chunks else None  # data smaller than a shard: plain chunks
     return Layout(
+        shards=shards,
         chunks=(rows, *(int(s) for s in shape[1:])),
         # CRC32C of every compressed chunk: a truncated or corrupted chunk fails its checksum
         # on reading (Blosc alone does not always notice a truncated buffer)
@@ -175,9 +189,13 @@ class DatasetWriter:
         self.calibration, self.dtype, self.metadata = calibration, dtype, metadata
         self.shape = (*calibration.scan_shape, *calibration.detector_shape)
         self.chunks, self.overwrite = layout.chunks, overwrite
+        # rows become durable a shard at a time (a chunk at a time without sharding)
+        self.stored_chunks = layout.shards if self.kind == "zarr" and layout.shards else \
+            layout.chunks
         self.resumed, self.resume_note = False, ""
         self._root = self._data = None
         self._rows, self._finished = 0, False
+        self._pending: list = []  # accepted blocks not yet on disk (less than a shard)
         if resume and self.partial.exists():
             self._try_resume(metadata.get("fingerprint"))
         if not self.resumed:
@@ -203,7 +221,8 @@ class DatasetWriter:
             (old.get("fingerprint") != fingerprint, "its fingerprint differs"),
             (not same_cal, "its calibration differs"),
             (data is None or data.dtype != self.dtype, "its dtype differs"),
-            (data is None or storage_chunks(data) != self.chunks, "its chunking differs"),
+            (data is None or storage_chunks(data) != tuple(self.stored_chunks),
+             "its chunking differs"),
             (not isinstance(rows, int) or not 0 <= rows <= self.shape[0], "bad rows_written"),
         ] if bad), None)  # fmt: skip
         if why is None:
@@ -218,6 +237,7 @@ class DatasetWriter:
             self._root = zarr.open_group(self.partial, mode="w", zarr_format=3)
             self._data = self._root.create_array(
                 DATA, shape=self.shape, chunks=layout.chunks, dtype=self.dtype, fill_value=0,
+                shards=self.stored_chunks if layout.shards else None,
                 compressors=layout.zarr_compressors,
                 config={"write_empty_chunks": True})  # every chunk on disk: a gap is an error
         else:
@@ -243,8 +263,13 @@ class DatasetWriter:
 
     @property
     def rows_written(self) -> int:
-        """Scan rows already on disk (rows are written in order)."""
+        """Scan rows already on disk (rows are written in order; with sharding a shard at a
+        time, so a resumed run restarts at the last complete shard)."""
         return self._rows
+
+    @property
+    def _accepted(self) -> int:
+        return self._rows + sum(len(b) for b in self._pending)
 
     def write_rows(self, row_start: int, block) -> None:
         """Write scan rows ``row_start : row_start + len(block)``.
@@ -263,17 +288,20 @@ class DatasetWriter:
         for bad, text in [
             (row_start % rpc, f"row_start {row_start} is not at a chunk boundary "
                               f"(rows_per_chunk={rpc})"),
-            (row_start != self._rows, f"rows are written in order; expected row_start "
-                                      f"{self._rows}, got {row_start}"),
+            (row_start != self._accepted, f"rows are written in order; expected row_start "
+                                          f"{self._accepted}, got {row_start}"),
             (stop > sy, f"rows {row_start}:{stop} run past the scan ({sy} rows)"),
             (stop % rpc and stop != sy, f"block rows {row_start}:{stop} must end at a chunk "
                                         f"boundary (rows_per_chunk={rpc}) or at row {sy}"),
         ]:  # fmt: skip
             if bad:
                 raise PtyengineError(f"{where}: {text}")
-        self._data[row_start:stop] = _cast(block, self.dtype, where)
-        self._rows = stop
-        self._save_attrs()
+        self._pending.append(_cast(block, self.dtype, where))
+        if stop % self.stored_chunks[0] == 0 or stop == sy:  # a whole shard (or the end)
+            data = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+            self._data[self._rows:stop] = data
+            self._pending, self._rows = [], stop
+            self._save_attrs()
 
     def write_array(self, name: str, array, attrs: dict | None = None) -> None:
         """Store an extra array (e.g. ``"ground_truth/probe"``), replacing one of that name."""
@@ -329,13 +357,15 @@ class DatasetWriter:
 
 def create_dataset(path, calibration: Calibration, dtype, rows_per_chunk: int | None = None,
                    metadata: dict | None = None, overwrite: bool = False,
-                   resume: bool = False) -> DatasetWriter:  # fmt: skip
+                   resume: bool = False,
+                   shard_bytes: int | None = None) -> DatasetWriter:  # fmt: skip
     """Start writing a dataset at ``path`` (``.zarr``, ``.h5`` or ``.hdf5``).
 
     An existing ``path`` is an error unless ``overwrite`` (it is then replaced by
     ``finish()``). With ``resume``, a ``path.partial`` whose ``metadata["fingerprint"]``,
     calibration, dtype and chunking match is continued from its ``rows_written`` (skip
     those rows); otherwise, and always without ``resume``, a fresh partial replaces it.
+    ``shard_bytes`` overrides the Zarr shard size (see :func:`storage_layout`).
     """
     path = Path(path)
     _kind(path)
@@ -353,7 +383,7 @@ def create_dataset(path, calibration: Calibration, dtype, rows_per_chunk: int | 
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise PtyengineError(f"{path} already exists (pass overwrite to replace it)")
     layout = storage_layout((*calibration.scan_shape, *calibration.detector_shape), dtype,
-                            rows_per_chunk)  # fmt: skip
+                            rows_per_chunk, shard_bytes)  # fmt: skip
     return DatasetWriter(path, calibration, dtype, layout, metadata, overwrite, resume)
 
 

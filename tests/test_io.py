@@ -328,3 +328,30 @@ def test_prefetching_reader_reports_a_corrupt_chunk(tmp_path, cal):
     chunk.write_bytes(chunk.read_bytes()[:10])
     with io.open_dataset(path) as ds, pytest.raises(PtyengineError, match=r"chunk \(2, 0, 0, 0\)"):
         list(ds.iter_row_blocks(prefetch=2))
+
+
+def test_sharded_zarr_round_trip_and_resume(tmp_path, cal):
+    """Data larger than a shard go into shard files of whole chunks; rows become durable a
+    shard at a time, and a resumed write gives the same dataset."""
+    data = make_data()  # 6 rows, 2 rows per chunk; a shard of 2 chunks = 4 rows
+    chunk_bytes = 2 * int(np.prod(data.shape[1:])) * 4
+    path = tmp_path / "s.zarr"
+    with pytest.raises(RuntimeError, match="stop"):
+        with io.create_dataset(path, cal, "float32", rows_per_chunk=2, overwrite=True,
+                               metadata={"fingerprint": "x"},
+                               shard_bytes=2 * chunk_bytes) as w:
+            w.write_rows(0, data[:2])
+            assert w.rows_written == 0  # half a shard: nothing durable yet
+            w.write_rows(2, data[2:4])
+            assert w.rows_written == 4
+            raise RuntimeError("stop")
+    w = io.create_dataset(path, cal, "float32", rows_per_chunk=2, metadata={"fingerprint": "x"},
+                          resume=True, shard_bytes=2 * chunk_bytes)
+    assert w.resumed and w.rows_written == 4
+    w.write_rows(4, data[4:])
+    w.finish()
+    with io.open_dataset(path) as ds:
+        assert ds.data.shards == (4, *data.shape[1:]) and ds.data.chunks == (2, *data.shape[1:])
+        np.testing.assert_array_equal(ds.read_rows(0, 6), data)
+        assert [s for s, _ in ds.iter_row_blocks()] == [0, 4]
+    assert len(list((path / "data" / "c").iterdir())) == 2  # two shard files along the scan
