@@ -51,7 +51,7 @@ FORMAT, FORMAT_VERSION = "ptyengine.dataset", 1
 ATTRS, DATA, PARTIAL = "ptyengine", "data", ".partial"
 DTYPES = ("float32", "float64", "uint8", "uint16", "uint32")
 CHUNK_TARGET_BYTES = 16 * 2**20  # default chunk: about 16 MiB of whole scan rows
-SHARD_TARGET_BYTES = 1024 * 2**20  # default shard: about 1 GiB of whole chunks
+SHARD_TARGET_BYTES = 256 * 2**20  # default shard: ~256 MiB of whole chunks (the writer buffers one)
 
 
 @dataclass(frozen=True)
