@@ -51,7 +51,7 @@ FORMAT, FORMAT_VERSION = "ptyengine.dataset", 1
 ATTRS, DATA, PARTIAL = "ptyengine", "data", ".partial"
 DTYPES = ("float32", "float64", "uint8", "uint16", "uint32")
 CHUNK_TARGET_BYTES = 16 * 2**20  # default chunk: about 16 MiB of whole scan rows
-SHARD_TARGET_BYTES = 256 * 2**20  # default shard: ~256 MiB of whole chunks (the writer buffers one)
+SHARD_TARGET_BYTES = 256 * 2**20  # a good shard: ~256 MiB of whole chunks (opt-in, see below)
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,12 @@ def storage_layout(shape, dtype, rows_per_chunk: int | None = None,
                    shard_bytes: int | None = None) -> Layout:
     """Chunking and codecs of the ``data`` array: the one place to change them.
 
-    Zarr data larger than one shard (``shard_bytes``, default SHARD_TARGET_BYTES) are
+    With ``shard_bytes`` (e.g. SHARD_TARGET_BYTES), Zarr data larger than one shard are
     sharded: whole chunks of scan rows grouped into one file of ~that size, so a terabyte
-    is a few thousand files rather than a million chunk files.
+    is a few thousand files rather than tens of thousands of chunk files. The writer holds
+    one shard in memory until it is complete, so sharding is off by default (the
+    simulator's peak memory must not grow with the dataset); a shard writer that streams
+    chunks into the shard file is future work.
     """
     sy, row_bytes = int(shape[0]), math.prod(shape[1:]) * np.dtype(dtype).itemsize
     if rows_per_chunk is None:
@@ -80,7 +83,7 @@ def storage_layout(shape, dtype, rows_per_chunk: int | None = None,
     else:
         raise PtyengineError(f"rows_per_chunk must be a positive integer, got {rows_per_chunk!r}")
     chunk_bytes = rows * row_bytes
-    per_shard = max(1, int(shard_bytes or SHARD_TARGET_BYTES) // max(chunk_bytes, 1))
+    per_shard = max(1, int(shard_bytes) // max(chunk_bytes, 1)) if shard_bytes else 1
     n_chunks = math.ceil(sy / rows)
     shards = (rows * per_shard, *(int(s) for s in shape[1:])) \
         if 1 < per_shard < n_chunks else None  # data smaller than a shard: plain chunks
