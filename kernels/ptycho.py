@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._launch import grid, on_host
+
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def fourier_modulus_cpu(psi_k, amplitude, err):
@@ -106,45 +108,39 @@ def _cuda():
     return ptycho_cuda
 
 
-def _grid(shape, block=(1, 8, 32)):
-    return tuple((s + k - 1) // k for s, k in zip(shape, block, strict=True)), block
-
 
 def fourier_modulus_cuda(psi_k, amplitude, err):
     """GPU twin of :func:`fourier_modulus_cpu` (err accumulated with atomics)."""
-    grid, block = _grid(psi_k.shape)
-    _cuda().fourier_modulus_gpu[grid, block](psi_k, amplitude, err)
+    blocks, threads = grid(psi_k.shape)
+    _cuda().fourier_modulus_gpu[blocks, threads](psi_k, amplitude, err)
 
 
 def ramp_multiply_cuda(out, wave, ry, rx):
-    grid, block = _grid(out.shape)
-    _cuda().ramp_multiply_gpu[grid, block](out, wave, ry, rx)
+    blocks, threads = grid(out.shape)
+    _cuda().ramp_multiply_gpu[blocks, threads](out, wave, ry, rx)
 
 
 def ramp_reduce_cuda(acc, u, ry, rx):
-    grid, block = _grid((1, *acc.shape))
-    _cuda().ramp_reduce_gpu[grid, block](acc, u, ry, rx)
+    blocks, threads = grid((1, *acc.shape))
+    _cuda().ramp_reduce_gpu[blocks, threads](acc, u, ry, rx)
 
 
 def exit_waves_cuda(probes, obj, corners, o_win, psi, o_weight):
-    grid, block = _grid(probes.shape)
-    _cuda().exit_waves_gpu[grid, block](probes, obj, corners, o_win, psi, o_weight)
+    blocks, threads = grid(probes.shape)
+    _cuda().exit_waves_gpu[blocks, threads](probes, obj, corners, o_win, psi, o_weight)
 
 
 def difference_updates_cuda(num, den, probes, o_win, psi_new, psi, corners, probe_term):
-    grid, block = _grid(psi.shape)
+    blocks, threads = grid(psi.shape)
     real = num.view(np.float32 if num.dtype == np.complex64 else np.float64)
-    _cuda().difference_updates_gpu[grid, block](real, den, probes, o_win, psi_new, psi,
+    _cuda().difference_updates_gpu[blocks, threads](real, den, probes, o_win, psi_new, psi,
                                                 corners, probe_term)
 
-
-def _on_host(a) -> bool:
-    return isinstance(a, np.ndarray)
 
 
 def fourier_modulus(psi_k, amplitude, err):
     """In place Fourier-modulus constraint on a batch; adds the squared misfit to err."""
-    if _on_host(psi_k):
+    if on_host(psi_k):
         fourier_modulus_cpu(psi_k, amplitude, err)
     else:
         fourier_modulus_cuda(psi_k, amplitude, err)
@@ -153,23 +149,23 @@ def fourier_modulus(psi_k, amplitude, err):
 
 def ramp_multiply(out, wave, ry, rx):
     """out[b] = wave · (ry[b] ⊗ rx[b]); ry (B, ny), rx (B, nx)."""
-    (ramp_multiply_cpu if _on_host(out) else ramp_multiply_cuda)(out, wave, ry, rx)
+    (ramp_multiply_cpu if on_host(out) else ramp_multiply_cuda)(out, wave, ry, rx)
     return out
 
 
 def ramp_reduce(acc, u, ry, rx):
     """acc += Σ_b u[b] · (ry[b] ⊗ rx[b])."""
-    (ramp_reduce_cpu if _on_host(acc) else ramp_reduce_cuda)(acc, u, ry, rx)
+    (ramp_reduce_cpu if on_host(acc) else ramp_reduce_cuda)(acc, u, ry, rx)
     return acc
 
 
 def exit_waves(probes, obj, corners, o_win, psi, o_weight):
     """Object windows, exit waves and the summed window intensity in one pass."""
-    (exit_waves_cpu if _on_host(psi) else exit_waves_cuda)(probes, obj, corners, o_win, psi,
+    (exit_waves_cpu if on_host(psi) else exit_waves_cuda)(probes, obj, corners, o_win, psi,
                                                            o_weight)
 
 
 def difference_updates(num, den, probes, o_win, psi_new, psi, corners, probe_term):
     """See difference_updates_cpu; on the GPU the overlap sums use atomics."""
-    fn = difference_updates_cpu if _on_host(psi) else difference_updates_cuda
+    fn = difference_updates_cpu if on_host(psi) else difference_updates_cuda
     fn(num, den, probes, o_win, psi_new, psi, corners, probe_term)

@@ -16,7 +16,8 @@ on few cores is faster than waking a thread pool for every kernel and every FFT.
 from __future__ import annotations
 
 import numba
-import numpy as np
+
+from ._launch import grid, on_host
 
 
 @numba.njit(nogil=True, cache=True)
@@ -66,31 +67,25 @@ def _cuda():
     return windows_cuda
 
 
-def _grid(shape, block=(1, 8, 32)):
-    return tuple((s + k - 1) // k for s, k in zip(shape, block, strict=True)), block
-
 
 def window_multiply_cuda(psi, t, corners):
     """GPU twin of :func:`window_multiply_cpu` (device arrays, or host arrays in the
     CUDA simulator)."""
-    grid, block = _grid(psi.shape)
-    _cuda().window_multiply_gpu[grid, block](psi, t, corners)
+    blocks, threads = grid(psi.shape)
+    _cuda().window_multiply_gpu[blocks, threads](psi, t, corners)
 
 
 def broadcast_multiply_cuda(psi, p):
     """GPU twin of :func:`broadcast_multiply_cpu`."""
-    grid, block = _grid(psi.shape)
-    _cuda().broadcast_multiply_gpu[grid, block](psi, p)
+    blocks, threads = grid(psi.shape)
+    _cuda().broadcast_multiply_gpu[blocks, threads](psi, p)
 
 
 def masked_intensity_cuda(psi, mask, scale, out):
     """GPU twin of :func:`masked_intensity_cpu`."""
-    grid, block = _grid(psi.shape)
-    _cuda().masked_intensity_gpu[grid, block](psi, mask, scale, out)
+    blocks, threads = grid(psi.shape)
+    _cuda().masked_intensity_gpu[blocks, threads](psi, mask, scale, out)
 
-
-def _on_host(a) -> bool:
-    return isinstance(a, np.ndarray)
 
 
 def window_multiply(psi, t, corners):
@@ -98,7 +93,7 @@ def window_multiply(psi, t, corners):
 
     ``t`` must hold every window (a periodically extended slice); ``corners`` is an int64
     (B, 2) array on the same device as ``psi``."""
-    if _on_host(psi):
+    if on_host(psi):
         window_multiply_cpu(psi, t, corners)
     else:
         window_multiply_cuda(psi, t, corners)
@@ -107,7 +102,7 @@ def window_multiply(psi, t, corners):
 
 def broadcast_multiply(psi, p):
     """In place: psi[b] *= p for every b."""
-    if _on_host(psi):
+    if on_host(psi):
         broadcast_multiply_cpu(psi, p)
     else:
         broadcast_multiply_cuda(psi, p)
@@ -116,7 +111,7 @@ def broadcast_multiply(psi, p):
 
 def masked_intensity(psi, mask, scale, out):
     """out = |psi|² · mask · scale, in one pass (mask broadcast over the batch)."""
-    if _on_host(psi):
+    if on_host(psi):
         masked_intensity_cpu(psi, mask, scale, out)
     else:
         masked_intensity_cuda(psi, mask, scale, out)

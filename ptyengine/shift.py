@@ -11,7 +11,11 @@ from .kernels import ptycho as pk
 
 
 def ramps_2d(frac, shape, xp=np, dtype=np.complex64):
-    """(ry (B, ny), rx (B, nx)): the separable factors of :func:`phase_ramps`."""
+    """Separable ramps exp(-2πi k·f) for sub-pixel shifts ``frac`` (B, 2) in pixels.
+
+    Returns (ry (B, ny), rx (B, nx)) in FFT order: multiplying a Fourier-space wave by
+    ry[b] ⊗ rx[b] moves it by +frac[b] pixels in real space.
+    """
     frac = np.asarray(frac, dtype=np.float64)
     ky = np.fft.fftfreq(shape[0])
     kx = np.fft.fftfreq(shape[1])
@@ -19,15 +23,6 @@ def ramps_2d(frac, shape, xp=np, dtype=np.complex64):
     rx = xp.asarray(np.exp(-2j * math.pi * frac[:, 1, None] * kx[None, :]), dtype=dtype)
     return ry, rx
 
-
-def phase_ramps(frac, shape, xp=np, dtype=np.complex64):
-    """Separable ramps exp(-2πi k·f) for sub-pixel shifts ``frac`` (B, 2) in pixels.
-
-    Returns (ramp_y (B, ny, 1), ramp_x (B, 1, nx)) in FFT order: multiplying a Fourier-space
-    wave by both moves it by +frac pixels in real space.
-    """
-    ry, rx = ramps_2d(frac, shape, xp, dtype)
-    return ry[:, :, None], rx[:, None, :]
 
 
 def shifted_waves(wave_k, frac, xp=np, out=None, ramps=None):
