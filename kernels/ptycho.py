@@ -15,36 +15,38 @@ from ._launch import grid, on_host
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def fourier_modulus_cpu(psi_k, amplitude, err):
-    """Replace |Ψ| by the measured amplitude, keep the phase; err[b] += Σ (|Ψ| − A)².
+def fourier_modulus_cpu(psi_k, amplitude, index, err, scale):
+    """Replace |Ψ| by the measured amplitude, keep the phase, and multiply by ``scale``
+    (e.g. the 1/N of an unnormalised inverse FFT to come); err[b] += Σ (|Ψ| − A)².
 
-    psi_k (B, W, W) complex, amplitude (B, W, W) real ≥ 0 (FFT order), err (B,) float64.
-    Where |Ψ| = 0 the new value is the amplitude with zero phase.
+    psi_k (B, W, W) complex; amplitude (M, W, W) real ≥ 0 (FFT order), of which pattern
+    index[b] belongs to psi_k[b]; err (B,) float64. Where |Ψ| = 0 the new value is the
+    amplitude with zero phase.
     """
     nb, w0, w1 = psi_k.shape
     for b in range(nb):
         acc = 0.0
         for i in range(w0):
             row = psi_k[b, i]
-            amp = amplitude[b, i]
+            amp = amplitude[index[b], i]
             for j in range(w1):
                 v = row[j]
                 mag = np.sqrt(v.real * v.real + v.imag * v.imag)
                 a = amp[j]
                 acc += (mag - a) * (mag - a)
-                row[j] = v * (a / mag) if mag > 0 else a + 0j
+                row[j] = v * (a * scale / mag) if mag > 0 else a * scale + 0j
         err[b] += acc
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def ramp_multiply_cpu(out, wave, ry, rx):
-    """out[b, i, j] = wave[i, j] · ry[b, i] · rx[b, j]: a Fourier-space wave times the
-    separable sub-pixel shift ramps of each batch member (one pass)."""
+def ramp_multiply_cpu(out, wave, ry, rx, scale):
+    """out[b, i, j] = wave[i, j] · ry[b, i] · rx[b, j] · scale: a Fourier-space wave times
+    the separable sub-pixel shift ramps of each batch member (one pass)."""
     nb, w0, w1 = out.shape
     for b in range(nb):
         rxb = rx[b]
         for i in range(w0):
-            r = ry[b, i]
+            r = ry[b, i] * scale
             orow = out[b, i]
             wrow = wave[i]
             for j in range(w1):
@@ -67,39 +69,77 @@ def ramp_reduce_cpu(acc, u, ry, rx):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def exit_waves_cpu(probes, obj, corners, o_win, psi, o_weight):
-    """o_win[b] = obj[window_b]; psi[b] = probes[b] · o_win[b]; o_weight += Σ_b |o_win[b]|²."""
+def exit_waves_cpu(probes, obj, corners, psi, o_weight):
+    """psi[b] = probes[b] · obj[window_b]; o_weight += Σ_b |obj[window_b]|²."""
     nb, w0, w1 = probes.shape
     for b in range(nb):
         cy = corners[b, 0]
         cx = corners[b, 1]
         for i in range(w0):
             row = obj[cy + i, cx:cx + w1]  # row views let LLVM vectorise the inner loop
+            prow = probes[b, i]
+            out = psi[b, i]
+            wrow = o_weight[i]
             for j in range(w1):
                 o = row[j]
-                o_win[b, i, j] = o
-                psi[b, i, j] = probes[b, i, j] * o
-                o_weight[i, j] += o.real * o.real + o.imag * o.imag
+                out[j] = prow[j] * o
+                wrow[j] += o.real * o.real + o.imag * o.imag
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def difference_updates_cpu(num, den, probes, o_win, psi_new, psi, corners, probe_term):
-    """From the revised exit waves, in one pass: Δψ = psi_new − psi;
-    num[window] += conj(P)Δψ, den[window] += |P|² (object update, overlapping windows add);
-    probe_term = conj(O)Δψ (probe update, before its unshift)."""
+def difference_updates_cpu(num, den, probes, obj, psi, corners, origin):
+    """From the revised exit waves ``psi`` (in place), in one pass, with O = obj[window]
+    (unchanged since the exit waves were formed, so ψ = P·O is recomputed, not stored):
+    Δψ = psi − P·O; num[window − origin] += conj(P)Δψ, den[window − origin] += |P|²
+    (object update; overlapping windows add); psi ← conj(O)Δψ (probe update, before its
+    unshift)."""
     nb, w0, w1 = psi.shape
     for b in range(nb):
         cy = corners[b, 0]
         cx = corners[b, 1]
+        by = cy - origin[0]
+        bx = cx - origin[1]
         for i in range(w0):
-            num_row = num[cy + i, cx:cx + w1]
-            den_row = den[cy + i, cx:cx + w1]
+            orow = obj[cy + i, cx:cx + w1]
+            num_row = num[by + i, bx:bx + w1]
+            den_row = den[by + i, bx:bx + w1]
+            prow = probes[b, i]
+            qrow = psi[b, i]
             for j in range(w1):
-                d = psi_new[b, i, j] - psi[b, i, j]
-                p = probes[b, i, j]
+                p = prow[j]
+                o = orow[j]
+                d = qrow[j] - p * o
                 num_row[j] += p.conjugate() * d
                 den_row[j] += p.real * p.real + p.imag * p.imag
-                probe_term[b, i, j] = o_win[b, i, j].conjugate() * d
+                qrow[j] = o.conjugate() * d
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def object_step_cpu(box, nums, dens, alpha, phase_only):
+    """box += α Σ_p nums[p] / max(Σ_p dens[p]); with ``phase_only`` then box /= |box|.
+
+    The batched ePIE object step from the overlap sums of each CPU part (tuples of arrays
+    of box's shape), in two passes instead of numpy's eight.
+    """
+    h, w = box.shape
+    peak = 0.0
+    for i in range(h):
+        for j in range(w):
+            d = 0.0
+            for den in dens:
+                d += den[i, j]
+            peak = max(peak, d)
+    scale = alpha / peak if peak > 0 else 0.0
+    for i in range(h):
+        row = box[i]
+        for j in range(w):
+            v = row[j]
+            for num in nums:
+                v += scale * num[i, j]
+            if phase_only:
+                mag = np.sqrt(v.real * v.real + v.imag * v.imag)
+                v = v / max(mag, 1e-12)
+            row[j] = v
 
 
 def _cuda():
@@ -109,15 +149,15 @@ def _cuda():
 
 
 
-def fourier_modulus_cuda(psi_k, amplitude, err):
+def fourier_modulus_cuda(psi_k, amplitude, index, err, scale):
     """GPU twin of :func:`fourier_modulus_cpu` (err accumulated with atomics)."""
     blocks, threads = grid(psi_k.shape)
-    _cuda().fourier_modulus_gpu[blocks, threads](psi_k, amplitude, err)
+    _cuda().fourier_modulus_gpu[blocks, threads](psi_k, amplitude, index, err, scale)
 
 
-def ramp_multiply_cuda(out, wave, ry, rx):
+def ramp_multiply_cuda(out, wave, ry, rx, scale):
     blocks, threads = grid(out.shape)
-    _cuda().ramp_multiply_gpu[blocks, threads](out, wave, ry, rx)
+    _cuda().ramp_multiply_gpu[blocks, threads](out, wave, ry, rx, scale)
 
 
 def ramp_reduce_cuda(acc, u, ry, rx):
@@ -125,31 +165,30 @@ def ramp_reduce_cuda(acc, u, ry, rx):
     _cuda().ramp_reduce_gpu[blocks, threads](acc, u, ry, rx)
 
 
-def exit_waves_cuda(probes, obj, corners, o_win, psi, o_weight):
+def exit_waves_cuda(probes, obj, corners, psi, o_weight):
     blocks, threads = grid(probes.shape)
-    _cuda().exit_waves_gpu[blocks, threads](probes, obj, corners, o_win, psi, o_weight)
+    _cuda().exit_waves_gpu[blocks, threads](probes, obj, corners, psi, o_weight)
 
 
-def difference_updates_cuda(num, den, probes, o_win, psi_new, psi, corners, probe_term):
+def difference_updates_cuda(num, den, probes, obj, psi, corners, origin):
     blocks, threads = grid(psi.shape)
     real = num.view(np.float32 if num.dtype == np.complex64 else np.float64)
-    _cuda().difference_updates_gpu[blocks, threads](real, den, probes, o_win, psi_new, psi,
-                                                corners, probe_term)
+    _cuda().difference_updates_gpu[blocks, threads](real, den, probes, obj, psi, corners,
+                                                    origin)  # fmt: skip
 
 
-
-def fourier_modulus(psi_k, amplitude, err):
-    """In place Fourier-modulus constraint on a batch; adds the squared misfit to err."""
-    if on_host(psi_k):
-        fourier_modulus_cpu(psi_k, amplitude, err)
-    else:
-        fourier_modulus_cuda(psi_k, amplitude, err)
+def fourier_modulus(psi_k, amplitude, index, err, scale=1.0):
+    """In place Fourier-modulus constraint on a batch (psi_k[b] is measured as pattern
+    amplitude[index[b]]), times ``scale``; adds the squared misfit to err."""
+    fn = fourier_modulus_cpu if on_host(psi_k) else fourier_modulus_cuda
+    fn(psi_k, amplitude, index, err, psi_k.real.dtype.type(scale))
     return psi_k
 
 
-def ramp_multiply(out, wave, ry, rx):
-    """out[b] = wave · (ry[b] ⊗ rx[b]); ry (B, ny), rx (B, nx)."""
-    (ramp_multiply_cpu if on_host(out) else ramp_multiply_cuda)(out, wave, ry, rx)
+def ramp_multiply(out, wave, ry, rx, scale=1.0):
+    """out[b] = wave · (ry[b] ⊗ rx[b]) · scale; ry (B, ny), rx (B, nx)."""
+    fn = ramp_multiply_cpu if on_host(out) else ramp_multiply_cuda
+    fn(out, wave, ry, rx, out.real.dtype.type(scale))
     return out
 
 
@@ -159,13 +198,29 @@ def ramp_reduce(acc, u, ry, rx):
     return acc
 
 
-def exit_waves(probes, obj, corners, o_win, psi, o_weight):
-    """Object windows, exit waves and the summed window intensity in one pass."""
-    (exit_waves_cpu if on_host(psi) else exit_waves_cuda)(probes, obj, corners, o_win, psi,
-                                                           o_weight)
+def object_step(box, nums, dens, alpha: float, phase_only: bool):
+    """See object_step_cpu. On the GPU (one part) the same with array operations."""
+    if on_host(box):
+        object_step_cpu(box, tuple(nums), tuple(dens), float(alpha), bool(phase_only))
+        return box
+    return object_step_xp(box, nums, dens, alpha, phase_only)
 
 
-def difference_updates(num, den, probes, o_win, psi_new, psi, corners, probe_term):
+def object_step_xp(box, nums, dens, alpha: float, phase_only: bool):
+    """object_step with array operations (numpy or cupy)."""
+    num, den = sum(nums[1:], nums[0]), sum(dens[1:], dens[0])
+    box += (alpha / max(float(den.max()), 1e-30)) * num
+    if phase_only:
+        box /= abs(box).clip(1e-12)
+    return box
+
+
+def exit_waves(probes, obj, corners, psi, o_weight):
+    """Exit waves and the summed window intensity of the object in one pass."""
+    (exit_waves_cpu if on_host(psi) else exit_waves_cuda)(probes, obj, corners, psi, o_weight)
+
+
+def difference_updates(num, den, probes, obj, psi, corners, origin):
     """See difference_updates_cpu; on the GPU the overlap sums use atomics."""
     fn = difference_updates_cpu if on_host(psi) else difference_updates_cuda
-    fn(num, den, probes, o_win, psi_new, psi, corners, probe_term)
+    fn(num, den, probes, obj, psi, corners, origin)

@@ -6,25 +6,26 @@ from numba import cuda
 
 
 @cuda.jit
-def fourier_modulus_gpu(psi_k, amplitude, err):
-    """One thread per element: |Ψ| -> A, phase kept; err[b] += (|Ψ| − A)² atomically."""
+def fourier_modulus_gpu(psi_k, amplitude, index, err, scale):
+    """One thread per element: |Ψ| -> A, phase kept, times scale; err[b] += (|Ψ| − A)²
+    atomically."""
     b, i, j = cuda.grid(3)
     if b < psi_k.shape[0] and i < psi_k.shape[1] and j < psi_k.shape[2]:
         v = psi_k[b, i, j]
         mag = math.sqrt(v.real * v.real + v.imag * v.imag)
-        a = amplitude[b, i, j]
+        a = amplitude[index[b], i, j]
         cuda.atomic.add(err, b, (mag - a) * (mag - a))
         if mag > 0:
-            psi_k[b, i, j] = v * (a / mag)
+            psi_k[b, i, j] = v * (a * scale / mag)
         else:
-            psi_k[b, i, j] = a
+            psi_k[b, i, j] = a * scale
 
 
 @cuda.jit
-def ramp_multiply_gpu(out, wave, ry, rx):
+def ramp_multiply_gpu(out, wave, ry, rx, scale):
     b, i, j = cuda.grid(3)
     if b < out.shape[0] and i < out.shape[1] and j < out.shape[2]:
-        out[b, i, j] = wave[i, j] * ry[b, i] * rx[b, j]
+        out[b, i, j] = wave[i, j] * ry[b, i] * rx[b, j] * scale
 
 
 @cuda.jit
@@ -39,25 +40,25 @@ def ramp_reduce_gpu(acc, u, ry, rx):
 
 
 @cuda.jit
-def exit_waves_gpu(probes, obj, corners, o_win, psi, o_weight):
+def exit_waves_gpu(probes, obj, corners, psi, o_weight):
     b, i, j = cuda.grid(3)
     if b < probes.shape[0] and i < probes.shape[1] and j < probes.shape[2]:
         o = obj[corners[b, 0] + i, corners[b, 1] + j]
-        o_win[b, i, j] = o
         psi[b, i, j] = probes[b, i, j] * o
         cuda.atomic.add(o_weight, (i, j), o.real * o.real + o.imag * o.imag)
 
 
 @cuda.jit
-def difference_updates_gpu(num_real, den, probes, o_win, psi_new, psi, corners, probe_term):
+def difference_updates_gpu(num_real, den, probes, obj, psi, corners, origin):
     b, i, j = cuda.grid(3)
     if b < psi.shape[0] and i < psi.shape[1] and j < psi.shape[2]:
-        d = psi_new[b, i, j] - psi[b, i, j]
         p = probes[b, i, j]
+        o = obj[corners[b, 0] + i, corners[b, 1] + j]
+        d = psi[b, i, j] - p * o
         prod = p.conjugate() * d
-        y = corners[b, 0] + i
-        x = corners[b, 1] + j
+        y = corners[b, 0] - origin[0] + i
+        x = corners[b, 1] - origin[1] + j
         cuda.atomic.add(num_real, (y, 2 * x), prod.real)
         cuda.atomic.add(num_real, (y, 2 * x + 1), prod.imag)
         cuda.atomic.add(den, (y, x), p.real * p.real + p.imag * p.imag)
-        probe_term[b, i, j] = o_win[b, i, j].conjugate() * d
+        psi[b, i, j] = o.conjugate() * d

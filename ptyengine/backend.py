@@ -10,6 +10,10 @@ over the last two axes with numpy's normalisation (forward unnormalised, inverse
   warning, only where pyfftw cannot be imported.
 * GPU: cupy.fft (cuFFT, whose plans cupy caches).
 
+Hot loops use :func:`fft_buffer` instead: an array with in-place transforms bound to it
+(on the CPU a pair of FFTW plans executed without any per-call checks) whose inverse is
+*unnormalised*, so that the 1/N can be folded into a kernel that touches the data anyway.
+
 A GPU that was asked for (``device="gpu"``) and cannot be had is an error, never a silent
 fallback to numpy; ``device="auto"`` takes the GPU when cupy and a device are present.
 """
@@ -258,11 +262,121 @@ def ifft2(a, out=None):
     return out
 
 
+class FFTBuffer:
+    """An array ``a`` with in-place 2-D FFTs over its last two axes bound to it.
+
+    ``forward()``: a ← F[a]; ``inverse()``: a ← N·F⁻¹[a], **unnormalised** (N = ny·nx):
+    fold the 1/N into a kernel that passes over the data anyway. On the CPU these execute
+    two FFTW plans made for ``a`` (no per-call checks, the GIL released); elsewhere cuFFT
+    (cupyx.scipy.fft with ``overwrite_x``) or numpy.
+    """
+
+    def __init__(self, shape, dtype, xp: ModuleType, threads: int):
+        self.a = empty(shape, dtype, xp)
+        if xp is np and _HAVE_PYFFTW:
+            effort = os.environ.get("PTYENGINE_FFTW_PLANNER", "FFTW_MEASURE")
+            with _plan_lock:  # FFTW's planner is not thread-safe
+                plans = [pyfftw.FFTW(self.a, self.a, axes=(-2, -1), direction=d,
+                                     flags=(effort,), threads=threads)
+                         for d in ("FFTW_FORWARD", "FFTW_BACKWARD")]  # fmt: skip
+            self.forward, self.inverse = plans[0].execute, plans[1].execute
+        elif xp is np:  # pragma: no cover - pyfftw is a declared dependency
+            self.forward = lambda: self._put(np.fft.fft2(self.a))
+            self.inverse = lambda: self._put(np.fft.ifft2(self.a, norm="forward"))
+        else:
+            import cupyx.scipy.fft as cufft
+
+            self.forward = lambda: self._put(cufft.fft2(self.a, overwrite_x=True))
+            self.inverse = lambda: self._put(cufft.ifft2(self.a, norm="forward",
+                                                         overwrite_x=True))  # fmt: skip
+
+    def _put(self, result) -> None:
+        if result is not self.a:
+            self.a[...] = result
+
+
+@functools.lru_cache(maxsize=64)
+def _fft_buffer_cached(shape, dtype, xp, slot, threads, thread_id) -> FFTBuffer:
+    return FFTBuffer(shape, dtype, xp, threads)
+
+
+def fft_buffer(shape, dtype, xp: ModuleType = np, slot: str = "") -> FFTBuffer:
+    """A reusable :class:`FFTBuffer` of ``shape``: one per (shape, dtype, slot) and calling
+    thread, made (and on the CPU planned) on first use. Its contents are undefined on
+    return, and the next call from this thread with the same key returns the same array:
+    use distinct ``slot`` names for buffers that must coexist."""
+    shape = tuple(int(s) for s in shape)
+    threads = _fft_threads(int(np.prod(shape))) if xp is np else 1
+    return _fft_buffer_cached(shape, np.dtype(dtype).str, xp, slot, threads,
+                              threading.get_ident())  # fmt: skip
+
+
 def empty(shape, dtype, xp: ModuleType = np):
     """An uninitialised array; on the CPU aligned for FFTW's SIMD paths."""
     if xp is np and _HAVE_PYFFTW:
         return pyfftw.empty_aligned(shape, dtype=dtype)
     return xp.empty(shape, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def parse_bytes(text) -> int:
+    """'8GB', '512 MiB', '1.5e9' or 2000000000 -> bytes (GB = 10⁹, GiB = 2³⁰)."""
+    units = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+    s = str(text).strip().upper().replace(" ", "")
+    number = s.rstrip("KMGTIB")
+    unit = s[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise PtyengineError(f"cannot read {text!r} as a size in bytes (e.g. 8GB, 512MiB)") \
+            from None
+    if not value > 0:
+        raise PtyengineError(f"a memory size must be positive, got {text!r}")
+    return int(value)
+
+
+def memory_limit(limit=None, xp: ModuleType = np) -> int:
+    """The memory budget in bytes: ``limit`` (bytes or a string for :func:`parse_bytes`)
+    or, by default, half the machine's physical memory; on a GPU at most the device's
+    free memory as well."""
+    if limit is None:
+        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    limit = parse_bytes(limit) if isinstance(limit, str) else int(limit)
+    if limit <= 0:
+        raise PtyengineError(f"a memory limit must be positive, got {limit}")
+    if xp is not np:
+        free, _ = xp.cuda.runtime.memGetInfo()
+        limit = min(limit, int(free))
+    return limit
+
+
+def to_device_async(host: np.ndarray, xp: ModuleType):
+    """``host`` on the device of ``xp``: on a GPU copied through pinned (page-locked)
+    memory on a copy stream of its own, so that a background thread's copies overlap the
+    kernels of the main thread; returns once the copy is complete. On the CPU: ``host``."""
+    if xp is np:
+        return host
+    pinned = xp.cuda.alloc_pinned_memory(host.nbytes)
+    staged = np.frombuffer(pinned, host.dtype, host.size).reshape(host.shape)
+    staged[...] = host
+    stream = _copy_stream(xp)
+    with stream:
+        dev = xp.empty(host.shape, host.dtype)
+        dev.set(staged, stream=stream)
+    stream.synchronize()  # the pinned buffer may be released after this
+    return dev
+
+
+_streams = threading.local()
+
+
+def _copy_stream(xp):
+    if getattr(_streams, "stream", None) is None:
+        _streams.stream = xp.cuda.Stream(non_blocking=True)
+    return _streams.stream
 
 
 def describe() -> dict[str, str]:

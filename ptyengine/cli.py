@@ -227,9 +227,12 @@ def info(path):
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--no-verify", is_flag=True, help="Skip the read-back checksum verification.")
+@click.option("--rows-per-chunk", type=click.IntRange(min=1),
+              help="Scan rows per stored chunk [default: ~16 MiB of rows]. Streaming "
+                   "reconstructions hold a few chunks at a time.")
 def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, energy, semiangle,
             scan_step, dk, detector_angle, center, rotation, transpose, crop, binning, resume,
-            overwrite, no_verify):  # fmt: skip
+            overwrite, no_verify, rows_per_chunk):  # fmt: skip
     """Convert 4D-STEM data (Merlin .mib, EMPAD, DM3/DM4, EMD/py4DSTEM, Arina, .npy, raw
     binary) into a calibrated dataset, streaming with bounded memory.
 
@@ -266,6 +269,7 @@ def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, en
     try:
         rep = cv.convert(source, output, given, crop, binning, resume=resume,
                          overwrite=overwrite, verify_after=not no_verify, progress=bar.update,
+                         rows_per_chunk=rows_per_chunk,
                          log=lambda text: tqdm.write(f"note: {text}", file=sys.stderr))  # fmt: skip
     finally:
         bar.close()
@@ -324,6 +328,11 @@ def _preview_path(output: Path) -> Path:
               help="ePIE: constrain the object to a pure phase (|O| = 1): weak-phase "
                    "specimens at low dose [default: off].")
 @click.option("--seed", type=int, help="ePIE: seed of the random position order [default: 0].")
+@click.option("--memory-limit",
+              help="ePIE: memory budget, e.g. 8GB or 512MiB. Data whose amplitudes take "
+                   "more than half of it are streamed from disk every iteration, a stored "
+                   "chunk at a time (same result) [default: half the machine's memory; on a "
+                   "GPU also at most its free memory].")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
@@ -435,6 +444,8 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
 
     from .reconstruct.epie import EpieParameters, epie
 
+    options = dict(options)
+    memory_limit = options.pop("memory_limit", None)
     params = EpieParameters(**options)
     ck = _checkpoint_path(out)
     if resume and not ck.exists():
@@ -452,7 +463,7 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
     try:
         res = epie(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
                    checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                   data_id=str(data.resolve()))  # fmt: skip
+                   data_id=str(data.resolve()), memory_limit=memory_limit)  # fmt: skip
     finally:
         bar.close()
     g, cal = res.geometry, ds.calibration
@@ -479,7 +490,7 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
         "errors": errors, "image": phase, "crop": crop, "panels": panels, "summary": summary,
         # the NCC ignores the unscanned margin round the scanned area
         "border": int(min(w // 2 + g.corners.min(axis=0))),
-        "extra": {"resumed": resume,
+        "extra": {"resumed": resume, "streamed": res.extra["streamed"],
                   "scanned_area_px": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]]},
         "checkpoint": use_ck,
     }  # fmt: skip

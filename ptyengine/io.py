@@ -13,7 +13,10 @@ Zarr v3 layout::
       data                        (Sy, Sx, Ky, Kx) float32 intensities or uint16/uint32 counts;
                                   chunks of whole scan rows, Blosc zstd + bitshuffle,
                                   then a CRC32C checksum per chunk
-                                  (see :func:`storage_layout`); every chunk is stored
+                                  (see :func:`storage_layout`); every chunk is stored;
+                                  data larger than ~256 MiB are sharded: whole chunks
+                                  grouped into one shard file each, streamed chunk by
+                                  chunk (:mod:`ptyengine.shards`)
       <extra arrays>              e.g. ground_truth/potential (Ny, Nx) float32,
                                   ground_truth/probe (Wy, Wx) complex64, each with its own
                                   attrs, e.g. {"sampling": [dy, dx], "origin": [y0, x0]}
@@ -23,9 +26,9 @@ the ``ptyengine`` attributes of the root, and the attrs of each extra array, are
 one JSON string attribute named ``ptyengine``.
 
 Writes go to ``NAME.partial`` (a sibling); ``finish()`` marks the dataset complete and
-renames it to ``NAME`` (``os.replace``). After every block, ``rows_written`` records the
-scan rows on disk, so an interrupted run can resume where it stopped. Readers refuse an
-incomplete dataset unless asked (``allow_incomplete=True``).
+renames it to ``NAME`` (``os.replace``). After every block (with sharding: every shard),
+``rows_written`` records the scan rows on disk, so an interrupted run can resume where it
+stopped. Readers refuse an incomplete dataset unless asked (``allow_incomplete=True``).
 """
 
 from __future__ import annotations
@@ -46,12 +49,13 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from . import __version__
 from .calibration import Calibration
 from .errors import PtyengineError
+from .shards import ShardStreamer
 
 FORMAT, FORMAT_VERSION = "ptyengine.dataset", 1
 ATTRS, DATA, PARTIAL = "ptyengine", "data", ".partial"
 DTYPES = ("float32", "float64", "uint8", "uint16", "uint32")
 CHUNK_TARGET_BYTES = 16 * 2**20  # default chunk: about 16 MiB of whole scan rows
-SHARD_TARGET_BYTES = 256 * 2**20  # a good shard: ~256 MiB of whole chunks (opt-in, see below)
+SHARD_TARGET_BYTES = 256 * 2**20  # default shard: ~256 MiB of whole chunks per file
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,17 @@ def storage_layout(shape, dtype, rows_per_chunk: int | None = None,
                    shard_bytes: int | None = None) -> Layout:
     """Chunking and codecs of the ``data`` array: the one place to change them.
 
-    With ``shard_bytes`` (e.g. SHARD_TARGET_BYTES), Zarr data larger than one shard are
-    sharded: whole chunks of scan rows grouped into one file of ~that size, so a terabyte
-    is a few thousand files rather than tens of thousands of chunk files. The writer holds
-    one shard in memory until it is complete, so sharding is off by default (the
-    simulator's peak memory must not grow with the dataset); a shard writer that streams
-    chunks into the shard file is future work.
+    Zarr data larger than one shard are sharded: whole chunks of scan rows grouped into
+    one file of about ``shard_bytes`` (None: :data:`SHARD_TARGET_BYTES`, ~256 MiB; 0: no
+    sharding), so a terabyte is a few thousand files rather than tens of thousands of
+    chunk files. The writer streams each chunk into its shard file as it arrives
+    (:mod:`ptyengine.shards`): memory holds one block of rows, never a whole shard.
     """
+    if shard_bytes is None:
+        shard_bytes = SHARD_TARGET_BYTES
+    if not isinstance(shard_bytes, int | np.integer) or shard_bytes < 0:
+        raise PtyengineError(f"shard_bytes must be a non-negative integer (0: no sharding), "
+                             f"got {shard_bytes!r}")  # fmt: skip
     sy, row_bytes = int(shape[0]), math.prod(shape[1:]) * np.dtype(dtype).itemsize
     if rows_per_chunk is None:
         rows = max(1, min(sy, CHUNK_TARGET_BYTES // max(row_bytes, 1)))
@@ -144,6 +152,10 @@ def _cast(block: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     raise PtyengineError(f"{where}: cannot store {block.dtype} values in a {dtype} dataset")
 
 
+def _sharded(data) -> bool:
+    return bool(getattr(data, "shards", None))
+
+
 def storage_chunks(data) -> tuple:
     """Shape of one stored chunk file (the shard, once data are sharded)."""
     return tuple(getattr(data, "shards", None) or data.chunks)
@@ -196,14 +208,17 @@ class DatasetWriter:
         self.stored_chunks = layout.shards if self.kind == "zarr" and layout.shards else \
             layout.chunks
         self.resumed, self.resume_note = False, ""
-        self._root = self._data = None
+        self._root = self._data = self._shards = None
         self._rows, self._finished = 0, False
-        self._pending: list = []  # accepted blocks not yet on disk (less than a shard)
         if resume and self.partial.exists():
             self._try_resume(metadata.get("fingerprint"))
         if not self.resumed:
             _remove(self.partial)
             self._create(layout)
+        self._accepted = self._rows  # rows taken by write_rows (on disk once their shard is)
+        if self.kind == "zarr" and _sharded(self._data):
+            self._shards = ShardStreamer(self._data, self.partial / DATA)
+            self._shards.discard_unfinished()  # a shard an interrupted run left half-written
         self._save_attrs()
 
     def _try_resume(self, fingerprint) -> None:
@@ -270,10 +285,6 @@ class DatasetWriter:
         time, so a resumed run restarts at the last complete shard)."""
         return self._rows
 
-    @property
-    def _accepted(self) -> int:
-        return self._rows + sum(len(b) for b in self._pending)
-
     def write_rows(self, row_start: int, block) -> None:
         """Write scan rows ``row_start : row_start + len(block)``.
 
@@ -299,11 +310,15 @@ class DatasetWriter:
         ]:  # fmt: skip
             if bad:
                 raise PtyengineError(f"{where}: {text}")
-        self._pending.append(_cast(block, self.dtype, where))
-        if stop % self.stored_chunks[0] == 0 or stop == sy:  # a whole shard (or the end)
-            data = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-            self._data[self._rows:stop] = data
-            self._pending, self._rows = [], stop
+        block = _cast(block, self.dtype, where)
+        if self._shards is None:
+            self._data[row_start:stop] = block
+            durable = stop
+        else:  # each chunk encoded into its shard's file now; durable once the shard is
+            durable = self._shards.write(row_start, block)
+        self._accepted = stop
+        if durable is not None:
+            self._rows = durable
             self._save_attrs()
 
     def write_array(self, name: str, array, attrs: dict | None = None) -> None:
@@ -346,7 +361,9 @@ class DatasetWriter:
         """Release file handles without finishing (the ``.partial`` stays)."""
         if self.kind == "hdf5" and self._root is not None:
             self._root.close()
-        self._root = self._data = None
+        if self._shards is not None:
+            self._shards.close()
+        self._root = self._data = self._shards = None
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -368,7 +385,9 @@ def create_dataset(path, calibration: Calibration, dtype, rows_per_chunk: int | 
     ``finish()``). With ``resume``, a ``path.partial`` whose ``metadata["fingerprint"]``,
     calibration, dtype and chunking match is continued from its ``rows_written`` (skip
     those rows); otherwise, and always without ``resume``, a fresh partial replaces it.
-    ``shard_bytes`` overrides the Zarr shard size (see :func:`storage_layout`).
+    ``shard_bytes``: the Zarr shard size (None: the default, ~256 MiB; 0: no sharding; see
+    :func:`storage_layout`); with sharding, rows become durable, and a resumed run
+    restarts, a shard at a time.
     """
     path = Path(path)
     _kind(path)
@@ -445,7 +464,7 @@ class Dataset:
         sy = self.shape[0]
         if not 0 <= start <= stop <= sy:
             raise PtyengineError(f"{self.path}: rows {start}:{stop} are outside the scan (0:{sy})")
-        chunks = storage_chunks(self.data)
+        chunks, unit = storage_chunks(self.data), "shard" if _sharded(self.data) else "chunk"
         grid = [math.ceil(s / n) for s, n in zip(self.shape, chunks, strict=True)]
         coords = [(c, *rest) for c in range(start // chunks[0], math.ceil(stop / chunks[0]))
                   for rest in np.ndindex(*grid[1:])]  # fmt: skip
@@ -453,7 +472,7 @@ class Dataset:
             for chunk in coords:
                 key = self.data.metadata.encode_chunk_key(chunk)
                 if not (self.path / DATA / key).is_file():
-                    raise PtyengineError(f"{self.path}: data chunk {chunk} is missing "
+                    raise PtyengineError(f"{self.path}: data {unit} {chunk} is missing "
                                          f"({DATA}/{key})")  # fmt: skip
         try:
             return np.asarray(self.data[start:stop])
@@ -463,35 +482,50 @@ class Dataset:
                     self.data[tuple(slice(i * n, (i + 1) * n)
                                     for i, n in zip(chunk, chunks, strict=True))]  # fmt: skip
                 except Exception as err:
-                    raise PtyengineError(f"{self.path}: data chunk {chunk} is corrupt or "
+                    raise PtyengineError(f"{self.path}: data {unit} {chunk} is corrupt or "
                                          f"truncated ({type(err).__name__}: {err})") from err
             raise PtyengineError(f"{self.path}: reading scan rows {start}:{stop} failed "
                                  f"({type(exc).__name__}: {exc})") from exc
 
-    def iter_row_blocks(self, rows: int | None = None, prefetch: int = 2):
+    def iter_row_blocks(self, rows: int | None = None, prefetch: int = 2, workers: int = 1,
+                        transform=None):  # fmt: skip
         """Yield ``(row_start, block)`` over the scan in order, ``rows`` rows per block
-        (default: one stored chunk).
+        (default: one chunk; in sharded data the inner chunk, not the whole shard file).
 
-        ``prefetch`` blocks are read and decompressed ahead in a background thread while the
-        caller works on the current one (0: read in the caller's thread); memory holds at
-        most ``prefetch + 1`` blocks.
+        ``prefetch`` blocks are read and decompressed ahead in ``workers`` background
+        threads while the caller works on the current one (0: read in the caller's thread);
+        memory holds at most ``prefetch + 1`` blocks. With ``workers`` ≥ 2 several blocks
+        are decompressed at once (zarr runs Blosc on one thread per chunk), so reading can
+        use more than one core; blocks still come in order. ``transform(row_start, block)``,
+        if given, runs in the reading thread right after each block is read, and its result
+        is yielded in place of the block (e.g. per-pattern sums: the reduction then shares
+        the reading threads' cores and the block is freed where it was decompressed).
         """
-        rows = int(rows or storage_chunks(self.data)[0])
+        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
+        chunks = self.data.chunks or (max(1, CHUNK_TARGET_BYTES // max(row_bytes, 1)),)
+        rows = int(rows or chunks[0])  # unchunked HDF5 from elsewhere: ~16 MiB blocks
         if rows < 1:
             raise PtyengineError(f"{self.path}: rows per block must be ≥ 1, got {rows}")
+        if int(workers) < 1:
+            raise PtyengineError(f"{self.path}: reader workers must be ≥ 1, got {workers}")
+
+        def read(start: int):
+            block = self.read_rows(start, min(start + rows, self.shape[0]))
+            return block if transform is None else transform(start, block)
+
         starts = list(range(0, self.shape[0], rows))
         if prefetch < 1 or len(starts) < 2:
             for start in starts:
-                yield start, self.read_rows(start, min(start + rows, self.shape[0]))
+                yield start, read(start)
             return
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptyengine-read") as pool:
+        with ThreadPoolExecutor(max_workers=int(workers),
+                                thread_name_prefix="ptyengine-read") as pool:  # fmt: skip
             ahead = deque()
             for start in starts:
-                ahead.append((start, pool.submit(self.read_rows, start,
-                                                 min(start + rows, self.shape[0]))))
+                ahead.append((start, pool.submit(read, start)))
                 if len(ahead) > prefetch:
                     s0, fut = ahead.popleft()
                     yield s0, fut.result()
@@ -584,7 +618,8 @@ def describe(path) -> str:
             f"format:      {'Zarr v3' if ds.kind == 'zarr' else 'HDF5'}, {a.get('format')} "
             f"v{a.get('format_version')}, by {a.get('created_by', '?')}; {status}",
             f"data:        {ds.shape} (scan_y, scan_x, k_y, k_x) {ds.dtype}, "
-            f"chunks {tuple(ds.data.chunks)}",
+            f"chunks {tuple(ds.data.chunks)}"
+            + (f" in shard files of {tuple(ds.data.shards)}" if _sharded(ds.data) else ""),
             f"size:        {_bytes(disk)} on disk, {_bytes(raw)} raw "
             f"(compression ratio {raw / max(disk, 1):.2f})",
             "calibration:",

@@ -69,6 +69,29 @@ def test_reconstruct_epie(tiny, tmp_path, capsys, monkeypatch):
     assert 0 < y0 < y1 < arrays["phase"].shape[0] and 0 < x0 < x1 < arrays["phase"].shape[1]
     assert (tmp_path / "e_preview.png").stat().st_size > 1000
     assert not list(tmp_path.glob("*.npz"))  # no checkpoint asked, none left
+    assert attrs["streamed"] is False  # 150 kB of amplitudes: held in memory
+    # a budget below the data's size streams them from disk, a chunk of rows at a time,
+    # with the same result as when they are held (the order of the positions depends on
+    # the chunking: both runs here read data stored with one scan row per chunk)
+    with io.open_dataset(tiny) as ds:
+        rows = np.asarray(ds.read_rows(0, 6))
+        with io.create_dataset(tmp_path / "rows.zarr", ds.calibration, rows.dtype,
+                               rows_per_chunk=1) as w:  # fmt: skip
+            w.write_rows(0, rows)
+    results = {}
+    for limit in ("2GB", "120kB"):
+        code, _, err = run(capsys, "reconstruct", tmp_path / "rows.zarr", "--iterations", 3,
+                           "--batch-size", 4, "--defocus", 10, "-o", tmp_path / f"{limit}.zarr",
+                           "--memory-limit", limit)  # fmt: skip
+        assert code == 0, err
+        results[limit] = read_result(tmp_path / f"{limit}.zarr")
+    (held, held_attrs), (streamed, s_attrs) = results["2GB"], results["120kB"]
+    assert not held_attrs["streamed"] and s_attrs["streamed"]
+    assert s_attrs["errors"] == held_attrs["errors"]
+    np.testing.assert_array_equal(streamed["object"], held["object"])
+    code, _, err = run(capsys, "reconstruct", tiny, "--iterations", 1, "-o",
+                       tmp_path / "m.zarr", "--memory-limit", "lots")
+    assert code != 0 and "'lots'" in err and "size in bytes" in err
     # an existing result is kept unless --overwrite
     code, _, err = run(capsys, "reconstruct", tiny, "--iterations", 1, "-o", result)
     assert code == 2 and "--overwrite" in err

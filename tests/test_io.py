@@ -1,6 +1,10 @@
 """On-disk datasets: round trips, streamed and resumed writes, and one-line errors."""
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import h5py
@@ -353,5 +357,146 @@ def test_sharded_zarr_round_trip_and_resume(tmp_path, cal):
     with io.open_dataset(path) as ds:
         assert ds.data.shards == (4, *data.shape[1:]) and ds.data.chunks == (2, *data.shape[1:])
         np.testing.assert_array_equal(ds.read_rows(0, 6), data)
-        assert [s for s, _ in ds.iter_row_blocks()] == [0, 4]
+        assert [s for s, _ in ds.iter_row_blocks()] == [0, 2, 4]  # inner chunks
     assert len(list((path / "data" / "c").iterdir())) == 2  # two shard files along the scan
+
+
+# ---------------------------------------------------------------- streamed shard files
+def sharded(cal, rows):
+    """A scan of ``rows`` rows; 2 rows per chunk, 3 chunks (6 rows) per shard file."""
+    data = np.random.default_rng(rows).poisson(30.0, (rows, *SHAPE[1:])).astype(np.uint16)
+    return cal.replace(scan_shape=(rows, SHAPE[1])), data, 3 * 2 * data[0].nbytes
+
+
+def write_sharded(path, cal, data, shard_bytes, block=2, **kw):
+    with io.create_dataset(path, cal, data.dtype, rows_per_chunk=2, metadata=META,
+                           shard_bytes=shard_bytes, **kw) as w:  # fmt: skip
+        for start in range(w.rows_written, len(data), block):
+            w.write_rows(start, data[start:start + block])
+    return w
+
+
+def shard_files(path):
+    return sorted(str(p.relative_to(path / "data")) for p in (path / "data").rglob("*")
+                  if p.is_file() and p.name != "zarr.json")  # fmt: skip
+
+
+@pytest.mark.parametrize("rows, block", [(12, 2), (13, 4), (7, 6), (17, 8)])
+def test_streamed_shards_are_the_files_zarr_writes(tmp_path, cal, rows, block):
+    """Chunks streamed into shard files read back bit for bit (also through zarr itself),
+    one file per shard, each byte-identical to the shard zarr-python writes from memory —
+    also the last, partial shard (absent chunks, and a padded edge chunk when the row count
+    is not a multiple of the chunk rows)."""
+    cal, data, shard_bytes = sharded(cal, rows)
+    path = tmp_path / "s.zarr"
+    write_sharded(path, cal, data, shard_bytes, block=block)
+    with io.open_dataset(path) as ds:
+        assert ds.data.shards == (6, *SHAPE[1:]) and ds.data.chunks == (2, *SHAPE[1:])
+        np.testing.assert_array_equal(ds.read_rows(0, rows), data)
+        np.testing.assert_array_equal(ds.read_rows(5, rows - 1), data[5:rows - 1])
+        assert "in shard files of (6, 5, 16, 16)" in io.describe(path)
+    np.testing.assert_array_equal(zarr.open_array(path / "data", mode="r")[...], data)
+    n_shards = -(-rows // 6)
+    assert shard_files(path) == [f"c/{i}/0/0/0" for i in range(n_shards)]
+    layout = io.storage_layout(data.shape, data.dtype, 2, shard_bytes)
+    ref = zarr.open_group(tmp_path / "ref.zarr", mode="w", zarr_format=3).create_array(
+        "data", shape=data.shape, chunks=layout.chunks, shards=layout.shards, dtype=data.dtype,
+        fill_value=0, compressors=layout.zarr_compressors, config={"write_empty_chunks": True})
+    ref[...] = data
+    for name in shard_files(path):
+        assert (path / "data" / name).read_bytes() == \
+            (tmp_path / "ref.zarr" / "data" / name).read_bytes(), name  # fmt: skip
+
+
+def test_sharding_is_the_default_for_data_larger_than_a_shard(tmp_path, cal, monkeypatch):
+    layout = io.storage_layout((2048, 256, 256, 256), "uint16")  # 32 MiB chunks of one row
+    assert layout.chunks == (1, 256, 256, 256) and layout.shards == (8, 256, 256, 256)
+    assert io.storage_layout((2048, 256, 256, 256), "uint16", shard_bytes=0).shards is None
+    assert io.storage_layout(SHAPE, "float32").shards is None  # smaller than one shard
+    with pytest.raises(PtyengineError, match="shard_bytes must be a non-negative integer"):
+        io.storage_layout(SHAPE, "float32", shard_bytes=-1)
+    cal, data, shard_bytes = sharded(cal, 13)
+    monkeypatch.setattr(io, "SHARD_TARGET_BYTES", shard_bytes)  # the default, read per call
+    write_sharded(tmp_path / "d.zarr", cal, data, None)
+    write_sharded(tmp_path / "plain.zarr", cal, data, 0)
+    with io.open_dataset(tmp_path / "d.zarr") as ds, io.open_dataset(tmp_path / "plain.zarr") as p:
+        assert ds.data.shards == (6, *SHAPE[1:]) and p.data.shards is None
+        np.testing.assert_array_equal(ds.read_rows(0, 13), p.read_rows(0, 13))
+    assert len(shard_files(tmp_path / "plain.zarr")) == 7  # one file per chunk
+
+
+@pytest.mark.parametrize("how", ["close", "sigkill"])
+def test_interrupted_shard_is_rewritten_on_resume(tmp_path, cal, how):
+    """Stopped mid-shard (closed without finishing, or killed): the completed shard stays,
+    the half-written one is discarded and rewritten from its first row; the result equals an
+    uninterrupted write file for file."""
+    cal, data, shard_bytes = sharded(cal, 17)
+    path, partial = tmp_path / "s.zarr", tmp_path / "s.zarr.partial"
+    if how == "close":
+        w = io.create_dataset(path, cal, "uint16", rows_per_chunk=2, metadata=META,
+                              shard_bytes=shard_bytes)  # fmt: skip
+        w.write_rows(0, data[0:4])
+        assert w.rows_written == 0  # part of a shard: nothing durable yet
+        w.write_rows(4, data[4:8])  # completes shard 0, starts shard 1
+        assert w.rows_written == 6
+        w.write_rows(8, data[8:10])
+        w.close()
+    else:
+        np.save(tmp_path / "data.npy", data)
+        script = textwrap.dedent(f"""
+            import os, signal
+            import numpy as np
+            from ptyengine import io
+            from ptyengine.calibration import Calibration
+            cal = Calibration.from_dict({cal.to_dict()!r})
+            data = np.load({str(tmp_path / "data.npy")!r})
+            w = io.create_dataset({str(path)!r}, cal, "uint16", rows_per_chunk=2,
+                                  metadata={META!r}, shard_bytes={shard_bytes})
+            for start in (0, 2, 4, 6, 8):
+                w.write_rows(start, data[start:start + 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert r.returncode == -signal.SIGKILL, r.stderr
+    assert shard_files(partial) == ["c/0/0/0/0", "c/1/0/0/0.inprogress"]
+    with io.open_dataset(partial, allow_incomplete=True) as ds:
+        assert ds.rows_written == 6
+        np.testing.assert_array_equal(ds.read_rows(0, 6), data[:6])
+    w = io.create_dataset(path, cal, "uint16", rows_per_chunk=2, metadata=META, resume=True,
+                          shard_bytes=shard_bytes)  # fmt: skip
+    assert w.resumed and "at scan row 6 of 17" in w.resume_note and w.rows_written == 6
+    assert shard_files(partial) == ["c/0/0/0/0"]  # the half-written shard is gone
+    for start in range(6, 17, 4):
+        w.write_rows(start, data[start:start + 4])
+    w.finish()
+    write_sharded(tmp_path / "ref.zarr", cal, data, shard_bytes)
+    assert shard_files(path) == shard_files(tmp_path / "ref.zarr") == \
+        ["c/0/0/0/0", "c/1/0/0/0", "c/2/0/0/0"]  # fmt: skip
+    for name in shard_files(path):
+        assert (path / "data" / name).read_bytes() == \
+            (tmp_path / "ref.zarr" / "data" / name).read_bytes(), name  # fmt: skip
+    with io.open_dataset(path) as ds:
+        np.testing.assert_array_equal(ds.read_rows(0, 17), data)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_shard_file_is_named(tmp_path, cal, damage):
+    cal, data, shard_bytes = sharded(cal, 13)
+    path = tmp_path / "s.zarr"
+    write_sharded(path, cal, data, shard_bytes)
+    shard = path / "data" / "c" / "1" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        shard.write_bytes(raw[:len(raw) // 2])
+    elif damage == "flip":
+        raw[len(raw) // 2] ^= 0x10
+        shard.write_bytes(bytes(raw))
+    else:
+        shard.unlink()
+    with io.open_dataset(path) as ds:
+        np.testing.assert_array_equal(ds.read_rows(0, 6), data[:6])  # other shards are fine
+        what = "is missing" if damage == "delete" else "is corrupt or truncated"
+        with pytest.raises(PtyengineError, match=rf"s\.zarr: data shard \(1, 0, 0, 0\) {what}"):
+            ds.read_rows(0, 13)
+        with pytest.raises(PtyengineError, match=r"data shard \(1, 0, 0, 0\)"):
+            list(ds.iter_row_blocks(rows=2))

@@ -17,7 +17,7 @@ of overshooting. Measured on noise-free SrTiO3 (tests/test_epie.py, 400 position
 batches start slower (B = 64: error 4.4e-3 after the first sweep against 3.0e-3 for
 sequential ePIE) and then settle lower (1.5e-4 against 2.1e-4 after 12 iterations, where
 sequential ePIE's full steps keep overshooting); the phase agrees with the ground truth
-equally well (NCC 0.988-0.989 for B = 1, 16, 64).
+equally well (NCC 0.987-0.988 for B = 1, 16, 64).
 
 Geometry: the detector grid fixes the real-space pixel, d = 1/(N dk) Å; the probe window
 is the detector size. Positions are sub-pixel: the window sits at the integer pixel and
@@ -37,11 +37,11 @@ import numpy as np
 
 from .. import backend, physics
 from ..calibration import Calibration
-from ..dataset import as_dataset, check_counts
+from ..dataset import as_dataset
 from ..errors import PtyengineError
 from ..kernels import ptycho as pk
-from ..shift import ramps_2d, shifted_waves
 from .iterative import IterativeState, iteration_rng, load_checkpoint, run
+from .patterns import choose_patterns
 
 
 @dataclass
@@ -119,24 +119,6 @@ class EpieResult:
         return np.angle(self.object)
 
 
-def measured_amplitudes(ds, xp=np) -> np.ndarray:
-    """√I for every pattern, (N, Wy, Wx) float32 in FFT order (k = 0 at [0, 0]).
-
-    The calibrated detector centre is moved to the grid centre (rounded to a pixel).
-    """
-    cal = ds.calibration
-    ny, nx = cal.detector_shape
-    shift = (ny // 2 - int(round(cal.detector_center[0])),
-             nx // 2 - int(round(cal.detector_center[1])))  # fmt: skip
-    out = np.empty((cal.scan_shape[0] * cal.scan_shape[1], ny, nx), np.float32)
-    for row0, block in ds.iter_row_blocks():
-        check_counts(block, f"scan rows {row0}-{row0 + block.shape[0] - 1}")
-        b = np.roll(np.asarray(block, np.float32), shift, axis=(2, 3))
-        b = np.fft.ifftshift(b, axes=(2, 3)).reshape(-1, ny, nx)
-        out[row0 * cal.scan_shape[1]: row0 * cal.scan_shape[1] + len(b)] = np.sqrt(b)
-    return xp.asarray(out)
-
-
 def initial_probe(cal: Calibration, defocus: float | None, mean_intensity: float, xp,
                   dtype=np.complex64):  # fmt: skip
     """Fourier-space probe (FFT order) from the calibration's aperture and aberrations,
@@ -175,52 +157,53 @@ def fingerprint(cal: Calibration, params: EpieParameters, data_id: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp):
-    n_pos = len(geom.corners)
+def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
     corners_dev = xp.asarray(geom.corners)
-    # every position's sub-pixel shift ramps, and their inverses, computed once per run
-    ramp_y, ramp_x = ramps_2d(geom.frac, geom.window, xp)
-    unramp_y, unramp_x = ramp_y.conj(), ramp_x.conj()
-    # positions per cache-sized sub-chunk on the CPU (~1 MB of waves per array)
-    chunk = max(1, (1 << 20) // (geom.window[0] * geom.window[1] * 8))
     w0, w1 = geom.window
-    real = np.float32
+    inv_n = 1.0 / (w0 * w1)  # the inverse FFTs are unnormalised: 1/N folded into kernels
+    # positions per cache-sized sub-chunk on the CPU (~1 MB of waves per array)
+    chunk = max(1, (1 << 20) // (w0 * w1 * 8))
+    real, cplx = np.float32, np.complex64
 
-    def exit_wave_updates(obj, probe_k, idx, with_probe, lo, box_shape):
+    def exit_wave_updates(obj, probe_k, block, idx, with_probe, lo, box_shape):
         """Per-position work of a batch (parallel over CPU cores): the object's overlap
         sums (this part's share), the probe update term and its normalisation, and the
-        Fourier misfit. Worked through in sub-chunks of ``chunk`` positions so that the
-        waves stay in the CPU's cache between the fused passes and the 4 FFTs."""
-        num = xp.zeros(box_shape, dtype=obj.dtype)
+        Fourier misfit. ``idx``: the positions (flat scan indices) of the block ``block``.
+        Worked through in sub-chunks of ``chunk`` positions so that the waves stay in the
+        CPU's cache between the fused passes and the 4 FFTs, in two buffers with in-place
+        transforms: ``probes`` (the shifted probes) and ``psi`` (exit wave → its transform
+        → revised exit wave → probe update term)."""
+        num = xp.zeros(box_shape, dtype=cplx)
         den = xp.zeros(box_shape, dtype=real)
         o_weight = xp.zeros((w0, w1), dtype=real)
-        upd = xp.zeros((w0, w1), dtype=obj.dtype) if with_probe else None
-        err = xp.zeros(1, dtype=np.float64)
+        upd = xp.zeros((w0, w1), dtype=cplx) if with_probe else None
+        err = xp.zeros(len(idx), dtype=np.float64)
         lo_dev = xp.asarray(lo)
+        idx_dev = xp.asarray(idx)
+        local_dev = idx_dev - block.first  # rows of the block's arrays
+        ramp_y, ramp_x = block.ramps
         step = chunk if xp is np else len(idx)
         for s0 in range(0, len(idx), step):
-            sub = idx[s0:s0 + step]
+            sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
             c = corners_dev[sub]
+            ry, rx = ramp_y[loc], ramp_x[loc]
             shape = (len(sub), w0, w1)
-            probes = shifted_waves(probe_k, None, xp, ramps=(ramp_y[sub], ramp_x[sub]))  # [1 FFT]
-            o_win = backend.empty(shape, obj.dtype, xp)
-            psi = backend.empty(shape, obj.dtype, xp)
-            pk.exit_waves(probes, obj, c, o_win, psi, o_weight)  # O windows before updates
-            psi_k = backend.fft2(psi, out=backend.empty(shape, obj.dtype, xp))  # [1 FFT]
-            e = xp.zeros(len(sub), dtype=np.float64)
-            pk.fourier_modulus(psi_k, amplitudes[sub], e)
-            err += e.sum()
-            psi_new = backend.ifft2(psi_k, out=psi_k)  # [1 FFT]
-            # Δψ = psi_new − psi feeds the object's overlap sums and the probe term
-            # conj(O)Δψ in one fused pass (each window is read before its slot is reused)
-            term = o_win
-            pk.difference_updates(num, den, probes, o_win, psi_new, psi, c - lo_dev, term)
+            probes = backend.fft_buffer(shape, cplx, xp, "probes")
+            psi = backend.fft_buffer(shape, cplx, xp, "psi")
+            pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
+            probes.inverse()  # [1 FFT] probes shifted to their sub-pixel positions
+            pk.exit_waves(probes.a, obj, c, psi.a, o_weight)
+            psi.forward()  # [1 FFT]
+            pk.fourier_modulus(psi.a, block.amplitudes, loc, err[s0:s0 + step], inv_n)
+            psi.inverse()  # [1 FFT] revised exit waves
+            # Δψ feeds the object's overlap sums and the probe term conj(O)Δψ in one pass
+            pk.difference_updates(num, den, probes.a, obj, psi.a, c, lo_dev)
             if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
-                backend.fft2(term, out=term)  # [1 FFT]
-                pk.ramp_reduce(upd, term, unramp_y[sub], unramp_x[sub])
-        return num, den, upd, o_weight, float(err[0])
+                psi.forward()  # [1 FFT]
+                pk.ramp_reduce(upd, psi.a, ry.conj(), rx.conj())
+        return num, den, upd, o_weight, float(err.sum())
 
-    def batch_update(state, idx, iteration, err):
+    def batch_update(state, block, idx, iteration):
         obj, probe_k = state.arrays["object"], state.arrays["probe_k"]
         with_probe = iteration >= params.probe_update_start
         # object: overlap sum over the batch, applied on the batch's bounding box
@@ -228,31 +211,26 @@ def _sweep_factory(amplitudes, geom: PtychoGeometry, params: EpieParameters, xp)
         hi = geom.corners[idx].max(axis=0) + np.array([w0, w1])
         box_shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
         parts = backend.split_map(
-            lambda p: exit_wave_updates(obj, probe_k, idx[p], with_probe, lo, box_shape),
-            len(idx), xp)
-        num, den = parts[0][0], parts[0][1]
-        for part in parts[1:]:
-            num += part[0]
-            den += part[1]
-        err += sum(part[4] for part in parts)
-        box = obj[lo[0]:hi[0], lo[1]:hi[1]]
-        box += (params.alpha / float(den.max())) * num
-        if params.phase_only:  # a pure phase object: |O| = 1
-            box /= xp.maximum(xp.abs(box), np.float32(1e-12))
+            lambda p: exit_wave_updates(obj, probe_k, block, idx[p], with_probe, lo,
+                                        box_shape), len(idx), xp)  # fmt: skip
+        # O += α Σ num / max Σ den on the box; |O| = 1 for a pure phase object (phase_only)
+        pk.object_step(obj[lo[0]:hi[0], lo[1]:hi[1]], [p[0] for p in parts],
+                       [p[1] for p in parts], params.alpha, params.phase_only)  # fmt: skip
         if with_probe:
             upd = sum(p[2] for p in parts)
             norm = float(sum(p[3] for p in parts).max())
             probe_k += (params.beta / norm) * upd
-        return err
+        return sum(part[4] for part in parts)
 
     def sweep(state: IterativeState, iteration: int) -> float:
-        order = iteration_rng(params.seed, iteration).permutation(n_pos)
-        err = 0.0
-        for b0 in range(0, n_pos, params.batch_size):
-            err = batch_update(state, order[b0:b0 + params.batch_size], iteration, err)
-        return err / total
+        """One pass: the blocks in random order, batches of positions within each."""
+        err, bs = 0.0, params.batch_size
+        order = patterns.order(iteration_rng(params.seed, iteration))
+        for block, positions in patterns.iterate(order):
+            for b0 in range(0, len(positions), bs):
+                err += batch_update(state, block, positions[b0:b0 + bs], iteration)
+        return err / patterns.total
 
-    total = float((amplitudes.astype(np.float64) ** 2).sum())
     return sweep
 
 
@@ -265,9 +243,15 @@ def epie(
     resume: bool = False,
     progress=None,
     data_id: str = "",
+    memory_limit: int | None = None,
 ) -> EpieResult:
     """Reconstruct object and probe from a calibrated dataset (path, io.Dataset or
-    InMemoryDataset) by ePIE. The measured data are held in memory (as amplitudes).
+    InMemoryDataset) by ePIE.
+
+    The measured amplitudes are held on the device when they take at most half of
+    ``memory_limit`` bytes (default: half the machine's memory, see
+    :func:`backend.memory_limit`), and streamed from the dataset every iteration otherwise,
+    with an identical result (:mod:`.patterns`).
 
     ``progress(iteration, error)`` is called after every iteration. ``checkpoint`` (a .npz
     path) is written every ``checkpoint_every`` iterations; ``resume=True`` continues from
@@ -278,8 +262,8 @@ def epie(
     ds = as_dataset(data)
     cal = ds.calibration
     geom = PtychoGeometry.from_calibration(cal, params.margin)
-    amplitudes = measured_amplitudes(ds, xp)
-    mean_int = float((amplitudes.astype(np.float64) ** 2).sum()) / len(amplitudes)
+    patterns = choose_patterns(ds, geom, xp, memory_limit)
+    mean_int = patterns.total / len(geom.corners)
     if mean_int <= 0:
         raise PtyengineError(f"{getattr(ds, 'path', 'data')}: every pattern is empty")
     _warn_low_counts(cal, mean_int, params)
@@ -290,8 +274,8 @@ def epie(
         obj = xp.ones(geom.object_shape, dtype=np.complex64)
         state = IterativeState({"object": obj,
                                 "probe_k": initial_probe(cal, params.defocus, mean_int, xp)})
-    sweep = _sweep_factory(amplitudes, geom, params, xp)
+    sweep = _sweep_factory(patterns, geom, params, xp)
     run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress)
     probe = backend.to_numpy(xp.fft.ifft2(state.arrays["probe_k"]))
     return EpieResult(backend.to_numpy(state.arrays["object"]), probe, list(state.errors),
-                      geom, params, cal)  # fmt: skip
+                      geom, params, cal, {"streamed": patterns.streamed})  # fmt: skip

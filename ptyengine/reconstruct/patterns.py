@@ -1,0 +1,215 @@
+"""Where an iterative reconstruction's measured amplitudes come from: held in memory, or
+streamed from disk every iteration (issue 6: no algorithm may need the dataset in memory).
+
+The scan is cut into *blocks* of whole scan rows, one stored chunk each
+(:func:`block_rows`). Each iteration visits the blocks in a random order and the positions
+inside a block in a random order (:func:`visit_order`); batches never span two blocks.
+Both sources follow that same order, so a streamed run does the same arithmetic on the
+same numbers as a resident one and gives an identical result.
+
+* :class:`ResidentPatterns`: every block's amplitudes on the device, read once. Used when
+  they fit the memory budget (:func:`choose_patterns`).
+* :class:`StreamedPatterns`: each block read, decompressed and converted to amplitudes in a
+  background thread, ``prefetch`` blocks ahead of use, every iteration; on a GPU through
+  pinned host memory and a copy stream of its own (:func:`backend.to_device_async`), so
+  the copy overlaps the kernels.
+
+A block hands out the amplitudes √I (float32, FFT order, detector centre moved to the grid
+centre) and the separable sub-pixel shift ramps of its positions, in scan order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend, io
+from ..dataset import BLOCK_TARGET_BYTES, check_counts
+from ..errors import PtyengineError
+from ..shift import ramps_2d
+
+
+@dataclass
+class Block:
+    """The patterns of scan rows ``rows`` (a slice): ``amplitudes`` (n, Wy, Wx) and shift
+    ``ramps`` (ry (n, Wy), rx (n, Wx)) on the device, position ``first`` .. first + n − 1."""
+
+    rows: slice
+    first: int
+    amplitudes: object
+    ramps: tuple
+
+
+def block_rows(ds) -> int:
+    """Scan rows per block: one stored chunk of an on-disk dataset (its inner chunk when
+    sharded: zarr reads inner chunks of a shard on their own), ~16 MiB of rows in memory."""
+    if isinstance(ds, io.Dataset):
+        return int(ds.data.chunks[0])
+    row_bytes = max(1, math.prod(ds.shape[1:]) * np.dtype(ds.dtype).itemsize)
+    return int(max(1, min(ds.shape[0], BLOCK_TARGET_BYTES // row_bytes)))
+
+
+def visit_order(rng: np.random.Generator, scan_shape, rows: int) -> list[tuple[int, np.ndarray]]:
+    """[(block index, positions of the block in random order)], blocks in random order.
+
+    Positions are flat scan indices (row-major); block b holds scan rows b·rows onwards.
+    """
+    sy, sx = scan_shape
+    n_blocks = math.ceil(sy / rows)
+    order = []
+    for b in rng.permutation(n_blocks):
+        first, stop = b * rows * sx, min((b + 1) * rows, sy) * sx
+        order.append((int(b), first + rng.permutation(stop - first)))
+    return order
+
+
+def amplitudes_of(block, cal) -> np.ndarray:
+    """√I of a block of raw patterns (rows, Sx, Ky, Kx) as (rows·Sx, Ky, Kx) float32 in FFT
+    order (k = 0 at [0, 0]): the calibrated detector centre, rounded to a pixel, moved to
+    the grid centre, then the grid centre to [0, 0], in one roll."""
+    ny, nx = cal.detector_shape
+    shift = (-int(round(cal.detector_center[0])), -int(round(cal.detector_center[1])))
+    b = np.asarray(block, np.float32).reshape(-1, ny, nx)
+    b = np.roll(b, shift, axis=(1, 2))
+    return np.sqrt(b, out=b)
+
+
+class _Source:
+    """What both sources share: the geometry, the block grid and reading one block."""
+
+    def __init__(self, ds, geom, xp, rows: int | None = None):
+        self.ds, self.geom, self.xp = ds, geom, xp
+        self.cal = ds.calibration
+        self.rows = int(rows or block_rows(ds))
+        self.scan_shape = tuple(self.cal.scan_shape)
+        self.total = 0.0  # Σ I over the dataset (float64), set by the subclass
+
+    def order(self, rng):
+        return visit_order(rng, self.scan_shape, self.rows)
+
+    def _read(self, b: int, to_device) -> tuple[Block, float]:
+        """Block b from disk: checked, converted, its ramps made, moved to the device."""
+        sy, sx = self.scan_shape
+        r0, r1 = b * self.rows, min((b + 1) * self.rows, sy)
+        raw = self.ds.read_rows(r0, r1)
+        name = getattr(self.ds, "path", None) or "data"
+        check_counts(raw, f"{name}: scan rows {r0}-{r1 - 1}", row_start=r0)
+        amp = amplitudes_of(raw, self.cal)
+        del raw
+        intensity = float(np.square(amp, dtype=np.float64).sum())
+        ry, rx = ramps_2d(self.geom.frac[r0 * sx:r1 * sx], self.geom.window, np)
+        block = Block(slice(r0, r1), r0 * sx, *to_device(amp, ry, rx))
+        return block, intensity
+
+
+def _plain_copy(xp):
+    def to_device(amp, ry, rx):
+        return xp.asarray(amp), (xp.asarray(ry), xp.asarray(rx))
+    return to_device
+
+
+class ResidentPatterns(_Source):
+    """All blocks read once and kept on the device (``nbytes`` of amplitudes)."""
+
+    streamed = False
+
+    def __init__(self, ds, geom, xp, rows: int | None = None):
+        super().__init__(ds, geom, xp, rows)
+        n_blocks = math.ceil(self.scan_shape[0] / self.rows)
+        self.blocks: list[Block] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="ptyengine-read") as pool:
+            ahead = deque(pool.submit(self._read, b, _plain_copy(xp))
+                          for b in range(min(2, n_blocks)))  # fmt: skip
+            for b in range(n_blocks):
+                block, intensity = ahead.popleft().result()
+                if b + 2 < n_blocks:
+                    ahead.append(pool.submit(self._read, b + 2, _plain_copy(xp)))
+                self.blocks.append(block)
+                self.total += intensity
+
+    def iterate(self, order) -> Iterator[tuple[Block, np.ndarray]]:
+        for b, positions in order:
+            yield self.blocks[b], positions
+
+
+class StreamedPatterns(_Source):
+    """Blocks read again every iteration, ``prefetch`` ahead in a background thread; the
+    first pass over the data (the dataset's total intensity, needed before the first
+    iteration) also checks every block."""
+
+    streamed = True
+
+    def __init__(self, ds, geom, xp, rows: int | None = None, prefetch: int = 2):
+        super().__init__(ds, geom, xp, rows)
+        self.prefetch = max(1, int(prefetch))
+        n_blocks = math.ceil(self.scan_shape[0] / self.rows)
+        self.total = sum(i for _, i in self._stream([(b, None) for b in range(n_blocks)],
+                                                   lambda a, y, x: (None, (None, None))))
+        self.total = float(self.total)
+
+    def _stream(self, order, to_device):
+        with ThreadPoolExecutor(1, thread_name_prefix="ptyengine-stream") as pool:
+            ahead = deque()
+            for b, positions in order:
+                ahead.append((pool.submit(self._read, b, to_device), positions))
+                if len(ahead) > self.prefetch:
+                    fut, pos = ahead.popleft()
+                    block, intensity = fut.result()
+                    yield (block, pos), intensity
+            while ahead:
+                fut, pos = ahead.popleft()
+                block, intensity = fut.result()
+                yield (block, pos), intensity
+
+    def iterate(self, order) -> Iterator[tuple[Block, np.ndarray]]:
+        xp = self.xp
+
+        def to_device(amp, ry, rx):
+            return (backend.to_device_async(amp, xp),
+                    (backend.to_device_async(ry, xp), backend.to_device_async(rx, xp)))
+
+        for item, _ in self._stream(order, to_device):
+            yield item
+
+
+def resident_bytes(cal) -> int:
+    """Bytes of every amplitude and shift ramp held at once (float32, complex64)."""
+    n = cal.scan_shape[0] * cal.scan_shape[1]
+    wy, wx = cal.detector_shape
+    return n * (wy * wx * 4 + (wy + wx) * 8)
+
+
+def choose_patterns(ds, geom, xp, memory_limit: int | None = None, rows: int | None = None):
+    """ResidentPatterns when the amplitudes take at most half of ``memory_limit`` bytes
+    (default :func:`backend.memory_limit`; on a GPU also at most half its free memory),
+    StreamedPatterns otherwise, with as many blocks read ahead (1-2) as the budget holds.
+    A budget smaller than two blocks is an error that says what to change."""
+    cal = ds.calibration
+    limit = backend.memory_limit(memory_limit, xp)
+    need = resident_bytes(cal)
+    if need <= limit // 2:
+        return ResidentPatterns(ds, geom, xp, rows)
+    rows = int(rows or block_rows(ds))
+    raw_row = math.prod(ds.shape[1:]) * np.dtype(ds.dtype).itemsize
+    per_block = rows * (raw_row + resident_bytes(cal) // cal.scan_shape[0])
+    if 2 * per_block > limit:
+        raise PtyengineError(
+            f"memory limit {_size(limit)} holds fewer than two blocks of {rows} scan rows "
+            f"({_size(per_block)} each, read plus amplitudes): raise --memory-limit, or "
+            f"store the data with fewer scan rows per chunk (ptyengine convert ... "
+            f"--rows-per-chunk N)")
+    prefetch = int(min(2, limit // per_block - 1))
+    return StreamedPatterns(ds, geom, xp, rows, prefetch)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
