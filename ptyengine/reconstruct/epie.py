@@ -1,6 +1,9 @@
 """ePIE: the extended ptychographical iterative engine (Maiden & Rodenburg 2009).
 
-For each probe position j (random order every iteration), with object O and probe P:
+For each probe position j (in a random order every iteration: the stored chunks of scan
+rows in random order, the positions inside each in random order, so that data larger than
+memory can be streamed a chunk at a time; see :mod:`.patterns`), with object O and
+probe P:
 
     ψ_j  = P_j · O[window_j]                       exit wave
     Ψ'_j = √I_j · Ψ_j / |Ψ_j|,  Ψ_j = F[ψ_j]        Fourier-modulus constraint
@@ -11,13 +14,13 @@ For each probe position j (random order every iteration), with object O and prob
 **Batched variant** (``batch_size`` B > 1, for GPUs): the B positions of a batch see the
 same O and P; their updates are summed and normalised by the maximum of the summed
 weights, O += α Σ conj(P_j)Δψ_j / max Σ|P_j|² and P += β Σ conj(O_j)Δψ_j / max Σ|O_j|²
-(sums over the batch). For B = 1 this is ePIE exactly; where the windows of a batch do
-not overlap, each gets the sequential step; where they overlap the step shrinks instead
-of overshooting. Measured on noise-free SrTiO3 (tests/test_epie.py, 400 positions): large
-batches start slower (B = 64: error 4.4e-3 after the first sweep against 3.0e-3 for
-sequential ePIE) and then settle lower (1.5e-4 against 2.1e-4 after 12 iterations, where
-sequential ePIE's full steps keep overshooting); the phase agrees with the ground truth
-equally well (NCC 0.987-0.988 for B = 1, 16, 64).
+(sums over the batch; a batch never spans two chunks). For B = 1 this is ePIE exactly;
+where the windows of a batch do not overlap, each gets the sequential step; where they
+overlap the step shrinks instead of overshooting. Measured on noise-free SrTiO3
+(tests/test_epie.py, 400 positions): large batches start slower (B = 64: error 4.4e-3
+after the first sweep against 3.0e-3 for sequential ePIE) and then settle lower (1.5e-4
+against 2.0e-4 after 12 iterations, where sequential ePIE's full steps keep overshooting);
+the phase agrees with the ground truth equally well (NCC 0.987-0.988 for B = 1, 16, 64).
 
 Geometry: the detector grid fixes the real-space pixel, d = 1/(N dk) Å; the probe window
 is the detector size. Positions are sub-pixel: the window sits at the integer pixel and
