@@ -219,10 +219,13 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
         # O += α Σ num / max Σ den on the box; |O| = 1 for a pure phase object (phase_only)
         pk.object_step(obj[lo[0]:hi[0], lo[1]:hi[1]], [p[0] for p in parts],
                        [p[1] for p in parts], params.alpha, params.phase_only)  # fmt: skip
-        if with_probe:
-            upd = sum(p[2] for p in parts)
-            norm = float(sum(p[3] for p in parts).max())
-            probe_k += (params.beta / norm) * upd
+        if with_probe:  # P += β Σ conj(O)Δψ / max Σ|O|², summed over the parts in place
+            upd, weight = parts[0][2], parts[0][3]
+            for p in parts[1:]:
+                upd += p[2]
+                weight += p[3]
+            upd *= np.float32(params.beta / float(weight.max()))
+            probe_k += upd
         return sum(part[4] for part in parts)
 
     def sweep(state: IterativeState, iteration: int) -> float:
