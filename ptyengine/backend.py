@@ -353,6 +353,30 @@ def memory_limit(limit=None, xp: ModuleType = np) -> int:
     return limit
 
 
+MALLOC_ARENAS = 2  # glibc malloc arenas the command line allows (see limit_malloc_arenas)
+
+
+def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
+    """Let glibc keep at most ``n`` malloc arenas (``mallopt(M_ARENA_MAX)``, as the
+    environment variable MALLOC_ARENA_MAX would); returns whether it could.
+
+    Every thread that decompresses chunks otherwise gets an arena of its own, which keeps
+    the freed chunk buffers: resident memory then creeps up over a long streaming run
+    until every arena is warm (measured: iCOM's peak 1.18× higher on 16 GB than on 2 GB;
+    benchmarks/RESULTS.md). The ``ptyengine`` command calls this at start (a process-wide
+    setting, so the library itself does not); call it first in scripts and job files
+    that stream large data, or set MALLOC_ARENA_MAX=2.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, int(n)))  # M_ARENA_MAX = -8 in glibc's malloc.h
+    except (OSError, AttributeError):  # not glibc: nothing to limit
+        return False
+
+
 def to_device_async(host: np.ndarray, xp: ModuleType):
     """``host`` on the device of ``xp``: on a GPU copied through pinned (page-locked)
     memory on a copy stream of its own, so that a background thread's copies overlap the

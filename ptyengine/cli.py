@@ -765,6 +765,9 @@ def _numba_cuda_report() -> str:
 
 def main(argv=None):
     """Entry point: run the click group, turning user errors into one-line messages."""
+    from .backend import limit_malloc_arenas
+
+    limit_malloc_arenas()  # streaming threads' freed buffers do not pile up in arenas
     try:
         cli.main(args=argv, prog_name="ptyengine", standalone_mode=False)
     except click.exceptions.Abort:

@@ -12,10 +12,12 @@ from ptyengine.dataset import InMemoryDataset, as_dataset, check_counts
 from ptyengine.errors import PtyengineError
 from ptyengine.reconstruct.icom import (
     center_of_mass,
+    detector_k,
     find_rotation,
     icom,
     idpc,
     integrate_gradient,
+    row_blocks,
     to_detector_frame,
     to_scan_frame,
 )
@@ -144,6 +146,32 @@ def test_integrate_gradient_of_an_analytic_gradient():
     assert ncc(integrate_gradient(gy, gx, STEP, high_pass=0.0), ramp) > 0.99
 
 
+def mirrored_fft_integration(gy, gx, dy, dx, k_hp):
+    """The textbook form of integrate_gradient: FFTs of the fields mirrored to twice the
+    size (phase even, normal gradient odd), Φ = k·G / (2πi(|k|² + k_hp²)), cropped back."""
+    ny, nx = gy.shape
+    ey = np.block([[gy, gy[:, ::-1]], [-gy[::-1], -gy[::-1, ::-1]]])
+    ex = np.block([[gx, -gx[:, ::-1]], [gx[::-1], -gx[::-1, ::-1]]])
+    ky, kx = np.fft.fftfreq(2 * ny, dy)[:, None], np.fft.fftfreq(2 * nx, dx)[None, :]
+    denom = 2j * np.pi * (ky**2 + kx**2 + k_hp**2)
+    denom[0, 0] = 1.0
+    spec = (ky * np.fft.fft2(ey) + kx * np.fft.fft2(ex)) / denom
+    spec[0, 0] = 0.0
+    phase = np.fft.ifft2(spec).real[:ny, :nx]
+    return phase - phase.mean()
+
+
+@pytest.mark.parametrize("shape, step, k_hp", [((32, 32), (1.0, 1.0), 0.0),
+                                                ((17, 40), (0.3, 0.5), 0.02),
+                                                ((9, 1), (0.2, 0.2), 0.1), ((1, 6), (1, 1), 0)])
+def test_integrate_gradient_is_the_mirrored_fft_integration(shape, step, k_hp):
+    """The DCT/DST form (arrays of the scan's size) gives the mirrored FFT's numbers."""
+    gy, gx = np.random.default_rng(3).normal(size=(2, *shape))
+    np.testing.assert_allclose(integrate_gradient(gy, gx, step, high_pass=k_hp),
+                               mirrored_fft_integration(gy, gx, *step, k_hp),
+                               rtol=0, atol=1e-12)  # fmt: skip
+
+
 @pytest.mark.parametrize("rotation, transpose", [(17.0, False), (205.0, True), (300.0, False)])
 def test_find_rotation_recovers_a_planted_rotation(rotation, transpose):
     iy, ix = np.meshgrid(np.arange(N) * STEP, np.arange(N) * STEP, indexing="ij")
@@ -215,6 +243,92 @@ def test_in_memory_dataset_reads_like_io_dataset(cos_data):
         assert [b[0] for b in blocks] == list(range(0, N, 5))
         assert np.array_equal(np.concatenate([b for _, b in blocks]), cos_data)
         assert np.array_equal(ds.read_rows(3, 4), cos_data[3:4])
+
+
+# ------------------------------------------------------------------ streamed moments
+SCAN = (11, 6)  # 11 rows: not a multiple of the 4 rows per chunk below
+
+
+def spot_counts(dtype, seed=0):
+    """(11, 6, DET, DET) Poisson counts of a Gaussian spot that moves from pattern to
+    pattern (a different centre of mass everywhere), as ``dtype``."""
+    rng = np.random.default_rng(seed)
+    p = np.arange(DET)
+    cy, cx = rng.uniform(8, 24, (2, *SCAN, 1, 1))
+    lam = 40 * np.exp(-((p[:, None] - cy) ** 2 + (p[None, :] - cx) ** 2) / 18) + 0.05
+    return rng.poisson(lam).astype(dtype)
+
+
+def direct_com(data, cal):
+    """Centre of mass (1/Å) straight from its definition, in float64."""
+    ky, kx = detector_k(cal)
+    data = np.asarray(data, np.float64)
+    total = data.sum(axis=(2, 3))
+    return (data * ky).sum(axis=(2, 3)) / total, (data * kx).sum(axis=(2, 3)) / total
+
+
+def direct_dpc(data, cal):
+    """iDPC's raw signals at rotation 0 (quadrants split along k_y, k_x), in float64."""
+    ky, kx = detector_k(cal)
+    mask = np.hypot(ky, kx) < cal.semiangle * 1e-3 / cal.wavelength
+    data = np.asarray(data, np.float64) * mask
+    total = data.sum(axis=(2, 3))
+    return ((data * np.sign(ky)).sum(axis=(2, 3)) / total,
+            (data * np.sign(kx)).sum(axis=(2, 3)) / total)  # fmt: skip
+
+
+def written(tmp_path, data, cal, shard_bytes=0, name="d"):
+    """``data`` written by ptyengine's writer, 4 scan rows per chunk; returns the path."""
+    path = tmp_path / f"{name}{data.dtype}{shard_bytes}.zarr"
+    with io.create_dataset(path, cal, data.dtype, rows_per_chunk=4,
+                           shard_bytes=shard_bytes) as w:  # fmt: skip
+        for r0 in range(0, len(data), 4):
+            w.write_rows(r0, data[r0:r0 + 4])
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "uint8"])
+def test_streamed_com_and_dpc_equal_a_direct_computation(tmp_path, dtype):
+    """The kernels (projections for the COM, weighted sums for iDPC) read the stored
+    counts in the reading threads; they must give the textbook numbers, also on the
+    short last chunk (rows 8-10) and when chunks are grouped into shard files."""
+    cal = calibration().replace(scan_shape=SCAN)
+    data = spot_counts(dtype)
+    want, want_dpc = direct_com(data, cal), direct_dpc(data, cal)
+    for shard_bytes in (0, 8 * data[0].nbytes):  # plain chunks; shards of two chunks
+        path = written(tmp_path, data, cal, shard_bytes)
+        with io.open_dataset(path) as ds:
+            assert ds.data.chunks[0] == 4
+            assert bool(getattr(ds.data, "shards", None)) == bool(shard_bytes)
+            got = center_of_mass(ds)
+            dpc = idpc(ds, rotation=0.0, transpose=False)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose((dpc.com_y, dpc.com_x), want_dpc, rtol=1e-12, atol=1e-15)
+    # the same numbers in memory (kernels in the caller's thread), also through the
+    # float64 fallback for dtypes the kernels do not read (float16) and strided blocks
+    np.testing.assert_allclose(center_of_mass(InMemoryDataset(data, cal)), want, rtol=1e-12)
+    half = data.astype(np.float16)
+    np.testing.assert_allclose(center_of_mass(InMemoryDataset(half, cal)),
+                               direct_com(half, cal), rtol=1e-12)  # fmt: skip
+    strided = np.ascontiguousarray(np.swapaxes(data, 2, 3)).swapaxes(2, 3)
+    np.testing.assert_allclose(center_of_mass(InMemoryDataset(strided, cal)), want,
+                               rtol=1e-12)  # fmt: skip
+
+
+def test_row_blocks_reduce_every_row_once_in_order(tmp_path):
+    """Reading threads apply the reduction; the caller gets the results in scan order,
+    and a bad block is reported with its scan row from whichever thread read it."""
+    cal = calibration().replace(scan_shape=SCAN)
+    data = spot_counts("float32", seed=1)
+    with io.open_dataset(written(tmp_path, data, cal)) as ds:
+        seen = [(r0, s) for r0, s in row_blocks(ds, lambda r0, b: b.sum(axis=(2, 3)))]
+    assert [r0 for r0, _ in seen] == [0, 4, 8]
+    np.testing.assert_allclose(np.concatenate([s for _, s in seen]), data.sum(axis=(2, 3)))
+    bad = data.copy()
+    bad[9, 2, 3, 3] = np.nan
+    with io.open_dataset(written(tmp_path, bad, cal, name="bad")) as ds:
+        with pytest.raises(PtyengineError, match=r"1 non-finite value.*scan row 9\b"):
+            icom(ds)
 
 
 @pytest.fixture(scope="module")
