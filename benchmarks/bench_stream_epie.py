@@ -7,7 +7,8 @@ and streamed against resident on the smaller one (issue 6).
 The datasets are those of ``bench_stream.py`` (e.g. /tmp/ptyengine-stream/large_2GB_*.zarr
 and large_16GB_*.zarr). Each run is a fresh process: ePIE for ``--iterations`` with the
 memory limit, which is below the size of the amplitudes of both, so both stream a stored
-chunk at a time. Printed: peak RSS, seconds of the pre-pass (the data's total intensity),
+chunk at a time (malloc arenas limited as the ``ptyengine`` command limits them). Printed:
+peak RSS (the process's own VmHWM), seconds of the pre-pass (the data's total intensity),
 seconds per iteration, raw GB per second streamed, and the large/small memory ratio (target
 < 1.15). ``--check-resident`` also runs the small dataset with the amplitudes held in
 memory and checks that object, probe and errors are identical (both runs in one process:
@@ -26,6 +27,8 @@ import sys
 
 CHILD = """
 import json, resource, sys, time
+from ptyengine.backend import limit_malloc_arenas
+limit_malloc_arenas()  # as the ptyengine command does at start
 from ptyengine import io
 from ptyengine.reconstruct.epie import EpieParameters, epie
 path, iterations, batch, limit = sys.argv[1:5]
@@ -38,7 +41,8 @@ per_it = (stamps[-1] - stamps[1]) / max(1, len(stamps) - 2) if len(stamps) > 2 e
     stamps[-1] - stamps[0]
 print(json.dumps({"raw_GB": raw / 1e9, "streamed": res.extra["streamed"],
                   "first_s": stamps[1] - stamps[0], "per_iteration_s": per_it,
-                  "peak_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_MiB": [int(x.split()[1]) for x in open("/proc/self/status")
+                                if x.startswith("VmHWM")][0] / 1024,
                   "errors": res.errors}))
 """
 
