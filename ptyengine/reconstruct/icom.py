@@ -40,7 +40,7 @@ import scipy.fft
 from scipy.optimize import minimize_scalar
 
 from .. import io
-from ..backend import get_xp, to_numpy, xp_of
+from ..backend import get_xp, to_device_async, to_numpy, xp_of
 from ..dataset import as_dataset, check_counts
 from ..errors import PtyengineError
 from ..kernels import moments as km
@@ -149,15 +149,17 @@ def row_blocks(ds, transform=None):
 def _stream(ds, reduce, n_out: int, device: str):
     """(n_out, Sy, Sx) float64 per-pattern reductions, one streaming pass.
 
-    Each block is moved to ``device``, validated with :func:`check_counts` and reduced by
-    ``reduce(block) -> (n_out, n_patterns)`` in the reading threads (:func:`row_blocks`).
+    Each block is moved to ``device`` (on a GPU through pinned memory on a copy stream of
+    the reading thread: :func:`backend.to_device_async`), validated with
+    :func:`check_counts` and reduced by ``reduce(block) -> (n_out, n_patterns)`` in the
+    reading threads (:func:`row_blocks`).
     """
     xp = get_xp(device)
     sy, sx = ds.calibration.scan_shape
     name = getattr(ds, "path", None) or "data"
 
     def block_sums(row0: int, block) -> np.ndarray:
-        block = xp.asarray(block)
+        block = to_device_async(np.asarray(block), xp)
         n = block.shape[0]
         check_counts(block, f"{name}: scan rows {row0}:{row0 + n}", row_start=row0)
         return to_numpy(reduce(block)).reshape(n_out, n, sx)
