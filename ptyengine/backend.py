@@ -338,12 +338,27 @@ def parse_bytes(text) -> int:
     return int(value)
 
 
+def available_memory() -> int:
+    """Bytes this process may use: the machine's physical memory, or less where a cgroup
+    (a SLURM job, a container) sets a lower limit."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(f) as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
 def memory_limit(limit=None, xp: ModuleType = np) -> int:
     """The memory budget in bytes: ``limit`` (bytes or a string for :func:`parse_bytes`)
-    or, by default, half the machine's physical memory; on a GPU at most the device's
-    free memory as well."""
+    or, by default, half of :func:`available_memory`; on a GPU at most the device's free
+    memory as well."""
     if limit is None:
-        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        limit = available_memory() // 2
     limit = parse_bytes(limit) if isinstance(limit, str) else int(limit)
     if limit <= 0:
         raise PtyengineError(f"a memory limit must be positive, got {limit}")

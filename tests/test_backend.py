@@ -45,3 +45,15 @@ def test_device_selection():
         with pytest.raises(PtyengineError, match="GPU was asked for"):
             backend.get_xp("gpu")
         assert backend.get_xp("auto") is np
+
+
+def test_memory_sizes():
+    from ptyengine.backend import available_memory, memory_limit, parse_bytes
+
+    assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("512 MiB") == 512 * 2**20
+    assert parse_bytes("1.5e9") == 1_500_000_000 and parse_bytes(2000) == 2000
+    for bad in ("lots", "-1GB", "0", "5 parsecs"):
+        with pytest.raises(PtyengineError, match="size|positive"):
+            parse_bytes(bad)
+    assert memory_limit("2GB") == 2 * 10**9
+    assert memory_limit() == available_memory() // 2 > 0
