@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 import warnings
@@ -333,24 +334,45 @@ def parse_bytes(text) -> int:
     except (ValueError, KeyError):
         raise PtyengineError(f"cannot read {text!r} as a size in bytes (e.g. 8GB, 512MiB)") \
             from None
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise PtyengineError(f"a memory size must be positive, got {text!r}")
     return int(value)
 
 
+def _cgroup_limits(proc="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """Memory limits (bytes) of this process's cgroup and of every cgroup above it, v1 and
+    v2 ("max" and the huge "unlimited" values of v1 left out)."""
+    try:
+        with open(proc) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    places = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: one hierarchy
+            places.append((root, path, "memory.max"))
+        elif "memory" in controllers.split(","):
+            places.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes"))
+    limits = []
+    for base, path, name in places:
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):  # the process's cgroup up to the root
+            try:
+                with open(os.path.join(base, *parts[:depth], name)) as fh:
+                    text = fh.read().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2**60:
+                limits.append(int(text))
+    return limits
+
+
 def available_memory() -> int:
     """Bytes this process may use: the machine's physical memory, or less where a cgroup
-    (a SLURM job, a container) sets a lower limit."""
+    (a SLURM job, a container) sets a lower limit on it or on a group above it."""
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(f) as fh:
-                text = fh.read().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
+    return min([total, *_cgroup_limits()])
 
 
 def memory_limit(limit=None, xp: ModuleType = np) -> int:
@@ -402,9 +424,11 @@ def to_device_async(host: np.ndarray, xp: ModuleType):
     staged = np.frombuffer(pinned, host.dtype, host.size).reshape(host.shape)
     staged[...] = host
     stream = _copy_stream(xp)
-    with stream:
-        dev = xp.empty(host.shape, host.dtype)
-        dev.set(staged, stream=stream)
+    dev = xp.empty(host.shape, host.dtype)
+    # the memory may have held an array that kernels queued on the null stream still read:
+    # the copy waits for them
+    stream.wait_event(xp.cuda.Stream.null.record())
+    dev.set(staged, stream=stream)
     stream.synchronize()  # the pinned buffer may be released after this
     return dev
 

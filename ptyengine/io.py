@@ -156,9 +156,19 @@ def _sharded(data) -> bool:
     return bool(getattr(data, "shards", None))
 
 
+def chunk_shape(data) -> tuple:
+    """Shape of one chunk of ``data`` (an inner chunk when sharded); for unchunked
+    (contiguous) HDF5 from elsewhere, ~16 MiB of whole scan rows, the unit it is read in."""
+    if data.chunks:
+        return tuple(data.chunks)
+    row_bytes = math.prod(data.shape[1:]) * data.dtype.itemsize
+    rows = max(1, min(data.shape[0], CHUNK_TARGET_BYTES // max(row_bytes, 1)))
+    return (rows, *data.shape[1:])
+
+
 def storage_chunks(data) -> tuple:
     """Shape of one stored chunk file (the shard, once data are sharded)."""
-    return tuple(getattr(data, "shards", None) or data.chunks)
+    return tuple(getattr(data, "shards", None) or chunk_shape(data))
 
 
 def _open_tree(path: Path, kind: str, writable: bool = False):
@@ -239,8 +249,8 @@ class DatasetWriter:
             (old.get("fingerprint") != fingerprint, "its fingerprint differs"),
             (not same_cal, "its calibration differs"),
             (data is None or data.dtype != self.dtype, "its dtype differs"),
-            (data is None or storage_chunks(data) != tuple(self.stored_chunks),
-             "its chunking differs"),
+            (data is None or storage_chunks(data) != tuple(self.stored_chunks)
+             or chunk_shape(data) != tuple(self.chunks), "its chunking differs"),
             (not isinstance(rows, int) or not 0 <= rows <= self.shape[0], "bad rows_written"),
         ] if bad), None)  # fmt: skip
         if why is None:
@@ -501,9 +511,7 @@ class Dataset:
         is yielded in place of the block (e.g. per-pattern sums: the reduction then shares
         the reading threads' cores and the block is freed where it was decompressed).
         """
-        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
-        chunks = self.data.chunks or (max(1, CHUNK_TARGET_BYTES // max(row_bytes, 1)),)
-        rows = int(rows or chunks[0])  # unchunked HDF5 from elsewhere: ~16 MiB blocks
+        rows = int(rows or chunk_shape(self.data)[0])
         if rows < 1:
             raise PtyengineError(f"{self.path}: rows per block must be ≥ 1, got {rows}")
         if int(workers) < 1:

@@ -52,8 +52,29 @@ def test_memory_sizes():
 
     assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("512 MiB") == 512 * 2**20
     assert parse_bytes("1.5e9") == 1_500_000_000 and parse_bytes(2000) == 2000
-    for bad in ("lots", "-1GB", "0", "5 parsecs"):
+    for bad in ("lots", "-1GB", "0", "5 parsecs", "inf", "1e400"):
         with pytest.raises(PtyengineError, match="size|positive"):
             parse_bytes(bad)
     assert memory_limit("2GB") == 2 * 10**9
     assert memory_limit() == available_memory() // 2 > 0
+
+
+def test_memory_limit_of_a_job_cgroup(tmp_path):
+    """A SLURM job's limit sits in its own cgroup (named in /proc/self/cgroup), not the
+    root; v1 and v2 layouts, 'max' and v1's 'unlimited' number ignored."""
+    from ptyengine.backend import _cgroup_limits
+
+    root = tmp_path / "cgroup"
+    job = root / "slurm" / "uid_1" / "job_7"
+    job.mkdir(parents=True)
+    (job / "memory.max").write_text("4294967296\n")
+    (root / "slurm" / "memory.max").write_text("max\n")
+    (tmp_path / "v2").write_text("0::/slurm/uid_1/job_7\n")
+    assert _cgroup_limits(str(tmp_path / "v2"), str(root)) == [4294967296]
+    v1 = root / "memory" / "slurm" / "job_8"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("8589934592\n")
+    (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (tmp_path / "v1").write_text("4:memory:/slurm/job_8\n1:cpu:/\n")
+    assert _cgroup_limits(str(tmp_path / "v1"), str(root)) == [8589934592]
+    assert _cgroup_limits(str(tmp_path / "none"), str(root)) == []

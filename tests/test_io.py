@@ -500,3 +500,40 @@ def test_damaged_shard_file_is_named(tmp_path, cal, damage):
             ds.read_rows(0, 13)
         with pytest.raises(PtyengineError, match=r"data shard \(1, 0, 0, 0\)"):
             list(ds.iter_row_blocks(rows=2))
+
+
+def test_resume_with_other_chunk_rows_starts_afresh(tmp_path, cal):
+    """Shards of 6 rows hold 3 chunks of 2 rows or 2 of 3: the same shard shape, but a
+    resume must not mix the two chunkings (it would misplace rows)."""
+    cal, data, shard_bytes = sharded(cal, 17)
+    path = tmp_path / "s.zarr"
+    w = io.create_dataset(path, cal, "uint16", rows_per_chunk=2, metadata=META,
+                          shard_bytes=shard_bytes)  # fmt: skip
+    for start in (0, 2, 4, 6):
+        w.write_rows(start, data[start:start + 2])
+    w.close()
+    w = io.create_dataset(path, cal, "uint16", rows_per_chunk=3, metadata=META, resume=True,
+                          shard_bytes=shard_bytes)  # fmt: skip
+    assert not w.resumed and "chunking differs" in w.resume_note
+    for start in range(0, 17, 3):
+        w.write_rows(start, data[start:start + 3])
+    w.finish()
+    with io.open_dataset(path) as ds:
+        np.testing.assert_array_equal(ds.read_rows(0, 17), data)
+
+
+def test_unchunked_hdf5_is_read_in_row_blocks(tmp_path, cal):
+    """HDF5 from elsewhere may be contiguous (no chunks): read in ~16 MiB blocks of rows."""
+    import h5py
+
+    data = np.random.default_rng(3).poisson(5.0, SHAPE).astype(np.uint16)
+    with io.create_dataset(tmp_path / "c.h5", cal, "uint16") as w:
+        w.write_rows(0, data)
+    with h5py.File(tmp_path / "c.h5", "a") as f:  # rewrite the data without chunks
+        del f["data"]
+        f.create_dataset("data", data=data)
+    with io.open_dataset(tmp_path / "c.h5") as ds:
+        assert ds.data.chunks is None
+        np.testing.assert_array_equal(ds.read_rows(1, 3), data[1:3])
+        blocks = list(ds.iter_row_blocks())
+        np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), data)

@@ -273,7 +273,8 @@ def epie(
     if mean_int <= 0:
         raise PtyengineError(f"{getattr(ds, 'path', 'data')}: every pattern is empty")
     _warn_low_counts(cal, mean_int, params)
-    fp = fingerprint(cal, params, data_id or str(getattr(ds, "path", "")))
+    # the visiting order depends on the rows per stored chunk: part of what a resume matches
+    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|rows={patterns.rows}")
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
     else:

@@ -49,7 +49,7 @@ def block_rows(ds) -> int:
     """Scan rows per block: one stored chunk of an on-disk dataset (its inner chunk when
     sharded: zarr reads inner chunks of a shard on their own), ~16 MiB of rows in memory."""
     if isinstance(ds, io.Dataset):
-        return int(ds.data.chunks[0])
+        return int(io.chunk_shape(ds.data)[0])
     row_bytes = max(1, math.prod(ds.shape[1:]) * np.dtype(ds.dtype).itemsize)
     return int(max(1, min(ds.shape[0], BLOCK_TARGET_BYTES // row_bytes)))
 
