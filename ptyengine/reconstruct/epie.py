@@ -266,6 +266,16 @@ def epie(
     params = params or EpieParameters()
     xp = backend.get_xp(device)
     ds = as_dataset(data)
+    try:
+        return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
+                     memory_limit)  # fmt: skip
+    finally:
+        if ds is not data:  # opened here from a path
+            ds.close()
+
+
+def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
+          memory_limit) -> EpieResult:  # fmt: skip
     cal = ds.calibration
     geom = PtychoGeometry.from_calibration(cal, params.margin)
     patterns = choose_patterns(ds, geom, xp, memory_limit)

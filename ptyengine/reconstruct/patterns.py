@@ -99,9 +99,9 @@ class _Source:
         raw = self.ds.read_rows(r0, r1)
         name = getattr(self.ds, "path", None) or "data"
         check_counts(raw, f"{name}: scan rows {r0}-{r1 - 1}", row_start=r0)
+        intensity = float(np.sum(raw, dtype=np.float64))  # buffered: no float64 copy
         amp = amplitudes_of(raw, self.cal)
         del raw
-        intensity = float(np.square(amp, dtype=np.float64).sum())
         ry, rx = ramps_2d(self.geom.frac[r0 * sx:r1 * sx], self.geom.window, np)
         block = Block(slice(r0, r1), r0 * sx, *to_device(amp, ry, rx))
         return block, intensity
