@@ -329,10 +329,11 @@ def _preview_path(output: Path) -> Path:
                    "specimens at low dose [default: off].")
 @click.option("--seed", type=int, help="ePIE: seed of the random position order [default: 0].")
 @click.option("--memory-limit",
-              help="ePIE: memory budget, e.g. 8GB or 512MiB. Data whose amplitudes take "
+              help="Memory budget, e.g. 8GB or 512MiB. ePIE: data whose amplitudes take "
                    "more than half of it are streamed from disk every iteration, a stored "
-                   "chunk at a time (same result) [default: half the machine's memory; on a "
-                   "GPU also at most its free memory].")
+                   "chunk at a time (same result) [default: half the memory this process "
+                   "may use; on a GPU also at most its free memory]. iCOM/iDPC: fewer "
+                   "reading threads when their blocks would not fit.")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
@@ -361,6 +362,7 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20 --resume
     """
+    memory_limit = epie_opts.pop("memory_limit")
     given = {k: v for k, v in epie_opts.items() if v is not None}
     if method == "epie":
         if rotation is not None:
@@ -375,13 +377,13 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
     _reconstruct(Path(data), method, Path(output) if output else None, device=device,
                  overwrite=overwrite, epie_options=given, rotation=rotation,
                  checkpoint_every=checkpoint_every, resume=resume,
-                 keep_checkpoint=keep_checkpoint)  # fmt: skip
+                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit)  # fmt: skip
 
 
 def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
                  overwrite: bool = False, epie_options: dict | None = None, rotation=None,
                  checkpoint_every: int = 0, resume: bool = False,
-                 keep_checkpoint: bool = False) -> dict:  # fmt: skip
+                 keep_checkpoint: bool = False, memory_limit=None) -> dict:  # fmt: skip
     """Run one reconstruction, write its result and preview; returns what was done
     (``crop``: the phase over the scanned area, ``ncc``: the comparison or None)."""
     import time
@@ -402,9 +404,9 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         try:
             if method == "epie":
                 rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every,
-                                resume)  # fmt: skip
+                                resume, memory_limit)  # fmt: skip
             else:
-                rec = _run_icom(ds, method, device, rotation)
+                rec = _run_icom(ds, method, device, rotation, memory_limit)
         except PtyengineError as exc:  # name the dataset in every message
             if str(data) in str(exc):
                 raise
@@ -436,7 +438,8 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
             "seconds": seconds}  # fmt: skip
 
 
-def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resume) -> dict:
+def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resume,
+              memory_limit=None) -> dict:  # fmt: skip
     import dataclasses
 
     import numpy as np
@@ -444,8 +447,6 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
 
     from .reconstruct.epie import EpieParameters, epie
 
-    options = dict(options)
-    memory_limit = options.pop("memory_limit", None)
     params = EpieParameters(**options)
     ck = _checkpoint_path(out)
     if resume and not ck.exists():
@@ -510,13 +511,13 @@ def _central_box(image, level: float = 0.02, pad: float = 1.5, least: int = 16):
     return image[lo[0]:hi[0], lo[1]:hi[1]]
 
 
-def _run_icom(ds, method, device, rotation) -> dict:
+def _run_icom(ds, method, device, rotation, memory_limit=None) -> dict:
     import numpy as np
 
     from .reconstruct import icom as ic
 
     run = ic.icom if method == "icom" else ic.idpc
-    r = run(ds, rotation=rotation, device=device)
+    r = run(ds, rotation=rotation, device=device, memory_limit=memory_limit)
     if r.rotation_found:
         click.echo(f"rotation found from the data: {r.rotation_deg:g}°, transpose "
                    f"{'yes' if r.transpose else 'no'}", err=True)  # fmt: skip

@@ -331,6 +331,22 @@ def test_row_blocks_reduce_every_row_once_in_order(tmp_path):
             icom(ds)
 
 
+def test_memory_limit_sets_the_reading_threads(tmp_path):
+    """A budget of three blocks (4 rows each) leaves one reading thread and the same
+    result; less is an error that says what to change."""
+    from ptyengine.reconstruct.icom import reader_threads
+
+    cal = calibration().replace(scan_shape=SCAN)
+    data = spot_counts("uint16")
+    with io.open_dataset(written(tmp_path, data, cal)) as ds:
+        block = 4 * data[0].nbytes
+        assert reader_threads(ds) == 2 and reader_threads(ds, 6 * block) == 2
+        assert reader_threads(ds, 3 * block) == 1
+        np.testing.assert_array_equal(icom(ds, memory_limit=3 * block).phase, icom(ds).phase)
+        with pytest.raises(PtyengineError, match="below three blocks of 4 scan rows"):
+            icom(ds, memory_limit=2 * block)
+
+
 @pytest.fixture(scope="module")
 def demo_path(tmp_path_factory):
     params = presets.demo()[0][1]

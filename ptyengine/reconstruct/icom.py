@@ -41,6 +41,7 @@ from scipy.optimize import minimize_scalar
 
 from .. import io
 from ..backend import get_xp, to_device_async, to_numpy, xp_of
+from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset, check_counts
 from ..errors import PtyengineError
 from ..kernels import moments as km
@@ -129,24 +130,43 @@ def block_moments(block, w):
     return out
 
 
-def row_blocks(ds, transform=None):
+def reader_threads(ds, memory_limit=None) -> int:
+    """Reading threads (at most READ_WORKERS) whose blocks fit ``memory_limit`` bytes
+    (:func:`backend.memory_limit`): each holds up to three blocks of raw data at a time
+    (zarr's decompressed chunk, the block handed out, a converted copy)."""
+    if memory_limit is None:
+        return READ_WORKERS
+    limit = memory_limit_bytes(memory_limit)
+    block = io.chunk_shape(ds.data)[0] * math.prod(ds.shape[1:]) * ds.dtype.itemsize
+    threads = min(READ_WORKERS, limit // (3 * block))
+    if threads < 1:
+        raise PtyengineError(
+            f"memory limit {limit / 1e6:.3g} MB is below three blocks of "
+            f"{io.chunk_shape(ds.data)[0]} scan rows ({block / 1e6:.3g} MB each): raise "
+            f"--memory-limit, or store the data with fewer scan rows per chunk "
+            f"(ptyengine convert ... --rows-per-chunk N)")
+    return int(threads)
+
+
+def row_blocks(ds, transform=None, memory_limit=None):
     """``(row_start, block)`` of ``ds`` as the streaming reductions read it, or
     ``(row_start, transform(row_start, block))``.
 
-    An :class:`io.Dataset` is read one chunk of scan rows per block (its default),
-    READ_WORKERS threads reading, decompressing and transforming blocks ahead: the
-    reduction runs in the thread that decompressed the block, right after, and the
+    An :class:`io.Dataset` is read one chunk of scan rows per block (its default), by
+    :func:`reader_threads` threads reading, decompressing and transforming blocks ahead:
+    the reduction runs in the thread that decompressed the block, right after, and the
     threads share the cores. Other datasets: their own ``iter_row_blocks()``,
     ``transform`` in the caller's thread.
     """
     if isinstance(ds, io.Dataset):
-        return ds.iter_row_blocks(prefetch=max(2, READ_WORKERS), workers=READ_WORKERS,
+        workers = reader_threads(ds, memory_limit)
+        return ds.iter_row_blocks(prefetch=max(2, workers), workers=workers,
                                   transform=transform)  # fmt: skip
     blocks = ds.iter_row_blocks()
     return blocks if transform is None else ((r, transform(r, b)) for r, b in blocks)
 
 
-def _stream(ds, reduce, n_out: int, device: str):
+def _stream(ds, reduce, n_out: int, device: str, memory_limit=None):
     """(n_out, Sy, Sx) float64 per-pattern reductions, one streaming pass.
 
     Each block is moved to ``device`` (on a GPU through pinned memory on a copy stream of
@@ -166,7 +186,7 @@ def _stream(ds, reduce, n_out: int, device: str):
 
     out = np.zeros((n_out, sy, sx))
     done = 0
-    for row0, sums in row_blocks(ds, block_sums):
+    for row0, sums in row_blocks(ds, block_sums, memory_limit):
         out[:, row0:row0 + sums.shape[1]] = sums
         done += sums.shape[1]
     if done != sy:
@@ -174,10 +194,11 @@ def _stream(ds, reduce, n_out: int, device: str):
     return out
 
 
-def _moments(ds, weights, device: str = "cpu"):
+def _moments(ds, weights, device: str = "cpu", memory_limit=None):
     """Σ_k I(r, k) w_n(k) for every pattern and weight (Ky, Kx): (n_weights, Sy, Sx)."""
     w = get_xp(device).asarray(np.stack([np.ravel(v) for v in weights]).astype(np.float64))
-    return _stream(ds, lambda block: block_moments(block, w), len(weights), device)
+    return _stream(ds, lambda block: block_moments(block, w), len(weights), device,
+                   memory_limit)  # fmt: skip
 
 
 def normalise_moments(moments):
@@ -188,11 +209,11 @@ def normalise_moments(moments):
     return [np.where(empty, 0.0, m / safe) for m in moments[1:]], int(empty.sum())
 
 
-def _center_of_mass(ds, device="cpu"):
+def _center_of_mass(ds, device="cpu", memory_limit=None):
     xp = get_xp(device)
     ky, kx = detector_k(ds.calibration)
     ky, kx = xp.asarray(ky[:, 0]), xp.asarray(kx[0])  # k_y by pixel row, k_x by column
-    moments = _stream(ds, lambda block: com_moments(block, ky, kx), 3, device)
+    moments = _stream(ds, lambda block: com_moments(block, ky, kx), 3, device, memory_limit)
     (com_y, com_x), n_empty = normalise_moments(moments)
     return com_y, com_x, n_empty
 
@@ -393,19 +414,21 @@ def resolve_rotation(rotation, transpose, cal, com=None, high_pass=None):
     return rot, cal.transpose if transpose is None else bool(transpose), False
 
 
-def icom(ds, rotation=None, transpose=None, high_pass=None, device: str = "cpu") -> IComResult:
+def icom(ds, rotation=None, transpose=None, high_pass=None, device: str = "cpu",
+         memory_limit=None) -> IComResult:  # fmt: skip
     """Integrated centre-of-mass phase (rad) of a dataset; one streaming pass.
 
     rotation: None or "calibration" -> the calibration's rotation and transpose; "auto" ->
     :func:`find_rotation` on the measured field; a number (deg) -> that rotation.
     transpose: None -> the calibration's (with "auto": search both); True/False -> that.
     high_pass: k_hp in 1/Å for :func:`integrate_gradient` (None: its default).
+    memory_limit: bytes (or e.g. "2GB") the reading threads may hold (:func:`reader_threads`).
     phase = integrate_gradient(2π⟨k⟩_scan) ≈ σ V_proj blurred by the probe intensity.
     """
     dset = as_dataset(ds)
     try:
         cal = dset.calibration
-        com_y, com_x, n_empty = _center_of_mass(dset, device)
+        com_y, com_x, n_empty = _center_of_mass(dset, device, memory_limit)
     finally:
         if dset is not ds:
             dset.close()
@@ -416,7 +439,7 @@ def icom(ds, rotation=None, transpose=None, high_pass=None, device: str = "cpu")
 
 
 def idpc(ds, rotation=None, transpose=None, high_pass=None, outer: float = 1.0,
-         inner: float = 0.0, device: str = "cpu") -> IComResult:  # fmt: skip
+         inner: float = 0.0, device: str = "cpu", memory_limit=None) -> IComResult:  # fmt: skip
     """Integrated DPC from a virtual four-quadrant detector; one streaming pass.
 
     The quadrants are split along the SCAN-frame x and y axes (turned into the detector
@@ -432,7 +455,7 @@ def idpc(ds, rotation=None, transpose=None, high_pass=None, outer: float = 1.0,
     dset = as_dataset(ds)
     try:
         cal = dset.calibration
-        com = _center_of_mass(dset, device)[:2] if rotation == "auto" else None
+        com = _center_of_mass(dset, device, memory_limit)[:2] if rotation == "auto" else None
         rot, tr, found = resolve_rotation(rotation, transpose, cal, com, high_pass)
         ky, kx = detector_k(cal)
         k_alpha = cal.semiangle * 1e-3 / cal.wavelength
@@ -443,7 +466,8 @@ def idpc(ds, rotation=None, transpose=None, high_pass=None, outer: float = 1.0,
                                  f"{cal.semiangle:g} mrad) covers no detector pixel")
         ks_y, ks_x = to_scan_frame(ky, kx, rot, tr)
         weights = [mask, mask * np.sign(ks_y), mask * np.sign(ks_x)]
-        (dpc_y, dpc_x), n_empty = normalise_moments(_moments(dset, weights, device))
+        (dpc_y, dpc_x), n_empty = normalise_moments(_moments(dset, weights, device,
+                                                             memory_limit))  # fmt: skip
     finally:
         if dset is not ds:
             dset.close()
