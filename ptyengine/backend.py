@@ -155,9 +155,11 @@ def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
         with fft_threads(1):
             return fn(slice(edges[i], edges[i + 1]))
 
-    # BLAS (matrix products in the parts) would start threads of its own on top of ours
+    # BLAS (matrix products in the parts) would start threads of its own on top of ours;
+    # the calling thread works on the first part itself instead of waiting
     with _blas().limit(limits=1, user_api="blas"):
-        return list(_pool(parts).map(run, range(parts)))
+        others = [_pool(parts - 1).submit(run, i) for i in range(1, parts)]
+        return [run(0), *(f.result() for f in others)]
 
 
 def _fft_threads(n_elements: int) -> int:
