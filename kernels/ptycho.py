@@ -115,27 +115,14 @@ def difference_updates_cpu(num, den, probes, obj, psi, corners, origin):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def object_step_cpu(box, nums, dens, alpha, phase_only):
-    """box += α Σ_p nums[p] / max(Σ_p dens[p]); with ``phase_only`` then box /= |box|.
-
-    The batched ePIE object step from the overlap sums of each CPU part (tuples of arrays
-    of box's shape), in two passes instead of numpy's eight.
-    """
+def object_step_cpu(box, num, scale, phase_only):
+    """box += scale · num; with ``phase_only`` then box /= |box| (one pass)."""
     h, w = box.shape
-    peak = 0.0
-    for i in range(h):
-        for j in range(w):
-            d = 0.0
-            for den in dens:
-                d += den[i, j]
-            peak = max(peak, d)
-    scale = alpha / peak if peak > 0 else 0.0
     for i in range(h):
         row = box[i]
+        nrow = num[i]
         for j in range(w):
-            v = row[j]
-            for num in nums:
-                v += scale * num[i, j]
+            v = row[j] + scale * nrow[j]
             if phase_only:
                 mag = np.sqrt(v.real * v.real + v.imag * v.imag)
                 v = v / max(mag, 1e-12)
@@ -199,17 +186,24 @@ def ramp_reduce(acc, u, ry, rx):
 
 
 def object_step(box, nums, dens, alpha: float, phase_only: bool):
-    """See object_step_cpu. On the GPU (one part) the same with array operations."""
+    """The batched ePIE object step from the overlap sums of each CPU part (lists of arrays
+    of box's shape, summed into the first ones in place): box += α Σ nums / max Σ dens;
+    with ``phase_only`` then box /= |box|. On the CPU the update is one fused pass."""
+    num, den = nums[0], dens[0]
+    for n, d in zip(nums[1:], dens[1:], strict=True):
+        num += n
+        den += d
+    peak = float(den.max())
+    scale = alpha / peak if peak > 0 else 0.0
     if on_host(box):
-        object_step_cpu(box, tuple(nums), tuple(dens), float(alpha), bool(phase_only))
+        object_step_cpu(box, num, box.real.dtype.type(scale), bool(phase_only))
         return box
-    return object_step_xp(box, nums, dens, alpha, phase_only)
+    return object_step_xp(box, num, scale, phase_only)
 
 
-def object_step_xp(box, nums, dens, alpha: float, phase_only: bool):
-    """object_step with array operations (numpy or cupy)."""
-    num, den = sum(nums[1:], nums[0]), sum(dens[1:], dens[0])
-    box += (alpha / max(float(den.max()), 1e-30)) * num
+def object_step_xp(box, num, scale: float, phase_only: bool):
+    """object_step's update with array operations (numpy or cupy)."""
+    box += box.real.dtype.type(scale) * num
     if phase_only:
         box /= abs(box).clip(1e-12)
     return box

@@ -298,20 +298,30 @@ class FFTBuffer:
             self.a[...] = result
 
 
-@functools.lru_cache(maxsize=64)
-def _fft_buffer_cached(shape, dtype, xp, slot, threads, thread_id) -> FFTBuffer:
-    return FFTBuffer(shape, dtype, xp, threads)
+_buffers = threading.local()
 
 
 def fft_buffer(shape, dtype, xp: ModuleType = np, slot: str = "") -> FFTBuffer:
     """A reusable :class:`FFTBuffer` of ``shape``: one per (shape, dtype, slot) and calling
     thread, made (and on the CPU planned) on first use. Its contents are undefined on
     return, and the next call from this thread with the same key returns the same array:
-    use distinct ``slot`` names for buffers that must coexist."""
-    shape = tuple(int(s) for s in shape)
-    threads = _fft_threads(int(np.prod(shape))) if xp is np else 1
-    return _fft_buffer_cached(shape, np.dtype(dtype).str, xp, slot, threads,
-                              threading.get_ident())  # fmt: skip
+    use distinct ``slot`` names for buffers that must coexist. Each thread keeps its
+    buffers until :func:`clear_fft_buffers` (on a GPU they hold device memory)."""
+    cache = getattr(_buffers, "cache", None)
+    if cache is None:
+        cache = _buffers.cache = {}
+    key = (shape, dtype, xp, slot)
+    buf = cache.get(key)
+    if buf is None:  # first use: the FFT threads are fixed when the plans are made
+        shape = tuple(int(s) for s in shape)
+        threads = _fft_threads(int(np.prod(shape))) if xp is np else 1
+        buf = cache[key] = FFTBuffer(shape, np.dtype(dtype), xp, threads)
+    return buf
+
+
+def clear_fft_buffers() -> None:
+    """Drop this thread's FFT buffers (and their plans or device memory)."""
+    _buffers.cache = {}
 
 
 def empty(shape, dtype, xp: ModuleType = np):
