@@ -272,6 +272,8 @@ def epie(
     finally:
         if ds is not data:  # opened here from a path
             ds.close()
+        if xp is not np:  # the batch-sized FFT buffers hold device memory
+            backend.clear_fft_buffers()
 
 
 def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
