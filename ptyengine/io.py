@@ -634,7 +634,8 @@ def describe(path) -> str:
             f"  energy           {c.energy / 1e3:g} keV (λ = {c.wavelength:.6f} Å)",
             f"  semi-angle       {c.semiangle:g} mrad",
             f"  scan             {sy} × {sx} positions, step {dy:g} × {dx:g} Å, field "
-            f"{sy * dy:g} × {sx * dx:g} Å, origin {c.scan_origin} Å",
+            f"{sy * dy:g} × {sx * dx:g} Å, origin ({c.scan_origin[0]:.6g}, "
+            f"{c.scan_origin[1]:.6g}) Å",
             f"  detector         {c.detector_shape[0]} × {c.detector_shape[1]} px, dk "
             f"{c.dk[0]:g} × {c.dk[1]:g} 1/Å = {ay:.4g} × {ax:.4g} mrad/pixel",
             f"  detector centre  ({c.detector_center[0]:g}, {c.detector_center[1]:g}) px",
