@@ -599,7 +599,8 @@ def open_dataset(path, allow_incomplete: bool = False) -> Dataset:
     return Dataset(path, kind, root, data, attrs, calibration)
 
 
-def _bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """A size for people: '16 MiB', '1.859 GiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
             return f"{n:.4g} {unit}"
@@ -628,7 +629,7 @@ def describe(path) -> str:
             f"data:        {ds.shape} (scan_y, scan_x, k_y, k_x) {ds.dtype}, "
             f"chunks {tuple(ds.data.chunks)}"
             + (f" in shard files of {tuple(ds.data.shards)}" if _sharded(ds.data) else ""),
-            f"size:        {_bytes(disk)} on disk, {_bytes(raw)} raw "
+            f"size:        {format_bytes(disk)} on disk, {format_bytes(raw)} raw "
             f"(compression ratio {raw / max(disk, 1):.2f})",
             "calibration:",
             f"  energy           {c.energy / 1e3:g} keV (λ = {c.wavelength:.6f} Å)",

@@ -141,8 +141,8 @@ def reader_threads(ds, memory_limit=None) -> int:
     threads = min(READ_WORKERS, limit // (3 * block))
     if threads < 1:
         raise PtyengineError(
-            f"memory limit {limit / 1e6:.3g} MB is below three blocks of "
-            f"{io.chunk_shape(ds.data)[0]} scan rows ({block / 1e6:.3g} MB each): raise "
+            f"memory limit {io.format_bytes(limit)} is below three blocks of "
+            f"{io.chunk_shape(ds.data)[0]} scan rows ({io.format_bytes(block)} each): raise "
             f"--memory-limit, or store the data with fewer scan rows per chunk "
             f"(ptyengine convert ... --rows-per-chunk N)")
     return int(threads)

@@ -80,80 +80,41 @@ def amplitudes_of(block, cal) -> np.ndarray:
 
 
 class _Source:
-    """What both sources share: the geometry, the block grid and reading one block."""
+    """What both sources share: the geometry, the block grid, and reading blocks in a
+    background thread, ``prefetch`` ahead of use."""
+
+    prefetch = 2
 
     def __init__(self, ds, geom, xp, rows: int | None = None):
         self.ds, self.geom, self.xp = ds, geom, xp
         self.cal = ds.calibration
         self.rows = int(rows or block_rows(ds))
         self.scan_shape = tuple(self.cal.scan_shape)
+        self.n_blocks = math.ceil(self.scan_shape[0] / self.rows)
         self.total = 0.0  # Σ I over the dataset (float64), set by the subclass
 
     def order(self, rng):
         return visit_order(rng, self.scan_shape, self.rows)
 
-    def _read(self, b: int, to_device) -> tuple[Block, float]:
-        """Block b from disk: checked, converted, its ramps made, moved to the device."""
+    def _read(self, b: int, to_device) -> tuple[Block | None, float]:
+        """Block b from disk, checked, and its Σ I; converted, with its ramps, and moved to
+        the device by ``to_device`` (None: the sum alone)."""
         sy, sx = self.scan_shape
         r0, r1 = b * self.rows, min((b + 1) * self.rows, sy)
         raw = self.ds.read_rows(r0, r1)
         name = getattr(self.ds, "path", None) or "data"
         check_counts(raw, f"{name}: scan rows {r0}-{r1 - 1}", row_start=r0)
         intensity = float(np.sum(raw, dtype=np.float64))  # buffered: no float64 copy
+        if to_device is None:
+            return None, intensity
         amp = amplitudes_of(raw, self.cal)
         del raw
         ry, rx = ramps_2d(self.geom.frac[r0 * sx:r1 * sx], self.geom.window, np)
-        block = Block(slice(r0, r1), r0 * sx, *to_device(amp, ry, rx))
-        return block, intensity
-
-
-def _plain_copy(xp):
-    def to_device(amp, ry, rx):
-        return xp.asarray(amp), (xp.asarray(ry), xp.asarray(rx))
-    return to_device
-
-
-class ResidentPatterns(_Source):
-    """All blocks read once and kept on the device (``nbytes`` of amplitudes)."""
-
-    streamed = False
-
-    def __init__(self, ds, geom, xp, rows: int | None = None):
-        super().__init__(ds, geom, xp, rows)
-        n_blocks = math.ceil(self.scan_shape[0] / self.rows)
-        self.blocks: list[Block] = []
-        with ThreadPoolExecutor(1, thread_name_prefix="ptyengine-read") as pool:
-            ahead = deque(pool.submit(self._read, b, _plain_copy(xp))
-                          for b in range(min(2, n_blocks)))  # fmt: skip
-            for b in range(n_blocks):
-                block, intensity = ahead.popleft().result()
-                if b + 2 < n_blocks:
-                    ahead.append(pool.submit(self._read, b + 2, _plain_copy(xp)))
-                self.blocks.append(block)
-                self.total += intensity
-
-    def iterate(self, order) -> Iterator[tuple[Block, np.ndarray]]:
-        for b, positions in order:
-            yield self.blocks[b], positions
-
-
-class StreamedPatterns(_Source):
-    """Blocks read again every iteration, ``prefetch`` ahead in a background thread; the
-    first pass over the data (the dataset's total intensity, needed before the first
-    iteration) also checks every block."""
-
-    streamed = True
-
-    def __init__(self, ds, geom, xp, rows: int | None = None, prefetch: int = 2):
-        super().__init__(ds, geom, xp, rows)
-        self.prefetch = max(1, int(prefetch))
-        n_blocks = math.ceil(self.scan_shape[0] / self.rows)
-        self.total = sum(i for _, i in self._stream([(b, None) for b in range(n_blocks)],
-                                                   lambda a, y, x: (None, (None, None))))
-        self.total = float(self.total)
+        return Block(slice(r0, r1), r0 * sx, *to_device(amp, ry, rx)), intensity
 
     def _stream(self, order, to_device):
-        with ThreadPoolExecutor(1, thread_name_prefix="ptyengine-stream") as pool:
+        """((block, positions), Σ I of the block) for every (b, positions) of ``order``."""
+        with ThreadPoolExecutor(1, thread_name_prefix="ptyengine-read") as pool:
             ahead = deque()
             for b, positions in order:
                 ahead.append((pool.submit(self._read, b, to_device), positions))
@@ -165,6 +126,43 @@ class StreamedPatterns(_Source):
                 fut, pos = ahead.popleft()
                 block, intensity = fut.result()
                 yield (block, pos), intensity
+
+    def _all_blocks(self):
+        return [(b, None) for b in range(self.n_blocks)]
+
+
+class ResidentPatterns(_Source):
+    """All blocks read once and kept on the device (``nbytes`` of amplitudes)."""
+
+    streamed = False
+
+    def __init__(self, ds, geom, xp, rows: int | None = None):
+        super().__init__(ds, geom, xp, rows)
+
+        def to_device(amp, ry, rx):
+            return xp.asarray(amp), (xp.asarray(ry), xp.asarray(rx))
+
+        self.blocks: list[Block] = []
+        for (block, _), intensity in self._stream(self._all_blocks(), to_device):
+            self.blocks.append(block)
+            self.total += intensity
+
+    def iterate(self, order) -> Iterator[tuple[Block, np.ndarray]]:
+        for b, positions in order:
+            yield self.blocks[b], positions
+
+
+class StreamedPatterns(_Source):
+    """Blocks read again every iteration, ``prefetch`` ahead in a background thread; a
+    first pass over the data (the dataset's total intensity, needed before the first
+    iteration) also checks every block."""
+
+    streamed = True
+
+    def __init__(self, ds, geom, xp, rows: int | None = None, prefetch: int = 2):
+        super().__init__(ds, geom, xp, rows)
+        self.prefetch = max(1, int(prefetch))
+        self.total = float(sum(i for _, i in self._stream(self._all_blocks(), None)))
 
     def iterate(self, order) -> Iterator[tuple[Block, np.ndarray]]:
         xp = self.xp
@@ -199,17 +197,9 @@ def choose_patterns(ds, geom, xp, memory_limit: int | None = None, rows: int | N
     per_block = rows * (raw_row + resident_bytes(cal) // cal.scan_shape[0])
     if 2 * per_block > limit:
         raise PtyengineError(
-            f"memory limit {_size(limit)} holds fewer than two blocks of {rows} scan rows "
-            f"({_size(per_block)} each, read plus amplitudes): raise --memory-limit, or "
-            f"store the data with fewer scan rows per chunk (ptyengine convert ... "
-            f"--rows-per-chunk N)")
+            f"memory limit {io.format_bytes(limit)} holds fewer than two blocks of {rows} "
+            f"scan rows ({io.format_bytes(per_block)} each, read plus amplitudes): raise "
+            f"--memory-limit, or store the data with fewer scan rows per chunk "
+            f"(ptyengine convert ... --rows-per-chunk N)")
     prefetch = int(min(2, limit // per_block - 1))
     return StreamedPatterns(ds, geom, xp, rows, prefetch)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
