@@ -1,0 +1,95 @@
+"""``ptyengine convert``: detector files to the calibrated dataset layout."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import _pair, _progress_bar
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="The dataset to write: OUT.zarr (or .h5).")
+@click.option("--format", "fmt", type=click.Choice(["npy", "raw", "mib", "empad", "dm", "emd",
+                                                    "arina"]),
+              help="Input format [default: from the suffix: .npy, .mib, .xml/.raw (EMPAD), "
+                   ".dm3/.dm4, .emd/.h5 (EMD, py4DSTEM), *_master.h5 (Arina), .raw/.bin/.dat].")
+@click.option("--shape", help="Raw binary: Sy,Sx,Ky,Kx.")
+@click.option("--dtype", help="Raw binary: element type, e.g. uint16, float32, >u2.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Raw binary: header bytes.")
+@click.option("--order", type=click.Choice(["C", "F"]), default="C", show_default=True,
+              help="Raw binary: array order.")
+@click.option("--scan-shape", help="Sy,Sx: lay out a stack of frames as this scan "
+                                   "(MIB without .hdr, Arina, 3-D arrays).")
+@click.option("--energy", type=float, help="Beam energy in kV.")
+@click.option("--semiangle", type=float, help="Convergence semi-angle in mrad.")
+@click.option("--scan-step", help="Scan step in Å: d or dy,dx.")
+@click.option("--dk", help="Detector pixel size in 1/Å (input pixels): d or dky,dkx.")
+@click.option("--detector-angle", help="Detector pixel size in mrad (input pixels): a or ay,ax.")
+@click.option("--center", help="Unscattered beam centre cy,cx in input detector pixels "
+                                "[default: the file's, else the centre of mass of the mean "
+                                "pattern].")
+@click.option("--rotation", type=float, help="Scan-detector rotation in degrees [default: 0].")
+@click.option("--transpose", is_flag=True, default=None, help="Swap the detector axes first.")
+@click.option("--crop", help="Detector crop y0:y1,x0:x1 in input pixels (before binning).")
+@click.option("--bin", "binning", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Sum N x N detector pixels (dk scales by N, the centre with it).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted conversion.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--no-verify", is_flag=True, help="Skip the read-back checksum verification.")
+@click.option("--rows-per-chunk", type=click.IntRange(min=1),
+              help="Scan rows per stored chunk [default: ~16 MiB of rows]. Streaming "
+                   "reconstructions hold a few chunks at a time.")
+def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, energy, semiangle,
+            scan_step, dk, detector_angle, center, rotation, transpose, crop, binning, resume,
+            overwrite, no_verify, rows_per_chunk):  # fmt: skip
+    """Convert 4D-STEM data (Merlin .mib, EMPAD, DM3/DM4, EMD/py4DSTEM, Arina, .npy, raw
+    binary) into a calibrated dataset, streaming with bounded memory.
+
+    Calibration fields the file lacks must be given (energy, semi-angle, scan step, dk or
+    detector angle); given options win over the file's values.
+
+    \b
+    Examples:
+      ptyengine convert scan.mib -o scan.zarr --energy 300 --semiangle 20 --scan-step 0.5 \\
+          --detector-angle 0.8 --crop 0:256,0:256 --bin 2
+      ptyengine convert scan.raw --shape 128,128,256,256 --dtype uint16 --energy 200 \\
+          --semiangle 25 --scan-step 0.4 --dk 0.02 -o scan.zarr --resume
+    """
+    from tqdm import tqdm
+
+    from .. import convert as cv
+
+    raw_shape = None
+    if shape is not None:
+        try:
+            raw_shape = tuple(int(v) for v in shape.replace("x", ",").split(","))
+        except ValueError:
+            raise click.BadParameter(f"--shape takes Sy,Sx,Ky,Kx, got {shape!r}") from None
+    source = cv.open_source(input_path, fmt, raw_shape, dtype, offset, order,
+                            _pair(scan_shape, "--scan-shape", int))  # fmt: skip
+    given = {"energy": None if energy is None else energy * 1e3, "semiangle": semiangle,
+             "scan_step": _pair(scan_step, "--scan-step"), "dk": _pair(dk, "--dk"),
+             "detector_angle": _pair(detector_angle, "--detector-angle"),
+             "detector_center": _pair(center, "--center"), "rotation": rotation,
+             "transpose": transpose}  # fmt: skip
+    click.echo(f"converting {input_path} ({source.format}, {source.shape} {source.dtype}) "
+               f"to {output}", err=True)  # fmt: skip
+    bar = _progress_bar(tqdm, source.shape[0], "row", "convert")
+    try:
+        rep = cv.convert(source, output, given, crop, binning, resume=resume,
+                         overwrite=overwrite, verify_after=not no_verify, progress=bar.update,
+                         rows_per_chunk=rows_per_chunk,
+                         log=lambda text: tqdm.write(f"note: {text}", file=sys.stderr))  # fmt: skip
+    finally:
+        bar.close()
+        source.close()
+    mb = rep.bytes_read / 1e6
+    click.echo(f"wrote {rep.output}: {rep.shape} {rep.dtype}, {mb:.1f} MB read in "
+               f"{rep.seconds:.1f} s ({mb / max(rep.seconds, 1e-9):.0f} MB/s)"
+               + (f", resumed at scan row {rep.resumed_at}" if rep.resumed_at else ""), err=True)
+    click.echo(f"verified: {rep.verified}" if rep.verified else "verification skipped "
+               "(--no-verify)", err=True)  # fmt: skip

@@ -1,0 +1,291 @@
+"""``ptyengine reconstruct``: iCOM/iDPC and ePIE, with result, preview and NCC to truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import PtyengineError
+from .common import DEFOCUS_SIGN, _progress_bar
+
+
+def _rotation_option(ctx, param, value):
+    if value is None or value in ("auto", "calibration"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"give degrees, 'auto' or 'calibration', not {value!r}") from None
+
+
+def _default_output(data: Path, method: str) -> Path:
+    return data.parent / f"{data.stem}_{method}.zarr"
+
+
+def _checkpoint_path(output: Path) -> Path:
+    return output.with_name(output.name + ".checkpoint.npz")
+
+
+def _preview_path(output: Path) -> Path:
+    return output.with_name(output.stem + "_preview.png")
+
+
+@click.command()
+@click.argument("data", type=click.Path())
+@click.option("--method", type=click.Choice(["epie", "icom", "idpc"]), default="epie",
+              show_default=True,
+              help="ePIE ptychography, or a phase image integrated from the centre of mass "
+                   "(iCOM) or from a virtual four-quadrant detector (iDPC).")
+@click.option("-o", "--output", type=click.Path(),
+              help="Result .zarr [default: <DATA stem>_<method>.zarr next to DATA]; the "
+                   "preview <output stem>_preview.png goes next to it.")
+@click.option("--iterations", type=click.IntRange(min=0),
+              help="ePIE: passes over the data [default: 50].")
+@click.option("--alpha", type=float, help="ePIE: object step size in (0, 2] [default: 1].")
+@click.option("--beta", type=float, help="ePIE: probe step size in (0, 2] [default: 1].")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="ePIE: positions updated together; 1 = sequential ePIE, larger batches "
+                   "keep a GPU busy [default: 1].")
+@click.option("--defocus", type=float,
+              help=f"ePIE: C10 in Å of the initial probe [default: the calibration's]. "
+                   f"{DEFOCUS_SIGN}")
+@click.option("--probe-update-start", type=click.IntRange(min=0),
+              help="ePIE: first iteration (0-based) that refines the probe [default: 1].")
+@click.option("--phase-only", is_flag=True, default=None,
+              help="ePIE: constrain the object to a pure phase (|O| = 1): weak-phase "
+                   "specimens at low dose [default: off].")
+@click.option("--seed", type=int, help="ePIE: seed of the random position order [default: 0].")
+@click.option("--memory-limit",
+              help="Memory budget, e.g. 8GB or 512MiB. ePIE: data whose amplitudes take "
+                   "more than half of it are streamed from disk every iteration, a stored "
+                   "chunk at a time (same result) [default: half the memory this process "
+                   "may use; on a GPU also at most its free memory]. iCOM/iDPC: fewer "
+                   "reading threads when their blocks would not fit.")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
+              show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
+              help="ePIE: save the state every N iterations to <output>.checkpoint.npz "
+                   "(0: never).")
+@click.option("--resume", is_flag=True,
+              help="ePIE: continue from <output>.checkpoint.npz (same data and parameters); "
+                   "without one, start afresh.")
+@click.option("--keep-checkpoint", is_flag=True,
+              help="ePIE: keep the checkpoint after a successful run (default: delete it).")
+@click.option("--rotation", callback=_rotation_option,
+              help="iCOM/iDPC: scan-detector rotation in degrees, 'auto' (found from the "
+                   "data: the curl-free field) or 'calibration' [default: calibration].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing result.")
+def reconstruct(data, method, output, device, checkpoint_every, resume, keep_checkpoint,
+                rotation, overwrite, **epie_opts):  # fmt: skip
+    """Reconstruct the phase of the specimen from a 4D-STEM dataset (.zarr/.h5).
+
+    Writes a result Zarr (phase, and for ePIE the complex object and probe; every
+    parameter and the calibration in its attributes) and a PNG preview. If the dataset
+    holds a simulated ground truth, prints the correlation (NCC) of the phase with σ·V.
+
+    \b
+    Examples:
+      ptyengine reconstruct sto.zarr --method icom --rotation auto
+      ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20
+      ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20 --resume
+    """
+    memory_limit = epie_opts.pop("memory_limit")
+    given = {k: v for k, v in epie_opts.items() if v is not None}
+    if method == "epie":
+        if rotation is not None:
+            raise click.UsageError("--rotation applies to --method icom/idpc; ePIE takes "
+                                   "the calibration's rotation")  # fmt: skip
+    else:
+        flags = [f"--{k.replace('_', '-')}" for k in given]
+        flags += [f for f, on in (("--checkpoint-every", checkpoint_every), ("--resume", resume),
+                                  ("--keep-checkpoint", keep_checkpoint)) if on]  # fmt: skip
+        if flags:
+            raise click.UsageError(f"{', '.join(flags)}: for --method epie only")
+    _reconstruct(Path(data), method, Path(output) if output else None, device=device,
+                 overwrite=overwrite, epie_options=given, rotation=rotation,
+                 checkpoint_every=checkpoint_every, resume=resume,
+                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit)  # fmt: skip
+
+
+def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
+                 overwrite: bool = False, epie_options: dict | None = None, rotation=None,
+                 checkpoint_every: int = 0, resume: bool = False,
+                 keep_checkpoint: bool = False, memory_limit=None) -> dict:  # fmt: skip
+    """Run one reconstruction, write its result and preview; returns what was done
+    (``crop``: the phase over the scanned area, ``ncc``: the comparison or None)."""
+    import time
+
+    import numpy as np
+
+    from .. import io
+    from ..results import preview_png, write_result
+
+    out = output or _default_output(data, method)
+    if out.suffix != ".zarr":
+        raise PtyengineError(f"{out}: a result is a Zarr store; name it *.zarr")
+    if out.exists() and not overwrite and not (resume and _checkpoint_path(out).exists()):
+        raise PtyengineError(f"{out} exists; pass --overwrite to replace it")
+    with io.open_dataset(data) as ds:
+        click.echo(f"reconstructing {data} by {method} on {device}", err=True)
+        t0 = time.perf_counter()
+        try:
+            if method == "epie":
+                rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every,
+                                resume, memory_limit)  # fmt: skip
+            else:
+                rec = _run_icom(ds, method, device, rotation, memory_limit)
+        except PtyengineError as exc:  # name the dataset in every message
+            if str(data) in str(exc):
+                raise
+            raise PtyengineError(f"{data}: {exc}") from exc
+        seconds = time.perf_counter() - t0
+        ncc = _truth_ncc(ds, rec["image"], rec["sampling"], rec["origin"], rec["border"])
+        if ncc is not None and not np.isfinite(ncc["ncc"]):  # a constant image
+            click.echo("warning: the phase is constant; no NCC with the ground truth", err=True)
+            ncc = None
+        cal = ds.calibration
+    extra = {"source": str(data), "seconds": round(seconds, 3), **rec["extra"]}
+    if ncc is not None:
+        extra.update(ncc_to_truth=ncc["ncc"], ncc_shift_A=list(ncc["shift_A"]),
+                     ncc_k_max=ncc["k_max"])  # fmt: skip
+    path = write_result(out, method, rec["arrays"], rec["sampling"], rec["origin"], cal,
+                        rec["parameters"], rec["errors"], extra, overwrite=True)  # fmt: skip
+    click.echo(f"wrote {path}: {rec['summary']}, {seconds:.1f} s", err=True)
+    title = f"{data.name}: {rec['summary']}"
+    if ncc is not None:
+        title += f", NCC with σV {ncc['ncc']:.3f}"
+        click.echo(f"NCC of the {method} phase with σ·V (ground truth, |k| ≤ "
+                   f"{ncc['k_max']:.2f} 1/Å): {ncc['ncc']:.4f}")  # fmt: skip
+    png = preview_png(_preview_path(out), rec["panels"], title=title)
+    click.echo(f"result: {path}\npreview: {png}")
+    ck = rec.get("checkpoint")
+    if ck is not None and ck.exists() and not keep_checkpoint:
+        ck.unlink()
+    return {"output": path, "preview": png, "crop": rec["crop"], "ncc": ncc,
+            "seconds": seconds}  # fmt: skip
+
+
+def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resume,
+              memory_limit=None) -> dict:  # fmt: skip
+    import dataclasses
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..reconstruct.epie import EpieParameters, epie
+
+    params = EpieParameters(**options)
+    ck = _checkpoint_path(out)
+    if resume and not ck.exists():
+        click.echo(f"no checkpoint at {ck}: starting from the first iteration", err=True)
+        resume = False
+    elif resume:
+        click.echo(f"resuming from {ck}", err=True)
+    use_ck = ck if (checkpoint_every or resume) else None
+    bar = _progress_bar(tqdm, params.iterations, "it", "ePIE")
+
+    def progress(iteration, error):
+        bar.set_postfix(error=f"{error:.4g}", refresh=False)  # shown by update's refresh
+        bar.update(iteration - bar.n)
+
+    try:
+        res = epie(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
+                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                   data_id=str(data.resolve()), memory_limit=memory_limit)  # fmt: skip
+    finally:
+        bar.close()
+    g, cal = res.geometry, ds.calibration
+    w = np.asarray(g.window)
+    lo = g.corners.min(axis=0) + w // 2  # object pixels of the first and last positions
+    hi = g.corners.max(axis=0) + w // 2 + 1
+    phase = res.phase.astype(np.float32)
+    crop = phase[lo[0]:hi[0], lo[1]:hi[1]]
+    errors = [float(e) for e in res.errors]
+    summary = f"ePIE, {len(errors)} iterations" + (
+        f", final error {errors[-1]:.4g}" if errors else "")  # fmt: skip
+    probe_box = _central_box(np.abs(res.probe))
+    probe_title = f"probe amplitude (central {probe_box.shape[0] * g.sampling[0]:.3g} Å)"
+    panels = [("ePIE phase, scanned area (rad)", crop), (probe_title, probe_box)]
+    if errors:
+        panels.append(("error vs iteration", np.asarray(errors)))
+    parameters = {**dataclasses.asdict(params), "device": device,
+                  "defocus_used": cal.defocus if params.defocus is None else params.defocus,
+                  "checkpoint_every": checkpoint_every}  # fmt: skip
+    return {
+        "arrays": {"object": res.object.astype(np.complex64),
+                   "probe": res.probe.astype(np.complex64), "phase": phase},
+        "sampling": g.sampling, "origin": g.object_origin, "parameters": parameters,
+        "errors": errors, "image": phase, "crop": crop, "panels": panels, "summary": summary,
+        # the NCC ignores the unscanned margin round the scanned area
+        "border": int(min(w // 2 + g.corners.min(axis=0))),
+        "extra": {"resumed": resume, "streamed": res.extra["streamed"],
+                  "scanned_area_px": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]]},
+        "checkpoint": use_ck,
+    }  # fmt: skip
+
+
+def _central_box(image, level: float = 0.02, pad: float = 1.5, least: int = 16):
+    """The centred square of ``image`` that holds every pixel above ``level`` × its maximum,
+    enlarged ``pad`` times (at least ``least`` pixels a side): a focused probe is a few
+    pixels wide in a large window."""
+    import numpy as np
+
+    c = np.array(image.shape) // 2
+    idx = np.argwhere(image > level * image.max())
+    half = int(np.abs(idx - c).max()) if len(idx) else 0
+    half = max(int(half * pad) + 1, least // 2)
+    lo, hi = np.maximum(c - half, 0), np.minimum(c + half + 1, image.shape)
+    return image[lo[0]:hi[0], lo[1]:hi[1]]
+
+
+def _run_icom(ds, method, device, rotation, memory_limit=None) -> dict:
+    import numpy as np
+
+    from ..reconstruct import icom as ic
+
+    run = ic.icom if method == "icom" else ic.idpc
+    r = run(ds, rotation=rotation, device=device, memory_limit=memory_limit)
+    if r.rotation_found:
+        click.echo(f"rotation found from the data: {r.rotation_deg:g}°, transpose "
+                   f"{'yes' if r.transpose else 'no'}", err=True)  # fmt: skip
+    if r.n_empty:
+        click.echo(f"warning: {r.n_empty} pattern(s) hold no counts (taken as no "
+                   "deflection)", err=True)  # fmt: skip
+    name = "iCOM" if method == "icom" else "iDPC"
+    field = "COM (1/Å)" if method == "icom" else "DPC signal"
+    phase = r.phase.astype(np.float32)
+    return {
+        "arrays": {"phase": phase, "com_y": r.com_y.astype(np.float32),
+                   "com_x": r.com_x.astype(np.float32)},
+        "sampling": r.sampling, "origin": r.origin,
+        "parameters": {"rotation": "calibration" if rotation is None else rotation,
+                       "device": device},
+        "errors": None, "image": phase, "crop": phase, "border": 0,
+        "panels": [(f"{name} phase ({'rad' if method == 'icom' else 'arb.'})", phase),
+                   (f"{field} y, scan frame", r.com_y), (f"{field} x, scan frame", r.com_x)],
+        "summary": f"{name}, rotation {r.rotation_deg:g}°",
+        "extra": {"rotation_deg": r.rotation_deg, "transpose": r.transpose,
+                  "rotation_found": r.rotation_found, "n_empty": r.n_empty, "units": r.units},
+    }  # fmt: skip
+
+
+def _truth_ncc(ds, image, sampling, origin, border: int):
+    """compare_to_truth of a phase image with σ·V of the dataset's ground truth (None if
+    it has none), band-limited to the data's information limit 2α/λ."""
+    if "ground_truth/potential" not in ds.arrays():
+        return None
+    from .. import metrics, physics
+
+    pot, attrs = ds.read_array("ground_truth/potential")
+    cal = ds.calibration
+    try:
+        if "sampling" not in attrs:
+            raise PtyengineError("ground_truth/potential has no 'sampling' attribute")
+        return metrics.compare_to_truth(
+            image, sampling, origin, physics.interaction_constant(cal.energy) * pot,
+            attrs["sampling"], truth_origin=attrs.get("origin", (0.0, 0.0)),
+            k_max=2 * cal.semiangle * 1e-3 / cal.wavelength, max_shift=1.0, border=border)
+    except PtyengineError as exc:
+        click.echo(f"warning: no comparison with the ground truth: {exc}", err=True)
+        return None
