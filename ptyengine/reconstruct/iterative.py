@@ -78,8 +78,10 @@ def run(
     checkpoint: str | None = None,
     checkpoint_every: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    stop: Callable[[IterativeState], bool] | None = None,
 ) -> IterativeState:
-    """Run ``sweep`` until ``state.iteration == n_iterations``.
+    """Run ``sweep`` until ``state.iteration == n_iterations``, or until ``stop(state)``
+    (asked after every iteration: an algorithm's own stopping rule) is true.
 
     After each iteration the state is checked for NaN/inf: a diverged run raises and
     leaves the last good checkpoint in place. With ``checkpoint`` and
@@ -97,7 +99,9 @@ def run(
         state.iteration = k + 1
         if progress:
             progress(state.iteration, err)
-        if checkpoint and checkpoint_every and (
-                state.iteration % checkpoint_every == 0 or state.iteration == n_iterations):
+        done = state.iteration == n_iterations or (stop is not None and stop(state))
+        if checkpoint and checkpoint_every and (state.iteration % checkpoint_every == 0 or done):
             save_checkpoint(checkpoint, state, fingerprint)
+        if done:
+            break
     return state

@@ -1,0 +1,470 @@
+"""Poisson maximum-likelihood ptychography for low dose (``--method ml``).
+
+At 10–100 e/Å² a diffraction pattern holds tens of electrons in ~10⁴ pixels, most of them
+zero. ePIE's amplitude projection (√n against |Ψ|) is biased there; this engine models the
+counts themselves.
+
+**Model.** The object is O = exp(iφ − a): φ its phase (rad), a its absorption (0 for the
+``phase`` object model). Pattern j at scan position r_j has the exit wave ψ_j = P_j · O_j
+(P_j: the probe moved to r_j, O_j: the object's window there; the single-slice model of
+:mod:`.forward`) and the model intensity I_j = |F[ψ_j]|² in counts at the detector. The
+probe comes from the calibration (aperture and aberrations), scaled so that its pattern
+holds the mean measured counts; this engine does not refine it yet.
+
+**Objective** (minimised; n: measured counts, ε = 10⁻³ counts):
+
+    L(φ, a) = Σ_j Σ_k [I_jk − n_jk log(I_jk + ε)] + R(φ) + R(a)
+    R(u)    = ½ μ_s Σ_pixels |∇u|² + ½ μ_r A_px Σ_pixels u²
+
+Zero counts are data: they pull I down. R is a Gaussian prior on the specimen: smooth
+(μ_s, dimensionless in 2-D: the same at every pixel size) and weak (μ_r in 1/Å², A_px the
+pixel area in Å²). Its strengths are absolute, so its weight against the likelihood, which
+grows with the counts, falls as 1/dose: at 1000 e/Å² the prior is ten times weaker than at
+100 e/Å², and noise-free data (treated as 10⁶ counts per pattern) are fitted as measured.
+Besides R, the search directions are band-limited to |k| ≤ 2α/λ, the information limit of
+the data, so φ and a hold nothing beyond it.
+
+**Gradient.** With Δψ_j = F⁻¹[(n/(I + ε) − 1) Ψ_j] (:func:`kernels.poisson.poisson_ratio`
+revising the exit waves of :func:`.forward.exit_wave_pass`) and ν = Σ_j conj(P_j) Δψ_j on
+the object grid, ∂L/∂O* = −N ν (N pixels per pattern), hence
+
+    ∂L/∂φ = 2N Im(O ν*),   ∂L/∂a = 2N Re(O ν*)    (+ the prior's gradient)
+
+(tests/test_ml.py checks both against finite differences).
+
+**Search.** Polak–Ribière⁺ nonlinear conjugate gradients on (φ, a), preconditioned by the
+diagonal of the curvature: the likelihood's, h = 4 × counts through each pixel (4N Σ|P_j|²),
+normalised to its mean h̄ over the scan, and the prior's in Fourier space:
+
+    s = F⁻¹[ B(k) · F[g / (h/h̄ + δ)] / (1 + (μ_s λ_∇(k) + μ_r A_px) / h̄) ]
+
+(λ_∇ the eigenvalues of the discrete −Laplacian, B the band limit, δ = 0.1). Along the
+direction d the step is the Newton step t = −L'/L'' with the Fisher curvature
+L'' ≈ Σ I'²/(I + ε) + d·Λd, I' = 2 Re(Ψ* Δ), Δ_j = F[P_j · O_j (i dφ − da)]
+(:func:`.forward.direction_pass`; 3 FFTs per position). A step that raises L is undone
+at the start of the next iteration and the step damped 4×; accepted steps relax the
+damping 2× back towards 1.
+
+**Stopping.** A fixed pseudo-random 5 % of the detector pixels of every pattern is held
+out of the fit (:func:`kernels.poisson.holdout_hash`: the same pixels in every run and on
+every device). Their half-deviance is evaluated at every iterate; the engine keeps the
+iterate where it was lowest and stops when it has not improved for ``patience``
+iterations (or at ``iterations``). The result is that best iterate, so the answer does
+not get worse the longer one iterates.
+
+Cost per iteration: one pass over the data for the gradient (3 FFTs per position) and one
+for the step (3 FFTs), against ePIE's 4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import backend
+from ..dataset import as_dataset
+from ..errors import PtyengineError
+from ..kernels import poisson as pp
+from .epie import PtychoGeometry, initial_probe
+from .forward import direction_pass, exit_wave_pass
+from .iterative import IterativeState, load_checkpoint, run
+from .patterns import choose_patterns
+
+EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
+NOISE_FREE_COUNTS = 1e6  # counts per pattern assumed for noise-free (float, no dose) data
+PRECONDITIONER_FLOOR = 0.1  # δ: weakly illuminated pixels get at most 1/δ of the mean step
+BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
+
+
+@dataclass
+class MLParameters:
+    """Options of the Poisson ML engine (see the module docstring for the equations).
+
+    iterations: the most iterations; the held-out rule usually stops earlier.
+    object_model: "phase" (a = 0), "complex" (phase and absorption) or "auto" (phase when
+        the data hold less than one count per bright-field pixel per pattern).
+    smoothness: μ_s, dimensionless; 0 switches it off.
+    ridge: μ_r in 1/Å²; 0 switches it off.
+    band_limit: band-limit the search directions to 2α/λ.
+    holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
+        stops at ``iterations`` or when the objective no longer falls).
+    patience: iterations without a better held-out likelihood before stopping.
+    defocus: C10 in Å of the probe (None: the calibration's).
+    """
+
+    iterations: int = 50
+    batch_size: int = 64
+    object_model: str = "auto"
+    smoothness: float = 3.0
+    ridge: float = 2.0
+    band_limit: bool = True
+    holdout: float = 0.05
+    patience: int = 5
+    defocus: float | None = None
+    seed: int = 0
+    margin: int = 8
+
+    def __post_init__(self):
+        if self.iterations < 0 or self.batch_size < 1 or self.patience < 1:
+            raise PtyengineError(
+                f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
+                f"and patience ({self.patience}) ≥ 1")
+        if self.object_model not in ("auto", "phase", "complex"):
+            raise PtyengineError(f"object model must be auto, phase or complex, got "
+                                 f"{self.object_model!r}")  # fmt: skip
+        for name in ("smoothness", "ridge"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise PtyengineError(f"{name} must be a finite number ≥ 0, got {v}")
+        if not 0 <= self.holdout < 0.5:
+            raise PtyengineError(f"held-out fraction must lie in [0, 0.5), got {self.holdout}")
+
+
+@dataclass
+class MLResult:
+    object: np.ndarray  # complex (Ny, Nx) = exp(iφ − a)
+    phase: np.ndarray  # φ (Ny, Nx) in rad, not wrapped
+    probe: np.ndarray  # complex (Wy, Wx), real space, centred at (Wy//2, Wx//2)
+    errors: list[float]  # fitted half-deviance per count, one per iteration
+    held_out: list[float]  # held-out half-deviance per held-out count, one per iteration
+    best_iteration: int
+    geometry: PtychoGeometry
+    parameters: MLParameters
+    calibration: object
+    extra: dict = field(default_factory=dict)
+
+
+def count_scale(ds, cal, mean_sum: float) -> float:
+    """Factor from stored values to electron counts: 1 for integer data (counts as
+    measured), dose × step² / mean pattern sum for real-valued data with a dose, and
+    10⁶ / mean pattern sum for noise-free intensities (see the module docstring)."""
+    if np.dtype(ds.dtype).kind in "iu":
+        return 1.0
+    if cal.dose is not None:
+        return cal.dose * cal.scan_step[0] * cal.scan_step[1] / mean_sum
+    return NOISE_FREE_COUNTS / mean_sum
+
+
+def bright_field_pixels(cal) -> float:
+    """Detector pixels inside the bright-field disc, π (α/λ)² / (dk_y dk_x)."""
+    return math.pi * (cal.semiangle * 1e-3 / cal.wavelength) ** 2 / (cal.dk[0] * cal.dk[1])
+
+
+def prior_spectrum(shape, sampling, smoothness: float, ridge: float, xp):
+    """Λ(k) of R (FFT order): μ_s λ_∇(k) + μ_r A_px, λ_∇ = 4 sin²(π k_y d_y) + 4 sin²(π k_x d_x)
+    the eigenvalues of the periodic discrete −Laplacian."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.fftfreq(shape[1])[None, :]
+    lap = 4 * np.sin(np.pi * fy) ** 2 + 4 * np.sin(np.pi * fx) ** 2
+    return xp.asarray(smoothness * lap + ridge * sampling[0] * sampling[1], dtype=np.float32)
+
+
+def band_mask(shape, sampling, k_max: float, xp):
+    ky = np.fft.fftfreq(shape[0], sampling[0])[:, None]
+    kx = np.fft.fftfreq(shape[1], sampling[1])[None, :]
+    return xp.asarray(np.hypot(ky, kx) <= k_max, dtype=np.float32)
+
+
+def fingerprint(cal, params: MLParameters, data_id: str) -> str:
+    p = {k: v for k, v in params.__dict__.items() if k != "iterations"}
+    blob = json.dumps([cal.to_dict(), p, data_id, "ml-1"], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Engine:
+    """The passes over the data and the NCG step; one instance per run."""
+
+    def __init__(self, patterns, geom, params: MLParameters, cal, cscale: float, xp):
+        self.patterns, self.geom, self.params, self.xp = patterns, geom, params, xp
+        self.geometry = geom
+        self.cscale = float(cscale)
+        self.corners = xp.asarray(geom.corners)
+        self.n = geom.window[0] * geom.window[1]
+        self.mask = xp.ones(geom.window, dtype=np.uint8)
+        rows, (sy, sx) = patterns.rows, cal.scan_shape
+        # full-batch gradients: every block once per pass, its positions in scan order
+        self.order = [(b, np.arange(b * rows * sx, min((b + 1) * rows, sy) * sx))
+                      for b in range(patterns.n_blocks)]  # fmt: skip
+        self.spectrum = prior_spectrum(geom.object_shape, geom.sampling, params.smoothness,
+                                       params.ridge, xp)  # fmt: skip
+        k_max = 2 * cal.semiangle * 1e-3 / cal.wavelength
+        self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
+                     if params.band_limit else None)  # fmt: skip
+        self.seed = params.seed
+
+    def _batches(self):
+        bs = self.params.batch_size
+        for block, positions in self.patterns.iterate(self.order):
+            for b0 in range(0, len(positions), bs):
+                yield block, positions[b0:b0 + bs]
+
+    def _box(self, idx):
+        w = np.asarray(self.geom.window)
+        lo = self.geom.corners[idx].min(axis=0)
+        hi = self.geom.corners[idx].max(axis=0) + w
+        return lo, hi
+
+    def gradient(self, obj):
+        """One pass: (fitted, held-out half-deviance, ν, Σ|P_j|²) at ``obj``."""
+        xp, inv_n = self.xp, 1.0 / self.n
+        nu = xp.zeros(self.geom.object_shape, dtype=np.complex64)
+        den = xp.zeros(self.geom.object_shape, dtype=np.float32)
+        fit = held = 0.0
+        probe_k = self.probe_k
+        for block, idx in self._batches():
+            nll = xp.zeros(len(idx), dtype=np.float64)
+            hold = xp.zeros(len(idx), dtype=np.float64)
+
+            def revise(psi, loc, sub, s0, s1, block=block, nll=nll, hold=hold):
+                pp.poisson_ratio(psi, block.amplitudes, loc, sub, self.mask, nll[s0:s1],
+                                 hold[s0:s1], self.cscale, EPS, inv_n, self.seed,
+                                 self.params.holdout)  # fmt: skip
+
+            lo, hi = self._box(idx)
+            shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
+            num, d, _, _ = exit_wave_pass(obj, probe_k, block, idx, self.corners, lo, shape,
+                                          revise, False, xp)  # fmt: skip
+            nu[lo[0]:hi[0], lo[1]:hi[1]] += num
+            den[lo[0]:hi[0], lo[1]:hi[1]] += d
+            fit += float(nll.sum())
+            held += float(hold.sum())
+        return fit, held, nu, den
+
+    def curvature(self, obj, d_obj) -> tuple[float, float]:
+        """One pass: dL/dt and the Fisher d²L/dt² of the likelihood along d_obj."""
+        xp = self.xp
+        s1_tot = s2_tot = 0.0
+        for block, idx in self._batches():
+            d1 = xp.zeros(len(idx), dtype=np.float64)
+            d2 = xp.zeros(len(idx), dtype=np.float64)
+
+            def reduce(psi, dpsi, loc, sub, s0, s1, block=block, d1=d1, d2=d2):
+                pp.poisson_curvature(psi, dpsi, block.amplitudes, loc, sub, self.mask,
+                                     d1[s0:s1], d2[s0:s1], self.cscale, EPS, self.seed,
+                                     self.params.holdout)  # fmt: skip
+
+            direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp)
+            s1_tot += float(d1.sum())
+            s2_tot += float(d2.sum())
+        return s1_tot, s2_tot
+
+    # ------------------------------------------------------------------ the prior
+    def prior(self, u):
+        """(R(u), ∂R/∂u) through the prior's spectrum Λ (periodic on the object grid)."""
+        xp = self.xp
+        g = xp.fft.ifft2(xp.fft.fft2(u) * self.spectrum).real.astype(np.float32)
+        return 0.5 * float(xp.sum(u * g)), g
+
+    def precondition(self, g, h_rel, h_bar):
+        xp = self.xp
+        filt = 1.0 / (1.0 + self.spectrum / h_bar)
+        if self.band is not None:
+            filt = filt * self.band
+        return xp.fft.ifft2(xp.fft.fft2(g / (h_rel + PRECONDITIONER_FLOOR)) * filt).real.astype(
+            np.float32)
+
+
+def _new_state(geom, probe_k, xp) -> IterativeState:
+    z = lambda: xp.zeros(geom.object_shape, dtype=np.float32)  # noqa: E731
+    arrays = {"phase": z(), "absorption": z(), "probe_k": probe_k,
+              "prev_phase": z(), "prev_absorption": z(),
+              "g_phase": z(), "g_absorption": z(), "s_phase": z(), "s_absorption": z(),
+              "d_phase": z(), "d_absorption": z(), "best_phase": z(), "best_absorption": z(),
+              # L_prev, damping, best held-out, best iteration, cg restarts, step t
+              "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0, 0.0], dtype=np.float64),
+              "held": xp.zeros(0, dtype=np.float64)}  # fmt: skip
+    return IterativeState(arrays)
+
+
+def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, total_counts,
+                   held_counts, xp):  # fmt: skip
+    def obj_of(phi, ab):
+        return xp.exp(1j * phi - ab).astype(np.complex64)
+
+    def sweep(state: IterativeState, iteration: int) -> float:
+        a = state.arrays
+        sc = backend.to_numpy(a["scalars"]).copy()
+        l_prev, damping, best_held, best_iter = sc[0], sc[1], sc[2], int(sc[3])
+        phi, ab = a["phase"], a["absorption"]
+        obj = obj_of(phi, ab)
+        fit, held, nu, den = eng.gradient(obj)
+        r_phi, gp_phi = eng.prior(phi)
+        r_ab, gp_ab = eng.prior(ab) if complex_object else (0.0, None)
+        total = fit + r_phi + r_ab
+        held_per = held / max(held_counts, 1.0)
+        a["held"] = xp.concatenate([a["held"], xp.asarray([held_per])])
+        if params.holdout and held_per < best_held:
+            best_held, best_iter = held_per, iteration
+            a["best_phase"][...] = phi
+            a["best_absorption"][...] = ab
+        rejected = iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
+        if rejected:  # undo the last step; restart CG from the previous gradient
+            phi[...] = a["prev_phase"]
+            ab[...] = a["prev_absorption"]
+            obj = obj_of(phi, ab)
+            damping *= 0.25
+            g_phi, g_ab = a["g_phase"], a["g_absorption"]
+            d_prev = None
+            total = l_prev
+        else:
+            damping = min(1.0, 2.0 * damping)
+            on = obj * nu.conj()
+            g_phi = (2 * eng.n) * on.imag.astype(np.float32) + gp_phi
+            g_ab = ((2 * eng.n) * on.real.astype(np.float32) + gp_ab) if complex_object else None
+            d_prev = (a["d_phase"], a["d_absorption"]) if iteration > 0 else None
+        h = 4 * eng.n * den  # counts through each pixel × 4
+        scanned = h > 0.5 * float(h.max())
+        h_bar = float(h[scanned].mean())
+        h_rel = h / h_bar
+        s_phi = eng.precondition(g_phi, h_rel, h_bar)
+        s_ab = eng.precondition(g_ab, h_rel, h_bar) if complex_object else None
+        d_phi, d_ab = -s_phi, (-s_ab if complex_object else None)
+        if d_prev is not None:  # Polak-Ribière+
+            num = float(xp.sum(s_phi * (g_phi - a["g_phase"])))
+            den_b = float(xp.sum(a["s_phase"] * a["g_phase"]))
+            if complex_object:
+                num += float(xp.sum(s_ab * (g_ab - a["g_absorption"])))
+                den_b += float(xp.sum(a["s_absorption"] * a["g_absorption"]))
+            beta = max(0.0, num / den_b) if den_b > 0 else 0.0
+            d_phi = d_phi + beta * d_prev[0]
+            if complex_object:
+                d_ab = d_ab + beta * d_prev[1]
+            slope = float(xp.sum(d_phi * g_phi)) + (
+                float(xp.sum(d_ab * g_ab)) if complex_object else 0.0)  # fmt: skip
+            if slope >= 0:  # not a descent direction: steepest descent
+                d_phi, d_ab = -s_phi, (-s_ab if complex_object else None)
+        # Newton step along d: L' = g·d exactly, L'' = the likelihood's Fisher curvature
+        # (one pass) plus the prior's d·Λd
+        du = 1j * d_phi - (d_ab if complex_object else 0)
+        _, d2 = eng.curvature(obj, (obj * du).astype(np.complex64))
+        d1 = float(xp.sum(g_phi * d_phi))
+        d2 += float(xp.sum(d_phi * eng.prior(d_phi)[1]))
+        if complex_object:
+            d1 += float(xp.sum(g_ab * d_ab))
+            d2 += float(xp.sum(d_ab * eng.prior(d_ab)[1]))
+        t = damping * (-d1 / d2) if d2 > 0 else 0.0
+        # remember the point, its gradient and direction, then step
+        a["prev_phase"][...] = phi
+        a["prev_absorption"][...] = ab
+        a["g_phase"][...] = g_phi
+        a["s_phase"][...] = s_phi
+        a["d_phase"][...] = d_phi
+        if complex_object:
+            a["g_absorption"][...] = g_ab
+            a["s_absorption"][...] = s_ab
+            a["d_absorption"][...] = d_ab
+            ab += np.float32(t) * d_ab
+        phi += np.float32(t) * d_phi
+        a["scalars"] = xp.asarray([total, damping, best_held, best_iter, 0.0, t],
+                                  dtype=np.float64)  # fmt: skip
+        return fit / max(total_counts, 1.0)
+
+    return sweep
+
+
+def ml(
+    data,
+    params: MLParameters | None = None,
+    device: str = "cpu",
+    checkpoint: str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    progress=None,
+    data_id: str = "",
+    memory_limit: int | None = None,
+) -> MLResult:
+    """Reconstruct the object from a calibrated dataset (path, io.Dataset or
+    InMemoryDataset) by Poisson maximum likelihood; see the module docstring.
+
+    The measured patterns are held or streamed as for ePIE (``memory_limit``);
+    ``progress(iteration, error)``, ``checkpoint``/``checkpoint_every``/``resume`` as for
+    :func:`.epie.epie`. Returns the iterate with the best held-out likelihood.
+    """
+    params = params or MLParameters()
+    xp = backend.get_xp(device)
+    ds = as_dataset(data)
+    try:
+        return _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
+                   memory_limit)  # fmt: skip
+    finally:
+        if ds is not data:
+            ds.close()
+        if xp is not np:
+            backend.clear_fft_buffers()
+
+
+def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Engine:
+    """The engine for a dataset: geometry, pattern source, counts scale, probe and object
+    model (``eng.complex_object``, ``eng.counts_per_pattern``)."""
+    cal = ds.calibration
+    name = getattr(ds, "path", None) or "data"
+    geom = PtychoGeometry.from_calibration(cal, params.margin)
+    patterns = choose_patterns(ds, geom, xp, memory_limit)
+    mean_sum = patterns.total / len(geom.corners)
+    if not mean_sum > 0:
+        raise PtyengineError(f"{name}: every pattern is empty (no counts)")
+    cscale = count_scale(ds, cal, mean_sum)
+    eng = _Engine(patterns, geom, params, cal, cscale, xp)
+    eng.counts_per_pattern = mean_sum * cscale
+    eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
+    eng.complex_object = params.object_model == "complex" or (
+        params.object_model == "auto" and eng.per_bf_pixel >= 1.0)  # fmt: skip
+    eng.probe_k = initial_probe(cal, params.defocus, eng.counts_per_pattern, xp)
+    return eng
+
+
+def objective(eng: _Engine, phase, absorption) -> tuple[float, object, object]:
+    """(L, ∂L/∂φ, ∂L/∂a) of the module docstring at (φ, a), fitted pixels only."""
+    xp = eng.xp
+    obj = xp.exp(1j * phase - absorption).astype(np.complex64)
+    fit, _, nu, _ = eng.gradient(obj)
+    r_phi, gp_phi = eng.prior(phase)
+    r_ab, gp_ab = eng.prior(absorption)
+    on = obj * nu.conj()
+    return (fit + r_phi + r_ab, (2 * eng.n) * on.imag + gp_phi,
+            (2 * eng.n) * on.real + gp_ab)  # fmt: skip
+
+
+def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
+        memory_limit) -> MLResult:  # fmt: skip
+    cal = ds.calibration
+    eng = setup(ds, params, xp, memory_limit)
+    geom, patterns = eng.geometry, eng.patterns
+    n_pos = len(geom.corners)
+    counts_per_pattern, complex_object = eng.counts_per_pattern, eng.complex_object
+    per_bf_pixel, cscale = eng.per_bf_pixel, eng.cscale
+    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|rows={patterns.rows}")
+    if resume and checkpoint:
+        state = load_checkpoint(checkpoint, fp, xp)
+    else:
+        state = _new_state(geom, eng.probe_k, xp)
+    total_counts = counts_per_pattern * n_pos
+    held_counts = total_counts * params.holdout
+    sweep = _sweep_factory(eng, params, complex_object, total_counts, held_counts, xp)
+
+    def stop(st):
+        sc = backend.to_numpy(st.arrays["scalars"])
+        return bool(params.holdout) and st.iteration - 1 - int(sc[3]) >= params.patience
+
+    run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress, stop)
+    a = state.arrays
+    sc = backend.to_numpy(a["scalars"])
+    use_best = bool(params.holdout) and sc[2] < BIG
+    phi = a["best_phase"] if use_best else a["phase"]
+    ab = a["best_absorption"] if use_best else a["absorption"]
+    best = int(sc[3]) if use_best else state.iteration
+    obj = backend.to_numpy(xp.exp(1j * phi - ab).astype(np.complex64))
+    probe = backend.to_numpy(xp.fft.ifft2(eng.probe_k))
+    held = [float(v) for v in backend.to_numpy(a["held"])]
+    stopped = ("held-out likelihood" if state.iteration < params.iterations else
+               "iteration limit")  # fmt: skip
+    extra = {"streamed": patterns.streamed, "counts_per_pattern": counts_per_pattern,
+             "counts_per_bright_field_pixel": per_bf_pixel, "count_scale": cscale,
+             "object_model": "complex" if complex_object else "phase",
+             "stopped_by": stopped, "iterations_run": state.iteration}  # fmt: skip
+    return MLResult(obj, backend.to_numpy(phi).astype(np.float32), probe,
+                    [float(e) for e in state.errors], held, best, geom, params, cal, extra)

@@ -1,0 +1,119 @@
+"""The Poisson maximum-likelihood engine: gradient, kernels, ground truth, stopping rule."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from ptyengine.kernels import poisson as pp
+
+from ptyengine import io, metrics, physics
+from ptyengine.dataset import InMemoryDataset
+from ptyengine.errors import PtyengineError
+from ptyengine.reconstruct import ml as mlmod
+from ptyengine.reconstruct.ml import MLParameters, ml
+from ptyengine.simulate import SimulationParameters, simulate
+
+THIN = SimulationParameters(structure="srtio3", zone_axis=(0, 0, 1), field=(7.81, 7.81),
+                            thickness=3.905, scan_step=0.4, scan_size=(7.81, 7.81),
+                            max_angle=40.0, detector_pixels=48, defocus=150.0)
+
+
+@pytest.fixture(scope="module")
+def thin(tmp_path_factory):
+    """Noise-free SrTiO3 [001], one unit cell thick, 15 nm defocus: (path, data, cal)."""
+    path = tmp_path_factory.mktemp("ml") / "thin.zarr"
+    simulate(THIN, str(path))
+    with io.open_dataset(path) as ds:
+        return path, ds.read_rows(0, ds.shape[0]), ds.calibration
+
+
+def _counts(thin, dose, seed=0):
+    """The noise-free data as Poisson counts at ``dose`` e/Å², in memory."""
+    _, data, cal = thin
+    n0 = dose * cal.scan_step[0] * cal.scan_step[1]
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(data.astype(np.float64) * n0).astype(np.uint32)
+    return InMemoryDataset(counts, dataclasses.replace(cal, dose=dose))
+
+
+def _ncc(phase, geom, path):
+    with io.open_dataset(path) as ds:
+        pot, attrs = ds.read_array("ground_truth/potential")
+    sigma = physics.interaction_constant(300e3)
+    k_max = 2 * 20e-3 / physics.wavelength(300e3)
+    return metrics.compare_to_truth(phase, geom.sampling, geom.object_origin, sigma * pot,
+                                    attrs["sampling"], k_max=k_max, max_shift=1.0,
+                                    border=geom.window[0] // 2 + int(geom.corners.min()))["ncc"]
+
+
+@pytest.mark.parametrize("holdout", [0.0, 0.2])
+def test_gradient_matches_finite_differences(thin, holdout):
+    """∂L/∂φ and ∂L/∂a (likelihood + prior) against central differences of L along
+    random directions, at a random complex object, on Poisson counts."""
+    ds = _counts(thin, 2000.0)
+    params = MLParameters(holdout=holdout, smoothness=2.0, ridge=30.0)
+    eng = mlmod.setup(ds, params, np)
+    rng = np.random.default_rng(3)
+    shape = eng.geometry.object_shape
+    phi = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+    ab = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    _, g_phi, g_ab = mlmod.objective(eng, phi, ab)
+    for _ in range(2):
+        d_phi = rng.standard_normal(shape).astype(np.float32)
+        d_ab = rng.standard_normal(shape).astype(np.float32)
+        h = 1e-3
+        lp = mlmod.objective(eng, phi + h * d_phi, ab + h * d_ab)[0]
+        lm = mlmod.objective(eng, phi - h * d_phi, ab - h * d_ab)[0]
+        fd = (lp - lm) / (2 * h)
+        an = float(np.sum(g_phi * d_phi) + np.sum(g_ab * d_ab))
+        assert an == pytest.approx(fd, rel=2e-3), (an, fd)
+
+
+def test_curvature_kernel_slope_is_the_gradient(thin):
+    """The line-search kernel's dL/dt along dO equals the gradient's projection on it."""
+    ds = _counts(thin, 2000.0)
+    eng = mlmod.setup(ds, MLParameters(smoothness=0.0, ridge=0.0, holdout=0.1), np)
+    rng = np.random.default_rng(4)
+    shape = eng.geometry.object_shape
+    phi = (0.2 * rng.standard_normal(shape)).astype(np.float32)
+    zero = np.zeros(shape, np.float32)
+    _, g_phi, _ = mlmod.objective(eng, phi, zero)
+    d = rng.standard_normal(shape).astype(np.float32)
+    obj = np.exp(1j * phi).astype(np.complex64)
+    d1, d2 = eng.curvature(obj, (obj * 1j * d).astype(np.complex64))
+    assert d1 == pytest.approx(float(np.sum(g_phi * d)), rel=1e-3)
+    assert d2 > 0
+
+
+def test_holdout_hash_fraction_and_reference():
+    """The held-out pixels: the requested fraction, and the numba hash equals its
+    reference (the same pixels on every device)."""
+    mask = pp.holdout_mask(np.arange(40), (16, 16), seed=7, fraction=0.1)
+    assert abs(mask.mean() - 0.1) < 0.02
+    again = pp.holdout_mask(np.arange(40), (16, 16), seed=7, fraction=0.1)
+    assert np.array_equal(mask, again)
+    assert not np.array_equal(mask, pp.holdout_mask(np.arange(40), (16, 16), 8, 0.1))
+
+
+def test_holdout_rule_keeps_the_best_iterate(thin):
+    """On noisy data the result is the iterate with the lowest held-out deviance, and the
+    run stops ``patience`` iterations after it (or at the limit)."""
+    ds = _counts(thin, 300.0, seed=2)
+    res = ml(ds, MLParameters(iterations=40, patience=3, smoothness=0.0, ridge=0.0))
+    held = res.held_out
+    assert res.best_iteration == int(np.argmin(held))
+    assert len(held) == len(res.errors)
+    assert len(held) == 40 or len(held) - 1 - res.best_iteration == 3
+
+
+def test_empty_data_is_a_clear_error(thin):
+    _, data, cal = thin
+    with pytest.raises(PtyengineError, match="empty"):
+        ml(InMemoryDataset(np.zeros_like(data), cal), MLParameters(iterations=1))
+
+
+@pytest.mark.parametrize("bad", [dict(object_model="amplitude"), dict(smoothness=-1.0),
+                                 dict(holdout=0.7), dict(patience=0)])
+def test_bad_parameters(bad):
+    with pytest.raises(PtyengineError):
+        MLParameters(**bad)
