@@ -189,6 +189,31 @@ def test_second_writer_is_refused(tiny, tmp_path, capsys, held):
     assert not (tmp_path / "r_preview.png").exists()
 
 
+def test_two_converts_racing_for_one_output(tmp_path):
+    """Two real processes convert different data to one output at the same moment: one
+    wins, the other is refused on one line, and the output holds one source whole."""
+    sources = []
+    for value in (1, 2):
+        sources.append(np.full((8, 8, 16, 16), value, np.float32))
+        np.save(tmp_path / f"{value}.npy", sources[-1])
+    out = tmp_path / "c.zarr"
+    procs = [subprocess.Popen([sys.executable, "-m", "ptyengine", "convert",
+                               str(tmp_path / f"{value}.npy"), "-o", str(out), "--energy", "300",
+                               "--semiangle", "20", "--scan-step", "0.5", "--dk", "0.02",
+                               "--rows-per-chunk", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for value in (1, 2)]  # fmt: skip
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    refused = next(err for code, err in results if code == 2).strip().splitlines()
+    assert refused[-1].startswith("error: ") and "Traceback" not in "".join(refused)
+    assert "being written by another" in refused[-1] or "already exists" in refused[-1]
+    winner = next(i for i, (code, _) in enumerate(results) if code == 0)
+    with io.open_dataset(out) as ds:
+        np.testing.assert_array_equal(ds.read_rows(0, 8), sources[winner])
+    assert no_partials(tmp_path) == []
+
+
 def test_library_writer_is_refused_while_another_writes(tmp_path, held):
     from ptyengine.errors import PtyengineError
 
