@@ -68,6 +68,18 @@ def test_unwritable_output_fails_before_computing(tiny, blocked, capsys, monkeyp
                         blocked / "r.zarr"), blocked / "r.zarr")  # fmt: skip
 
 
+def test_unwritable_default_output_suggests_another(tiny, capsys, monkeypatch):
+    from ptyengine import locks
+    from ptyengine.errors import write_error
+
+    def denied(path, lock):
+        raise write_error(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+
+    monkeypatch.setattr(locks, "_open_locked", denied)  # a read-only data folder, as root
+    one_line_error(*run(capsys, "reconstruct", tiny, "--method", "icom"), "tiny_icom.zarr",
+                   "Permission denied", "give -o PATH")  # fmt: skip
+
+
 def test_unwritable_dataset_output_is_one_line(tmp_path, blocked, capsys):
     one_line_error(*run(capsys, *TINY_SIMULATION, "-o", blocked / "s.zarr"), blocked / "s.zarr")
     np.save(tmp_path / "x.npy", np.ones((2, 2, 8, 8), np.float32))
@@ -330,6 +342,18 @@ def test_info_notices_a_missing_chunk_file(tiny, tmp_path, capsys):
     assert code == 0, err
     status = text.splitlines()[1]
     assert "complete" not in status.replace("INCOMPLETE", "") and "data/c/0/0/0/0" in status
+
+
+def test_info_notices_a_missing_shard_file(tmp_path):
+    cal = Calibration(energy=300e3, semiangle=20.0, scan_shape=(6, 2), scan_step=(0.4, 0.4),
+                      detector_shape=(8, 8), dk=(0.1, 0.1), detector_center=(4.0, 4.0))
+    path = tmp_path / "s.zarr"
+    with io.create_dataset(path, cal, "float32", rows_per_chunk=1, shard_bytes=2 * 512) as w:
+        w.write_rows(0, np.ones((6, 2, 8, 8), np.float32))
+    assert "complete" in io.describe(path).splitlines()[1]
+    os.remove(path / "data/c/1/0/0/0")
+    status = io.describe(path).splitlines()[1]
+    assert "DAMAGED: 1 of 3 data shard files missing (data/c/1/0/0/0)" in status
 
 
 def test_truncated_checkpoint(tiny, tmp_path, capsys):

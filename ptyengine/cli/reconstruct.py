@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -115,13 +116,12 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
     """Run one reconstruction, write its result and preview; returns what was done
     (``crop``: the phase over the scanned area, ``ncc``: the comparison or None)."""
     from .. import io
-    from ..locks import output_lock
     from ..results import begin_result, discard_result
 
     out = output or _default_output(data, method)
     if out.suffix != ".zarr":
         raise PtyengineError(f"{out}: a result is a Zarr store; name it *.zarr")
-    with io.open_dataset(data) as ds, output_lock(out):
+    with io.open_dataset(data) as ds, _locked(out, default=output is None):
         # one writer per output; the result and its preview are protected alike (a resumed
         # run continues, and replaces, its own); the partial is made before any work
         if not overwrite and not (resume and _checkpoint_path(out).exists()):
@@ -137,6 +137,24 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
                                      memory_limit)  # fmt: skip
         finally:
             discard_result(out)  # nothing, after a successful rename
+
+
+@contextmanager
+def _locked(out: Path, default: bool):
+    """The output's lock (one writer; the first check that its folder can be written)."""
+    from .. import locks
+
+    try:
+        locks.acquire(out)
+    except PtyengineError as exc:
+        if default and str(exc).startswith("cannot write"):
+            raise PtyengineError(f"{exc} (the default output sits next to the data: give "
+                                 "-o PATH in a folder you can write)") from None  # fmt: skip
+        raise
+    try:
+        yield out
+    finally:
+        locks.release(out)
 
 
 def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_options, rotation,
