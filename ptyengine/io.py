@@ -37,14 +37,13 @@ stopped. Readers refuse an incomplete dataset unless asked (``allow_incomplete=T
 ``storage`` records how the bytes of ``data`` are to be read (checksums cover the bytes,
 not the metadata that interprets them): a reader refuses Zarr data whose dtype, shape or
 chunking, or whose ``data/zarr.json`` apart from its attributes, changed after the writer
-recorded them (HDF5 keeps that metadata in its own binary file). Datasets written before
-this record existed are read as they are.
+recorded them (HDF5 keeps that metadata in its own binary file); see
+:mod:`ptyengine.integrity`. Datasets written before this record existed are read as they are.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -58,7 +57,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from . import __version__, locks
+from . import __version__, integrity, locks
 from .calibration import Calibration
 from .errors import PtyengineError, write_error
 from .shards import ShardStreamer
@@ -183,57 +182,6 @@ def storage_chunks(data) -> tuple:
     return tuple(getattr(data, "shards", None) or chunk_shape(data))
 
 
-def _check_json(meta: Path) -> None:
-    """Raise a PtyengineError naming ``meta`` (a zarr.json) if it is there but not JSON."""
-    try:
-        text = meta.read_bytes() if meta.is_file() else None
-        if text is not None:
-            json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise PtyengineError(f"{meta}: not valid JSON ({exc}); the store's metadata is "
-                             "damaged: restore it from a copy or write the data again") from None
-
-
-def _array_json_digest(path: Path) -> str | None:
-    """Digest of ``data/zarr.json`` without its attributes: every field that says how the
-    stored bytes are read (data type, shape, chunk grid, codecs, fill value)."""
-    try:
-        meta = json.loads((path / DATA / "zarr.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    meta.pop("attributes", None)
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def storage_record(path: Path, kind: str, data) -> dict:
-    """How ``data`` is stored, as kept in the ``storage`` attribute (see the module doc)."""
-    shards = getattr(data, "shards", None)
-    record = {"dtype": data.dtype.str, "shape": [int(s) for s in data.shape],
-              "chunks": None if data.chunks is None else [int(c) for c in data.chunks],
-              "shards": None if not shards else [int(s) for s in shards]}  # fmt: skip
-    if kind == "zarr":
-        record["array_json"] = _array_json_digest(path)
-    return record
-
-
-def _check_storage(path: Path, kind: str, data, stored) -> None:
-    """Zarr: refuse data whose metadata (plain JSON, easily edited) no longer says what
-    the writer recorded. HDF5 describes its data in the same binary file: not checked."""
-    if kind != "zarr" or not isinstance(stored, dict):  # or written before the record
-        return
-    now, meta = storage_record(path, kind, data), f"{DATA}/zarr.json"
-    for key in ("dtype", "shape", "chunks", "shards"):
-        if stored.get(key) != now[key]:
-            show = (lambda v: np.dtype(v).name) if key == "dtype" else (
-                lambda v: tuple(v) if isinstance(v, list) else v)  # fmt: skip
-            raise PtyengineError(
-                f"{path}: {meta} says {key} {show(now[key])} but the data were written as "
-                f"{show(stored.get(key))}; the metadata was edited: restore it")
-    if stored.get("array_json") not in (None, now["array_json"]):
-        raise PtyengineError(f"{path}: {meta} changed after the data were written (its codecs, "
-                             "fill value or another field differ): restore it")  # fmt: skip
-
-
 def _writes(method):
     """Turn an OSError of a writer's method into one error naming the ``.partial``."""
 
@@ -255,7 +203,7 @@ def _open_tree(path: Path, kind: str, writable: bool = False):
             v2 = " (a Zarr v2 store; ptyengine reads v3)" if (path / ".zgroup").exists() else ""
             raise PtyengineError(f"{path}: not a zarr group (no zarr.json){v2}")
         for meta in (path / "zarr.json", path / DATA / "zarr.json"):
-            _check_json(meta)
+            integrity.check_json(meta)
         try:
             root = zarr.open_group(path, mode=mode, zarr_format=3)
             attrs = root.attrs.get(ATTRS)
@@ -323,7 +271,7 @@ class DatasetWriter:
         if self.kind == "zarr" and _sharded(self._data):
             self._shards = ShardStreamer(self._data, self.partial / DATA)
             self._shards.discard_unfinished()  # a shard an interrupted run left half-written
-        self._storage = storage_record(self.partial, self.kind, self._data)
+        self._storage = integrity.storage_record(self.partial, self.kind, self._data)
         self._save_attrs()
 
     def _try_resume(self, fingerprint) -> None:
@@ -340,7 +288,7 @@ class DatasetWriter:
             same_cal = False
         rows, data = attrs.get("rows_written"), self._data
         try:
-            _check_storage(self.partial, self.kind, data, attrs.get("storage"))
+            integrity.check_storage(self.partial, self.kind, data, attrs.get("storage"))
             edited = False
         except PtyengineError:
             edited = True
@@ -598,26 +546,13 @@ class Dataset:
         return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in obj.attrs.items()}
 
     def missing_chunks(self) -> tuple[list[str], int]:
-        """(names of the missing stored chunk files, how many there should be), over the
-        rows written; a listing of the store, nothing is read. HDF5 keeps its chunks in
-        one file: names are then ``chunk N`` placeholders, only the count is known."""
-        chunks = storage_chunks(self.data)
+        """(names of the missing stored chunk files, how many there should be) over the
+        rows written: a listing of the store, nothing is read (see
+        :func:`integrity.missing_chunk_files`)."""
         rows = self.shape[0] if self.complete else min(int(self.rows_written or 0),
                                                            self.shape[0])  # fmt: skip
-        grid = [math.ceil(rows / chunks[0])] + [math.ceil(s / n) for s, n in
-                                                zip(self.shape[1:], chunks[1:], strict=True)]
-        expected = math.prod(grid)
-        if self.kind == "hdf5":
-            try:
-                stored = self.data.id.get_num_chunks() if self.data.chunks else expected
-            except (AttributeError, RuntimeError):  # older HDF5 library
-                stored = expected
-            return [f"chunk {i}" for i in range(max(expected - stored, 0))], expected
-        root = self.path / DATA
-        present = {Path(r, f).relative_to(root).as_posix()
-                   for r, _, files in os.walk(root) for f in files}  # fmt: skip
-        keys = (self.data.metadata.encode_chunk_key(c) for c in np.ndindex(*grid))
-        return [f"{DATA}/{k}" for k in keys if k not in present], expected
+        return integrity.missing_chunk_files(self.path, self.kind, self.data, rows,
+                                             storage_chunks(self.data))  # fmt: skip
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``start:stop`` as a numpy array."""
@@ -743,7 +678,7 @@ def open_dataset(path, allow_incomplete: bool = False) -> Dataset:
         if data.dtype.kind not in "fiu":
             raise PtyengineError(f"{path}: data has dtype {data.dtype}; expected real numbers")
         calibration.check_data_shape(data.shape, source=f"{path}: {DATA}")
-        _check_storage(path, kind, data, attrs.get("storage"))
+        integrity.check_storage(path, kind, data, attrs.get("storage"))
         if attrs.get("complete") is not True and not allow_incomplete:
             raise PtyengineError(
                 f"{path} is incomplete: {attrs.get('rows_written')} of {data.shape[0]} scan rows "

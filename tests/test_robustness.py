@@ -328,8 +328,12 @@ def test_edited_data_type_is_caught(tiny, tmp_path, capsys):
     path = tmp_path / "d.zarr"
     shutil.copytree(tiny, path)
     meta = path / "data" / "zarr.json"
-    meta.write_text(meta.read_text().replace('"float32"', '"uint32"'))
+    text = meta.read_text()
+    meta.write_text(text.replace('"float32"', '"uint32"'))
     one_line_error(*run(capsys, "info", path), path, "uint32", "float32")
+    meta.write_text(text.replace('"little"', '"big"'))  # read byte-swapped, no other error
+    one_line_error(*run(capsys, "reconstruct", path, "--method", "icom"), "data/zarr.json",
+                   "changed after the data were written")  # fmt: skip
 
 
 def test_info_notices_a_missing_chunk_file(tiny, tmp_path, capsys):
