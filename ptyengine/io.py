@@ -31,9 +31,10 @@ Writes go to ``NAME.partial`` (a sibling); ``finish()`` marks the dataset comple
 renames it to ``NAME`` (``os.replace``). A writer holds the output's lock
 (:mod:`ptyengine.locks`, ``NAME.lock``) from its start to the rename, so a second writer to
 the same output is refused; an ``OSError`` while writing (a full disk, a read-only folder)
-becomes one :class:`PtyengineError` naming the file. After every block (with sharding: every shard),
-``rows_written`` records the scan rows on disk, so an interrupted run can resume where it
-stopped. Readers refuse an incomplete dataset unless asked (``allow_incomplete=True``).
+becomes one :class:`PtyengineError` naming the file. After every block (with sharding:
+every shard), ``rows_written`` records the scan rows on disk, so an interrupted run can
+resume where it stopped. Readers refuse an incomplete dataset unless asked
+(``allow_incomplete=True``).
 ``storage`` records how the bytes of ``data`` are to be read (checksums cover the bytes,
 not the metadata that interprets them): a reader refuses Zarr data whose dtype, shape or
 chunking, or whose ``data/zarr.json`` apart from its attributes, changed after the writer
