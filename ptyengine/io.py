@@ -9,6 +9,8 @@ Zarr v3 layout::
       attrs["ptyengine"] = {"format": "ptyengine.dataset", "format_version": 1,
                             "calibration": Calibration.to_dict(),
                             "complete": bool, "rows_written": int,
+                            "storage": {"dtype", "shape", "chunks", "shards",
+                                        "array_json": digest of data/zarr.json},
                             "created_by": "ptyengine <version>", "metadata": {free JSON}}
       data                        (Sy, Sx, Ky, Kx) float32 intensities or uint16/uint32 counts;
                                   chunks of whole scan rows, Blosc zstd + bitshuffle,
@@ -26,13 +28,23 @@ the ``ptyengine`` attributes of the root, and the attrs of each extra array, are
 one JSON string attribute named ``ptyengine``.
 
 Writes go to ``NAME.partial`` (a sibling); ``finish()`` marks the dataset complete and
-renames it to ``NAME`` (``os.replace``). After every block (with sharding: every shard),
-``rows_written`` records the scan rows on disk, so an interrupted run can resume where it
-stopped. Readers refuse an incomplete dataset unless asked (``allow_incomplete=True``).
+renames it to ``NAME`` (``os.replace``). A writer holds the output's lock
+(:mod:`ptyengine.locks`, ``NAME.lock``) from its start to the rename, so a second writer to
+the same output is refused; an ``OSError`` while writing (a full disk, a read-only folder)
+becomes one :class:`PtyengineError` naming the file. After every block (with sharding:
+every shard), ``rows_written`` records the scan rows on disk, so an interrupted run can
+resume where it stopped. Readers refuse an incomplete dataset unless asked
+(``allow_incomplete=True``).
+``storage`` records how the bytes of ``data`` are to be read (checksums cover the bytes,
+not the metadata that interprets them): a reader refuses Zarr data whose dtype, shape or
+chunking, or whose ``data/zarr.json`` apart from its attributes, changed after the writer
+recorded them (HDF5 keeps that metadata in its own binary file); see
+:mod:`ptyengine.integrity`. Datasets written before this record existed are read as they are.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -46,9 +58,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from . import __version__
+from . import __version__, integrity, locks
 from .calibration import Calibration
-from .errors import PtyengineError
+from .errors import PtyengineError, write_error
 from .shards import ShardStreamer
 
 FORMAT, FORMAT_VERSION = "ptyengine.dataset", 1
@@ -171,6 +183,19 @@ def storage_chunks(data) -> tuple:
     return tuple(getattr(data, "shards", None) or chunk_shape(data))
 
 
+def _writes(method):
+    """Turn an OSError of a writer's method into one error naming the ``.partial``."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise write_error(self.partial, exc) from exc
+
+    return wrapper
+
+
 def _open_tree(path: Path, kind: str, writable: bool = False):
     """(root, data array or None, ptyengine attrs or None); raises on unreadable stores."""
     mode = "r+" if writable else "r"
@@ -178,12 +203,19 @@ def _open_tree(path: Path, kind: str, writable: bool = False):
         if not (path / "zarr.json").is_file():
             v2 = " (a Zarr v2 store; ptyengine reads v3)" if (path / ".zgroup").exists() else ""
             raise PtyengineError(f"{path}: not a zarr group (no zarr.json){v2}")
+        for meta in (path / "zarr.json", path / DATA / "zarr.json"):
+            integrity.check_json(meta)
         try:
             root = zarr.open_group(path, mode=mode, zarr_format=3)
+            attrs = root.attrs.get(ATTRS)
         except Exception as exc:
             raise PtyengineError(f"{path}: not a readable zarr v3 group ({exc})") from None
-        data = root.get(DATA)
-        return root, (data if isinstance(data, zarr.Array) else None), root.attrs.get(ATTRS)
+        try:
+            data = root.get(DATA)
+        except Exception as exc:
+            raise PtyengineError(f"{path / DATA / 'zarr.json'}: invalid array metadata "
+                                 f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+        return root, (data if isinstance(data, zarr.Array) else None), attrs
     try:
         root = h5py.File(path, mode)
     except OSError as exc:
@@ -202,7 +234,8 @@ def _open_tree(path: Path, kind: str, writable: bool = False):
 class DatasetWriter:
     """Streams scan rows into ``path + '.partial'``; :meth:`finish` publishes ``path``.
 
-    Made by :func:`create_dataset`. As a context manager it finishes on a clean exit and,
+    Made by :func:`create_dataset`. Holds the output's lock (:mod:`ptyengine.locks`) until
+    :meth:`finish` or :meth:`close`. As a context manager it finishes on a clean exit and,
     on an exception, closes and leaves the ``.partial`` in place for ``resume``.
     ``resumed``: whether an earlier partial write is being continued; ``resume_note`` says
     why or why not (empty when there was nothing to resume).
@@ -219,9 +252,19 @@ class DatasetWriter:
             layout.chunks
         self.resumed, self.resume_note = False, ""
         self._root = self._data = self._shards = None
-        self._rows, self._finished = 0, False
+        self._rows, self._finished, self._locked, self._storage = 0, False, False, None
+        locks.acquire(path)  # refuses a second writer before anything is touched
+        self._locked = True
+        try:
+            self._start(layout, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    @_writes
+    def _start(self, layout: Layout, resume: bool) -> None:
         if resume and self.partial.exists():
-            self._try_resume(metadata.get("fingerprint"))
+            self._try_resume(self.metadata.get("fingerprint"))
         if not self.resumed:
             _remove(self.partial)
             self._create(layout)
@@ -229,6 +272,7 @@ class DatasetWriter:
         if self.kind == "zarr" and _sharded(self._data):
             self._shards = ShardStreamer(self._data, self.partial / DATA)
             self._shards.discard_unfinished()  # a shard an interrupted run left half-written
+        self._storage = integrity.storage_record(self.partial, self.kind, self._data)
         self._save_attrs()
 
     def _try_resume(self, fingerprint) -> None:
@@ -244,6 +288,11 @@ class DatasetWriter:
         except PtyengineError:
             same_cal = False
         rows, data = attrs.get("rows_written"), self._data
+        try:
+            integrity.check_storage(self.partial, self.kind, data, attrs.get("storage"))
+            edited = False
+        except PtyengineError:
+            edited = True
         why = next((text for bad, text in [
             (fingerprint is None, "no fingerprint was given in metadata"),
             (old.get("fingerprint") != fingerprint, "its fingerprint differs"),
@@ -252,12 +301,13 @@ class DatasetWriter:
             (data is None or storage_chunks(data) != tuple(self.stored_chunks)
              or chunk_shape(data) != tuple(self.chunks), "its chunking differs"),
             (not isinstance(rows, int) or not 0 <= rows <= self.shape[0], "bad rows_written"),
+            (edited, "its data metadata was edited"),
         ] if bad), None)  # fmt: skip
         if why is None:
             self.resumed, self._rows = True, rows
             self.resume_note = f"resuming {self.partial} at scan row {rows} of {self.shape[0]}"
         else:
-            self.close()
+            self._close_files()
             self.resume_note = f"{self.partial} not resumed: {why}; starting fresh"
 
     def _create(self, layout: Layout) -> None:
@@ -274,11 +324,12 @@ class DatasetWriter:
                 DATA, shape=self.shape, chunks=layout.chunks, dtype=self.dtype,
                 **layout.hdf5_options)  # fmt: skip
 
+    @_writes
     def _save_attrs(self, complete: bool = False) -> None:
         attrs = {"format": FORMAT, "format_version": FORMAT_VERSION,
                  "calibration": self.calibration.to_dict(), "complete": complete,
                  "rows_written": self._rows, "created_by": f"ptyengine {__version__}",
-                 "metadata": self.metadata}  # fmt: skip
+                 "storage": self._storage, "metadata": self.metadata}  # fmt: skip
         if self.kind == "zarr":
             self._root.attrs[ATTRS] = attrs
         else:
@@ -295,6 +346,7 @@ class DatasetWriter:
         time, so a resumed run restarts at the last complete shard)."""
         return self._rows
 
+    @_writes
     def write_rows(self, row_start: int, block) -> None:
         """Write scan rows ``row_start : row_start + len(block)``.
 
@@ -331,6 +383,7 @@ class DatasetWriter:
             self._rows = durable
             self._save_attrs()
 
+    @_writes
     def write_array(self, name: str, array, attrs: dict | None = None) -> None:
         """Store an extra array (e.g. ``"ground_truth/probe"``), replacing one of that name."""
         self._check_open()
@@ -350,7 +403,8 @@ class DatasetWriter:
             self._root.flush()
 
     def finish(self) -> Path:
-        """Mark the dataset complete and rename the ``.partial`` to ``path``; returns it."""
+        """Mark the dataset complete and rename the ``.partial`` to ``path`` (under the
+        output's lock, released then); returns ``path``."""
         if self._finished:
             return self.path
         self._check_open()
@@ -358,22 +412,41 @@ class DatasetWriter:
             raise PtyengineError(f"{self.partial}: cannot finish: only {self._rows} of "
                                  f"{self.shape[0]} scan rows were written")  # fmt: skip
         self._save_attrs(complete=True)
-        self.close()
-        if self.path.exists() or self.path.is_symlink():
-            if not self.overwrite:
-                raise PtyengineError(f"{self.path} already exists (pass overwrite to replace it)")
-            _remove(self.path)
-        os.replace(self.partial, self.path)
+        self._close_files()
+        try:
+            if self.path.exists() or self.path.is_symlink():
+                if not self.overwrite:
+                    raise PtyengineError(f"{self.path} already exists (pass overwrite to "
+                                         "replace it)")  # fmt: skip
+                _remove(self.path)
+            os.replace(self.partial, self.path)
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
+        finally:
+            self.close()
         self._finished = True
         return self.path
 
-    def close(self) -> None:
-        """Release file handles without finishing (the ``.partial`` stays)."""
+    def _close_files(self) -> None:
         if self.kind == "hdf5" and self._root is not None:
-            self._root.close()
+            try:
+                self._root.close()
+            except OSError as exc:  # HDF5 flushes on close
+                self._root = None
+                raise write_error(self.partial, exc) from exc
         if self._shards is not None:
             self._shards.close()
         self._root = self._data = self._shards = None
+
+    def close(self) -> None:
+        """Release file handles and the output's lock without finishing (the ``.partial``
+        stays)."""
+        try:
+            self._close_files()
+        finally:
+            if self._locked:
+                self._locked = False
+                locks.release(self.path)
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -440,8 +513,12 @@ class Dataset:
     def arrays(self) -> list[str]:
         """Names of the extra arrays (everything but ``data``), sorted."""
         if self.kind == "zarr":
-            names = [p for p, obj in self._root.members(max_depth=None)
-                     if isinstance(obj, zarr.Array)]  # fmt: skip
+            try:
+                names = [p for p, obj in self._root.members(max_depth=None)
+                         if isinstance(obj, zarr.Array)]  # fmt: skip
+            except Exception as exc:
+                raise PtyengineError(f"{self.path}: unreadable array metadata "
+                                     f"({type(exc).__name__}: {exc})") from None  # fmt: skip
         else:
             names = []
             self._root.visititems(lambda p, obj: names.append(p)
@@ -468,6 +545,15 @@ class Dataset:
         if ATTRS in obj.attrs:
             return json.loads(obj.attrs[ATTRS])
         return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in obj.attrs.items()}
+
+    def missing_chunks(self) -> tuple[list[str], int]:
+        """(names of the missing stored chunk files, how many there should be) over the
+        rows written: a listing of the store, nothing is read (see
+        :func:`integrity.missing_chunk_files`)."""
+        rows = self.shape[0] if self.complete else min(int(self.rows_written or 0),
+                                                           self.shape[0])  # fmt: skip
+        return integrity.missing_chunk_files(self.path, self.kind, self.data, rows,
+                                             storage_chunks(self.data))  # fmt: skip
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``start:stop`` as a numpy array."""
@@ -565,10 +651,15 @@ def open_dataset(path, allow_incomplete: bool = False) -> Dataset:
             hint = f" ({partial} holds an interrupted write: re-run with --resume or delete it)"
         raise PtyengineError(f"{path} does not exist{hint}")
     kind = "zarr" if path.is_dir() else "hdf5"
+    if kind == "hdf5" and path.suffix.lower() not in (".h5", ".hdf5") and not h5py.is_hdf5(path):
+        raise PtyengineError(f"{path} is not a ptyengine dataset (.zarr or .h5); convert it "
+                             f"first: ptyengine convert {path} -o NAME.zarr (see "
+                             "ptyengine convert --help for the calibration it needs)")  # fmt: skip
     root, data, attrs = _open_tree(path, kind)
     try:
         if attrs is None:
-            raise PtyengineError(f"{path}: not a ptyengine dataset: no {ATTRS!r} attributes")
+            raise PtyengineError(f"{path}: not a ptyengine dataset: no {ATTRS!r} attributes; "
+                                 f"convert it first: ptyengine convert {path} -o NAME.zarr")
         fmt = attrs.get("format") if isinstance(attrs, dict) else attrs
         if fmt != FORMAT:
             raise PtyengineError(f"{path}: unknown format {fmt!r} (expected {FORMAT!r})")
@@ -588,6 +679,7 @@ def open_dataset(path, allow_incomplete: bool = False) -> Dataset:
         if data.dtype.kind not in "fiu":
             raise PtyengineError(f"{path}: data has dtype {data.dtype}; expected real numbers")
         calibration.check_data_shape(data.shape, source=f"{path}: {DATA}")
+        integrity.check_storage(path, kind, data, attrs.get("storage"))
         if attrs.get("complete") is not True and not allow_incomplete:
             raise PtyengineError(
                 f"{path} is incomplete: {attrs.get('rows_written')} of {data.shape[0]} scan rows "
@@ -617,6 +709,12 @@ def describe(path) -> str:
             (Path(r) / f).stat().st_size for r, _, files in os.walk(p) for f in files)  # fmt: skip
         status = "complete" if ds.complete else (
             f"INCOMPLETE: {ds.rows_written} of {ds.shape[0]} scan rows written")  # fmt: skip
+        missing, expected = ds.missing_chunks()
+        if missing:
+            unit = "shard" if _sharded(ds.data) else "chunk"
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            status = (f"DAMAGED: {len(missing)} of {expected} data {unit} files missing "
+                      f"({shown})" + ("" if ds.complete else f"; {status}"))
         (sy, sx), (dy, dx), (ay, ax) = c.scan_shape, c.scan_step, c.detector_angle_per_pixel
         abers = ", ".join(f"{k} = {v:g} {'rad' if k.startswith('phi') else 'Å'}"
                           for k, v in c.aberrations.items()) or "none"  # fmt: skip

@@ -55,12 +55,24 @@ def ground_truth_window(ds):
 
 
 def save_figure(fig, path) -> Path:
-    """Save a matplotlib figure atomically as PNG."""
+    """Save a matplotlib figure atomically as PNG (a failed write leaves no temporary
+    file, and an ``OSError`` becomes one :class:`PtyengineError` naming ``path``)."""
+    from .errors import write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
     return path
 
 

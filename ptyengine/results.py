@@ -11,7 +11,8 @@ Layout of ``NAME.zarr`` (one per reconstruction)::
     com_y, com_x (ny, nx) float32, 1/Å        (iCOM)
 
 ``sampling`` and ``origin`` place pixel (0, 0) of the images in the specimen (field) frame,
-so a result can be compared with the simulator's ground truth.
+so a result can be compared with the simulator's ground truth. One writer at a time: the
+output's lock (:mod:`ptyengine.locks`) is held while ``NAME.partial`` is written and renamed.
 """
 
 from __future__ import annotations
@@ -25,36 +26,74 @@ import numpy as np
 import zarr
 
 from . import __version__
-from .errors import PtyengineError
+from .errors import PtyengineError, write_error
+from .locks import output_lock
 
 FORMAT, FORMAT_VERSION = "ptyengine.result", 1
 
 
-def write_result(path, method: str, arrays: dict, sampling, origin, calibration=None,
-                 parameters=None, errors=None, extra=None, overwrite: bool = True) -> Path:
-    """Write a result group to ``path`` (.zarr) via ``path.partial`` and a rename."""
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def begin_result(path) -> Path:
+    """Create the empty ``path.partial`` a result will be written to, before the work
+    that computes it: an output that cannot be written fails at once. The caller holds
+    the output's lock (:func:`ptyengine.locks.output_lock`); returns the partial."""
     path = Path(path)
     if path.suffix != ".zarr":
         raise PtyengineError(f"result path {path} must end in .zarr")
-    if path.exists() and not overwrite:
-        raise PtyengineError(f"{path} exists; pass --overwrite to replace it")
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    for name, a in arrays.items():
-        a = np.asarray(a)
-        root.create_array(name, shape=a.shape, dtype=a.dtype)[...] = a
-    root.attrs["ptyengine"] = json.loads(json.dumps({
-        "format": FORMAT, "format_version": FORMAT_VERSION, "method": method,
-        "calibration": calibration.to_dict() if calibration is not None else None,
-        "parameters": parameters or {}, "sampling": list(map(float, sampling)),
-        "origin": list(map(float, origin)), "errors": list(map(float, errors or [])),
-        "created_by": f"ptyengine {__version__}", **(extra or {}),
-    }, default=str))  # fmt: skip
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    tmp = _partial(path)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    except OSError as exc:
+        raise write_error(tmp, exc) from exc
+    return tmp
+
+
+def discard_result(path) -> None:
+    """Remove what :func:`begin_result` or a failed :func:`write_result` left in
+    ``path.partial`` (nothing there can be resumed)."""
+    shutil.rmtree(_partial(Path(path)), ignore_errors=True)
+
+
+def write_result(path, method: str, arrays: dict, sampling, origin, calibration=None,
+                 parameters=None, errors=None, extra=None, overwrite: bool = True) -> Path:
+    """Write a result group to ``path`` (.zarr) via ``path.partial`` and a rename, holding
+    the output's lock; an ``OSError`` (a full disk) becomes one :class:`PtyengineError`
+    naming the file, and removes the partial."""
+    path = Path(path)
+    if path.suffix != ".zarr":
+        raise PtyengineError(f"result path {path} must end in .zarr")
+    with output_lock(path):
+        if path.exists() and not overwrite:
+            raise PtyengineError(f"{path} exists; pass --overwrite to replace it")
+        tmp = _partial(path)
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            for name, a in arrays.items():
+                a = np.asarray(a)
+                root.create_array(name, shape=a.shape, dtype=a.dtype)[...] = a
+            root.attrs["ptyengine"] = json.loads(json.dumps({
+                "format": FORMAT, "format_version": FORMAT_VERSION, "method": method,
+                "calibration": calibration.to_dict() if calibration is not None else None,
+                "parameters": parameters or {}, "sampling": list(map(float, sampling)),
+                "origin": list(map(float, origin)), "errors": list(map(float, errors or [])),
+                "created_by": f"ptyengine {__version__}", **(extra or {}),
+            }, default=str))  # fmt: skip
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except OSError as exc:
+            discard_result(path)
+            raise write_error(tmp, exc) from exc
+        except BaseException:
+            discard_result(path)
+            raise
     return path
 
 

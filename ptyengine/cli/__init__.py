@@ -2,17 +2,20 @@
 files. One module per command (simulate, info, convert, reconstruct, demo, doctor).
 
 User errors (bad input, missing files, impossible parameters) end with one line on stderr
-and exit status 2, never a traceback; ``PTYENGINE_DEBUG=1`` shows the traceback.
+and exit status 2, never a traceback (``PTYENGINE_DEBUG=1``, ``true`` or ``yes`` shows it);
+an ``OSError`` on an output is one such line naming the file. Library warnings are one
+``warning: ...`` line. Ctrl-C names what was kept for ``--resume`` (or says nothing was).
 """
 
 from __future__ import annotations
 
-import os
 import sys
+import warnings
 
 import click
 
 from ..errors import PtyengineError
+from . import common
 from .convert import convert
 from .demo import demo
 from .doctor import doctor
@@ -35,24 +38,45 @@ for _command in (convert, demo, doctor, info, reconstruct, simulate):
     cli.add_command(_command)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Library warnings as one plain line on stderr (no category, no source line)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _interrupted() -> str:
+    kept = common.kept_on_interrupt()
+    if not kept:
+        return "interrupted; nothing was kept (no partial output or checkpoint was written)"
+    return (f"interrupted; kept {', '.join(str(p) for p in kept)} (re-run the same command "
+            "with --resume to continue)")
+
+
 def main(argv=None):
     """Entry point: run the click group, turning user errors into one-line messages."""
     from ..backend import limit_malloc_arenas
 
     limit_malloc_arenas()  # streaming threads' freed buffers do not pile up in arenas
+    common.forget_outputs()
     try:
-        cli.main(args=argv, prog_name="ptyengine", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted; partial outputs are kept (re-run with --resume)", err=True)
+        with warnings.catch_warnings():  # restored on return: callers keep their own
+            warnings.showwarning = _show_warning
+            cli.main(args=argv, prog_name="ptyengine", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(_interrupted(), err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except PtyengineError as exc:
-        if os.environ.get("PTYENGINE_DEBUG"):
+        if common.debug_enabled():
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted; partial outputs are kept (re-run with --resume)", err=True)
-        sys.exit(130)
+    except OSError as exc:  # one no writer or reader turned into a message: still one line
+        if common.debug_enabled():
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(2)

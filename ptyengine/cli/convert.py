@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import _pair, _progress_bar
+from .common import _pair, _progress_bar, keep_on_interrupt
 
 
 @click.command()
@@ -62,6 +62,7 @@ def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, en
     from tqdm import tqdm
 
     from .. import convert as cv
+    from ..locks import output_lock
 
     raw_shape = None
     if shape is not None:
@@ -78,12 +79,14 @@ def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, en
              "transpose": transpose}  # fmt: skip
     click.echo(f"converting {input_path} ({source.format}, {source.shape} {source.dtype}) "
                f"to {output}", err=True)  # fmt: skip
+    keep_on_interrupt(f"{output}.partial")
     bar = _progress_bar(tqdm, source.shape[0], "row", "convert")
     try:
-        rep = cv.convert(source, output, given, crop, binning, resume=resume,
-                         overwrite=overwrite, verify_after=not no_verify, progress=bar.update,
-                         rows_per_chunk=rows_per_chunk,
-                         log=lambda text: tqdm.write(f"note: {text}", file=sys.stderr))  # fmt: skip
+        with output_lock(output):  # before the pre-pass: one writer, a writable folder
+            rep = cv.convert(source, output, given, crop, binning, resume=resume,
+                             overwrite=overwrite, verify_after=not no_verify,
+                             progress=bar.update, rows_per_chunk=rows_per_chunk,
+                             log=lambda text: tqdm.write(f"note: {text}", file=sys.stderr))
     finally:
         bar.close()
         source.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from ..errors import PtyengineError
-from .common import DEFOCUS_SIGN, _progress_bar
+from .common import DEFOCUS_SIGN, _progress_bar, keep_on_interrupt
 
 
 def _rotation_option(ctx, param, value):
@@ -114,37 +115,74 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
                  keep_checkpoint: bool = False, memory_limit=None) -> dict:  # fmt: skip
     """Run one reconstruction, write its result and preview; returns what was done
     (``crop``: the phase over the scanned area, ``ncc``: the comparison or None)."""
-    import time
-
-    import numpy as np
-
     from .. import io
-    from ..results import preview_png, write_result
+    from ..results import begin_result, discard_result
 
     out = output or _default_output(data, method)
     if out.suffix != ".zarr":
         raise PtyengineError(f"{out}: a result is a Zarr store; name it *.zarr")
-    if out.exists() and not overwrite and not (resume and _checkpoint_path(out).exists()):
-        raise PtyengineError(f"{out} exists; pass --overwrite to replace it")
-    with io.open_dataset(data) as ds:
-        click.echo(f"reconstructing {data} by {method} on {device}", err=True)
-        t0 = time.perf_counter()
+    with io.open_dataset(data) as ds, _locked(out, default=output is None):
+        # one writer per output; the result and its preview are protected alike (a resumed
+        # run continues, and replaces, its own); the partial is made before any work
+        if not overwrite and not (resume and _checkpoint_path(out).exists()):
+            for path in (out, _preview_path(out)):
+                if path.exists():
+                    raise PtyengineError(f"{path} exists; pass --overwrite to replace it")
+        if method == "epie" and (checkpoint_every or resume):
+            keep_on_interrupt(_checkpoint_path(out))
+        begin_result(out)
         try:
-            if method == "epie":
-                rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every,
-                                resume, memory_limit)  # fmt: skip
-            else:
-                rec = _run_icom(ds, method, device, rotation, memory_limit)
-        except PtyengineError as exc:  # name the dataset in every message
-            if str(data) in str(exc):
-                raise
-            raise PtyengineError(f"{data}: {exc}") from exc
-        seconds = time.perf_counter() - t0
-        ncc = _truth_ncc(ds, rec["image"], rec["sampling"], rec["origin"], rec["border"])
-        if ncc is not None and not np.isfinite(ncc["ncc"]):  # a constant image
-            click.echo("warning: the phase is constant; no NCC with the ground truth", err=True)
-            ncc = None
-        cal = ds.calibration
+            return _reconstruct_into(ds, data, out, method, device, epie_options, rotation,
+                                     checkpoint_every, resume, keep_checkpoint,
+                                     memory_limit)  # fmt: skip
+        finally:
+            discard_result(out)  # nothing, after a successful rename
+
+
+@contextmanager
+def _locked(out: Path, default: bool):
+    """The output's lock (one writer; the first check that its folder can be written)."""
+    from .. import locks
+
+    try:
+        locks.acquire(out)
+    except PtyengineError as exc:
+        if default and str(exc).startswith("cannot write"):
+            raise PtyengineError(f"{exc} (the default output sits next to the data: give "
+                                 "-o PATH in a folder you can write)") from None  # fmt: skip
+        raise
+    try:
+        yield out
+    finally:
+        locks.release(out)
+
+
+def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_options, rotation,
+                      checkpoint_every, resume, keep_checkpoint, memory_limit) -> dict:  # fmt: skip
+    import time
+
+    import numpy as np
+
+    from ..results import preview_png, write_result
+
+    click.echo(f"reconstructing {data} by {method} on {device}", err=True)
+    t0 = time.perf_counter()
+    try:
+        if method == "epie":
+            rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every,
+                            resume, memory_limit)  # fmt: skip
+        else:
+            rec = _run_icom(ds, method, device, rotation, memory_limit)
+    except PtyengineError as exc:  # name the dataset in every message
+        if str(data) in str(exc):
+            raise
+        raise PtyengineError(f"{data}: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    ncc = _truth_ncc(ds, rec["image"], rec["sampling"], rec["origin"], rec["border"])
+    if ncc is not None and not np.isfinite(ncc["ncc"]):  # a constant image
+        click.echo("warning: the phase is constant; no NCC with the ground truth", err=True)
+        ncc = None
+    cal = ds.calibration
     extra = {"source": str(data), "seconds": round(seconds, 3), **rec["extra"]}
     if ncc is not None:
         extra.update(ncc_to_truth=ncc["ncc"], ncc_shift_A=list(ncc["shift_A"]),

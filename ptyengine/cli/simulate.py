@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import DEFOCUS_HELP, _pair, _progress_bar, _zone_axis
+from .common import DEFOCUS_HELP, _pair, _progress_bar, _zone_axis, keep_on_interrupt
 
 
 @click.command()
@@ -99,15 +99,17 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
 def _run_simulation(params, path, device, overwrite, resume, batch_size):
     from tqdm import tqdm
 
+    from ..locks import output_lock
     from ..simulate import simulate as run
 
+    keep_on_interrupt(f"{path}.partial")
     click.echo(f"simulating {path}  (defocus C10 = {params.defocus:g} Å, "
                f"dose = {params.dose if params.dose else 'noise-free'})", err=True)
     bar = None
 
     def total(n):
         nonlocal bar
-        bar = _progress_bar(tqdm, n, "pos")
+        bar = _progress_bar(tqdm, n, "pos", "simulate")
 
     def log(msg):
         tqdm.write(f"  {msg}", file=sys.stderr)
@@ -117,8 +119,9 @@ def _run_simulation(params, path, device, overwrite, resume, batch_size):
             bar.update(n)
 
     try:
-        summary = run(params, str(path), device=device, overwrite=overwrite, resume=resume,
-                      batch_size=batch_size, progress=progress, log=log, total=total)
+        with output_lock(path):  # before the specimen is built: one writer, a writable folder
+            summary = run(params, str(path), device=device, overwrite=overwrite, resume=resume,
+                          batch_size=batch_size, progress=progress, log=log, total=total)
     finally:
         if bar is not None:
             bar.close()

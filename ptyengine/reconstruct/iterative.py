@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend
-from ..errors import PtyengineError
+from ..errors import PtyengineError, write_error
 
 
 def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
@@ -40,15 +41,26 @@ class IterativeState:
 
 
 def save_checkpoint(path, state: IterativeState, fingerprint: str) -> None:
-    """Atomically write the state to ``path`` (.npz); refuses a non-finite state."""
+    """Atomically write the state to ``path`` (.npz): through a temporary file that a
+    failed or interrupted write removes; an ``OSError`` (a full disk) becomes one
+    :class:`PtyengineError` naming ``path``, and the previous checkpoint stays."""
     path = Path(path)
     host = {k: backend.to_numpy(v) for k, v in state.arrays.items()}
     meta = json.dumps({"iteration": state.iteration, "errors": state.errors,
                        "fingerprint": fingerprint})  # fmt: skip
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, __meta__=np.array(meta), **host)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, __meta__=np.array(meta), **host)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
 
 
 def load_checkpoint(path, fingerprint: str, xp) -> IterativeState:
@@ -58,15 +70,18 @@ def load_checkpoint(path, fingerprint: str, xp) -> IterativeState:
         with np.load(path) as f:
             meta = json.loads(str(f["__meta__"]))
             arrays = {k: xp.asarray(f[k]) for k in f.files if k != "__meta__"}
+        iteration, errors = int(meta["iteration"]), [float(e) for e in meta["errors"]]
     except FileNotFoundError:
         raise PtyengineError(f"no checkpoint to resume from at {path}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise PtyengineError(f"checkpoint {path} is unreadable ({exc})") from None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise PtyengineError(f"checkpoint {path} is unreadable (truncated or damaged: "
+                             f"{type(exc).__name__}: {exc}); delete it, or start afresh "
+                             "without --resume") from None  # fmt: skip
     if meta.get("fingerprint") != fingerprint:
         raise PtyengineError(
             f"checkpoint {path} was written for other data or parameters; "
             "resume with the same ones, or start afresh without --resume")
-    return IterativeState(arrays, meta["iteration"], list(meta["errors"]))
+    return IterativeState(arrays, iteration, errors)
 
 
 def run(
@@ -85,8 +100,16 @@ def run(
 
     After each iteration the state is checked for NaN/inf: a diverged run raises and
     leaves the last good checkpoint in place. With ``checkpoint`` and
-    ``checkpoint_every`` > 0 the state is saved every N iterations and at the end.
+    ``checkpoint_every`` > 0 the state is saved every N iterations and at the end. A
+    state (resumed from a checkpoint) already past ``n_iterations`` is refused: it cannot
+    be wound back, and reporting its iterations as the ones asked for would mislead.
     """
+    if state.iteration > n_iterations:
+        where = f"checkpoint {checkpoint}" if checkpoint else "the state to resume"
+        raise PtyengineError(
+            f"{where} holds {state.iteration} iterations, more than --iterations "
+            f"{n_iterations} asks for; give --iterations {state.iteration} or more, or start "
+            "afresh without --resume")
     while state.iteration < n_iterations:
         k = state.iteration
         err = float(sweep(state, k))
