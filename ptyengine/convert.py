@@ -330,12 +330,16 @@ def _rsciio_source(path: Path, fmt: str, scan_shape) -> ArraySource:
             value = value.get(key) if isinstance(value, dict) else None
         if name in inst and inst[name] is None and isinstance(value, int | float):
             inst[name] = fn(value) if fn else value
-    if inst["beam_energy"]:
-        hints["energy"] = float(inst["beam_energy"]) * 1e3  # kV -> eV
-    if inst["convergence_angle"]:
-        hints["semiangle"] = float(inst["convergence_angle"])
+    notes = []
+    for name, key, scale in (("beam_energy", "energy", 1e3), ("convergence_angle", "semiangle",
+                                                              1.0)):  # kV -> eV; mrad
+        value = inst[name]
+        if value is not None and _num(value) is None:
+            notes.append(f"the file's {name} {value!r} is not a number: not used")
+        elif value:
+            hints[key] = _num(value) * scale
     return ArraySource(d["data"], path, fmt, scan_shape, hints, files,
-                       {"scan_shape": scan_shape})  # fmt: skip
+                       {"scan_shape": scan_shape}, notes=notes)  # fmt: skip
 
 
 def _empad_raw(xml: Path) -> str:

@@ -638,3 +638,21 @@ def test_defocused_simulation_converted_with_and_without_defocus(tmp_path, capsy
     code, _, err = run(capsys, "reconstruct", tmp_path / "df.zarr", "--iterations", "1",
                        "-o", tmp_path / "r2.zarr")  # fmt: skip
     assert code == 0 and "aberrations" not in err, err
+
+
+def test_non_numeric_attributes_of_an_input_file(tmp_path, capsys):
+    """A file whose calibration attributes are strings: each becomes a note, not a
+    traceback, and the field is asked for when nobody gives it."""
+    import h5py
+
+    pytest.importorskip("hdf5plugin")
+    master = write_arina(tmp_path, counts((16, 10, 10), seed=6, high=50), per_file=16)
+    with h5py.File(master, "r+") as m:
+        del m["entry/instrument/beam/incident_wavelength"]
+        m["entry/instrument/beam/incident_wavelength"] = "300 kV"
+    given = {k: v for k, v in GIVEN.items() if k != "energy"}
+    with pytest.raises(PtyengineError, match="calibration field 'energy' is missing"):
+        convert(master, tmp_path / "a.zarr", given)
+    rep = convert(master, tmp_path / "a.zarr", GIVEN)
+    assert any("incident_wavelength" in n and "not a positive number" in n for n in rep.notes)
+    assert read(tmp_path / "a.zarr")[1].energy == 300e3
