@@ -620,7 +620,8 @@ def describe(path) -> str:
         (sy, sx), (dy, dx), (ay, ax) = c.scan_shape, c.scan_step, c.detector_angle_per_pixel
         abers = ", ".join(f"{k} = {v:g} {'rad' if k.startswith('phi') else 'Å'}"
                           for k, v in c.aberrations.items()) or "none"  # fmt: skip
-        dose_from = (ds.metadata.get("conversion") or {}).get("dose_from")
+        conv = ds.metadata.get("conversion")
+        dose_from = conv.get("dose_from") if isinstance(conv, dict) else None
         dose = ("none (noise-free intensities)" if c.dose is None else
                 f"{c.dose:.4g} e/Å² ({dose_from}: {c.counts_per_pattern:.4g} counts/pattern)"
                 if dose_from == "inferred from the counts" else
