@@ -1,21 +1,32 @@
 """Convert 4D-STEM data from detector formats into a ptyengine dataset, as a stream.
 
-A :class:`Source` reads scan rows lazily: ``.npy`` (memory map), raw binary (memory map of a
-given shape, dtype, offset and order), and through rosettasciio (``lazy=True``: a dask array
-of which only the requested rows are computed) Merlin ``.mib``, EMPAD ``.xml``/``.raw``,
-DigitalMicrograph ``.dm3``/``.dm4`` and EMD (NCEM/py4DSTEM) ``.emd``/``.h5``. Dectris Arina
-``*_master.h5`` files are read with h5py directly (rosettasciio's reader loads the whole
-scan into memory). :func:`convert` crops and bins the detector per block of scan rows and
-writes them through :func:`io.create_dataset`: memory holds about one stored chunk (plus
-one input sub-block of at most ~64 MiB), whatever the size of the data.
+A :class:`Source` reads scan rows lazily: ``.npy`` and raw binary (a given shape, dtype,
+offset and order) with explicit reads of each block's bytes (:class:`FileArray`; not a memory
+map, whose pages would stay resident and count against RSS limits), and through
+rosettasciio (``lazy=True``: a dask array of which only the requested rows are computed)
+Merlin ``.mib``, EMPAD ``.xml``/``.raw``, DigitalMicrograph ``.dm3``/``.dm4`` and EMD
+(NCEM/py4DSTEM) ``.emd``/``.h5``. Dectris Arina ``*_master.h5`` files are read with h5py
+directly (rosettasciio's reader loads the whole scan into memory). :func:`convert` crops
+and bins the detector per block of scan rows and writes them through
+:func:`io.create_dataset`: memory holds about one stored chunk (plus one input sub-block of
+at most ~64 MiB), whatever the size of the data.
 
 Calibration: what the reader gives (scan step, detector pixel size, detector origin,
-energy, convergence angle) seeds it; the caller's values win. Detector options (``dk``,
+energy, convergence angle) seeds it; the caller's values win, including the probe's
+aberrations (Krivanek coefficients, Å), the dose (e/Å²) and the scan origin (Å). Integer
+data are taken as electron counts: without a given dose, the dose is inferred as the mean
+counts per pattern / (scan step area), summed exactly while converting, and marked
+``metadata["conversion"]["dose_from"] = "inferred from the counts"``. The calibration is
+range-checked (:class:`Calibration`), and the bright-field disc of the mean pattern is
+compared with semiangle/(λ·dk) before anything is written
+(:func:`calibration.check_bright_field_disc`: a note beyond 10 %, an error beyond 2×).
+Detector options (``dk``,
 ``detector_angle``, ``detector_center``) are in pixels of the *input* detector; cropping
 and binning transform them: pixel p of the output is input pixels p·N … p·N+N−1 (after the
-crop), so ``center' = (center − crop_origin − (N−1)/2) / N`` and ``dk' = N·dk``. Without a
-centre from the caller or the reader, the centre is the centre of mass of the mean pattern
-of up to 16 scan rows spread over the scan (the unscattered disk dominates it).
+crop), so ``center' = (center − crop_origin − (N−1)/2) / N`` and ``dk' = N·dk``. The mean
+pattern is that of up to 16 scan rows spread over the scan (at most ~256 MiB of them); without
+a centre from the caller or the reader, the centre is its centre of mass (the unscattered
+disk dominates it).
 
 Each stored chunk's CRC32 (of its C-order bytes, as written) is kept in the metadata
 (``chunk_crc32``); :func:`verify` re-reads every chunk and compares. An interrupted
@@ -36,17 +47,20 @@ from typing import Protocol
 import numpy as np
 
 from . import io, physics
-from .calibration import Calibration, CalibrationError
+from .calibration import Calibration, CalibrationError, check_bright_field_disc, missing_message
 from .errors import PtyengineError
+from .filearray import FileArray, npy_array
 
 FORMATS = ("npy", "raw", "mib", "empad", "dm", "emd", "arina")
 SUFFIXES = {".npy": "npy", ".bin": "raw", ".dat": "raw", ".mib": "mib", ".xml": "empad",
             ".dm3": "dm", ".dm4": "dm", ".emd": "emd"}  # fmt: skip
 SUB_BLOCK_BYTES = 64 * 2**20  # input read per step while filling one output chunk
-COM_ROWS = 16  # scan rows averaged for the default detector centre
-HOW = {"energy": "give --energy (kV)", "semiangle": "give --semiangle (mrad)",
-       "scan_step": "give --scan-step (Å)",
-       "dk": "give --dk (1/Å per pixel) or --detector-angle (mrad per pixel)"}  # fmt: skip
+COM_ROWS = 16  # scan rows averaged for the mean pattern (default centre, disc check) ...
+MEAN_BYTES = 256 * 2**20  # ... but no more than this much input
+HOW = {"energy": "--energy (kV)", "semiangle": "--semiangle (mrad)",
+       "scan_step": "--scan-step (Å)",
+       "dk": "--dk (1/Å per pixel) or --detector-angle (mrad per pixel)"}  # fmt: skip
+INFERRED = "inferred from the counts"  # metadata["conversion"]["dose_from"] of such a dose
 
 
 class Source(Protocol):
@@ -72,10 +86,13 @@ class ArraySource:
     :class:`_Frames`); a 3-D stack of frames (N, Ky, Kx) is read as ``scan_shape`` rows."""
 
     def __init__(self, data, path, fmt: str, scan_shape=None, hints=None, files=(),
-                 options=None, closer=None):  # fmt: skip
+                 options=None, closer=None, notes=()):  # fmt: skip
         self.path, self.format, self._data, self._closer = Path(path), fmt, data, closer
         self.hints = {k: v for k, v in (hints or {}).items() if v is not None}
+        self.notes = list(notes)  # about the file's calibration (e.g. unusable attributes)
         shape = tuple(int(s) for s in data.shape)
+        if 0 in shape:
+            raise PtyengineError(f"{path} holds no data: shape {shape}")
         if len(shape) == 4 and scan_shape is not None and tuple(scan_shape) != shape[:2]:
             data = self._data = data.reshape((-1, *shape[2:]))
             shape = data.shape
@@ -147,6 +164,15 @@ def _pair(value, name: str, kind=float):
     return vals * (3 - len(vals))
 
 
+def _num(value) -> float | None:
+    """A file's attribute as a finite number, None when it is not one (e.g. a string)."""
+    try:
+        v = float(np.asarray(value).ravel()[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def _length_A(units) -> float | None:
     u = str(units or "").replace(" ", "").replace("µ", "u")
     return {"Å": 1.0, "A": 1.0, "nm": 10.0, "pm": 0.01, "um": 1e4, "m": 1e10}.get(u)
@@ -158,17 +184,17 @@ def _axes_hints(axes, shape) -> dict:
     if len(axes) != len(shape) or len(shape) not in (3, 4):
         return {}
     hints, det = {}, axes[-2:]
-    steps = [(_length_A(a.get("units")), a.get("scale")) for a in axes[:-2]]
+    steps = [(_length_A(a.get("units")), _num(a.get("scale"))) for a in axes[:-2]]
     if len(steps) == 2 and all(f and s and s > 0 for f, s in steps):
         hints["scan_step"] = tuple(f * s for f, s in steps)
     units = {str(a.get("units") or "").replace(" ", "") for a in det}
-    scales = [float(a.get("scale") or 0) for a in det]
+    scales = [_num(a.get("scale")) or 0.0 for a in det]
     per = {"1/Å": 1.0, "Å^-1": 1.0, "1/A": 1.0, "A^-1": 1.0, "1/nm": 0.1, "nm^-1": 0.1}
     if len(units) == 1 and min(scales) > 0 and units & {*per, "mrad"}:
         (u,) = units
         key = "detector_angle" if u == "mrad" else "dk"
         hints[key] = tuple(s * per.get(u, 1.0) for s in scales)
-        offsets = [float(a.get("offset") or 0) for a in det]
+        offsets = [_num(a.get("offset")) or 0.0 for a in det]
         if any(offsets):  # an origin that is not the first pixel: k = 0 lies there
             hints["detector_center"] = tuple(-o / s for o, s in zip(offsets, scales, strict=True))
     return hints
@@ -215,12 +241,16 @@ def _rsciio_source(path: Path, fmt: str, scan_shape) -> ArraySource:
             value = value.get(key) if isinstance(value, dict) else None
         if name in inst and inst[name] is None and isinstance(value, int | float):
             inst[name] = fn(value) if fn else value
-    if inst["beam_energy"]:
-        hints["energy"] = float(inst["beam_energy"]) * 1e3  # kV -> eV
-    if inst["convergence_angle"]:
-        hints["semiangle"] = float(inst["convergence_angle"])
+    notes = []
+    for name, key, scale in (("beam_energy", "energy", 1e3), ("convergence_angle", "semiangle",
+                                                              1.0)):  # kV -> eV; mrad
+        value = inst[name]
+        if value is not None and _num(value) is None:
+            notes.append(f"the file's {name} {value!r} is not a number: not used")
+        elif value:
+            hints[key] = _num(value) * scale
     return ArraySource(d["data"], path, fmt, scan_shape, hints, files,
-                       {"scan_shape": scan_shape})  # fmt: skip
+                       {"scan_shape": scan_shape}, notes=notes)  # fmt: skip
 
 
 def _empad_raw(xml: Path) -> str:
@@ -261,23 +291,29 @@ def _arina_source(path: Path, scan_shape) -> ArraySource:
         files = [path] + [Path(group.get(n, getlink=True).filename) for n in names
                           if isinstance(group.get(n, getlink=True), h5py.ExternalLink)]
         files = [p if p.is_absolute() else path.parent / p for p in files]
-        hints = {}
+        hints, notes = {}, []
         wl = f.get("entry/instrument/beam/incident_wavelength")
-        if wl is not None and float(wl[()]) > 0:
-            lam = float(wl[()])  # Å -> kinetic energy (relativistic)
+        lam = None if wl is None else _num(wl[()])
+        if wl is not None and not (lam and lam > 0):
+            notes.append(f"the file's incident_wavelength {wl[()]!r} is not a positive "
+                         "number: not used")  # fmt: skip
+        elif lam:  # Å -> kinetic energy (relativistic)
             m0c2, hc = 510998.95, 12398.419843320026
             hints["energy"] = m0c2 * (math.sqrt(1 + (hc / lam / m0c2) ** 2) - 1)
         meta = path.with_name(path.name.replace("_master.h5", ".h5"))
         if meta != path and meta.exists():
             with h5py.File(meta, "r") as m:
                 step = m["STEM Metadata"].attrs.get("Pixel Size") if "STEM Metadata" in m else None
-            if step is not None:
-                hints["scan_step"] = (float(np.atleast_1d(step)[0]) * 10,) * 2  # nm -> Å
+            if step is not None and not (_num(step) or 0) > 0:
+                notes.append(f"{meta.name}'s Pixel Size {step!r} is not a positive number: "
+                             "not used")  # fmt: skip
+            elif step is not None:
+                hints["scan_step"] = (_num(step) * 10,) * 2  # nm -> Å
                 files.append(meta)
         if not parts:
             raise PtyengineError(f"{path}: no /entry/data/data_* datasets (not an Arina master)")
         return ArraySource(_Frames(parts), path, "arina", scan_shape, hints, files,
-                           {"scan_shape": scan_shape}, closer=f.close)  # fmt: skip
+                           {"scan_shape": scan_shape}, closer=f.close, notes=notes)  # fmt: skip
     except KeyError as exc:
         f.close()
         raise PtyengineError(f"{path}: not an Arina master file ({exc})") from None
@@ -310,6 +346,14 @@ def detect_format(path: Path) -> str:
     return SUFFIXES[suffix]
 
 
+def _file_source(data: FileArray, path: Path, fmt: str, scan_shape, options) -> ArraySource:
+    try:
+        return ArraySource(data, path, fmt, scan_shape, options=options, closer=data.close)
+    except BaseException:
+        data.close()
+        raise
+
+
 def open_source(path, format: str | None = None, shape=None, dtype=None, offset: int = 0,
                 order: str = "C", scan_shape=None) -> ArraySource:  # fmt: skip
     """Open ``path`` lazily as a :class:`Source`. ``shape`` (Sy, Sx, Ky, Kx), ``dtype``,
@@ -325,11 +369,8 @@ def open_source(path, format: str | None = None, shape=None, dtype=None, offset:
         raise PtyengineError(f"{path}: shape, dtype and offset are for raw binary input only")
     scan_shape = None if scan_shape is None else tuple(int(s) for s in scan_shape)
     if fmt == "npy":
-        try:
-            data = np.load(path, mmap_mode="r")
-        except ValueError as exc:
-            raise PtyengineError(f"{path}: not a .npy file ({exc})") from None
-        return ArraySource(data, path, fmt, scan_shape, options={"scan_shape": scan_shape})
+        return _file_source(npy_array(path), path, fmt, scan_shape,
+                            {"scan_shape": scan_shape})  # fmt: skip
     if fmt == "raw":
         if shape is None or dtype is None or scan_shape is not None:
             raise PtyengineError(f"{path}: raw binary needs --shape Sy,Sx,Ky,Kx and --dtype "
@@ -347,10 +388,9 @@ def open_source(path, format: str | None = None, shape=None, dtype=None, offset:
             raise PtyengineError(
                 f"{path}: shape {shape} of {dt} at offset {offset} needs {expected} bytes; the "
                 f"file has {actual} bytes")  # fmt: skip
-        data = np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape, order=order)
-        return ArraySource(data, path, fmt, scan_shape, options={
-            "shape": shape, "dtype": dt.str, "offset": offset, "order": order,
-            "scan_shape": scan_shape})  # fmt: skip
+        return _file_source(FileArray(path, dt, shape, offset, order), path, fmt, scan_shape,
+                            {"shape": shape, "dtype": dt.str, "offset": offset, "order": order,
+                             "scan_shape": scan_shape})  # fmt: skip
     if fmt == "arina":
         return _arina_source(path, scan_shape)
     if fmt == "empad" and path.suffix.lower() != ".xml":
@@ -415,52 +455,78 @@ def output_dtype(dtype: np.dtype, binning: int) -> np.dtype:
     return np.dtype("float64" if dtype.itemsize > 4 else "float32")
 
 
-def mean_pattern_com(source: Source, rows: int = COM_ROWS) -> tuple[float, float]:
-    """Centre of mass (pixels) of the mean pattern of up to ``rows`` evenly spaced rows."""
-    picks = np.unique(np.linspace(0, source.shape[0] - 1, min(rows, source.shape[0])).round())
+def mean_pattern(source: Source, rows: int = COM_ROWS) -> np.ndarray:
+    """Mean pattern (input pixels, float64) of up to ``rows`` evenly spaced scan rows, and
+    of no more than :data:`MEAN_BYTES` of input (at least one row)."""
+    row_bytes = math.prod(source.shape[1:]) * source.dtype.itemsize
+    rows = max(1, min(rows, source.shape[0], MEAN_BYTES // max(row_bytes, 1)))
+    picks = np.unique(np.linspace(0, source.shape[0] - 1, rows).round()).astype(int)
     total = np.zeros(source.shape[2:], np.float64)
-    for r in picks.astype(int):
+    for r in picks:
         total += np.nan_to_num(source.read_rows(r, r + 1).astype(np.float64)).sum(axis=(0, 1))
-    total = np.clip(total, 0, None)
+    return total / (len(picks) * source.shape[1])
+
+
+def center_of_mass(pattern: np.ndarray, path) -> tuple[float, float]:
+    """Centre of mass (pixels) of a mean pattern (negative values count as zero)."""
+    total = np.clip(pattern, 0, None)
     if not total.sum() > 0:
-        raise CalibrationError(f"{source.path}: the mean pattern holds no counts; give "
+        raise CalibrationError(f"{path}: the mean pattern holds no counts; give "
                                "--center cy,cx")  # fmt: skip
     ky, kx = np.indices(total.shape)
     return (float((ky * total).sum() / total.sum()), float((kx * total).sum() / total.sum()))
 
 
-def build_calibration(source: Source, geometry: Geometry, given: dict | None = None):
+def build_calibration(source: Source, geometry: Geometry, given: dict | None = None,
+                      pattern: np.ndarray | None = None):  # fmt: skip
     """(Calibration of the output, where the centre came from, notes). ``given`` (caller's
     values, they win over the file's): energy (eV), semiangle (mrad), scan_step (Å), dk
     (1/Å per input pixel) or detector_angle (mrad per input pixel), detector_center (input
-    pixels), rotation (°), transpose."""
+    pixels), rotation (°), transpose, aberrations ({name: Å or rad}), dose (e/Å², or
+    "none": no dose, not even inferred), scan_origin (Å). ``pattern``: the mean pattern in
+    input pixels (:func:`mean_pattern`; read here if None), for the default centre and the
+    bright-field disc check. Every missing field is named at once."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     notes = [f"{k} {given[k]} given: the file's {v} is not used" for k, v in source.hints.items()
              if k in given and not np.allclose(np.asarray(given[k], float), v, rtol=1e-6)]
+    notes += getattr(source, "notes", [])
     fields = {**source.hints, **given}
     if given.get("dk") is None and given.get("detector_angle") is not None:
         fields.pop("dk", None)  # the caller's angle beats the file's dk
-    for name in ("energy", "semiangle", "scan_step"):
-        if fields.get(name) is None:
-            raise CalibrationError(f"{source.path}: calibration field {name!r} is missing "
-                                   f"({HOW[name]})")  # fmt: skip
-    if fields.get("dk") is None and fields.get("detector_angle") is not None:
+    if fields.get("dk") is None and fields.get("detector_angle") is not None \
+            and fields.get("energy") is not None:
         lam = physics.wavelength(float(fields["energy"]))
         fields["dk"] = tuple(a * 1e-3 / lam for a in _pair(fields["detector_angle"], "angle"))
-    if fields.get("dk") is None:
-        raise CalibrationError(f"{source.path}: calibration field 'dk' is missing ({HOW['dk']})")
+    missing = [k for k in ("energy", "semiangle", "scan_step", "dk") if fields.get(k) is None]
+    if missing and not (missing == ["dk"] and fields.get("detector_angle") is not None):
+        raise CalibrationError(f"{source.path}: {missing_message(missing, HOW)}")
+    if pattern is None:
+        pattern = mean_pattern(source)
     center_from = "given" if "detector_center" in given else "file"
     if fields.get("detector_center") is None:
-        fields["detector_center"], center_from = mean_pattern_com(source), "mean-pattern COM"
+        fields["detector_center"] = center_of_mass(pattern, source.path)
+        center_from = "mean-pattern COM"
     n, (y0, _, x0, _) = geometry.binning, geometry.crop
     cy, cx = _pair(fields["detector_center"], "detector_center")
     dk = _pair(fields["dk"], "dk")
-    cal = Calibration(
-        energy=float(fields["energy"]), semiangle=float(fields["semiangle"]),
-        scan_shape=source.shape[:2], scan_step=_pair(fields["scan_step"], "scan_step"),
-        detector_shape=geometry.shape, dk=(dk[0] * n, dk[1] * n),
-        detector_center=((cy - y0 - (n - 1) / 2) / n, (cx - x0 - (n - 1) / 2) / n),
-        rotation=float(fields.get("rotation") or 0.0), transpose=bool(fields.get("transpose")))
+    dose = fields.get("dose")
+    try:
+        cal = Calibration(
+            energy=float(fields["energy"]), semiangle=float(fields["semiangle"]),
+            scan_shape=source.shape[:2], scan_step=_pair(fields["scan_step"], "scan_step"),
+            detector_shape=geometry.shape, dk=(dk[0] * n, dk[1] * n),
+            detector_center=((cy - y0 - (n - 1) / 2) / n, (cx - x0 - (n - 1) / 2) / n),
+            rotation=float(fields.get("rotation") or 0.0),
+            transpose=bool(fields.get("transpose")),
+            aberrations=dict(fields.get("aberrations") or {}),
+            dose=None if dose == "none" else dose,
+            scan_origin=_pair(fields.get("scan_origin", (0.0, 0.0)), "scan_origin"))
+        out_pattern = geometry.apply(pattern[None, None], np.dtype(np.float64))[0, 0]
+        disc = check_bright_field_disc(cal, out_pattern)
+    except CalibrationError as exc:
+        raise CalibrationError(f"{source.path}: {exc}") from None
+    if disc:
+        notes.append(disc)
     return cal, center_from, notes
 
 
@@ -509,23 +575,31 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
     cal, center_from, more = build_calibration(source, geometry, calibration)
     notes += more
     dtype = output_dtype(source.dtype, binning)
+    dose_from = "given" if (calibration or {}).get("dose") not in (None, "none") else None
+    infer_dose = cal.dose is None and (calibration or {}).get("dose") != "none" \
+        and dtype.kind in "bu"  # integers: electron counts
     fingerprint = hashlib.sha256(json.dumps(
         [source.identity, geometry.crop, binning, dtype.str], sort_keys=True).encode()).hexdigest()
     output, old = Path(output), []
     partial = Path(str(output) + ".partial")
+    old_sums = []
     if resume and partial.exists():
         try:
             with io.open_dataset(partial, allow_incomplete=True) as ds:
                 old = list(ds.metadata.get("chunk_crc32") or [])
+                old_sums = list(ds.metadata.get("chunk_sums") or [])
         except PtyengineError:
             pass
     rpc = io.storage_layout((*cal.scan_shape, *cal.detector_shape), dtype,
                             rows_per_chunk).chunks[0]  # fmt: skip
     metadata = {"fingerprint": fingerprint, "source": source.identity,
                 "conversion": {"crop": list(geometry.crop), "bin": binning,
-                               "center_from": center_from},
+                               "center_from": center_from,
+                               **({"dose_from": dose_from} if dose_from else {})},
                 "rows_per_chunk": rpc, "chunk_crc32": old,
                 "checksum": "zlib.crc32 of each chunk's C-order bytes"}  # fmt: skip
+    if infer_dose:  # the sum of each chunk's counts, for the dose (kept for a resume)
+        metadata["chunk_sums"] = old_sums
     writer = io.create_dataset(output, cal, dtype, rpc, metadata, overwrite, resume)
     sy, start = cal.scan_shape[0], writer.rows_written
     if writer.resumed and len(old) < math.ceil(start / rpc):
@@ -536,7 +610,13 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
         start = 0
     elif writer.resume_note:
         notes.append(writer.resume_note)
-    writer.metadata["chunk_crc32"] = old[:math.ceil(start / rpc)] if writer.resumed else []
+    done = math.ceil(start / rpc)
+    writer.metadata["chunk_crc32"] = old[:done] if writer.resumed else []
+    if infer_dose:
+        sums = writer.metadata["chunk_sums"] = old_sums[:done] if writer.resumed else []
+        if len(sums) < done:  # a partial from before sums were kept: no dose from it
+            infer_dose = False
+            del writer.metadata["chunk_sums"]
     for n in notes:
         log(n)
     if start and progress:
@@ -558,9 +638,13 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
                 nonfinite += int(block.size - np.count_nonzero(np.isfinite(block)))
                 negative += int(np.count_nonzero(block < 0))
             writer.metadata["chunk_crc32"].append(_crc(block))
+            if infer_dose:
+                writer.metadata["chunk_sums"].append(int(block.sum(dtype=np.uint64)))
             writer.write_rows(r0, block)
             if progress:
                 progress(r1 - r0)
+        if infer_dose:
+            _record_inferred_dose(writer, notes, log)
         writer.finish()
     finally:
         writer.close()
@@ -572,6 +656,26 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
     verified = verify(output) if verify_after else None
     return Report(output, (*cal.scan_shape, *cal.detector_shape), dtype.name, rpc, start,
                   seconds, (sy - start) * row_bytes, verified, notes)
+
+
+def _record_inferred_dose(writer, notes: list, log) -> None:
+    """Integer counts: dose = mean counts per pattern / scan step area (e/Å²), into the
+    calibration the writer publishes, marked as inferred in the metadata; values that
+    cannot be electron counts (no counts, or an implausible dose) leave no dose."""
+    cal, total = writer.calibration, sum(writer.metadata.pop("chunk_sums"))
+    per_pattern = total / (cal.scan_shape[0] * cal.scan_shape[1])
+    area = cal.scan_step[0] * cal.scan_step[1]
+    try:
+        writer.calibration = cal.replace(dose=per_pattern / area)
+    except CalibrationError as exc:
+        text = f"no dose recorded: {per_pattern:.4g} counts per pattern do not give one ({exc})"
+    else:
+        writer.metadata["conversion"]["dose_from"] = INFERRED
+        text = (f"dose {writer.calibration.dose:.4g} e/Å² {INFERRED} ({per_pattern:.4g} per "
+                f"pattern over {area:.4g} Å² per position); give --dose if the values are "
+                "not electron counts (--dose none: no dose)")  # fmt: skip
+    notes.append(text)
+    log(text)
 
 
 def verify(path) -> str:

@@ -718,7 +718,11 @@ def describe(path) -> str:
         (sy, sx), (dy, dx), (ay, ax) = c.scan_shape, c.scan_step, c.detector_angle_per_pixel
         abers = ", ".join(f"{k} = {v:g} {'rad' if k.startswith('phi') else 'Å'}"
                           for k, v in c.aberrations.items()) or "none"  # fmt: skip
+        conv = ds.metadata.get("conversion")
+        dose_from = conv.get("dose_from") if isinstance(conv, dict) else None
         dose = ("none (noise-free intensities)" if c.dose is None else
+                f"{c.dose:.4g} e/Å² ({dose_from}: {c.counts_per_pattern:.4g} counts/pattern)"
+                if dose_from == "inferred from the counts" else
                 f"{c.dose:g} e/Å² ({c.counts_per_pattern:g} counts/pattern)")  # fmt: skip
         lines = [
             f"path:        {ds.path}",

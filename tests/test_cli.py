@@ -143,7 +143,7 @@ def _small(path, data, cal):
 
 
 CAL = Calibration(energy=300e3, semiangle=20.0, scan_shape=(4, 4), scan_step=(0.4, 0.4),
-                  detector_shape=(16, 16), dk=(0.12, 0.12), detector_center=(8.0, 8.0))
+                  detector_shape=(16, 16), dk=(0.15, 0.15), detector_center=(8.0, 8.0))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from ptyengine import io
 from ptyengine.calibration import Calibration
 from ptyengine.errors import PtyengineError
 
-GIVEN = {"energy": 300e3, "semiangle": 20.0, "scan_step": (0.5, 0.5), "dk": (0.02, 0.02),
+GIVEN = {"energy": 300e3, "semiangle": 20.0, "scan_step": (0.5, 0.5), "dk": (0.3, 0.3),
          "detector_center": (7.0, 8.0)}  # fmt: skip
 
 
@@ -160,9 +160,11 @@ def test_npy_round_trip(tmp_path):
     rep = convert(tmp_path / "a.npy", tmp_path / "a.zarr", given, rows_per_chunk=3)
     got, cal, meta = read(tmp_path / "a.zarr")
     assert got.dtype == np.uint16 and np.array_equal(got, data)
+    dose = data.sum() / (7 * 5) / (0.5 * 0.25)  # integer counts: e/Å² inferred
     assert cal == Calibration(energy=300e3, semiangle=20.0, scan_shape=(7, 5),
-                              scan_step=(0.5, 0.25), detector_shape=(16, 18), dk=(0.02, 0.02),
-                              detector_center=(7.0, 8.0), rotation=12.5, transpose=True)
+                              scan_step=(0.5, 0.25), detector_shape=(16, 18), dk=(0.3, 0.3),
+                              detector_center=(7.0, 8.0), rotation=12.5, transpose=True,
+                              dose=dose)
     assert rep.rows_per_chunk == 3 and len(meta["chunk_crc32"]) == 3
     assert rep.verified.startswith("3 chunks") and "every CRC32 matches" in rep.verified
     assert meta["conversion"]["center_from"] == "given"
@@ -177,7 +179,7 @@ def test_raw_round_trip(tmp_path, dtype, offset, order):
     convert(raw, tmp_path / "r.zarr", shape=data.shape, dtype=dtype, offset=offset, order=order)
     got, cal, _ = read(tmp_path / "r.zarr")
     assert got.dtype == np.dtype(dtype).newbyteorder("=") and np.array_equal(got, data)
-    assert cal.detector_center == (7.0, 8.0) and cal.dk == (0.02, 0.02)
+    assert cal.detector_center == (7.0, 8.0) and cal.dk == (0.3, 0.3)
 
 
 def test_crop_and_bin(tmp_path):
@@ -188,7 +190,7 @@ def test_crop_and_bin(tmp_path):
     # rows 2..19 -> 17 -> 5 binned rows (2 dropped), columns 3..22 -> 19 -> 6 (1 dropped)
     ref = data[:, :, 2:17, 3:21].astype(np.uint64).reshape(3, 4, 5, 3, 6, 3).sum(axis=(3, 5))
     assert got.dtype == np.uint32 and got.shape == (3, 4, 5, 6) and np.array_equal(got, ref)
-    assert cal.detector_shape == (5, 6) and cal.dk == pytest.approx((0.06, 0.06))
+    assert cal.detector_shape == (5, 6) and cal.dk == pytest.approx((0.9, 0.9))
     # input pixel 7 = output (7 - 2 - 1) / 3: the middle of a 3-pixel bin maps to its centre
     assert cal.detector_center == pytest.approx(((7 - 2 - 1) / 3, (8 - 3 - 1) / 3))
     assert any("trailing pixels dropped" in n for n in rep.notes)
@@ -244,7 +246,7 @@ def test_empad(tmp_path, entry):
     # from the XML: 1 nm scan step, 0.2 1/nm pixels, k = 0 at pixel 64 (then binned by 2)
     assert cal.scan_step == pytest.approx((10.0, 10.0))
     assert cal.dk == pytest.approx((0.04, 0.04)) and cal.detector_center == (31.75, 31.75)
-    assert rep.notes == []
+    assert [n for n in rep.notes if "bright-field disc" not in n] == []
     with open(tmp_path / "scan_x4_y3.raw", "r+b") as f:  # an acquisition cut short
         f.truncate(1000)
     with pytest.raises(PtyengineError, match="needs 798720 bytes; the file has 1000 bytes"):
@@ -254,17 +256,17 @@ def test_empad(tmp_path, entry):
 def test_dm4(tmp_path):
     rsciio("rsciio")
     data = counts((3, 4, 10, 12), seed=3)
-    write_dm4(tmp_path / "cube.dm4", data, [0.05, 0.05, 0.2, 0.2], ["nm", "nm", "1/nm", "1/nm"],
+    write_dm4(tmp_path / "cube.dm4", data, [0.05, 0.05, 3.0, 3.0], ["nm", "nm", "1/nm", "1/nm"],
               [0, 0, 5, 6], voltage=200e3)  # fmt: skip
     convert(tmp_path / "cube.dm4", tmp_path / "d.zarr", {"semiangle": 25.0})
     got, cal, _ = read(tmp_path / "d.zarr")
     assert np.array_equal(got, data)
     assert cal.energy == 200e3 and cal.semiangle == 25.0
-    assert cal.scan_step == pytest.approx((0.5, 0.5)) and cal.dk == pytest.approx((0.02, 0.02))
+    assert cal.scan_step == pytest.approx((0.5, 0.5)) and cal.dk == pytest.approx((0.3, 0.3))
     assert cal.detector_center == pytest.approx((5.0, 6.0))
     rep = convert(tmp_path / "cube.dm4", tmp_path / "e.zarr", {"semiangle": 25.0, "energy": 3e5})
     assert read(tmp_path / "e.zarr")[1].energy == 3e5
-    assert rep.notes == ["energy 300000.0 given: the file's 200000.0 is not used"]
+    assert rep.notes[0] == "energy 300000.0 given: the file's 200000.0 is not used"
 
 
 def test_emd_ncem(tmp_path):
@@ -275,15 +277,15 @@ def test_emd_ncem(tmp_path):
     axes = [dict(name=n, size=s, scale=sc, offset=o, units=u, navigate=nav)
             for n, s, sc, o, u, nav in [("y", 3, 0.05, 0, "nm", True),
                                         ("x", 4, 0.05, 0, "nm", True),
-                                        ("ky", 10, 0.2, -1.0, "1/nm", False),
-                                        ("kx", 12, 0.2, -1.2, "1/nm", False)]]  # fmt: skip
+                                        ("ky", 10, 2.0, -10.0, "1/nm", False),
+                                        ("kx", 12, 2.0, -12.0, "1/nm", False)]]  # fmt: skip
     file_writer(str(tmp_path / "cube.emd"), {"data": data, "axes": axes, "original_metadata": {},
                                              "metadata": {"General": {"title": "cube"},
                                                           "Signal": {}}})  # fmt: skip
     convert(tmp_path / "cube.emd", tmp_path / "n.zarr", {"energy": 80e3, "semiangle": 30.0})
     got, cal, _ = read(tmp_path / "n.zarr")
     assert np.array_equal(got, data) and cal.scan_step == pytest.approx((0.5, 0.5))
-    assert cal.dk == pytest.approx((0.02, 0.02)) and cal.detector_center == pytest.approx((5, 6))
+    assert cal.dk == pytest.approx((0.2, 0.2)) and cal.detector_center == pytest.approx((5, 6))
 
 
 def test_py4dstem_emd(tmp_path):
@@ -292,8 +294,8 @@ def test_py4dstem_emd(tmp_path):
     data = counts((3, 4, 10, 12), seed=5)
     cube = emdfile.Array(data=data, name="datacube", units="pixel intensity",
                          dim_names=["Rx", "Ry", "Qx", "Qy"],
-                         dims=[np.array([0, 0.5]), np.array([0, 0.5]), np.array([0, 0.02]),
-                               np.array([0, 0.02])], dim_units=["A", "A", "A^-1", "A^-1"])
+                         dims=[np.array([0, 0.5]), np.array([0, 0.5]), np.array([0, 0.3]),
+                               np.array([0, 0.3])], dim_units=["A", "A", "A^-1", "A^-1"])
     root = emdfile.Root(name="4DSTEM")
     root.tree(cube)
     emdfile.save(str(tmp_path / "cube.h5"), root, mode="o")
@@ -302,20 +304,20 @@ def test_py4dstem_emd(tmp_path):
     got, cal, meta = read(tmp_path / "p.zarr")
     assert meta["source"]["format"] == "emd" and rep.dtype == "uint16"
     assert np.array_equal(got, data) and cal.scan_step == pytest.approx((0.5, 0.5))
-    assert cal.dk == pytest.approx((0.02, 0.02))
+    assert cal.dk == pytest.approx((0.3, 0.3))
 
 
 def test_arina(tmp_path):
     pytest.importorskip("hdf5plugin")
-    frames = counts((16, 8, 8), seed=6, high=50)
+    frames = counts((16, 10, 10), seed=6, high=50)
     master = write_arina(tmp_path, frames, per_file=10)
     given = {k: v for k, v in GIVEN.items() if k != "energy"}
     convert(master, tmp_path / "a.zarr", given, rows_per_chunk=1)
     got, cal, _ = read(tmp_path / "a.zarr")
-    assert np.array_equal(got, frames.reshape(4, 4, 8, 8))  # square scan by default
+    assert np.array_equal(got, frames.reshape(4, 4, 10, 10))  # square scan by default
     assert cal.energy == pytest.approx(300e3, rel=1e-5)  # from the wavelength
     convert(master, tmp_path / "b.zarr", given, scan_shape=(2, 8))
-    assert np.array_equal(read(tmp_path / "b.zarr")[0], frames.reshape(2, 8, 8, 8))
+    assert np.array_equal(read(tmp_path / "b.zarr")[0], frames.reshape(2, 8, 10, 10))
 
 
 # ------------------------------------------------------------------ interruption
@@ -355,7 +357,7 @@ def test_interrupted_conversion_resumes_to_the_same_dataset(tmp_path):
 
 
 def test_killed_conversion_resumes(tmp_path):
-    data = counts((12, 3, 8, 8))
+    data = counts((12, 3, 10, 10))
     np.save(tmp_path / "a.npy", data)
     script = textwrap.dedent(f"""
         import os, signal
@@ -377,18 +379,18 @@ def test_killed_conversion_resumes(tmp_path):
 
 
 def test_changed_options_start_afresh(tmp_path):
-    np.save(tmp_path / "a.npy", counts((6, 2, 8, 8)))
+    np.save(tmp_path / "a.npy", counts((6, 2, 10, 10)))
     with pytest.raises(Stop):
         convert(tmp_path / "a.npy", tmp_path / "o.zarr", rows_per_chunk=2,
                 progress=lambda n: (_ for _ in ()).throw(Stop))  # fmt: skip
     rep = convert(tmp_path / "a.npy", tmp_path / "o.zarr", rows_per_chunk=2, resume=True,
-                  crop="0:6,0:6")  # fmt: skip
+                  crop="0:9,0:9")  # fmt: skip
     assert rep.resumed_at == 0 and any("fingerprint differs" in n for n in rep.notes)
 
 
 # ------------------------------------------------------------------ verification, CLI, errors
 def test_verification_catches_a_chunk_that_differs(tmp_path):
-    np.save(tmp_path / "a.npy", counts((4, 2, 8, 8)))
+    np.save(tmp_path / "a.npy", counts((4, 2, 10, 10)))
     convert(tmp_path / "a.npy", tmp_path / "v.zarr", rows_per_chunk=2)
     root = zarr.open_group(str(tmp_path / "v.zarr"), mode="r+")
     root["data"][3, 1, 2, 2] += 1  # a change that every codec accepts
@@ -407,20 +409,20 @@ def test_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PTYENGINE_PROGRESS", "1")
     code, _, err = run(capsys, "convert", tmp_path / "a.npy", "-o", tmp_path / "c.zarr",
                        "--energy", "200", "--semiangle", "25", "--scan-step", "0.4,0.3",
-                       "--detector-angle", "1.5", "--center", "8,7.5", "--crop", "0:16,0:16",
+                       "--detector-angle", "4", "--center", "8,7.5", "--crop", "0:16,0:16",
                        "--bin", "2", "--rotation", "-3")  # fmt: skip
     assert code == 0, err
     assert "verified: 1 chunks" in err and "MB/s" in err and "convert" in err
     got, cal, _ = read(tmp_path / "c.zarr")
     assert got.shape == (5, 4, 8, 8) and cal.energy == 200e3 and cal.rotation == -3
     assert cal.scan_step == (0.4, 0.3) and cal.detector_center == (3.75, 3.5)
-    assert cal.detector_angle_per_pixel == pytest.approx((3.0, 3.0))
+    assert cal.detector_angle_per_pixel == pytest.approx((8.0, 8.0))
     code, _, err = run(capsys, "convert", tmp_path / "a.npy", "-o", tmp_path / "c.zarr",
                        "--energy", "200", "--semiangle", "25", "--scan-step", "0.4",
-                       "--dk", "0.1", "--overwrite", "--no-verify")  # fmt: skip
+                       "--dk", "0.15", "--overwrite", "--no-verify")  # fmt: skip
     assert code == 0 and "verification skipped" in err
     meta = json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())["attributes"]
-    assert meta["ptyengine"]["calibration"]["dk"] == [0.1, 0.1]
+    assert meta["ptyengine"]["calibration"]["dk"] == [0.15, 0.15]
 
 
 @pytest.mark.parametrize("case, expect", [
@@ -433,13 +435,16 @@ def test_cli(tmp_path, capsys, monkeypatch):
     ("raw_no_shape", "raw binary needs --shape Sy,Sx,Ky,Kx and --dtype"),
     ("frames", "scan shape (2, 5) needs 10 frames; the file has 12"),
     ("overflow", "binned values up to 17179869180 do not fit in uint32"),
+    ("kv_ev", "calibration field 'energy' is 3e+08 eV (300000 kV), outside 10 kV – 1.5 MV"),
+    ("disc", "the bright-field disc (20 mrad = 1.016 1/Å) is larger than the detector"),
+    ("centre", "'detector_center' (12, 3) px lies outside the 10 × 10 px detector"),
 ])  # fmt: skip
 def test_errors_are_one_line(tmp_path, capsys, case, expect):
     np.save(tmp_path / "a.npy", counts((4, 3, 10, 10)))
     counts((4, 3, 10, 10)).tofile(tmp_path / "a.bin")
     (tmp_path / "a.xyz").write_bytes(b"?")
     np.save(tmp_path / "f.npy", counts((12, 10, 10)))
-    np.save(tmp_path / "big.npy", np.full((2, 2, 4, 4), 2**32 - 1, np.uint32))
+    np.save(tmp_path / "big.npy", np.full((2, 2, 8, 8), 2**32 - 1, np.uint32))
     cal = ["--semiangle", "20", "--scan-step", "0.5"]
     args = {
         "no_energy": ["a.npy", *cal, "--dk", "0.1"],
@@ -448,7 +453,10 @@ def test_errors_are_one_line(tmp_path, capsys, case, expect):
         "unknown": ["a.xyz"],
         "raw_no_shape": ["a.bin"],
         "frames": ["f.npy", "--scan-shape", "2,5"],
-        "overflow": ["big.npy", *cal, "--energy", "300", "--dk", "0.1", "--bin", "2"],
+        "overflow": ["big.npy", *cal, "--energy", "300", "--dk", "0.3", "--bin", "2"],
+        "kv_ev": ["a.npy", *cal, "--energy", "300000", "--dk", "0.3"],
+        "disc": ["a.npy", *cal, "--energy", "300", "--dk", "0.1"],
+        "centre": ["a.npy", *cal, "--energy", "300", "--dk", "0.3", "--center", "12,3"],
     }[case]
     code, out, err = run(capsys, "convert", tmp_path / args[0], "-o", tmp_path / "x.zarr",
                          *args[1:])  # fmt: skip
@@ -456,3 +464,195 @@ def test_errors_are_one_line(tmp_path, capsys, case, expect):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and expect in last, last
     assert "Traceback" not in out + err and not (tmp_path / "x.zarr").exists()
+
+
+# ------------------------------------------------------------------ calibration (issue 13)
+def test_every_missing_field_is_named_at_once(tmp_path, capsys):
+    np.save(tmp_path / "a.npy", counts((4, 3, 10, 10)))
+    code, _, err = run(capsys, "convert", tmp_path / "a.npy", "-o", tmp_path / "x.zarr",
+                       "--dk", "0.3")  # fmt: skip
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and last.startswith("error: "), err
+    assert ("calibration fields 'energy', 'semiangle', 'scan_step' are missing (give "
+            "--energy (kV), --semiangle (mrad) and --scan-step (Å))") in last, err
+
+
+@pytest.mark.parametrize("content, expect", [
+    (b"", "a.npy is empty (0 bytes): not a .npy file"),
+    ("zero_rows", "a.npy holds no data: shape (0, 4, 8, 8)"),
+    ("truncated", "a.npy is truncated: its header says (4, 4, 8, 8) uint16, 2048 bytes of data "
+                  "after 128 bytes of header; the file has 1000 bytes"),
+    (b"\x93NUMPY garbage", "a.npy: not a .npy file"),
+])  # fmt: skip
+def test_empty_or_truncated_npy(tmp_path, capsys, content, expect):
+    path = tmp_path / "a.npy"
+    if content == "zero_rows":
+        np.save(path, np.zeros((0, 4, 8, 8), np.uint16))
+    elif content == "truncated":
+        np.save(path, np.zeros((4, 4, 8, 8), np.uint16))
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+    else:
+        path.write_bytes(content)
+    code, out, err = run(capsys, "convert", path, "-o", tmp_path / "x.zarr", "--energy", "300",
+                         "--semiangle", "20", "--scan-step", "0.5", "--dk", "0.3")  # fmt: skip
+    assert code == 2 and "interrupted" not in err and "resume" not in err, err
+    assert err.count("\n") == 1 and expect in err, err
+
+
+@pytest.mark.parametrize("order, dtype, shape, scan_shape", [
+    ("C", "<u2", (5, 4, 6, 7), None), ("C", ">f4", (5, 4, 6, 7), None),
+    ("F", "<u2", (5, 4, 6, 7), None), ("C", "<u2", (20, 6, 7), (5, 4)),
+    ("C", "<u2", (5, 4, 6, 7), (2, 10)),
+])  # fmt: skip
+def test_npy_block_reads(tmp_path, order, dtype, shape, scan_shape):
+    """.npy inputs are read with explicit block reads (no memory map whose pages stay
+    resident): the converted data are the array's, in every layout."""
+    data = np.asarray(counts(shape, high=3000).astype(dtype), order=order)
+    np.save(tmp_path / "a.npy", data)
+    source = cv.open_source(tmp_path / "a.npy", scan_shape=scan_shape)
+    try:
+        assert not isinstance(source._data, np.memmap)
+        rows = source.read_rows(1, 2)
+    finally:
+        source.close()
+    expect = data.reshape(*(scan_shape or shape[:2]), *shape[-2:])
+    assert rows.dtype.isnative and np.array_equal(rows, expect[1:2])
+    given = {**GIVEN, "dk": (0.4, 0.4), "detector_center": (3.0, 3.0)}
+    convert(tmp_path / "a.npy", tmp_path / "a.zarr", given, rows_per_chunk=2,
+            scan_shape=scan_shape)  # fmt: skip
+    assert np.array_equal(read(tmp_path / "a.zarr")[0], expect)
+
+
+def test_aberration_dose_and_origin_options(tmp_path, capsys):
+    np.save(tmp_path / "a.npy", counts((4, 3, 16, 16)))
+    base = ["convert", tmp_path / "a.npy", "--energy", "300", "--semiangle", "20",
+            "--scan-step", "0.5", "--dk", "0.2"]  # fmt: skip
+    code, _, err = run(capsys, *base, "-o", tmp_path / "a.zarr", "--defocus", "500",
+                       "--c12", "20,0.5", "--cs", "-1e4", "--aberration", "C23=300",
+                       "--aberration", "phi23=0.1", "--dose", "1000", "--scan-origin", "1,-2")
+    assert code == 0, err
+    _, cal, meta = read(tmp_path / "a.zarr")
+    assert cal.aberrations == {"C10": 500.0, "C12": 20.0, "phi12": 0.5, "C30": -1e4,
+                               "C23": 300.0, "phi23": 0.1}  # fmt: skip
+    assert cal.dose == 1000.0 and cal.scan_origin == (1.0, -2.0)
+    assert meta["conversion"]["dose_from"] == "given"
+    code, out, _ = run(capsys, "info", tmp_path / "a.zarr")
+    assert "C10 = 500 Å" in out and "1000 e/Å² (250 counts/pattern)" in out
+    for bad, expect in [(["--defocus", "5", "--aberration", "C10=4"], "C10 is given twice"),
+                        (["--aberration", "C99=1"], "unknown aberration 'C99'"),
+                        (["--aberration", "C10"], "--aberration takes NAME=VALUE"),
+                        (["--defocus", "1e7"], "C10 = 1e+07 Å (1 mm) exceeds"),
+                        (["--dose", "-3"], "'dose' must be positive"),
+                        (["--dose", "lots"], "--dose takes e/Å² or 'none'")]:
+        code, _, err = run(capsys, *base, "-o", tmp_path / "b.zarr", *bad)
+        last = err.strip().splitlines()[-1]  # after the "converting ..." line, if any
+        assert code == 2 and last.startswith("error: ") and expect in last, (bad, err)
+        assert not (tmp_path / "b.zarr").exists()
+
+
+def test_dose_inferred_from_integer_counts(tmp_path, capsys):
+    data = np.random.default_rng(2).poisson(3.0, (6, 5, 16, 16)).astype(np.uint16)
+    np.save(tmp_path / "a.npy", data)
+    convert(tmp_path / "a.npy", tmp_path / "a.zarr", rows_per_chunk=4)
+    _, cal, meta = read(tmp_path / "a.zarr")
+    per_pattern = data.sum() / (6 * 5)  # mean counts per pattern, ≈ 768
+    assert cal.dose == pytest.approx(per_pattern / 0.25, rel=1e-12)
+    assert meta["conversion"]["dose_from"] == "inferred from the counts"
+    code, out, _ = run(capsys, "info", tmp_path / "a.zarr")
+    assert f"{cal.dose:.4g} e/Å² (inferred from the counts: {per_pattern:.4g} counts/pattern)" \
+        in out, out
+    # given wins; 'none' records no dose; float data are intensities, not counts
+    convert(tmp_path / "a.npy", tmp_path / "b.zarr", {**GIVEN, "dose": 50.0})
+    assert read(tmp_path / "b.zarr")[1].dose == 50.0
+    convert(tmp_path / "a.npy", tmp_path / "c.zarr", {**GIVEN, "dose": "none"})
+    assert read(tmp_path / "c.zarr")[1].dose is None
+    np.save(tmp_path / "f.npy", data.astype(np.float32))
+    convert(tmp_path / "f.npy", tmp_path / "f.zarr")
+    _, cal, meta = read(tmp_path / "f.zarr")
+    assert cal.dose is None and "dose_from" not in meta["conversion"]
+    assert "dose             none (noise-free intensities)" in run(capsys, "info",
+                                                                   tmp_path / "f.zarr")[1]
+
+
+def _disc_data(radius=6.0, n=32, scan=(3, 4)):
+    y, x = np.indices((n, n))
+    disc = np.clip(radius + 0.5 - np.hypot(y - 15, x - 16), 0, 1) * 200 + 2
+    return np.random.default_rng(0).poisson(disc, (*scan, n, n)).astype(np.uint16)
+
+
+@pytest.mark.parametrize("semiangle, outcome", [(20.0, "ok"), (24.0, "warn"), (45.0, "refuse"),
+                                                (8.0, "refuse")])  # fmt: skip
+def test_bright_field_disc_checked_at_convert(tmp_path, capsys, semiangle, outcome):
+    from ptyengine import physics
+
+    np.save(tmp_path / "a.npy", _disc_data())
+    dk = 20e-3 / physics.wavelength(300e3) / 6  # a 20 mrad disc is 6 px in radius
+    code, _, err = run(capsys, "convert", tmp_path / "a.npy", "-o", tmp_path / "a.zarr",
+                       "--energy", "300", "--semiangle", semiangle, "--scan-step", "0.5",
+                       "--dk", dk)  # fmt: skip
+    if outcome == "refuse":
+        assert code == 2 and err.count("\n") == 2, err  # the "converting" line and the error
+        assert "bright-field disc in the mean pattern has a radius of" in err
+        assert not (tmp_path / "a.zarr").exists() and not list(tmp_path.glob("*.partial"))
+    else:
+        assert code == 0, err
+        assert ("bright-field disc" in err) == (outcome == "warn"), err
+
+
+def test_defocused_simulation_converted_with_and_without_defocus(tmp_path, capsys):
+    """A defocused simulation's array converted from .npy: without --defocus the calibration
+    records no aberrations (reconstruct warns; ePIE starts focused), with it the calibration
+    carries C10 and ePIE starts from the simulator's probe. Integer counts give the dose."""
+    from ptyengine.reconstruct.epie import EpieParameters, epie
+    from ptyengine.simulate import SimulationParameters, simulate
+
+    p = SimulationParameters(structure="srtio3", zone_axis=(0, 0, 1), field=(7.81, 7.81),
+                             thickness=3.905, scan_step=0.5, scan_size=(2.0, 2.0),
+                             max_angle=40.0, detector_pixels=32, phonons=0, defocus=150.0,
+                             dose=1e4)  # fmt: skip
+    sim = simulate(p, str(tmp_path / "sim.zarr"))["output"]
+    with io.open_dataset(sim) as ds:
+        np.save(tmp_path / "sim.npy", ds.read_rows(0, ds.shape[0]))
+        truth = ds.calibration
+    opts = ["--energy", "300", "--semiangle", "20", "--scan-step", "0.5", "--dk", truth.dk[0],
+            "--center", "16,16"]  # fmt: skip
+    for name, extra in (("plain", []), ("df", ["--defocus", "150"])):
+        code, _, err = run(capsys, "convert", tmp_path / "sim.npy", "-o",
+                           tmp_path / f"{name}.zarr", *opts, *extra)  # fmt: skip
+        assert code == 0, err
+    plain, df = read(tmp_path / "plain.zarr")[1], read(tmp_path / "df.zarr")[1]
+    assert plain.aberrations == {} and df.aberrations == {"C10": 150.0}
+    # Poisson counts of noise-free patterns normalised to 1: the dose comes back (the
+    # detector misses a few electrons scattered beyond 40 mrad)
+    assert df.dose == pytest.approx(1e4, rel=0.02)
+    zero = EpieParameters(iterations=0)
+    probes = {k: epie(tmp_path / f"{k}.zarr", zero).probe for k in ("plain", "df")}
+    reference = epie(sim, zero).probe  # the simulator's calibration: C10 = 150 Å
+    assert np.allclose(probes["df"], reference, atol=1e-6 * np.abs(reference).max())
+    assert not np.allclose(probes["plain"], reference, atol=0.05 * np.abs(reference).max())
+    code, _, err = run(capsys, "reconstruct", tmp_path / "plain.zarr", "--iterations", "1",
+                       "-o", tmp_path / "r.zarr")  # fmt: skip
+    assert code == 0 and "warning: " in err and "records no probe aberrations" in err, err
+    assert "Warning" not in err and "warnings.warn" not in err
+    code, _, err = run(capsys, "reconstruct", tmp_path / "df.zarr", "--iterations", "1",
+                       "-o", tmp_path / "r2.zarr")  # fmt: skip
+    assert code == 0 and "aberrations" not in err, err
+
+
+def test_non_numeric_attributes_of_an_input_file(tmp_path, capsys):
+    """A file whose calibration attributes are strings: each becomes a note, not a
+    traceback, and the field is asked for when nobody gives it."""
+    import h5py
+
+    pytest.importorskip("hdf5plugin")
+    master = write_arina(tmp_path, counts((16, 10, 10), seed=6, high=50), per_file=16)
+    with h5py.File(master, "r+") as m:
+        del m["entry/instrument/beam/incident_wavelength"]
+        m["entry/instrument/beam/incident_wavelength"] = "300 kV"
+    given = {k: v for k, v in GIVEN.items() if k != "energy"}
+    with pytest.raises(PtyengineError, match="calibration field 'energy' is missing"):
+        convert(master, tmp_path / "a.zarr", given)
+    rep = convert(master, tmp_path / "a.zarr", GIVEN)
+    assert any("incident_wavelength" in n and "not a positive number" in n for n in rep.notes)
+    assert read(tmp_path / "a.zarr")[1].energy == 300e3

@@ -23,7 +23,7 @@ SUFFIXES = [".zarr", ".h5"]
 @pytest.fixture
 def cal():
     return Calibration(energy=300e3, semiangle=20.0, scan_shape=SHAPE[:2], scan_step=(0.4, 0.5),
-                       detector_shape=SHAPE[2:], dk=(0.05, 0.06), detector_center=(8.0, 7.5),
+                       detector_shape=SHAPE[2:], dk=(0.15, 0.16), detector_center=(8.0, 7.5),
                        rotation=3.5, transpose=True, dose=50.0, scan_origin=(1.0, -2.0),
                        aberrations={"C10": 500.0, "C12": 10.0, "phi12": 0.3})  # fmt: skip
 

@@ -6,7 +6,53 @@ import sys
 
 import click
 
-from .common import _pair, _progress_bar, keep_on_interrupt
+from ..errors import PtyengineError
+from .common import DEFOCUS_SIGN, _pair, _progress_bar, keep_on_interrupt
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise PtyengineError(f"{flag} takes a number, got {text!r}") from None
+
+
+def _aberrations(defocus, c12, cs, items) -> dict | None:
+    """{name: value} from --defocus, --c12, --cs and --aberration NAME=VALUE (each once)."""
+    out = {}
+
+    def put(name, value, flag):
+        if name in out:
+            raise PtyengineError(f"{name} is given twice (again by {flag})")
+        out[name] = value
+
+    if defocus is not None:
+        put("C10", defocus, "--defocus")
+    if c12 is not None:
+        parts = c12.split(",")
+        if len(parts) not in (1, 2):
+            raise PtyengineError(f"--c12 takes C12[,phi12] (Å, rad), got {c12!r}")
+        put("C12", _number(parts[0], "--c12"), "--c12")
+        if len(parts) == 2:
+            put("phi12", _number(parts[1], "--c12"), "--c12")
+    if cs is not None:
+        put("C30", cs, "--cs")
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise PtyengineError(f"--aberration takes NAME=VALUE (Å; angles phiNM in rad), "
+                                 f"e.g. C23=300, got {item!r}")  # fmt: skip
+        put(name.strip(), _number(value, f"--aberration {name.strip()}"), "--aberration")
+    return out or None
+
+
+def _dose(text: str | None):
+    if text is None or text.strip().lower() == "none":
+        return None if text is None else "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise PtyengineError(f"--dose takes e/Å² or 'none', got {text!r}") from None
 
 
 @click.command()
@@ -34,6 +80,18 @@ from .common import _pair, _progress_bar, keep_on_interrupt
                                 "pattern].")
 @click.option("--rotation", type=float, help="Scan-detector rotation in degrees [default: 0].")
 @click.option("--transpose", is_flag=True, default=None, help="Swap the detector axes first.")
+@click.option("--defocus", type=float,
+              help=f"Probe defocus C10 in Å (recorded in the calibration; ePIE starts from "
+                   f"it). {DEFOCUS_SIGN}")
+@click.option("--c12", help="Two-fold astigmatism C12[,phi12]: magnitude in Å, angle in rad "
+                            "(as the calibration stores them).")
+@click.option("--cs", type=float, help="Spherical aberration C30 in Å.")
+@click.option("--aberration", "aberration_items", multiple=True, metavar="NAME=VALUE",
+              help="Any Krivanek coefficient in Å or its angle in rad, e.g. C23=300 "
+                   "phi23=0.5 C30=-1e4; repeat for several.")
+@click.option("--dose", help="Dose in e/Å², or 'none' [default: integer data are taken as "
+                             "electron counts: mean counts per pattern / step area].")
+@click.option("--scan-origin", help="Position y,x in Å of the first probe position.")
 @click.option("--crop", help="Detector crop y0:y1,x0:x1 in input pixels (before binning).")
 @click.option("--bin", "binning", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sum N x N detector pixels (dk scales by N, the centre with it).")
@@ -44,20 +102,24 @@ from .common import _pair, _progress_bar, keep_on_interrupt
               help="Scan rows per stored chunk [default: ~16 MiB of rows]. Streaming "
                    "reconstructions hold a few chunks at a time.")
 def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, energy, semiangle,
-            scan_step, dk, detector_angle, center, rotation, transpose, crop, binning, resume,
-            overwrite, no_verify, rows_per_chunk):  # fmt: skip
+            scan_step, dk, detector_angle, center, rotation, transpose, defocus, c12, cs,
+            aberration_items, dose, scan_origin, crop, binning, resume, overwrite, no_verify,
+            rows_per_chunk):  # fmt: skip
     """Convert 4D-STEM data (Merlin .mib, EMPAD, DM3/DM4, EMD/py4DSTEM, Arina, .npy, raw
     binary) into a calibrated dataset, streaming with bounded memory.
 
     Calibration fields the file lacks must be given (energy, semi-angle, scan step, dk or
-    detector angle); given options win over the file's values.
+    detector angle); given options win over the file's values. Give the probe's aberrations
+    (--defocus, --c12, --cs, --aberration) for ePIE: without them it starts from a focused
+    probe. Every field is range-checked, and the bright-field disc of the mean pattern is
+    compared with the semi-angle (a note beyond 10 %, an error beyond 2×).
 
     \b
     Examples:
       ptyengine convert scan.mib -o scan.zarr --energy 300 --semiangle 20 --scan-step 0.5 \\
           --detector-angle 0.8 --crop 0:256,0:256 --bin 2
       ptyengine convert scan.raw --shape 128,128,256,256 --dtype uint16 --energy 200 \\
-          --semiangle 25 --scan-step 0.4 --dk 0.02 -o scan.zarr --resume
+          --semiangle 25 --scan-step 0.4 --dk 0.02 --defocus 500 -o scan.zarr --resume
     """
     from tqdm import tqdm
 
@@ -76,7 +138,9 @@ def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, en
              "scan_step": _pair(scan_step, "--scan-step"), "dk": _pair(dk, "--dk"),
              "detector_angle": _pair(detector_angle, "--detector-angle"),
              "detector_center": _pair(center, "--center"), "rotation": rotation,
-             "transpose": transpose}  # fmt: skip
+             "transpose": transpose,
+             "aberrations": _aberrations(defocus, c12, cs, aberration_items),
+             "dose": _dose(dose), "scan_origin": _pair(scan_origin, "--scan-origin")}  # fmt: skip
     click.echo(f"converting {input_path} ({source.format}, {source.shape} {source.dtype}) "
                f"to {output}", err=True)  # fmt: skip
     keep_on_interrupt(f"{output}.partial")

@@ -214,6 +214,10 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
     from ..reconstruct.epie import EpieParameters, epie
 
     params = EpieParameters(**options)
+    from ..calibration import probe_model_warning  # issue 13: no aberrations recorded
+
+    if (note := probe_model_warning(ds.calibration, params.defocus)) is not None:
+        click.echo(f"warning: {data}: {note}", err=True)
     ck = _checkpoint_path(out)
     if resume and not ck.exists():
         click.echo(f"no checkpoint at {ck}: starting from the first iteration", err=True)
