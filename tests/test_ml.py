@@ -117,3 +117,28 @@ def test_empty_data_is_a_clear_error(thin):
 def test_bad_parameters(bad):
     with pytest.raises(PtyengineError):
         MLParameters(**bad)
+
+
+def test_cli_ml_writes_a_result(tmp_path, capsys):
+    """``reconstruct --method ml`` on simulated counts: a result with the held-out curve,
+    the best iteration and the NCC; options of other methods are refused."""
+    from cli_helpers import TINY_SIMULATION, run
+
+    from ptyengine.results import read_result
+
+    data = tmp_path / "tiny.zarr"
+    assert run(capsys, *TINY_SIMULATION, "--dose", "5000", "-o", data)[0] == 0
+    out = tmp_path / "r.zarr"
+    code, stdout, err = run(capsys, "reconstruct", data, "--method", "ml", "--iterations", 4,
+                            "--smoothness", 1, "-o", out, "--checkpoint-every", 2)
+    assert code == 0, err
+    arrays, attrs = read_result(out)
+    assert set(arrays) == {"object", "probe", "phase"}
+    assert attrs["method"] == "ml" and attrs["parameters"]["smoothness"] == 1.0
+    assert len(attrs["held_out"]) == len(attrs["errors"]) <= 4
+    assert 0 <= attrs["best_iteration"] <= 4
+    assert "NCC of the ml phase" in stdout
+    code, _, err = run(capsys, "reconstruct", data, "--method", "ml", "--alpha", 0.5)
+    assert code == 2 and "--alpha: not an option of --method ml" in err
+    code, _, err = run(capsys, "reconstruct", data, "--method", "epie", "--ridge", 1)
+    assert code == 2 and "--ridge: not an option of --method epie" in err

@@ -84,7 +84,7 @@ def test_unwritable_dataset_output_is_one_line(tmp_path, blocked, capsys):
     one_line_error(*run(capsys, *TINY_SIMULATION, "-o", blocked / "s.zarr"), blocked / "s.zarr")
     np.save(tmp_path / "x.npy", np.ones((2, 2, 8, 8), np.float32))
     one_line_error(*run(capsys, "convert", tmp_path / "x.npy", "-o", blocked / "c.zarr",
-                        "--energy", 300, "--semiangle", 20, "--scan-step", 0.5, "--dk", 0.02),
+                        "--energy", 300, "--semiangle", 20, "--scan-step", 0.5, "--dk", 0.2),
                    blocked / "c.zarr")  # fmt: skip
 
 
@@ -195,7 +195,7 @@ def test_second_writer_is_refused(tiny, tmp_path, capsys, held):
     one_line_error(*run(capsys, *TINY_SIMULATION, "-o", sim), sim, busy)
     one_line_error(*run(capsys, "reconstruct", tiny, "--iterations", 1, "-o", rec), rec, busy)
     one_line_error(*run(capsys, "convert", tmp_path / "x.npy", "-o", conv, "--energy", 300,
-                        "--semiangle", 20, "--scan-step", 0.5, "--dk", 0.02), conv, busy)
+                        "--semiangle", 20, "--scan-step", 0.5, "--dk", 0.2), conv, busy)
     assert not sim.exists() and not rec.exists() and not conv.exists()
     assert not (tmp_path / "s.zarr.partial").exists()  # the refused writer touched nothing
     assert not (tmp_path / "r_preview.png").exists()
@@ -211,7 +211,7 @@ def test_two_converts_racing_for_one_output(tmp_path):
     out = tmp_path / "c.zarr"
     procs = [subprocess.Popen([sys.executable, "-m", "ptyengine", "convert",
                                str(tmp_path / f"{value}.npy"), "-o", str(out), "--energy", "300",
-                               "--semiangle", "20", "--scan-step", "0.5", "--dk", "0.02",
+                               "--semiangle", "20", "--scan-step", "0.5", "--dk", "0.2",
                                "--rows-per-chunk", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for value in (1, 2)]  # fmt: skip
@@ -230,7 +230,7 @@ def test_library_writer_is_refused_while_another_writes(tmp_path, held):
     from ptyengine.errors import PtyengineError
 
     cal = Calibration(energy=300e3, semiangle=20.0, scan_shape=(2, 2), scan_step=(0.4, 0.4),
-                      detector_shape=(8, 8), dk=(0.1, 0.1), detector_center=(4.0, 4.0))
+                      detector_shape=(8, 8), dk=(0.3, 0.3), detector_center=(4.0, 4.0))
     path = tmp_path / "d.h5"
     held(path)
     with pytest.raises(PtyengineError, match="being written by another"):
@@ -350,7 +350,7 @@ def test_info_notices_a_missing_chunk_file(tiny, tmp_path, capsys):
 
 def test_info_notices_a_missing_shard_file(tmp_path):
     cal = Calibration(energy=300e3, semiangle=20.0, scan_shape=(6, 2), scan_step=(0.4, 0.4),
-                      detector_shape=(8, 8), dk=(0.1, 0.1), detector_center=(4.0, 4.0))
+                      detector_shape=(8, 8), dk=(0.3, 0.3), detector_center=(4.0, 4.0))
     path = tmp_path / "s.zarr"
     with io.create_dataset(path, cal, "float32", rows_per_chunk=1, shard_bytes=2 * 512) as w:
         w.write_rows(0, np.ones((6, 2, 8, 8), np.float32))

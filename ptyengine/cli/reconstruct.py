@@ -1,7 +1,9 @@
-"""``ptyengine reconstruct``: iCOM/iDPC and ePIE, with result, preview and NCC to truth."""
+"""``ptyengine reconstruct``: iCOM/iDPC, ePIE and Poisson ML, with result, preview and NCC
+to the ground truth."""
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -9,6 +11,23 @@ import click
 
 from ..errors import PtyengineError
 from .common import DEFOCUS_SIGN, _progress_bar, keep_on_interrupt
+
+
+def _epie_parameters():
+    from ..reconstruct.epie import EpieParameters
+
+    return EpieParameters
+
+
+def _ml_parameters():
+    from ..reconstruct.ml import MLParameters
+
+    return MLParameters
+
+
+#: the iterative methods and (lazily) their parameter dataclasses: a method takes exactly
+#: the options named after the fields of its dataclass
+ITERATIVE = {"epie": _epie_parameters, "ml": _ml_parameters}
 
 
 def _rotation_option(ctx, param, value):
@@ -34,29 +53,50 @@ def _preview_path(output: Path) -> Path:
 
 @click.command()
 @click.argument("data", type=click.Path())
-@click.option("--method", type=click.Choice(["epie", "icom", "idpc"]), default="epie",
+@click.option("--method", type=click.Choice(["epie", "ml", "icom", "idpc"]), default="epie",
               show_default=True,
-              help="ePIE ptychography, or a phase image integrated from the centre of mass "
-                   "(iCOM) or from a virtual four-quadrant detector (iDPC).")
+              help="ePIE ptychography; ml: Poisson maximum-likelihood ptychography for low "
+                   "dose (counts modelled as counts, a held-out stopping rule); or a phase "
+                   "image integrated from the centre of mass (iCOM) or from a virtual "
+                   "four-quadrant detector (iDPC).")
 @click.option("-o", "--output", type=click.Path(),
               help="Result .zarr [default: <DATA stem>_<method>.zarr next to DATA]; the "
                    "preview <output stem>_preview.png goes next to it.")
 @click.option("--iterations", type=click.IntRange(min=0),
-              help="ePIE: passes over the data [default: 50].")
+              help="ePIE: passes over the data; ML: the most iterations (the held-out rule "
+                   "usually stops earlier) [default: 50].")
 @click.option("--alpha", type=float, help="ePIE: object step size in (0, 2] [default: 1].")
 @click.option("--beta", type=float, help="ePIE: probe step size in (0, 2] [default: 1].")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="ePIE: positions updated together; 1 = sequential ePIE, larger batches "
-                   "keep a GPU busy [default: 1].")
+                   "keep a GPU busy [default: 1]. ML: positions per pass of the kernels "
+                   "(memory, not the result) [default: 64].")
 @click.option("--defocus", type=float,
-              help=f"ePIE: C10 in Å of the initial probe [default: the calibration's]. "
+              help=f"ePIE/ML: C10 in Å of the initial probe [default: the calibration's]. "
                    f"{DEFOCUS_SIGN}")
 @click.option("--probe-update-start", type=click.IntRange(min=0),
               help="ePIE: first iteration (0-based) that refines the probe [default: 1].")
 @click.option("--phase-only", is_flag=True, default=None,
               help="ePIE: constrain the object to a pure phase (|O| = 1): weak-phase "
                    "specimens at low dose [default: off].")
-@click.option("--seed", type=int, help="ePIE: seed of the random position order [default: 0].")
+@click.option("--seed", type=int, help="ePIE: seed of the random position order; ML: of the "
+                                      "held-out pixels [default: 0].")
+@click.option("--smoothness", type=float,
+              help="ML: strength μ_s of the smoothness prior on phase and absorption "
+                   "(dimensionless; its weight against the data falls as 1/dose) "
+                   "[default: 3]; 0: off.")
+@click.option("--ridge", type=float,
+              help="ML: strength μ_r of the prior pulling phase and absorption to 0, in "
+                   "1/Å² [default: 2]; 0: off.")
+@click.option("--holdout", type=float,
+              help="ML: fraction of the detector pixels held out of the fit; the run keeps "
+                   "the iterate where their likelihood is best [default: 0.05]; 0: none.")
+@click.option("--patience", type=click.IntRange(min=1),
+              help="ML: stop after this many iterations without a better held-out "
+                   "likelihood [default: 5].")
+@click.option("--object-model", type=click.Choice(["auto", "phase", "complex"]),
+              help="ML: refine the phase only, or phase and absorption; auto: phase below "
+                   "one count per bright-field pixel per pattern [default: auto].")
 @click.option("--memory-limit",
               help="Memory budget, e.g. 8GB or 512MiB. ePIE: data whose amplitudes take "
                    "more than half of it are streamed from disk every iteration, a stored "
@@ -66,13 +106,13 @@ def _preview_path(output: Path) -> Path:
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
-              help="ePIE: save the state every N iterations to <output>.checkpoint.npz "
+              help="ePIE/ML: save the state every N iterations to <output>.checkpoint.npz "
                    "(0: never).")
 @click.option("--resume", is_flag=True,
-              help="ePIE: continue from <output>.checkpoint.npz (same data and parameters); "
+              help="ePIE/ML: continue from <output>.checkpoint.npz (same data and parameters); "
                    "without one, start afresh.")
 @click.option("--keep-checkpoint", is_flag=True,
-              help="ePIE: keep the checkpoint after a successful run (default: delete it).")
+              help="ePIE/ML: keep the checkpoint after a successful run (default: delete it).")
 @click.option("--rotation", callback=_rotation_option,
               help="iCOM/iDPC: scan-detector rotation in degrees, 'auto' (found from the "
                    "data: the curl-free field) or 'calibration' [default: calibration].")
@@ -90,19 +130,24 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
       ptyengine reconstruct sto.zarr --method icom --rotation auto
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20 --resume
+      ptyengine reconstruct uio66_dose100.zarr --method ml
     """
     memory_limit = epie_opts.pop("memory_limit")
     given = {k: v for k, v in epie_opts.items() if v is not None}
-    if method == "epie":
+    if method in ITERATIVE:
         if rotation is not None:
-            raise click.UsageError("--rotation applies to --method icom/idpc; ePIE takes "
+            raise click.UsageError(f"--rotation applies to --method icom/idpc; {method} takes "
                                    "the calibration's rotation")  # fmt: skip
+        fields = {f.name for f in dataclasses.fields(ITERATIVE[method]())}
+        flags = [f"--{k.replace('_', '-')}" for k in given if k not in fields]
+        if flags:
+            raise click.UsageError(f"{', '.join(flags)}: not an option of --method {method}")
     else:
         flags = [f"--{k.replace('_', '-')}" for k in given]
         flags += [f for f, on in (("--checkpoint-every", checkpoint_every), ("--resume", resume),
                                   ("--keep-checkpoint", keep_checkpoint)) if on]  # fmt: skip
         if flags:
-            raise click.UsageError(f"{', '.join(flags)}: for --method epie only")
+            raise click.UsageError(f"{', '.join(flags)}: for --method epie/ml only")
     _reconstruct(Path(data), method, Path(output) if output else None, device=device,
                  overwrite=overwrite, epie_options=given, rotation=rotation,
                  checkpoint_every=checkpoint_every, resume=resume,
@@ -128,7 +173,7 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
             for path in (out, _preview_path(out)):
                 if path.exists():
                     raise PtyengineError(f"{path} exists; pass --overwrite to replace it")
-        if method == "epie" and (checkpoint_every or resume):
+        if method in ITERATIVE and (checkpoint_every or resume):
             keep_on_interrupt(_checkpoint_path(out))
         begin_result(out)
         try:
@@ -168,9 +213,9 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
     click.echo(f"reconstructing {data} by {method} on {device}", err=True)
     t0 = time.perf_counter()
     try:
-        if method == "epie":
-            rec = _run_epie(ds, data, out, device, epie_options or {}, checkpoint_every,
-                            resume, memory_limit)  # fmt: skip
+        if method in ITERATIVE:
+            rec = _run_iterative(ds, data, out, method, device, epie_options or {},
+                                 checkpoint_every, resume, memory_limit)  # fmt: skip
         else:
             rec = _run_icom(ds, method, device, rotation, memory_limit)
     except PtyengineError as exc:  # name the dataset in every message
@@ -204,18 +249,20 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
             "seconds": seconds}  # fmt: skip
 
 
-def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resume,
-              memory_limit=None) -> dict:  # fmt: skip
-    import dataclasses
-
+def _run_iterative(ds, data: Path, out: Path, method: str, device, options, checkpoint_every,
+                   resume, memory_limit=None) -> dict:  # fmt: skip
+    """ePIE or ML: parameters, warnings, progress, checkpoint, and what is written."""
     import numpy as np
     from tqdm import tqdm
 
-    from ..reconstruct.epie import EpieParameters, epie
-
-    params = EpieParameters(**options)
     from ..calibration import probe_model_warning  # issue 13: no aberrations recorded
 
+    params = ITERATIVE[method]()(**options)
+    if method == "epie":
+        from ..reconstruct.epie import epie as run
+    else:
+        from ..reconstruct.ml import ml as run
+    name = {"epie": "ePIE", "ml": "ML"}[method]
     if (note := probe_model_warning(ds.calibration, params.defocus)) is not None:
         click.echo(f"warning: {data}: {note}", err=True)
     ck = _checkpoint_path(out)
@@ -225,31 +272,41 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
     elif resume:
         click.echo(f"resuming from {ck}", err=True)
     use_ck = ck if (checkpoint_every or resume) else None
-    bar = _progress_bar(tqdm, params.iterations, "it", "ePIE")
+    bar = _progress_bar(tqdm, params.iterations, "it", name)
 
     def progress(iteration, error):
         bar.set_postfix(error=f"{error:.4g}", refresh=False)  # shown by update's refresh
         bar.update(iteration - bar.n)
 
     try:
-        res = epie(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
-                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                   data_id=str(data.resolve()), memory_limit=memory_limit)  # fmt: skip
+        res = run(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
+                  checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                  data_id=str(data.resolve()), memory_limit=memory_limit)  # fmt: skip
     finally:
         bar.close()
     g, cal = res.geometry, ds.calibration
     w = np.asarray(g.window)
     lo = g.corners.min(axis=0) + w // 2  # object pixels of the first and last positions
     hi = g.corners.max(axis=0) + w // 2 + 1
-    phase = res.phase.astype(np.float32)
+    phase = np.asarray(res.phase, dtype=np.float32)
     crop = phase[lo[0]:hi[0], lo[1]:hi[1]]
     errors = [float(e) for e in res.errors]
-    summary = f"ePIE, {len(errors)} iterations" + (
+    summary = f"{name}, {len(errors)} iterations" + (
         f", final error {errors[-1]:.4g}" if errors else "")  # fmt: skip
+    extra = {"resumed": resume, "streamed": res.extra["streamed"],
+             "scanned_area_px": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]]}
     probe_box = _central_box(np.abs(res.probe))
     probe_title = f"probe amplitude (central {probe_box.shape[0] * g.sampling[0]:.3g} Å)"
-    panels = [("ePIE phase, scanned area (rad)", crop), (probe_title, probe_box)]
-    if errors:
+    panels = [(f"{name} phase, scanned area (rad)", crop), (probe_title, probe_box)]
+    if method == "ml":
+        summary += (f", result = iteration {res.best_iteration} (held-out likelihood), "
+                    f"{res.extra['counts_per_pattern']:.4g} counts/pattern")  # fmt: skip
+        extra.update({k: v for k, v in res.extra.items() if k != "streamed"},
+                     held_out=res.held_out, best_iteration=res.best_iteration)  # fmt: skip
+        if res.held_out:
+            panels.append(("held-out deviance per count vs iteration",
+                           np.asarray(res.held_out)))  # fmt: skip
+    elif errors:
         panels.append(("error vs iteration", np.asarray(errors)))
     parameters = {**dataclasses.asdict(params), "device": device,
                   "defocus_used": cal.defocus if params.defocus is None else params.defocus,
@@ -261,9 +318,7 @@ def _run_epie(ds, data: Path, out: Path, device, options, checkpoint_every, resu
         "errors": errors, "image": phase, "crop": crop, "panels": panels, "summary": summary,
         # the NCC ignores the unscanned margin round the scanned area
         "border": int(min(w // 2 + g.corners.min(axis=0))),
-        "extra": {"resumed": resume, "streamed": res.extra["streamed"],
-                  "scanned_area_px": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]]},
-        "checkpoint": use_ck,
+        "extra": extra, "checkpoint": use_ck,
     }  # fmt: skip
 
 
