@@ -142,17 +142,25 @@ def _cuda():
     return poisson_cuda
 
 
+def poisson_ratio_cuda(psi_k, *args):
+    """GPU twin of :func:`poisson_ratio_cpu` (device arrays, the same arguments)."""
+    blocks, threads = grid(psi_k.shape)
+    _cuda().poisson_ratio_gpu[blocks, threads](psi_k, *args)
+
+
+def poisson_curvature_cuda(psi_k, *args):
+    """GPU twin of :func:`poisson_curvature_cpu`."""
+    blocks, threads = grid(psi_k.shape)
+    _cuda().poisson_curvature_gpu[blocks, threads](psi_k, *args)
+
+
 def poisson_ratio(psi_k, amplitude, index, positions, mask, nll, held, count_scale, eps,
                   scale=1.0, seed=0, fraction=0.0):  # fmt: skip
     """See :func:`poisson_ratio_cpu`; ``fraction`` of the pixels is held out."""
     real = psi_k.real.dtype.type
     args = (psi_k, amplitude, index, positions, mask, nll, held, real(count_scale), real(eps),
             real(scale), np.uint64(seed), np.uint64(threshold(fraction)))  # fmt: skip
-    if on_host(psi_k):
-        poisson_ratio_cpu(*args)
-    else:
-        blocks, threads = grid(psi_k.shape)
-        _cuda().poisson_ratio_gpu[blocks, threads](*args)
+    (poisson_ratio_cpu if on_host(psi_k) else poisson_ratio_cuda)(*args)
     return psi_k
 
 
@@ -162,8 +170,4 @@ def poisson_curvature(psi_k, d_k, amplitude, index, positions, mask, d1, d2, cou
     real = psi_k.real.dtype.type
     args = (psi_k, d_k, amplitude, index, positions, mask, d1, d2, real(count_scale),
             real(eps), np.uint64(seed), np.uint64(threshold(fraction)))  # fmt: skip
-    if on_host(psi_k):
-        poisson_curvature_cpu(*args)
-    else:
-        blocks, threads = grid(psi_k.shape)
-        _cuda().poisson_curvature_gpu[blocks, threads](*args)
+    (poisson_curvature_cpu if on_host(psi_k) else poisson_curvature_cuda)(*args)
