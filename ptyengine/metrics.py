@@ -140,29 +140,39 @@ def _refine_peak(spec, shift, base, upsample, sign, lim) -> np.ndarray:
     return out
 
 
-def _lowpass(k, k_max: float, edge: float) -> np.ndarray:
-    """Raised-cosine low-pass weights: 1 below (1-edge)·k_max, 0 above k_max."""
-    k0 = (1.0 - edge) * k_max
-    t = np.clip((k - k0) / max(k_max - k0, 1e-300), 0.0, 1.0)
-    return np.where(k >= k_max, 0.0, 0.5 * (1 + np.cos(np.pi * t)))
+def _lowpass(k, k_max: float, edge: float, sigma: float | None = None) -> np.ndarray:
+    """Raised-cosine low-pass weights: 1 below (1-edge)·k_max, 0 above k_max; with
+    ``sigma`` (Å) times the Gaussian exp(−2π²σ²k²) of a real-space blur of rms σ."""
+    if np.isfinite(k_max):
+        k0 = (1.0 - edge) * k_max
+        t = np.clip((k - k0) / max(k_max - k0, 1e-300), 0.0, 1.0)
+        w = np.where(k >= k_max, 0.0, 0.5 * (1 + np.cos(np.pi * t)))
+    else:
+        w = np.ones_like(k)
+    return w if not sigma else w * np.exp(-2 * np.pi**2 * sigma**2 * k**2)
 
 
-def band_limit(image, sampling, k_max, edge: float = 0.1, periodic: bool = False) -> np.ndarray:
-    """``image`` low-passed to |k| ≤ ``k_max`` (1/Å; ``None`` or inf: returned unchanged)
-    with a raised-cosine edge from (1 - ``edge``)·k_max to k_max. ``sampling`` (dy, dx) Å.
-    Non-periodic images (the default) are mirror-extended to twice their size before the
-    FFT so the wrap-around edge does not ring; ``periodic=True`` filters them as they are."""
+def band_limit(image, sampling, k_max, edge: float = 0.1, periodic: bool = False,
+               sigma: float | None = None) -> np.ndarray:  # fmt: skip
+    """``image`` low-passed to |k| ≤ ``k_max`` (1/Å; ``None`` or inf: no band limit)
+    with a raised-cosine edge from (1 - ``edge``)·k_max to k_max, and with ``sigma`` (Å)
+    blurred by a Gaussian of that rms. ``sampling`` (dy, dx) Å. Non-periodic images (the
+    default) are mirror-extended to twice their size before the FFT so the wrap-around
+    edge does not ring; ``periodic=True`` filters them as they are."""
     img = _image(image, "image", real=False)
     dy, dx = _pair(sampling, "sampling")
-    if k_max is None or np.isinf(k_max):
+    if (k_max is None or np.isinf(k_max)) and not sigma:
         return img.copy()
+    if k_max is None or np.isinf(k_max):
+        k_max = np.inf
     if not k_max > 0:
         raise PtyengineError(f"k_max must be > 0 (1/Å), got {k_max}")
     ny, nx = img.shape
     ext = img if periodic else np.pad(img, ((0, ny), (0, nx)), mode="symmetric")
     ky = np.fft.fftfreq(ext.shape[0], dy)[:, None]
     kx = np.fft.fftfreq(ext.shape[1], dx)[None, :]
-    out = np.fft.ifft2(np.fft.fft2(ext) * _lowpass(np.hypot(ky, kx), k_max, edge))[:ny, :nx]
+    w = _lowpass(np.hypot(ky, kx), k_max, edge, sigma)
+    out = np.fft.ifft2(np.fft.fft2(ext) * w)[:ny, :nx]
     return out if np.iscomplexobj(img) else out.real
 
 
@@ -199,7 +209,7 @@ def truth_on_grid(truth, truth_sampling, truth_origin, grid_shape, grid_sampling
     return _evaluate(series, grid_shape, (gdy, gdx), grid_origin)
 
 
-def _truth_series(truth, sampling, origin, grid_sampling, k_max, edge):
+def _truth_series(truth, sampling, origin, grid_sampling, k_max, edge, sigma=None):
     """Fourier coefficients of the periodic truth kept for ``grid_sampling`` (see
     :func:`truth_on_grid`): (coefficients, ky, kx, origin, complex?)."""
     t = _image(truth, "truth", real=False)
@@ -213,8 +223,8 @@ def _truth_series(truth, sampling, origin, grid_sampling, k_max, edge):
     keep_x = np.abs(kx) <= (1 + 1e-9) * min(0.5 / grid_sampling[1], k_lim)
     ky, kx = ky[keep_y], kx[keep_x]
     coef = (np.fft.fft2(t) / t.size)[np.ix_(keep_y, keep_x)]
-    if np.isfinite(k_lim):
-        coef = coef * _lowpass(np.hypot(ky[:, None], kx[None, :]), k_lim, edge)
+    if np.isfinite(k_lim) or sigma:
+        coef = coef * _lowpass(np.hypot(ky[:, None], kx[None, :]), k_lim, edge, sigma)
     return coef, ky, kx, _pair(origin, "truth_origin", positive=False), np.iscomplexobj(t)
 
 
@@ -232,7 +242,7 @@ def _evaluate(series, shape, sampling, origin) -> np.ndarray:
 
 def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
                      truth_origin=(0.0, 0.0), k_max=None, register: bool = True,
-                     max_shift=None, border: int = 0) -> dict:
+                     max_shift=None, border: int = 0, sigma: float | None = None) -> dict:
     """Signed Pearson correlation of a real image (e.g. a reconstructed phase) with the
     ground truth, after bringing the truth onto the image grid.
 
@@ -245,9 +255,13 @@ def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
     re-evaluated at the displaced positions (no wrap-around). The NCC is taken over the
     image minus ``border`` pixels on each side; inverted contrast gives a negative value.
 
+    With ``sigma`` (Å) the NCC is also taken after a Gaussian blur of that rms applied to
+    both (at the same registration): the structure a user looks for at low dose, where
+    the finest detail is noise (DESIGN.md: σ = 1 Å).
+
     Returns {"ncc": float, "shift_A": (dy, dx) with image(r) ≈ truth(r - shift_A),
     "k_max": the band limit used (1/Å; the image's Nyquist frequency min(1/2dy, 1/2dx)
-    when ``k_max`` is None)}.
+    when ``k_max`` is None)}, and with ``sigma`` also "ncc_lowpass" and "sigma_A".
     """
     img = _image(image, "image")
     dy, dx = _pair(image_sampling, "image_sampling")
@@ -271,7 +285,14 @@ def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
         t_b = truth_at(shift)
     inner = (slice(border, img.shape[0] - border), slice(border, img.shape[1] - border))
     k_used = min(0.5 / dy, 0.5 / dx) if k_max is None else float(k_max)
-    return {"ncc": ncc(img_b[inner], t_b[inner]), "shift_A": shift, "k_max": k_used}
+    out = {"ncc": ncc(img_b[inner], t_b[inner]), "shift_A": shift, "k_max": k_used}
+    if sigma:
+        img_g = band_limit(img, (dy, dx), k_max, sigma=sigma)
+        series_g = _truth_series(truth, truth_sampling, truth_origin, (dy, dx), k_max, 0.1,
+                                 sigma)  # fmt: skip
+        t_g = _evaluate(series_g, img.shape, (dy, dx), (oy - shift[0], ox - shift[1]))
+        out.update(ncc_lowpass=ncc(img_g[inner], t_g[inner]), sigma_A=float(sigma))
+    return out
 
 
 def _frc_rings(a, b, sampling, n_bins, window):

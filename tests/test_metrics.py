@@ -177,3 +177,18 @@ def test_frc_resolution_of_band_limited_signal(k0):
     # never below the threshold: the sampling limit; never above: infinite
     assert metrics.frc_resolution(signal, signal, d) == pytest.approx(2 * d)
     assert metrics.frc_resolution(a, rng.standard_normal((n, n)), d, threshold=0.5) == np.inf
+
+
+def test_lowpass_ncc_sees_structure_through_fine_noise():
+    """With σ the NCC compares Gaussian-blurred images: white noise on a smooth truth
+    lowers the plain NCC, much less the NCC after a 1 Å blur."""
+    from ptyengine import metrics
+
+    rng = np.random.default_rng(2)
+    d = (0.25, 0.25)
+    truth = metrics.band_limit(rng.standard_normal((96, 96)), d, None, periodic=True,
+                               sigma=1.5)  # fmt: skip
+    img = truth + 2 * truth.std() * rng.standard_normal(truth.shape)
+    r = metrics.compare_to_truth(img, d, (0, 0), truth, d, register=False, border=8, sigma=1.0)
+    assert r["sigma_A"] == 1.0
+    assert r["ncc"] < 0.6 < 0.9 < r["ncc_lowpass"]
