@@ -96,12 +96,16 @@ def test_holdout_hash_fraction_and_reference():
 
 
 def test_holdout_rule_keeps_the_best_iterate(thin):
-    """On noisy data the result is the iterate with the lowest held-out deviance, and the
-    run stops ``patience`` iterations after it (or at the limit)."""
+    """On noisy data the result is the latest iterate whose held-out deviance lies within
+    noise (0.5) of the lowest, and the run stops ``patience`` iterations after it (or at
+    the limit)."""
     ds = _counts(thin, 300.0, seed=2)
-    res = ml(ds, MLParameters(iterations=40, patience=3, smoothness=0.0, ridge=0.0))
-    held = res.held_out
-    assert res.best_iteration == int(np.argmin(held))
+    params = MLParameters(iterations=40, patience=3, smoothness=0.0, ridge=0.0)
+    res = ml(ds, params)
+    held = np.asarray(res.held_out)
+    tol = mlmod.HELD_TOLERANCE / (res.extra["counts_per_pattern"] * 400 * params.holdout)
+    within = np.flatnonzero(held <= np.minimum.accumulate(held) + tol)
+    assert res.best_iteration == within.max()
     assert len(held) == len(res.errors)
     assert len(held) == 40 or len(held) - 1 - res.best_iteration == 3
 

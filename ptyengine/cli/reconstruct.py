@@ -84,7 +84,7 @@ def _preview_path(output: Path) -> Path:
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
                    "(dimensionless; its weight against the data falls as 1/dose) "
-                   "[default: 3]; 0: off.")
+                   "[default: 10]; 0: off.")
 @click.option("--ridge", type=float,
               help="ML: strength μ_r of the prior pulling phase and absorption to 0, in "
                    "1/Å² [default: 2]; 0: off.")

@@ -47,10 +47,11 @@ damping 2× back towards 1.
 
 **Stopping.** A fixed pseudo-random 5 % of the detector pixels of every pattern is held
 out of the fit (:func:`kernels.poisson.holdout_hash`: the same pixels in every run and on
-every device). Their half-deviance is evaluated at every iterate; the engine keeps the
-iterate where it was lowest and stops when it has not improved for ``patience``
-iterations (or at ``iterations``). The result is that best iterate, so the answer does
-not get worse the longer one iterates.
+every device). Their half-deviance D_h is evaluated at every iterate. The engine keeps the
+latest iterate whose D_h lies within 0.5 (a difference of one in deviance, i.e. noise) of
+the lowest D_h seen, and stops when none has for ``patience`` iterations (or at
+``iterations``). The result is that iterate, so the answer does not get worse the longer
+one iterates, and a plateau of D_h within its noise does not stop the fit early.
 
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position) and one
 for the step (3 FFTs), against ePIE's 4.
@@ -77,6 +78,7 @@ from .patterns import choose_patterns
 EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
 NOISE_FREE_COUNTS = 1e6  # counts per pattern assumed for noise-free (float, no dose) data
 PRECONDITIONER_FLOOR = 0.1  # δ: weakly illuminated pixels get at most 1/δ of the mean step
+HELD_TOLERANCE = 0.5  # half-deviance: held-out changes smaller than this are noise
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
 
 
@@ -99,7 +101,7 @@ class MLParameters:
     iterations: int = 50
     batch_size: int = 64
     object_model: str = "auto"
-    smoothness: float = 3.0
+    smoothness: float = 10.0
     ridge: float = 2.0
     band_limit: bool = True
     holdout: float = 0.05
@@ -297,10 +299,12 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         total = fit + r_phi + r_ab
         held_per = held / max(held_counts, 1.0)
         a["held"] = xp.concatenate([a["held"], xp.asarray([held_per])])
-        if params.holdout and held_per < best_held:
-            best_held, best_iter = held_per, iteration
-            a["best_phase"][...] = phi
-            a["best_absorption"][...] = ab
+        if params.holdout:  # the latest iterate within noise (HELD_TOLERANCE) of the best
+            best_held = min(best_held, held_per)
+            if held_per <= best_held + HELD_TOLERANCE / max(held_counts, 1.0):
+                best_iter = iteration
+                a["best_phase"][...] = phi
+                a["best_absorption"][...] = ab
         rejected = iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
         if rejected:  # undo the last step; restart CG from the previous gradient
             phi[...] = a["prev_phase"]
