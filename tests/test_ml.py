@@ -116,7 +116,7 @@ def test_empty_data_is_a_clear_error(thin):
         ml(InMemoryDataset(np.zeros_like(data), cal), MLParameters(iterations=1))
 
 
-@pytest.mark.parametrize("bad", [dict(object_model="amplitude"), dict(smoothness=-1.0),
+@pytest.mark.parametrize("bad", [dict(object_model="auto"), dict(smoothness=-1.0),
                                  dict(holdout=0.7), dict(patience=0)])
 def test_bad_parameters(bad):
     with pytest.raises(PtyengineError):

@@ -94,9 +94,8 @@ def _preview_path(output: Path) -> Path:
 @click.option("--patience", type=click.IntRange(min=1),
               help="ML: stop after this many iterations without a better held-out "
                    "likelihood [default: 5].")
-@click.option("--object-model", type=click.Choice(["auto", "phase", "complex"]),
-              help="ML: refine the phase only, or phase and absorption; auto: phase below "
-                   "one count per bright-field pixel per pattern [default: auto].")
+@click.option("--object-model", type=click.Choice(["phase", "complex"]),
+              help="ML: refine the phase only, or phase and absorption [default: phase].")
 @click.option("--memory-limit",
               help="Memory budget, e.g. 8GB or 512MiB. ePIE: data whose amplitudes take "
                    "more than half of it are streamed from disk every iteration, a stored "

@@ -87,8 +87,10 @@ class MLParameters:
     """Options of the Poisson ML engine (see the module docstring for the equations).
 
     iterations: the most iterations; the held-out rule usually stops earlier.
-    object_model: "phase" (a = 0), "complex" (phase and absorption) or "auto" (phase when
-        the data hold less than one count per bright-field pixel per pattern).
+    object_model: "phase" (a = 0) or "complex" (phase and absorption). Phase is the default:
+        on the UiO-66 study's noise-free data it gave NCC 0.96 where the complex model gave
+        0.95, and on one-cell SrTiO3 0.82 against 0.74 (the absorption takes up part of
+        the single-slice model's mismatch and of the noise, not specimen structure).
     smoothness: μ_s, dimensionless; 0 switches it off.
     ridge: μ_r in 1/Å²; 0 switches it off.
     band_limit: band-limit the search directions to 2α/λ.
@@ -100,7 +102,7 @@ class MLParameters:
 
     iterations: int = 50
     batch_size: int = 64
-    object_model: str = "auto"
+    object_model: str = "phase"
     smoothness: float = 10.0
     ridge: float = 2.0
     band_limit: bool = True
@@ -115,8 +117,8 @@ class MLParameters:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
                 f"and patience ({self.patience}) ≥ 1")
-        if self.object_model not in ("auto", "phase", "complex"):
-            raise PtyengineError(f"object model must be auto, phase or complex, got "
+        if self.object_model not in ("phase", "complex"):
+            raise PtyengineError(f"object model must be phase or complex, got "
                                  f"{self.object_model!r}")  # fmt: skip
         for name in ("smoothness", "ridge"):
             v = getattr(self, name)
@@ -415,8 +417,7 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Eng
     eng = _Engine(patterns, geom, params, cal, cscale, xp)
     eng.counts_per_pattern = mean_sum * cscale
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
-    eng.complex_object = params.object_model == "complex" or (
-        params.object_model == "auto" and eng.per_bf_pixel >= 1.0)  # fmt: skip
+    eng.complex_object = params.object_model == "complex"
     eng.probe_k = initial_probe(cal, params.defocus, eng.counts_per_pattern, xp)
     return eng
 
