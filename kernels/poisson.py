@@ -94,13 +94,14 @@ def poisson_ratio_cpu(psi_k, amplitude, index, positions, mask, nll, held, count
                 a = amp[j]
                 n = count_scale * a * a
                 inten = v.real * v.real + v.imag * v.imag
-                term = inten - n * math.log(inten + eps) - _saturated(n)
+                # most pixels hold no counts at low dose: no logarithms for them
+                term = inten - n * math.log(inten + eps) - _saturated(n) if n > 0 else inten
                 if thr > 0 and holdout_hash(pos, i * w1 + j, seed) < thr:
                     acc_h += term
                     row[j] = v * scale
                 else:
                     acc += term
-                    row[j] = v * (n / (inten + eps) * scale)
+                    row[j] = v * (n / (inten + eps) * scale) if n > 0 else 0j
         nll[b] += acc
         held[b] += acc_h
 

@@ -30,8 +30,9 @@ def poisson_ratio_gpu(psi_k, amplitude, index, positions, mask, nll, held, count
         a = amplitude[index[b], i, j]
         n = count_scale * a * a
         inten = v.real * v.real + v.imag * v.imag
-        sat = n - n * math.log(n) if n > 0 else 0.0
-        term = inten - n * math.log(inten + eps) - sat
+        term = inten
+        if n > 0:
+            term = inten - n * math.log(inten + eps) - (n - n * math.log(n))
         w1 = psi_k.shape[2]
         if thr > 0 and holdout_hash(positions[b], i * w1 + j, seed) < thr:
             cuda.atomic.add(held, b, term)
