@@ -4,10 +4,12 @@ Every algorithm in ptyengine is written once against an array module ``xp``. Thi
 chooses it (:func:`get_xp`), moves arrays between host and device, and provides 2-D FFTs
 over the last two axes with numpy's normalisation (forward unnormalised, inverse 1/N):
 
-* CPU: FFTW through pyfftw, with plans cached per (shape, dtype, direction) and planned
-  once with ``FFTW_MEASURE`` (set ``PTYENGINE_FFTW_PLANNER=FFTW_ESTIMATE`` for quick runs);
-  threads = usable cores (``PTYENGINE_FFT_THREADS`` overrides). scipy.fft is used, with a
-  warning, only where pyfftw cannot be imported.
+* CPU: FFTW through pyfftw, with plans cached per (shape, dtype, direction, threads) and
+  planned with ``FFTW_ESTIMATE``: the same plan, hence the same numbers, in every process
+  and for every thread count (``FFTW_MEASURE`` chooses by timing, so two processes could
+  round differently; measured no faster here, see :data:`PLANNERS`). Threads per call
+  follow the work (:func:`fft_threads_for`). scipy.fft is used, with a warning, only
+  where pyfftw cannot be imported.
 * GPU: cupy.fft (cuFFT, whose plans cupy caches).
 
 Hot loops use :func:`fft_buffer` instead: an array with in-place transforms bound to it
@@ -119,10 +121,25 @@ def fft_threads(n: int):
         _local.threads = old
 
 
+def _env_count(name: str) -> int | None:
+    """A positive whole number from the environment variable ``name``, or None if unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PtyengineError(f"{name}={text!r}: set a whole number of threads ≥ 1, or unset it")
+    return value
+
+
 def cpu_workers() -> int:
-    """Worker threads for CPU batch parallelism (``PTYENGINE_THREADS`` overrides)."""
-    env = os.environ.get("PTYENGINE_THREADS")
-    return max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)))
+    """Worker threads for CPU batch parallelism: ``PTYENGINE_THREADS`` or the usable
+    cores. Batched ePIE sums its batch in one part per worker, so its last bits depend on
+    this number (sequential ePIE and simulation do not)."""
+    return _env_count("PTYENGINE_THREADS") or max(1, len(os.sched_getaffinity(0)))
 
 
 @functools.cache
@@ -162,16 +179,41 @@ def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
         return [run(0), *(f.result() for f in others)]
 
 
-def _fft_threads(n_elements: int) -> int:
+# Measured on the 2-core CI-class VM under the load of other processes (load 2.4-3.5;
+# benchmarks/RESULTS.md, "FFT threads"): a single 2-D transform split over 2 FFTW threads
+# is slower than one thread up to 1024² (0.08x at 192², 0.16x at 256², 0.97x at 1024²)
+# and breaks even near 2048² (1.07x), because its threads meet between the row and
+# column passes and a thread that is waiting for a core stalls the other; a batch
+# split over the threads (each does whole transforms) pays once a thread's share is
+# about a million elements (16 x 256²: 1.95x, 64 x 160²: 2.03x; 4-8 x 256²: 0.8-0.9x).
+FFT_SINGLE_ELEMENTS_PER_THREAD = 1 << 21  # one transform: elements per FFTW thread
+FFT_BATCH_ELEMENTS_PER_THREAD = 1 << 20  # a batch: elements of whole transforms per thread
+
+
+def fft_threads_for(shape) -> int:
+    """FFTW threads for 2-D transforms over the last two axes of an array of ``shape``.
+
+    Inside :func:`split_map`'s parts (which already share the cores) and where
+    :func:`fft_threads` says so: that number. Else ``PTYENGINE_FFT_THREADS`` where set.
+    Else from the work: a batch gets one thread per ~10⁶ elements of whole transforms
+    (at most one per transform and per core), a single transform one thread per
+    ~2·10⁶ elements, so a single 192² or 256² transform runs on one thread. The thread
+    count does not change the numbers (FFTW_ESTIMATE plans; tests/test_determinism.py).
+    """
     override = getattr(_local, "threads", None)
     if override:
         return override
-    env = os.environ.get("PTYENGINE_FFT_THREADS")
+    env = _env_count("PTYENGINE_FFT_THREADS")
     if env:
-        return max(1, int(env))
-    if n_elements < 1 << 15:  # threading a small transform costs more than it saves
-        return 1
-    return max(1, len(os.sched_getaffinity(0)))
+        return env
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape[-2:])
+    batch = math.prod(shape[:-2])
+    if batch > 1:
+        want = min(batch, batch * n // FFT_BATCH_ELEMENTS_PER_THREAD)
+    else:
+        want = n // FFT_SINGLE_ELEMENTS_PER_THREAD
+    return max(1, min(len(os.sched_getaffinity(0)), want))
 
 
 try:
@@ -184,19 +226,36 @@ except ImportError:  # pragma: no cover - pyfftw is a declared dependency
 
 _plan_lock = threading.Lock()
 
+#: FFTW planner efforts ``PTYENGINE_FFTW_PLANNER`` may name. The default, FFTW_ESTIMATE,
+#: picks a plan without timing anything, so every process computes the same numbers;
+#: the others time candidate plans (at the first use of each shape), and the plan that
+#: wins can differ from process to process, and with it the last bits of every result.
+#: Measured on the 2-core VM (benchmarks/RESULTS.md): MEASURE is 0-8 % faster per FFT
+#: at 160²-1024², within the run-to-run spread for ePIE.
+PLANNERS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
+
+
+def fftw_planner() -> str:
+    """The FFTW planner effort: ``PTYENGINE_FFTW_PLANNER`` or FFTW_ESTIMATE."""
+    name = os.environ.get("PTYENGINE_FFTW_PLANNER", "").strip().upper() or PLANNERS[0]
+    if name not in PLANNERS:
+        raise PtyengineError(f"PTYENGINE_FFTW_PLANNER={name!r}: use one of "
+                             f"{', '.join(PLANNERS)}, or unset it (FFTW_ESTIMATE)")
+    return name
+
 
 def _fftw_plan(shape: tuple[int, ...], dtype: str, inverse: bool, inplace: bool):
-    threads = _fft_threads(int(np.prod(shape)))
+    threads = fft_threads_for(shape)
     # A plan object holds its arrays, so each calling thread gets its own plans; FFTW's
     # planner itself is not thread-safe, hence the lock.
     with _plan_lock:
-        return _fftw_plan_cached(shape, dtype, inverse, inplace, threads, threading.get_ident())
+        return _fftw_plan_cached(shape, dtype, inverse, inplace, threads, threading.get_ident(),
+                                 fftw_planner())
 
 
 @functools.cache
-def _fftw_plan_cached(shape, dtype, inverse, inplace, threads, thread_id):
+def _fftw_plan_cached(shape, dtype, inverse, inplace, threads, thread_id, effort):
     """A cached FFTW plan for a 2-D transform over the last two axes of ``shape``."""
-    effort = os.environ.get("PTYENGINE_FFTW_PLANNER", "FFTW_MEASURE")
     a = pyfftw.empty_aligned(shape, dtype=dtype)
     b = a if inplace else pyfftw.empty_aligned(shape, dtype=dtype)
     return pyfftw.FFTW(
@@ -277,7 +336,7 @@ class FFTBuffer:
     def __init__(self, shape, dtype, xp: ModuleType, threads: int):
         self.a = empty(shape, dtype, xp)
         if xp is np and _HAVE_PYFFTW:
-            effort = os.environ.get("PTYENGINE_FFTW_PLANNER", "FFTW_MEASURE")
+            effort = fftw_planner()
             with _plan_lock:  # FFTW's planner is not thread-safe
                 plans = [pyfftw.FFTW(self.a, self.a, axes=(-2, -1), direction=d,
                                      flags=(effort,), threads=threads)
@@ -314,7 +373,7 @@ def fft_buffer(shape, dtype, xp: ModuleType = np, slot: str = "") -> FFTBuffer:
     buf = cache.get(key)
     if buf is None:  # first use: the FFT threads are fixed when the plans are made
         shape = tuple(int(s) for s in shape)
-        threads = _fft_threads(int(np.prod(shape))) if xp is np else 1
+        threads = fft_threads_for(shape) if xp is np else 1
         buf = cache[key] = FFTBuffer(shape, np.dtype(dtype), xp, threads)
     return buf
 

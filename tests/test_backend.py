@@ -78,3 +78,40 @@ def test_memory_limit_of_a_job_cgroup(tmp_path):
     (tmp_path / "v1").write_text("4:memory:/slurm/job_8\n1:cpu:/\n")
     assert _cgroup_limits(str(tmp_path / "v1"), str(root)) == [8589934592]
     assert _cgroup_limits(str(tmp_path / "none"), str(root)) == []
+
+
+def test_fft_threads_follow_the_work(monkeypatch):
+    """One FFTW thread for a single detector-sized transform (sequential ePIE on 192² and
+    256² patterns ran ~20× slower on two threads of a loaded machine); a batch is split
+    over the threads only when each gets about a million elements of whole transforms; a
+    single transform only from ~2048² on. Checked on the plans ptyengine makes."""
+    monkeypatch.delenv("PTYENGINE_FFT_THREADS", raising=False)
+    monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(4)))
+    made = []  # the thread count of every FFTW plan made
+
+    def plan(*args, threads=1, **kw):
+        made.append(threads)
+        return real(*args, threads=threads, **kw)
+
+    real = backend.pyfftw.FFTW
+    monkeypatch.setattr(backend.pyfftw, "FFTW", plan)
+    backend.clear_fft_buffers()
+    for w in (160, 192, 256, 512):
+        backend.fft_buffer((1, w, w), np.complex64, np, "threads")  # sequential ePIE
+        backend.fft2(np.zeros((w, w), np.complex64))
+    assert made and set(made) == {1}, made
+    backend.fft_buffer((64, 256, 256), np.complex64, np, "threads")
+    assert made[-1] == 4
+    backend.clear_fft_buffers()
+    choose = backend.fft_threads_for
+    assert choose((64, 160, 160)) == 1  # 1.6e6 elements: one thread's worth
+    assert choose((16, 256, 256)) == 1 and choose((32, 256, 256)) == 2
+    assert choose((3, 1024, 1024)) == 3  # at most one thread per transform
+    assert choose((2048, 2048)) == 2 and choose((8192, 8192)) == 4  # at most the cores
+    with backend.fft_threads(1):  # split_map's parts: one thread each
+        assert choose((64, 256, 256)) == 1
+    monkeypatch.setenv("PTYENGINE_FFT_THREADS", "3")
+    assert choose((1, 192, 192)) == 3
+    monkeypatch.setenv("PTYENGINE_FFT_THREADS", "many")
+    with pytest.raises(PtyengineError, match="PTYENGINE_FFT_THREADS.*many"):
+        choose((1, 192, 192))
