@@ -115,3 +115,36 @@ def test_fft_threads_follow_the_work(monkeypatch):
     monkeypatch.setenv("PTYENGINE_FFT_THREADS", "many")
     with pytest.raises(PtyengineError, match="PTYENGINE_FFT_THREADS.*many"):
         choose((1, 192, 192))
+
+
+def test_estimated_plans_ignore_threads_and_batching(monkeypatch):
+    """With PTYENGINE_FFTW_PLANNER=FFTW_ESTIMATE a transform's numbers depend neither on
+    the FFT threads nor on how many transforms are batched with it (odd, prime and
+    power-of-two sizes). The single transforms are views at offsets FFTW's SIMD
+    alignment does not divide: each result stays what it was when returned."""
+    monkeypatch.setenv("PTYENGINE_FFTW_PLANNER", "FFTW_ESTIMATE")
+    rng = np.random.default_rng(2)
+    for w in (45, 101, 128):
+        a = (rng.normal(size=(6, w, w)) + 1j * rng.normal(size=(6, w, w))).astype(np.complex64)
+        ref = np.stack([backend.fft2(x) for x in a])
+        for threads in (1, 2, 3):
+            monkeypatch.setenv("PTYENGINE_FFT_THREADS", str(threads))
+            np.testing.assert_array_equal(backend.fft2(a), ref)
+            np.testing.assert_array_equal(backend.ifft2(a[:4]),
+                                          np.stack([backend.ifft2(x) for x in a[:4]]))
+
+
+def test_unusable_wisdom_file_falls_back_to_estimate(monkeypatch, tmp_path):
+    """Plans measured by timing and not kept would differ between processes: without a
+    usable wisdom file the planner estimates instead, and says so once."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.delenv("PTYENGINE_FFTW_PLANNER", raising=False)
+    monkeypatch.setenv("PTYENGINE_FFTW_WISDOM", str(blocker / "wisdom.json"))
+    monkeypatch.setattr(backend, "_warned_wisdom", [])
+    with pytest.warns(UserWarning, match="cannot keep FFT plans in .*wisdom.json.*ESTIMATE"):
+        with backend._planning() as effort:
+            assert effort == "FFTW_ESTIMATE"
+    monkeypatch.setenv("PTYENGINE_FFTW_PLANNER", "fast")
+    with pytest.raises(PtyengineError, match="PTYENGINE_FFTW_PLANNER='FAST': use one of"):
+        backend.fftw_planner()
