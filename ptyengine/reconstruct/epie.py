@@ -179,7 +179,7 @@ def probe_centroid(probe_k, xp) -> tuple[float, float]:
     """Offset (y, x) in pixels of the probe's intensity centroid from the window centre
     (Wy//2, Wx//2): the circular mean W/2π · arg Σ I(y) exp(2πi (y − W//2)/W) per axis,
     exact under sub-pixel Fourier shifts and blind to the window's periodic wrap."""
-    p = backend.ifft2(probe_k)
+    p = xp.fft.ifft2(probe_k)
     intensity = p.real * p.real + p.imag * p.imag
     out = []
     for axis, n in enumerate(intensity.shape):
@@ -192,18 +192,19 @@ def probe_centroid(probe_k, xp) -> tuple[float, float]:
 def centre_probe(obj, probe_k, xp, phase_only: bool = False) -> tuple[float, float]:
     """Move the probe's intensity centroid back to the window centre and the object by the
     same shift, in place (see the module docstring: every exit wave moves by the same
-    amount, so no diffraction pattern changes). Returns the shift applied (pixels)."""
+    amount, so no diffraction pattern changes). Returns the shift applied (pixels).
+    The rare FFTs of the whole object are xp.fft's (no plan to make for its shape)."""
     cy, cx = probe_centroid(probe_k, xp)
     if max(abs(cy), abs(cx)) < CENTRE_TOLERANCE:
         return 0.0, 0.0
     shift = np.array([[-cy, -cx]])
     for a, fourier in ((probe_k, True), (obj, False)):
         ry, rx = ramps_2d(shift, a.shape, xp, a.dtype)
-        spectrum = a if fourier else backend.fft2(a)
+        spectrum = a if fourier else xp.fft.fft2(a)
         spectrum *= ry[0][:, None]
         spectrum *= rx[0][None, :]
         if not fourier:
-            backend.ifft2(spectrum, out=a)
+            a[...] = xp.fft.ifft2(spectrum)
     if phase_only:  # the shifted phase object, interpolated, is no longer exactly |O| = 1
         obj /= xp.abs(obj).clip(1e-12)
     return -cy, -cx
