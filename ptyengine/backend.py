@@ -187,12 +187,13 @@ def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
 
 
 # Measured on the 2-core CI-class VM under the load of other processes (load 2.4-3.5;
-# benchmarks/RESULTS.md, "FFT threads"): a single 2-D transform split over 2 FFTW threads
-# is slower than one thread up to 1024² (0.08x at 192², 0.16x at 256², 0.97x at 1024²)
-# and breaks even near 2048² (1.07x), because its threads meet between the row and
-# column passes and a thread that is waiting for a core stalls the other; a batch
-# split over the threads (each does whole transforms) pays once a thread's share is
-# about a million elements (16 x 256²: 1.95x, 64 x 160²: 2.03x; 4-8 x 256²: 0.8-0.9x).
+# benchmarks/RESULTS.md, "ePIE at 160², 192² and 256²"): a single 2-D transform split
+# over 2 FFTW threads is slower than one thread up to 1024² (0.08x at 192², 0.16x at
+# 256², 0.97x at 1024²) and breaks even near 2048² (1.07x), because its threads meet
+# between the row and column passes and a thread that is waiting for a core stalls the
+# other; a batch split over the threads (each does whole transforms) pays once a
+# thread's share is about a million elements (16 x 256²: 1.95x, 64 x 160²: 2.03x;
+# 4-8 x 256²: 0.8-0.9x).
 FFT_SINGLE_ELEMENTS_PER_THREAD = 1 << 21  # one transform: elements per FFTW thread
 FFT_BATCH_ELEMENTS_PER_THREAD = 1 << 20  # a batch: elements of whole transforms per thread
 

@@ -75,7 +75,6 @@ class EpieParameters:
     seed: int = 0
     margin: int = 8  # extra object pixels round the scanned area
     phase_only: bool = False  # constrain |O| = 1 (weak-phase specimens, low dose)
-    centre_probe: bool = True  # keep the probe's centroid at the window centre (docstring)
 
     def __post_init__(self):
         if self.iterations < 0 or self.batch_size < 1:
@@ -285,7 +284,7 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
         for block, positions in patterns.iterate(order):
             for b0 in range(0, len(positions), bs):
                 err += batch_update(state, block, positions[b0:b0 + bs], iteration)
-        if params.centre_probe and iteration >= params.probe_update_start:
+        if iteration >= params.probe_update_start:  # the probe moved: centre it
             centre_probe(state.arrays["object"], state.arrays["probe_k"], xp, params.phase_only)
         return err / patterns.total
 
