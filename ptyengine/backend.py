@@ -393,8 +393,8 @@ def _cpu_fft2(a: np.ndarray, out: np.ndarray | None, inverse: bool) -> np.ndarra
         a[...] = res
         return a
     if not _is_aligned(a, align):
-        # pyfftw would copy a misaligned input into the array the plan last ran on (the
-        # previous caller's input!) and write to the previous caller's output
+        # pyfftw would copy a misaligned input into the array the plan last ran on: the
+        # previous caller's input, overwritten (tests/test_backend.py)
         a = pyfftw.byte_align(a, align)
     if out is None:
         out = pyfftw.empty_aligned(a.shape, dtype=a.dtype)
