@@ -193,3 +193,41 @@ def test_probe_is_kept_centred(datasets, monkeypatch):
     centre = [np.average(np.arange(n) - n // 2, weights=intensity.sum(axis=1 - a))
               for a, n in enumerate(intensity.shape)]
     assert np.hypot(*centre) * res.geometry.sampling[0] < 0.01, centre
+
+
+def test_centring_resumes_bit_for_bit(datasets, tmp_path, monkeypatch):
+    """The centring happens inside the iteration, so a run interrupted and resumed from
+    its checkpoint equals an uninterrupted one while the probe is being moved back."""
+    from ptyengine.reconstruct import epie as epie_module
+
+    start = epie_module.initial_probe
+    moved = []
+
+    def off_centre(cal, *args, **kw):
+        p = start(cal, *args, **kw)
+        ky = np.fft.fftfreq(p.shape[0], cal.real_space_sampling[0])[:, None]
+        return (p * np.exp(-2j * np.pi * ky * 0.1)).astype(p.dtype)
+
+    def centre(*args, **kw):
+        moved.append(centre_probe(*args, **kw))
+        return moved[-1]
+
+    centre_probe = epie_module.centre_probe
+    monkeypatch.setattr(epie_module, "initial_probe", off_centre)
+    monkeypatch.setattr(epie_module, "centre_probe", centre)
+    params = EpieParameters(iterations=4)
+    ref = epie(datasets[0.0], params)
+    # the pair was moved back (0.4 px) in iteration 2, and again (0.02 px) in iteration 3,
+    # after the checkpoint the resumed run starts from
+    assert abs(moved[0][0]) > 0.3 and moved[1] != (0.0, 0.0), moved
+    ck = str(tmp_path / "ck.npz")
+
+    def stop_after_2(k, e):
+        if k == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        epie(datasets[0.0], params, checkpoint=ck, checkpoint_every=1, progress=stop_after_2)
+    resumed = epie(datasets[0.0], params, checkpoint=ck, resume=True)
+    np.testing.assert_array_equal(resumed.object, ref.object)
+    np.testing.assert_array_equal(resumed.probe, ref.probe)
