@@ -11,9 +11,8 @@ chunk at a time (malloc arenas limited as the ``ptyengine`` command limits them)
 peak RSS (the process's own VmHWM), seconds of the pre-pass (the data's total intensity),
 seconds per iteration, raw GB per second streamed, and the large/small memory ratio (target
 < 1.15). ``--check-resident`` also runs the small dataset with the amplitudes held in
-memory and checks that object, probe and errors are identical (both runs in one process:
-FFTW_MEASURE may choose other FFT algorithms in another process, which changes the last
-bits).
+memory and checks that object, probe and errors are identical (both runs in one process;
+across processes the FFT plans kept in the machine's wisdom file keep them identical too).
 """
 
 from __future__ import annotations

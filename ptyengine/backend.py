@@ -4,10 +4,15 @@ Every algorithm in ptyengine is written once against an array module ``xp``. Thi
 chooses it (:func:`get_xp`), moves arrays between host and device, and provides 2-D FFTs
 over the last two axes with numpy's normalisation (forward unnormalised, inverse 1/N):
 
-* CPU: FFTW through pyfftw, with plans cached per (shape, dtype, direction) and planned
-  once with ``FFTW_MEASURE`` (set ``PTYENGINE_FFTW_PLANNER=FFTW_ESTIMATE`` for quick runs);
-  threads = usable cores (``PTYENGINE_FFT_THREADS`` overrides). scipy.fft is used, with a
-  warning, only where pyfftw cannot be imported.
+* CPU: FFTW through pyfftw, with plans cached per (shape, dtype, direction, threads).
+  Plans are measured (``FFTW_MEASURE``) once per machine and kept as FFTW wisdom in a
+  file (:func:`wisdom_path`) that every later process reuses, so that every process
+  computes with the same plans, hence the same numbers (planning by timing alone let two
+  processes round differently). ``PTYENGINE_FFTW_PLANNER=FFTW_ESTIMATE`` plans without
+  timing anything and no file: the same numbers on every machine of a CPU type and for
+  every thread count, but 1.3-12x slower FFTs (see :data:`PLANNERS`). Threads per call
+  follow the work (:func:`fft_threads_for`). scipy.fft is used, with a warning, only
+  where pyfftw cannot be imported.
 * GPU: cupy.fft (cuFFT, whose plans cupy caches).
 
 Hot loops use :func:`fft_buffer` instead: an array with in-place transforms bound to it
@@ -22,11 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import math
 import os
+import platform
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -119,10 +128,25 @@ def fft_threads(n: int):
         _local.threads = old
 
 
+def _env_count(name: str) -> int | None:
+    """A positive whole number from the environment variable ``name``, or None if unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PtyengineError(f"{name}={text!r}: set a whole number of threads ≥ 1, or unset it")
+    return value
+
+
 def cpu_workers() -> int:
-    """Worker threads for CPU batch parallelism (``PTYENGINE_THREADS`` overrides)."""
-    env = os.environ.get("PTYENGINE_THREADS")
-    return max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)))
+    """Worker threads for CPU batch parallelism: ``PTYENGINE_THREADS`` or the usable
+    cores. Batched ePIE sums its batch in one part per worker, so its last bits depend on
+    this number (sequential ePIE and simulation do not)."""
+    return _env_count("PTYENGINE_THREADS") or max(1, len(os.sched_getaffinity(0)))
 
 
 @functools.cache
@@ -162,16 +186,42 @@ def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
         return [run(0), *(f.result() for f in others)]
 
 
-def _fft_threads(n_elements: int) -> int:
+# Measured on the 2-core CI-class VM under the load of other processes (load 2.4-3.5;
+# benchmarks/RESULTS.md, "ePIE at 160², 192² and 256²"): a single 2-D transform split
+# over 2 FFTW threads is slower than one thread up to 1024² (0.08x at 192², 0.16x at
+# 256², 0.97x at 1024²) and breaks even near 2048² (1.07x), because its threads meet
+# between the row and column passes and a thread that is waiting for a core stalls the
+# other; a batch split over the threads (each does whole transforms) pays once a
+# thread's share is about a million elements (16 x 256²: 1.95x, 64 x 160²: 2.03x;
+# 4-8 x 256²: 0.8-0.9x).
+FFT_SINGLE_ELEMENTS_PER_THREAD = 1 << 21  # one transform: elements per FFTW thread
+FFT_BATCH_ELEMENTS_PER_THREAD = 1 << 20  # a batch: elements of whole transforms per thread
+
+
+def fft_threads_for(shape) -> int:
+    """FFTW threads for 2-D transforms over the last two axes of an array of ``shape``.
+
+    Inside :func:`split_map`'s parts (which already share the cores) and where
+    :func:`fft_threads` says so: that number. Else ``PTYENGINE_FFT_THREADS`` where set.
+    Else from the work: a batch gets one thread per ~10⁶ elements of whole transforms
+    (at most one per transform and per core), a single transform one thread per
+    ~2·10⁶ elements, so a single 192² or 256² transform runs on one thread. Plans of
+    other thread counts may round differently (README, "Reproducibility").
+    """
     override = getattr(_local, "threads", None)
     if override:
         return override
-    env = os.environ.get("PTYENGINE_FFT_THREADS")
+    env = _env_count("PTYENGINE_FFT_THREADS")
     if env:
-        return max(1, int(env))
-    if n_elements < 1 << 15:  # threading a small transform costs more than it saves
-        return 1
-    return max(1, len(os.sched_getaffinity(0)))
+        return env
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape[-2:])
+    batch = math.prod(shape[:-2])
+    if batch > 1:
+        want = min(batch, batch * n // FFT_BATCH_ELEMENTS_PER_THREAD)
+    else:
+        want = n // FFT_SINGLE_ELEMENTS_PER_THREAD
+    return max(1, min(len(os.sched_getaffinity(0)), want))
 
 
 try:
@@ -184,19 +234,127 @@ except ImportError:  # pragma: no cover - pyfftw is a declared dependency
 
 _plan_lock = threading.Lock()
 
+#: FFTW planner efforts ``PTYENGINE_FFTW_PLANNER`` may name; the default is FFTW_MEASURE
+#: with the machine's wisdom file. FFTW_ESTIMATE times nothing, so its plans do not depend
+#: on the machine's load, but it chooses badly for powers of two: measured per 2-D
+#: complex64 transform (forward + inverse, one thread, fresh processes; 2-core VM),
+#: ESTIMATE / MEASURE = 198/119 µs at 160², 317/178 at 192², 3380/361 at 256², 718/551
+#: at 250², 24250/2022 µs at 512².
+PLANNERS = ("FFTW_MEASURE", "FFTW_ESTIMATE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
+
+
+def fftw_planner() -> str:
+    """The FFTW planner effort: ``PTYENGINE_FFTW_PLANNER`` or FFTW_MEASURE."""
+    name = os.environ.get("PTYENGINE_FFTW_PLANNER", "").strip().upper() or PLANNERS[0]
+    if name not in PLANNERS:
+        raise PtyengineError(f"PTYENGINE_FFTW_PLANNER={name!r}: use one of "
+                             f"{', '.join(PLANNERS)}, or unset it (FFTW_MEASURE)")
+    return name
+
+
+def _machine_key() -> str:
+    """Plans fit one CPU model and FFTW build: a short hash of both."""
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        cpu = "".join(line for line in fh.read().split("\n\n")[0].splitlines(True)
+                      if line.startswith(("model name", "flags")))
+    blob = f"{pyfftw.__version__}|{platform.machine()}|{cpu}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def wisdom_path() -> Path:
+    """The FFTW wisdom file of this machine: ``PTYENGINE_FFTW_WISDOM``, or
+    ``$XDG_CACHE_HOME/ptyengine/fftw-wisdom-<CPU and FFTW hash>.json`` (~/.cache)."""
+    env = os.environ.get("PTYENGINE_FFTW_WISDOM", "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    return Path(base) / "ptyengine" / f"fftw-wisdom-{_machine_key()}.json"
+
+
+_warned_wisdom = []
+
+
+@contextlib.contextmanager
+def _planning():
+    """Yield the planner effort for a new plan, with FFTW's planner held (it is not
+    thread-safe) and, for a timed effort, the machine's wisdom file locked (fcntl, so
+    that processes plan one at a time) and imported: a problem that any process has
+    measured before is planned as it was then. New wisdom is written back (atomically)
+    before the lock is released. A wisdom file that cannot be used (a read-only home,
+    say) turns the planner to FFTW_ESTIMATE, with a warning, so that the numbers still
+    do not depend on timing."""
+    import fcntl
+
+    with _plan_lock:
+        effort = fftw_planner()
+        if effort == "FFTW_ESTIMATE":
+            yield effort
+            return
+        path = wisdom_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not _warned_wisdom:
+                _warned_wisdom.append(path)
+                warnings.warn(f"cannot keep FFT plans in {path} ({exc.strerror}): planning "
+                              "with FFTW_ESTIMATE (slower FFTs); set PTYENGINE_FFTW_WISDOM "
+                              "to a writable file", stacklevel=4)
+            yield "FFTW_ESTIMATE"
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            before = _read_wisdom(path)
+            if before:
+                pyfftw.import_wisdom(before)
+            yield effort
+            after = pyfftw.export_wisdom()
+            if after != before:
+                _write_wisdom(path, after)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _write_wisdom(path: Path, wisdom) -> None:
+    """Replace ``path`` by ``wisdom`` atomically; a failure leaves the old file (the
+    plans then stay this process's own: they are measured again next time)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps([w.decode("ascii") for w in wisdom]))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _read_wisdom(path: Path) -> tuple[bytes, ...] | None:
+    """The wisdom of ``path`` (3 strings: double, single, long double), None if absent or
+    unreadable (then it is rewritten)."""
+    try:
+        words = json.loads(path.read_text())
+        return tuple(w.encode("ascii") for w in words) if len(words) == 3 else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
 
 def _fftw_plan(shape: tuple[int, ...], dtype: str, inverse: bool, inplace: bool):
-    threads = _fft_threads(int(np.prod(shape)))
-    # A plan object holds its arrays, so each calling thread gets its own plans; FFTW's
-    # planner itself is not thread-safe, hence the lock.
-    with _plan_lock:
-        return _fftw_plan_cached(shape, dtype, inverse, inplace, threads, threading.get_ident())
+    threads = fft_threads_for(shape)
+    # A plan object holds its arrays, so each calling thread gets its own plans
+    key = (shape, dtype, inverse, inplace, threads, threading.get_ident(), fftw_planner())
+    plan = _plans.get(key)
+    if plan is None:
+        with _planning() as effort:
+            plan = _plans[key] = _fftw_plan_new(shape, dtype, inverse, inplace, threads, effort)
+    return plan
 
 
-@functools.cache
-def _fftw_plan_cached(shape, dtype, inverse, inplace, threads, thread_id):
-    """A cached FFTW plan for a 2-D transform over the last two axes of ``shape``."""
-    effort = os.environ.get("PTYENGINE_FFTW_PLANNER", "FFTW_MEASURE")
+_plans: dict = {}
+
+
+def _fftw_plan_new(shape, dtype, inverse, inplace, threads, effort):
+    """An FFTW plan for a 2-D transform over the last two axes of ``shape``."""
     a = pyfftw.empty_aligned(shape, dtype=dtype)
     b = a if inplace else pyfftw.empty_aligned(shape, dtype=dtype)
     return pyfftw.FFTW(
@@ -234,6 +392,10 @@ def _cpu_fft2(a: np.ndarray, out: np.ndarray | None, inverse: bool) -> np.ndarra
         res = _cpu_fft2(a, None, inverse)
         a[...] = res
         return a
+    if not _is_aligned(a, align):
+        # pyfftw would copy a misaligned input into the array the plan last ran on: the
+        # previous caller's input, overwritten (tests/test_backend.py)
+        a = pyfftw.byte_align(a, align)
     if out is None:
         out = pyfftw.empty_aligned(a.shape, dtype=a.dtype)
     if not (out.flags.c_contiguous and out.dtype == a.dtype and _is_aligned(out, align)):
@@ -277,8 +439,7 @@ class FFTBuffer:
     def __init__(self, shape, dtype, xp: ModuleType, threads: int):
         self.a = empty(shape, dtype, xp)
         if xp is np and _HAVE_PYFFTW:
-            effort = os.environ.get("PTYENGINE_FFTW_PLANNER", "FFTW_MEASURE")
-            with _plan_lock:  # FFTW's planner is not thread-safe
+            with _planning() as effort:
                 plans = [pyfftw.FFTW(self.a, self.a, axes=(-2, -1), direction=d,
                                      flags=(effort,), threads=threads)
                          for d in ("FFTW_FORWARD", "FFTW_BACKWARD")]  # fmt: skip
@@ -310,11 +471,11 @@ def fft_buffer(shape, dtype, xp: ModuleType = np, slot: str = "") -> FFTBuffer:
     cache = getattr(_buffers, "cache", None)
     if cache is None:
         cache = _buffers.cache = {}
-    key = (shape, dtype, xp, slot)
+    key = (shape, dtype, xp, slot, fftw_planner() if xp is np else "")
     buf = cache.get(key)
     if buf is None:  # first use: the FFT threads are fixed when the plans are made
         shape = tuple(int(s) for s in shape)
-        threads = _fft_threads(int(np.prod(shape))) if xp is np else 1
+        threads = fft_threads_for(shape) if xp is np else 1
         buf = cache[key] = FFTBuffer(shape, np.dtype(dtype), xp, threads)
     return buf
 

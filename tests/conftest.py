@@ -1,7 +1,8 @@
 import os
 import shutil
 
-# Tests build many small FFT plans: estimate them instead of measuring (same results).
+# Tests build many small FFT plans: estimate them instead of measuring (tests/test_determinism.py
+# checks the default planner).
 os.environ.setdefault("PTYENGINE_FFTW_PLANNER", "FFTW_ESTIMATE")
 # Without a GPU, numba.cuda kernels run in numba's CUDA simulator (set before numba loads).
 if shutil.which("nvidia-smi") is None:

@@ -78,3 +78,73 @@ def test_memory_limit_of_a_job_cgroup(tmp_path):
     (tmp_path / "v1").write_text("4:memory:/slurm/job_8\n1:cpu:/\n")
     assert _cgroup_limits(str(tmp_path / "v1"), str(root)) == [8589934592]
     assert _cgroup_limits(str(tmp_path / "none"), str(root)) == []
+
+
+def test_fft_threads_follow_the_work(monkeypatch):
+    """One FFTW thread for a single detector-sized transform (sequential ePIE on 192² and
+    256² patterns ran ~20× slower on two threads of a loaded machine); a batch is split
+    over the threads only when each gets about a million elements of whole transforms; a
+    single transform only from ~2048² on. Checked on the plans ptyengine makes."""
+    monkeypatch.delenv("PTYENGINE_FFT_THREADS", raising=False)
+    monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(4)))
+    made = []  # the thread count of every FFTW plan made
+
+    def plan(*args, threads=1, **kw):
+        made.append(threads)
+        return real(*args, threads=threads, **kw)
+
+    real = backend.pyfftw.FFTW
+    monkeypatch.setattr(backend.pyfftw, "FFTW", plan)
+    backend.clear_fft_buffers()
+    for w in (160, 192, 256, 512):
+        backend.fft_buffer((1, w, w), np.complex64, np, "threads")  # sequential ePIE
+        backend.fft2(np.zeros((w, w), np.complex64))
+    assert made and set(made) == {1}, made
+    backend.fft_buffer((64, 256, 256), np.complex64, np, "threads")
+    assert made[-1] == 4
+    backend.clear_fft_buffers()
+    choose = backend.fft_threads_for
+    assert choose((64, 160, 160)) == 1  # 1.6e6 elements: one thread's worth
+    assert choose((16, 256, 256)) == 1 and choose((32, 256, 256)) == 2
+    assert choose((3, 1024, 1024)) == 3  # at most one thread per transform
+    assert choose((2048, 2048)) == 2 and choose((8192, 8192)) == 4  # at most the cores
+    with backend.fft_threads(1):  # split_map's parts: one thread each
+        assert choose((64, 256, 256)) == 1
+    monkeypatch.setenv("PTYENGINE_FFT_THREADS", "3")
+    assert choose((1, 192, 192)) == 3
+    monkeypatch.setenv("PTYENGINE_FFT_THREADS", "many")
+    with pytest.raises(PtyengineError, match="PTYENGINE_FFT_THREADS.*many"):
+        choose((1, 192, 192))
+
+
+def test_estimated_plans_ignore_threads_and_batching(monkeypatch):
+    """With PTYENGINE_FFTW_PLANNER=FFTW_ESTIMATE a transform's numbers depend neither on
+    the FFT threads nor on how many transforms are batched with it (odd, prime and
+    power-of-two sizes). The single transforms are views at offsets FFTW's SIMD
+    alignment does not divide: each result stays what it was when returned."""
+    monkeypatch.setenv("PTYENGINE_FFTW_PLANNER", "FFTW_ESTIMATE")
+    rng = np.random.default_rng(2)
+    for w in (45, 101, 128):
+        a = (rng.normal(size=(6, w, w)) + 1j * rng.normal(size=(6, w, w))).astype(np.complex64)
+        ref = np.stack([backend.fft2(x) for x in a])
+        for threads in (1, 2, 3):
+            monkeypatch.setenv("PTYENGINE_FFT_THREADS", str(threads))
+            np.testing.assert_array_equal(backend.fft2(a), ref)
+            np.testing.assert_array_equal(backend.ifft2(a[:4]),
+                                          np.stack([backend.ifft2(x) for x in a[:4]]))
+
+
+def test_unusable_wisdom_file_falls_back_to_estimate(monkeypatch, tmp_path):
+    """Plans measured by timing and not kept would differ between processes: without a
+    usable wisdom file the planner estimates instead, and says so once."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.delenv("PTYENGINE_FFTW_PLANNER", raising=False)
+    monkeypatch.setenv("PTYENGINE_FFTW_WISDOM", str(blocker / "wisdom.json"))
+    monkeypatch.setattr(backend, "_warned_wisdom", [])
+    with pytest.warns(UserWarning, match="cannot keep FFT plans in .*wisdom.json.*ESTIMATE"):
+        with backend._planning() as effort:
+            assert effort == "FFTW_ESTIMATE"
+    monkeypatch.setenv("PTYENGINE_FFTW_PLANNER", "fast")
+    with pytest.raises(PtyengineError, match="PTYENGINE_FFTW_PLANNER='FAST': use one of"):
+        backend.fftw_planner()

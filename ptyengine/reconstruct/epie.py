@@ -22,6 +22,16 @@ after the first sweep against 3.0e-3 for sequential ePIE) and then settle lower 
 against 2.0e-4 after 12 iterations, where sequential ePIE's full steps keep overshooting);
 the phase agrees with the ground truth equally well (NCC 0.987-0.988 for B = 1, 16, 64).
 
+**Probe centring.** Probe and object may move together, P(r) → P(r + c), O(r) → O(r + c),
+without changing a single diffraction pattern (every exit wave becomes ψ_j(r + c)), so
+nothing in the updates holds them in place and the pair can wander off; the object is
+then displaced against the scan positions by as much. After every iteration that refines
+the probe, the probe's intensity centroid (the circular mean over the window, so that
+tails wrapping round its edges do not bias it) is moved back to the window centre
+(Wy//2, Wx//2) by a Fourier phase ramp, and the object by the same shift (an FFT of the
+whole object; skipped while the centroid is within 0.01 px). This is the convention of
+the simulator's probe (a probe with even aberrations is centred on its position).
+
 Geometry: the detector grid fixes the real-space pixel, d = 1/(N dk) Å; the probe window
 is the detector size. Positions are sub-pixel: the window sits at the integer pixel and
 the fractional remainder shifts the probe by a Fourier phase ramp (the probe is kept in
@@ -43,6 +53,7 @@ from ..calibration import Calibration
 from ..dataset import as_dataset
 from ..errors import PtyengineError
 from ..kernels import ptycho as pk
+from ..shift import ramps_2d
 from .iterative import IterativeState, iteration_rng, load_checkpoint, run
 from .patterns import choose_patterns
 
@@ -160,6 +171,44 @@ def fingerprint(cal: Calibration, params: EpieParameters, data_id: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+CENTRE_TOLERANCE = 0.01  # pixels: a probe centroid closer to the centre is left alone
+
+
+def probe_centroid(probe_k, xp) -> tuple[float, float]:
+    """Offset (y, x) in pixels of the probe's intensity centroid from the window centre
+    (Wy//2, Wx//2): the circular mean W/2π · arg Σ I(y) exp(2πi (y − W//2)/W) per axis,
+    exact under sub-pixel Fourier shifts and blind to the window's periodic wrap."""
+    p = xp.fft.ifft2(probe_k)
+    intensity = p.real * p.real + p.imag * p.imag
+    out = []
+    for axis, n in enumerate(intensity.shape):
+        profile = intensity.sum(axis=1 - axis)
+        phase = xp.exp(2j * math.pi * (xp.arange(n) - n // 2) / n)
+        out.append(float(xp.angle(xp.sum(profile * phase))) * n / (2 * math.pi))
+    return out[0], out[1]
+
+
+def centre_probe(obj, probe_k, xp, phase_only: bool = False) -> tuple[float, float]:
+    """Move the probe's intensity centroid back to the window centre and the object by the
+    same shift, in place (see the module docstring: every exit wave moves by the same
+    amount, so no diffraction pattern changes). Returns the shift applied (pixels).
+    The rare FFTs of the whole object are xp.fft's (no plan to make for its shape)."""
+    cy, cx = probe_centroid(probe_k, xp)
+    if max(abs(cy), abs(cx)) < CENTRE_TOLERANCE:
+        return 0.0, 0.0
+    shift = np.array([[-cy, -cx]])
+    for a, fourier in ((probe_k, True), (obj, False)):
+        ry, rx = ramps_2d(shift, a.shape, xp, a.dtype)
+        spectrum = a if fourier else xp.fft.fft2(a)
+        spectrum *= ry[0][:, None]
+        spectrum *= rx[0][None, :]
+        if not fourier:
+            a[...] = xp.fft.ifft2(spectrum)
+    if phase_only:  # the shifted phase object, interpolated, is no longer exactly |O| = 1
+        obj /= xp.abs(obj).clip(1e-12)
+    return -cy, -cx
+
+
 def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
     corners_dev = xp.asarray(geom.corners)
     w0, w1 = geom.window
@@ -235,6 +284,8 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
         for block, positions in patterns.iterate(order):
             for b0 in range(0, len(positions), bs):
                 err += batch_update(state, block, positions[b0:b0 + bs], iteration)
+        if iteration >= params.probe_update_start:  # the probe moved: centre it
+            centre_probe(state.arrays["object"], state.arrays["probe_k"], xp, params.phase_only)
         return err / patterns.total
 
     return sweep
