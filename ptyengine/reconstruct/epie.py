@@ -54,6 +54,7 @@ from ..dataset import as_dataset
 from ..errors import PtyengineError
 from ..kernels import ptycho as pk
 from ..shift import ramps_2d
+from .forward import exit_wave_pass
 from .iterative import IterativeState, iteration_rng, load_checkpoint, run
 from .patterns import choose_patterns
 
@@ -213,69 +214,30 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
     corners_dev = xp.asarray(geom.corners)
     w0, w1 = geom.window
     inv_n = 1.0 / (w0 * w1)  # the inverse FFTs are unnormalised: 1/N folded into kernels
-    # positions per cache-sized sub-chunk on the CPU (~1 MB of waves per array)
-    chunk = max(1, (1 << 20) // (w0 * w1 * 8))
-    real, cplx = np.float32, np.complex64
-
-    def exit_wave_updates(obj, probe_k, block, idx, with_probe, lo, box_shape):
-        """Per-position work of a batch (parallel over CPU cores): the object's overlap
-        sums (this part's share), the probe update term and its normalisation, and the
-        Fourier misfit. ``idx``: the positions (flat scan indices) of the block ``block``.
-        Worked through in sub-chunks of ``chunk`` positions so that the waves stay in the
-        CPU's cache between the fused passes and the 4 FFTs, in two buffers with in-place
-        transforms: ``probes`` (the shifted probes) and ``psi`` (exit wave → its transform
-        → revised exit wave → probe update term)."""
-        num = xp.zeros(box_shape, dtype=cplx)
-        den = xp.zeros(box_shape, dtype=real)
-        o_weight = xp.zeros((w0, w1), dtype=real)
-        upd = xp.zeros((w0, w1), dtype=cplx) if with_probe else None
-        err = xp.zeros(len(idx), dtype=np.float64)
-        lo_dev = xp.asarray(lo)
-        idx_dev = xp.asarray(idx)
-        local_dev = idx_dev - block.first  # rows of the block's arrays
-        ramp_y, ramp_x = block.ramps
-        step = chunk if xp is np else len(idx)
-        for s0 in range(0, len(idx), step):
-            sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
-            c = corners_dev[sub]
-            ry, rx = ramp_y[loc], ramp_x[loc]
-            shape = (len(sub), w0, w1)
-            probes = backend.fft_buffer(shape, cplx, xp, "probes")
-            psi = backend.fft_buffer(shape, cplx, xp, "psi")
-            pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
-            probes.inverse()  # [1 FFT] probes shifted to their sub-pixel positions
-            pk.exit_waves(probes.a, obj, c, psi.a, o_weight)
-            psi.forward()  # [1 FFT]
-            pk.fourier_modulus(psi.a, block.amplitudes, loc, err[s0:s0 + step], inv_n)
-            psi.inverse()  # [1 FFT] revised exit waves
-            # Δψ feeds the object's overlap sums and the probe term conj(O)Δψ in one pass
-            pk.difference_updates(num, den, probes.a, obj, psi.a, c, lo_dev)
-            if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
-                psi.forward()  # [1 FFT]
-                pk.ramp_reduce(upd, psi.a, ry.conj(), rx.conj())
-        return num, den, upd, o_weight, float(err.sum())
 
     def batch_update(state, block, idx, iteration):
+        """One batch through the shared forward model (:func:`.forward.exit_wave_pass`)
+        with ePIE's Fourier-modulus revision, then the object and probe steps."""
         obj, probe_k = state.arrays["object"], state.arrays["probe_k"]
         with_probe = iteration >= params.probe_update_start
         # object: overlap sum over the batch, applied on the batch's bounding box
         lo = geom.corners[idx].min(axis=0)
         hi = geom.corners[idx].max(axis=0) + np.array([w0, w1])
         box_shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
-        parts = backend.split_map(
-            lambda p: exit_wave_updates(obj, probe_k, block, idx[p], with_probe, lo,
-                                        box_shape), len(idx), xp)  # fmt: skip
+        err = xp.zeros(len(idx), dtype=np.float64)
+
+        def revise(psi_k, local, positions, s0, s1):  # Ψ → √I Ψ/|Ψ|, times 1/N
+            pk.fourier_modulus(psi_k, block.amplitudes, local, err[s0:s1], inv_n)
+
+        num, den, upd, weight = exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo,
+                                               box_shape, revise, with_probe, xp)  # fmt: skip
         # O += α Σ num / max Σ den on the box; |O| = 1 for a pure phase object (phase_only)
-        pk.object_step(obj[lo[0]:hi[0], lo[1]:hi[1]], [p[0] for p in parts],
-                       [p[1] for p in parts], params.alpha, params.phase_only)  # fmt: skip
-        if with_probe:  # P += β Σ conj(O)Δψ / max Σ|O|², summed over the parts in place
-            upd, weight = parts[0][2], parts[0][3]
-            for p in parts[1:]:
-                upd += p[2]
-                weight += p[3]
+        pk.object_step(obj[lo[0]:hi[0], lo[1]:hi[1]], [num], [den], params.alpha,
+                       params.phase_only)  # fmt: skip
+        if with_probe:  # P += β Σ conj(O)Δψ / max Σ|O|²
             upd *= np.float32(params.beta / float(weight.max()))
             probe_k += upd
-        return sum(part[4] for part in parts)
+        return float(err.sum())
 
     def sweep(state: IterativeState, iteration: int) -> float:
         """One pass: the blocks in random order, batches of positions within each."""
