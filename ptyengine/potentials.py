@@ -49,6 +49,7 @@ from ptyengine.errors import PtyengineError
 __all__ = [
     "K_FOURIER",
     "PotentialError",
+    "Z_TOLERANCE",
     "atomic_number",
     "kirkland_parameters",
     "projected_potential",
@@ -64,6 +65,10 @@ TWO_PI2_A0E = 150.4121417
 FOUR_PI2_A0E = 300.8242834
 #: K = 2π a0 e = h²/(2π m0 e) in V·Å²: 2-D FT of one atom's projected potential is K f_e.
 K_FOURIER = TWO_PI2_A0E / math.pi
+
+#: Slice binning tolerance (Å): an atom less than this below a slice edge belongs to the
+#: slice starting at that edge (builders place layers at edge − 4e-16 Å by rounding).
+Z_TOLERANCE = 1e-6
 
 _TABLE_FILE = "kirkland_fparams.txt"
 _MAX_Z = 103
@@ -274,9 +279,11 @@ def slice_potentials(atoms, gpts, sampling=None, slice_thickness: float | None =
     (Ly/ny, Lx/nx). ``sampling`` (dy, dx) in Å is optional; when given it must equal that
     within 1e-6 relative, else PotentialError.
     slice_thickness (Å): n = ceil(thickness / slice_thickness) equal slices of thickness
-    thickness/n (≤ slice_thickness); None gives one slice. An atom belongs to the slice
-    [lo, hi) containing its z; atoms with z < 0 or z ≥ thickness (thermal displacement) go
-    to the first / last slice. Lateral positions are periodic (need not be wrapped).
+    thickness/n (≤ slice_thickness); None gives one slice. Binning rule: an atom belongs to
+    the slice [lo − Z_TOLERANCE, hi − Z_TOLERANCE) containing its z (Z_TOLERANCE = 1e-6 Å),
+    so an atom on an edge, or a rounding error below it, starts the next slice; atoms with
+    z below or above the slab (thermal displacement) go to the first / last slice.
+    Lateral positions are periodic (need not be wrapped).
 
     Each slice is ifft2(K Σ_Z f_Z(|k|) S_Z(k)).real / (dy·dx) (module docstring); f_Z is
     evaluated once per species per call. Returns (V, slice_edges): V of shape
@@ -298,7 +305,8 @@ def slice_potentials(atoms, gpts, sampling=None, slice_thickness: float | None =
     zs = np.asarray(atoms.numbers)
     species = sorted({atomic_number(int(z)) for z in np.unique(zs)})
     positions = np.asarray(atoms.positions, dtype=np.float64)
-    which = np.clip(np.searchsorted(edges, positions[:, 2], side="right") - 1, 0, n_slices - 1)
+    which = np.searchsorted(edges, positions[:, 2] + Z_TOLERANCE, side="right") - 1
+    which = np.clip(which, 0, n_slices - 1)
 
     ky, kx = _spatial_frequencies(gpts, sampling, xp)
     k = xp.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)

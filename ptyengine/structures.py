@@ -21,6 +21,7 @@ from ase import Atoms
 from scipy.spatial import cKDTree
 
 from ptyengine.errors import PtyengineError
+from ptyengine.potentials import Z_TOLERANCE
 
 
 class StructureError(PtyengineError, ValueError):
@@ -376,7 +377,8 @@ def build_specimen(
     integer >= 1, so the field is periodic and the returned cell is the actual size
     (e.g. 29.30 × 20.72 Å for UiO-66 [110] asked for 30 × 30 Å); with False, atoms are cut
     at exactly x < Lx, y < Ly (the edges are then not periodic). Along z the cell is repeated
-    to cover ``thickness`` Å and cut to 0 <= z < thickness (z is not periodic); a 2D layer is
+    to cover ``thickness`` Å and cut to 0 <= z < thickness (z is not periodic; a layer
+    less than potentials.Z_TOLERANCE = 1e-6 Å below a surface counts as on it); a 2D layer is
     placed once, centred in the thickness. ``hydrogen=False`` removes all H atoms (the
     UiO-66 study's thermal table has no H; whether its model had H is not known).
 
@@ -409,7 +411,8 @@ def build_specimen(
     pos = block.positions
     if layer:
         pos[:, 2] += (thickness - cz) / 2
-    keep = (pos[:, 2] >= 0) & (pos[:, 2] < thickness)
+    # the slice binning rule: within Z_TOLERANCE below an edge counts as on the edge
+    keep = (pos[:, 2] >= -Z_TOLERANCE) & (pos[:, 2] < thickness - Z_TOLERANCE)
     if not periodic_lateral:
         keep &= (pos[:, 0] < lx) & (pos[:, 1] < ly)
     if not hydrogen:

@@ -200,6 +200,14 @@ def test_specimen_without_hydrogen_and_exact_cut(uio66):
     assert cut.positions[:, 0].max() < 35 and cut.positions[:, 1].max() < 25
 
 
+def test_slab_cut_uses_the_slice_binning_rule():
+    """A layer a rounding error below the exit surface lies on it: outside the slab [0, t)
+    (the same rule as potentials.slice_potentials, Z_TOLERANCE)."""
+    slab = build_specimen(load_structure("srtio3"), (0, 0, 1), size=(3.905, 3.905),
+                          thickness=1.5 * 3.905)
+    assert len(np.unique(np.round(slab.positions[:, 2], 6))) == 3  # SrO, TiO2, SrO
+
+
 def test_mos2_layer_is_centred_in_the_slab():
     spec = build_specimen(load_structure("mos2"), (0, 0, 1), size=(10, 10), thickness=10)
     assert np.allclose(spec.cell.lengths(), [3 * 3.16, 2 * 3.16 * 3**0.5, 10])
