@@ -56,6 +56,7 @@ class SimulationParameters:
     scan_origin: tuple[float, float] | None = None
     max_angle: float = 50.0
     detector_pixels: int = 64
+    detector_oversampling: int = 1
     sampling: float | None = None
     slice_thickness: float = 2.0
     phonons: int = 0
@@ -189,11 +190,12 @@ def simulate(
     scan_shape, scan_origin = scan_positions(params, spec)
     cal = calibration_for(params, scan_shape, scan_origin)
     width = window_size(spec.sampling, params.energy, params.semiangle, params.defocus,
-                        params.thickness, params.max_angle, detector_fov=1 / cal.dk[0])
+                        params.thickness, params.max_angle, detector_fov=1 / cal.dk[0],
+                        field_pixels=spec.potential.shape)
     cplx = backend.complex_dtype(params.double)
     window = ProbeWindow.build(width, spec.sampling, params.energy, params.semiangle,
                                cal.aberrations, spec.slice_thicknesses, cal.detector_shape,
-                               cal.dk, xp, cplx)  # fmt: skip
+                               cal.dk, xp, cplx, params.detector_oversampling)  # fmt: skip
     # each configuration's slices, periodically extended once for the window (the
     # unextended copies are dropped so the field is held once)
     slabs = [window.prepare(t, xp) for t in spec.transmissions]

@@ -122,3 +122,23 @@ def test_unknown_element_is_a_clear_error(tmp_path):
     r = _cli("simulate", "--structure", str(cif), "--field", "5", "--thickness", "5",
              "-o", str(tmp_path / "og.zarr"))
     assert r.returncode == 2 and "Og" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_detector_pixel_of_exactly_one_over_the_field_does_not_flip_the_window(tmp_path):
+    """SrTiO3 on a 15.62 Å, 320-px field: --max-angle 40.332884 makes dk = 1/15.62 Å⁻¹ up
+    to a 6e-17 rounding error, 40.33 a hair coarser. Both use the field as the window and
+    the same detector rule, so the patterns differ only by the 7e-5 change of dk."""
+    base = dataclasses.replace(SMALL, field=(15.62, 15.62), thickness=3.905, sampling=0.0489,
+                               slice_thickness=1.9525, scan_size=(1.0, 1.0),
+                               detector_pixels=64)
+    got = {}
+    for angle in (40.332884, 40.33):
+        out = simulate(dataclasses.replace(base, max_angle=angle),
+                       str(tmp_path / f"{angle}.zarr"))
+        assert out["window"] == 320
+        got[angle], _ = _read(out["output"])
+        with io.open_dataset(out["output"]) as ds:
+            assert ds.metadata["window_pixels"] == 320
+    a, b = got[40.332884], got[40.33]
+    err = np.sqrt(((a - b) ** 2).sum(axis=(2, 3)) / (a**2).sum(axis=(2, 3)))
+    assert err.max() < 2e-3, err
