@@ -142,3 +142,10 @@ def test_detector_pixel_of_exactly_one_over_the_field_does_not_flip_the_window(t
     a, b = got[40.332884], got[40.33]
     err = np.sqrt(((a - b) ** 2).sum(axis=(2, 3)) / (a**2).sum(axis=(2, 3)))
     assert err.max() < 2e-3, err
+
+
+def test_info_prints_the_window(tmp_path):
+    out = simulate(SMALL, str(tmp_path / "w.zarr"))
+    text = io.describe(out["output"])
+    assert f"window {out['window']} × {out['window']} px" in text
+    assert "point samples at pixel centres" in text
