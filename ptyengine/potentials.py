@@ -55,6 +55,7 @@ __all__ = [
     "projected_potential",
     "projected_potential_real_space",
     "scattering_factor",
+    "slice_count",
     "slice_potentials",
     "structure_factor",
 ]
@@ -261,7 +262,9 @@ def _grid_for_cell(gpts, sampling, Ly: float, Lx: float):
     return gpts, cell_sampling
 
 
-def _slice_count(thickness: float, slice_thickness: float) -> int:
+def slice_count(thickness: float, slice_thickness: float) -> int:
+    """Number of equal slices of at most ``slice_thickness`` Å in ``thickness`` Å (a ratio
+    within 1e-9 of an integer gives that integer)."""
     ratio = thickness / slice_thickness
     nearest = round(ratio)
     if nearest >= 1 and abs(ratio - nearest) <= 1e-9 * max(ratio, 1.0):
@@ -299,7 +302,7 @@ def slice_potentials(atoms, gpts, sampling=None, slice_thickness: float | None =
         raise PotentialError(
             f"slice thickness must be a positive length in Å, got {slice_thickness}"
         )
-    n_slices = _slice_count(thickness, float(slice_thickness))
+    n_slices = slice_count(thickness, float(slice_thickness))
     edges = np.linspace(0.0, thickness, n_slices + 1)
 
     zs = np.asarray(atoms.numbers)

@@ -241,9 +241,14 @@ def test_sigma_table():
     assert UIO66_STUDY_SIGMA["O"] == 0.0872
     assert UIO66_STUDY_SIGMA["Zr"] == 0.0390
     assert UIO66_STUDY_SIGMA["H"] == pytest.approx(math.sqrt(1.2) * 0.1007, abs=5e-5)
-    assert default_sigmas(load_structure("srtio3")) == {"O": 0.0872, "Sr": 0.08, "Ti": 0.08}
-    with pytest.raises(StructureError, match="Sr"):
-        default_sigmas(load_structure("srtio3"), generic=None)
+    # SrTiO3: Abramov et al. (1995) B = 0.62, 0.44, 0.71 Å² as σ = sqrt(B / 8π²)
+    sto = default_sigmas(load_structure("srtio3"))
+    assert sto == pytest.approx({"O": 0.0948, "Sr": 0.0886, "Ti": 0.0747}, abs=5e-5)
+    assert default_sigmas(load_structure("uio66"))["O"] == 0.0872  # not SrTiO3's O
+    # a structure without a table: the generic value, or an error naming the element
+    assert default_sigmas(load_structure("mos2")) == {"Mo": 0.08, "S": 0.08}
+    with pytest.raises(StructureError, match="Mo"):
+        default_sigmas(load_structure("mos2"), generic=None)
 
 
 def test_displacement_statistics():
