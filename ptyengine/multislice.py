@@ -148,9 +148,9 @@ class ProbeWindow:
     mask: object  # (W, W) anti-aliasing aperture (0/1, complex) applied to the far field
     interp_y: object  # (n_det_y·m, W) detector points from the FFT grid (scaled, see build)
     interp_x: object  # (n_det_x·m, W)
-    detector_mask: object  # (n_det_y·m, n_det_x·m) 0 beyond the band limit, else 1
     sampling: tuple[float, float]
     width: int
+    detector_mask: object = None  # (n_det_y·m, n_det_x·m): 0 beyond the band limit, else 1
     oversampling: int = 1
 
     @classmethod
@@ -179,8 +179,8 @@ class ProbeWindow:
             interp.append(interpolation_matrix(width, d, k, xp, dtype) * scale)
         k_lim = physics.band_limit(sampling)
         inside = points[0][:, None] ** 2 + points[1][None, :] ** 2 < k_lim**2
-        return cls(probe_k, props, mask, interp[0], interp[1], xp.asarray(inside, dtype=real),
-                   tuple(sampling), width, m)  # fmt: skip
+        return cls(probe_k, props, mask, interp[0], interp[1], tuple(sampling), width,
+                   xp.asarray(inside, dtype=real), m)  # fmt: skip
 
     def probes_at(self, positions, xp=np):
         """Probe windows for positions (B, 2) in Å of the field; returns (ψ, corner pixels).
@@ -244,7 +244,9 @@ class ProbeWindow:
         b, ny, nx = len(psi), self.interp_y.shape[0], self.interp_x.shape[0]
         far = (psi.reshape(b * w, w) @ self.interp_x.T).reshape(b, w, nx)
         far = self.interp_y @ far  # (B, n_y·m, n_x·m): Ψ at the detector points
-        intensity = (far.real**2 + far.imag**2) * self.detector_mask
+        intensity = far.real**2 + far.imag**2
+        if self.detector_mask is not None:
+            intensity *= self.detector_mask
         if m > 1:
             intensity = intensity.reshape(b, ny // m, m, nx // m, m).sum(axis=(2, 4))
         return intensity

@@ -238,7 +238,8 @@ def check_memory(params: SimulationParameters, gpts, sampling, n_slices: int, wi
                  xp=np) -> None:  # fmt: skip
     """Refuse a simulation that cannot fit in memory, saying which parameters set its size."""
     need = memory_estimate(params, gpts, n_slices, width)
-    have = backend.available_memory() if xp is np else backend.memory_limit(None, xp) * 2
+    # the machine's memory (cgroup limits included); on a GPU its free memory as well
+    have = backend.memory_limit(backend.available_memory(), xp)
     if need > have:
         raise PtyengineError(
             f"this simulation needs about {io.format_bytes(need)} but "
