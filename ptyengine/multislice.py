@@ -28,8 +28,8 @@ the disc edge (vacuum, 20 mrad, 64 px: 3.9 % per pattern between 320- and 324-px
 (:func:`window_size`), and equal windows give equal edges. m = 1 is point sampling; a
 larger m approaches the integral over the pixel area (what a real detector records; use
 it when the pattern has structure finer than a pixel, e.g. a coarse detector under a
-large window). Intensity outside the
-anti-aliasing band limit (2/3 of the window's Nyquist) is zero.
+large window). Intensity outside the anti-aliasing band limit (2/3 of the window's
+Nyquist) is zero.
 """
 
 from __future__ import annotations
