@@ -414,6 +414,9 @@ def simulate(
         if writer.resume_note:
             log(writer.resume_note + (f" (block {first_row // rows_per_block} of "
                                       f"{-(-ny // rows_per_block)})" if writer.resumed else ""))
+        elif resume:
+            log(f"nothing to resume ({output}{io.PARTIAL} does not exist): starting at scan "
+                "row 0")
         if progress and first_row:
             progress(first_row * nx * n_configs)
         for row0 in range(first_row, ny, rows_per_block):
