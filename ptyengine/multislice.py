@@ -150,13 +150,15 @@ class ProbeWindow:
 
     probe_k: object  # (W, W) Fourier-space probe centred at (W//2, W//2), Σ|ψ|² = 1
     propagators: object  # (n_slices, W, W) Fresnel propagators (band-limited)
-    mask: object  # (W, W) anti-aliasing aperture (0/1, complex) applied to the far field
-    interp_y: object  # (n_det_y·m, W) detector points from the FFT grid (scaled, see build)
-    interp_x: object  # (n_det_x·m, W)
+    mask: object  # (W_y', W_x') anti-aliasing aperture (0/1) on the band-limited rows/cols
+    interp_y: object  # (n_det_y·m, W_y') detector points from those FFT rows (scaled)
+    interp_x: object  # (n_det_x·m, W_x')
     sampling: tuple[float, float]
     width: int
     detector_mask: object = None  # (n_det_y·m, n_det_x·m): 0 beyond the band limit, else 1
     oversampling: int = 1
+    rows: object = None  # FFT rows (W_y',) inside the band limit (None: all W)
+    cols: object = None  # FFT columns (W_x',)
 
     @classmethod
     def build(cls, width, sampling, energy, semiangle, aberrations, slice_thicknesses,
@@ -175,17 +177,21 @@ class ProbeWindow:
         props = xp.stack([physics.fresnel_propagator(gpts, sampling, energy, dz, xp, dtype)
                           for dz in slice_thicknesses])  # fmt: skip
         real = np.float64 if dtype == np.complex128 else np.float32
-        mask = physics.antialias_mask(gpts, sampling, xp=xp).astype(dtype)
+        k_lim = physics.band_limit(sampling)
+        # only FFT rows / columns inside the band limit carry anything after the mask
+        keep = [np.nonzero(np.abs(np.fft.fftfreq(width, d)) < k_lim)[0] for d in sampling]
+        mask = physics.antialias_mask(gpts, sampling).astype(real)[np.ix_(*keep)]
         points = [detector_points(n, d, m) for n, d in zip(detector_shape, dk, strict=True)]
         interp = []
-        for k, d, d_det in zip(points, sampling, dk, strict=True):
+        for k, d, d_det, idx in zip(points, sampling, dk, keep, strict=True):
             # density × pixel area / m points, per axis |Ψ|²·(dk_det/dk_w)/(W m) = |Ψ|²·dk_det d/m
             scale = math.sqrt(d_det * d / m)
-            interp.append(interpolation_matrix(width, d, k, xp, dtype) * scale)
-        k_lim = physics.band_limit(sampling)
+            full = interpolation_matrix(width, d, k, np, np.complex128) * scale
+            interp.append(xp.asarray(full[:, idx], dtype=dtype))
         inside = points[0][:, None] ** 2 + points[1][None, :] ** 2 < k_lim**2
-        return cls(probe_k, props, mask, interp[0], interp[1], tuple(sampling), width,
-                   xp.asarray(inside, dtype=real), m)  # fmt: skip
+        return cls(probe_k, props, xp.asarray(mask), interp[0], interp[1], tuple(sampling),
+                   width, xp.asarray(inside, dtype=real), m, xp.asarray(keep[0]),
+                   xp.asarray(keep[1]))  # fmt: skip
 
     def probes_at(self, positions, xp=np):
         """Probe windows for positions (B, 2) in Å of the field; returns (ψ, corner pixels).
@@ -242,12 +248,15 @@ class ProbeWindow:
         return parts[0] if len(parts) == 1 else xp.concatenate(parts)
 
     def _diffraction(self, transmissions, positions, xp):
-        w, m = self.width, self.oversampling
+        m = self.oversampling
         psi, _ = self.exit_waves(transmissions, positions, xp)
         backend.fft2(psi, out=psi)
-        kernels.broadcast_multiply(psi, self.mask)
-        b, ny, nx = len(psi), self.interp_y.shape[0], self.interp_x.shape[0]
-        far = (psi.reshape(b * w, w) @ self.interp_x.T).reshape(b, w, nx)
+        if self.rows is not None:  # the band-limited block of the far field (a copy)
+            psi = psi[:, self.rows[:, None], self.cols[None, :]]
+        psi *= self.mask
+        b, wy, wx = psi.shape
+        ny, nx = self.interp_y.shape[0], self.interp_x.shape[0]
+        far = (psi.reshape(b * wy, wx) @ self.interp_x.T).reshape(b, wy, nx)
         far = self.interp_y @ far  # (B, n_y·m, n_x·m): Ψ at the detector points
         intensity = far.real**2 + far.imag**2
         if self.detector_mask is not None:

@@ -25,7 +25,7 @@ import numpy as np
 from . import backend, io, physics, potentials, structures
 from .calibration import Calibration
 from .errors import PtyengineError
-from .multislice import ProbeWindow, ceil_size, transmission_functions, window_size
+from .multislice import ProbeWindow, ceil_size, smooth_size, transmission_functions, window_size
 
 
 @dataclass
@@ -43,8 +43,8 @@ class SimulationParameters:
     max_angle is ignored: see :meth:`detector_dk`); detector_oversampling: points per pixel
     and axis of the detector rule (1: the far field at the pixel centre; see multislice).
     sampling: an upper bound on the field pixel (None: 1/(3 k_max), just fine enough for
-    the detector and the aperture); the pixel used is Ly/ceil(Ly/sampling) (and the same
-    along x) so that the field holds a whole number of pixels. phonons: frozen-phonon
+    the detector and the aperture); the pixel used is Ly/n (and the same along x), n the
+    smallest FFT-friendly count ≥ Ly/sampling (see :func:`field_sampling`). phonons: frozen-phonon
     configurations (0 = static lattice); sigmas: thermal σ per element, the rms
     displacement along each Cartesian axis in Å (U_iso = σ², B = 8π²σ²), overriding the
     structure's values (structures.default_sigmas). dose: None for noise-free intensities.
@@ -187,14 +187,16 @@ def field_sampling(params: SimulationParameters, cell_yx) -> tuple[tuple[int, in
 
     The default pixel is 1/(3 k_max) for the detector's largest angle: then k_max sits at
     the 2/3 anti-aliasing limit, and nothing the detector records is aliased. A given
-    ``params.sampling`` is an upper bound: the pixel is L/ceil(L/sampling) (counts within
-    1e-9 of an integer rounded to it, multislice.ceil_size).
+    ``params.sampling`` is an upper bound: the pixel is L/n with n the smallest
+    FFT-friendly (2^a 3^b 5^c 7^d, even) count ≥ L/sampling (counts within 1e-9 of an
+    integer rounded to it, multislice.ceil_size and smooth_size).
     """
     lam = physics.wavelength(params.energy)
     max_angle = params.detector_max_angle()
     k_max = max(max_angle, params.semiangle) * 1e-3 / lam
     d_max = params.sampling or 1 / (3 * k_max)
-    gpts = tuple(ceil_size(length / d_max) for length in cell_yx)
+    # FFT-friendly pixel counts: the window is the field itself where that holds the probe
+    gpts = tuple(smooth_size(ceil_size(length / d_max)) for length in cell_yx)
     sampling = (cell_yx[0] / gpts[0], cell_yx[1] / gpts[1])
     if 1 / (2 * max(sampling)) * 2 / 3 < k_max * (1 - 1e-9):
         raise PtyengineError(

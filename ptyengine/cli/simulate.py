@@ -38,8 +38,9 @@ from .common import DEFOCUS_HELP, _pair, _progress_bar, _zone_axis
               help="Points per detector pixel and axis: 1 (default) records the far field at "
                    "each pixel's centre, N the mean of N x N points (the pixel's area).")
 @click.option("--sampling", type=float,
-              help="Upper bound on the field pixel in Å: the pixel used is L/ceil(L/sampling) "
-                   "so the field holds whole pixels (default: 1/(3 k_max) from max angle).")
+              help="Upper bound on the field pixel in Å: the pixel used is L/n, n the smallest "
+                   "FFT-friendly count >= L/sampling, so the field holds whole pixels "
+                   "(default: 1/(3 k_max) from max angle).")
 @click.option("--slice-thickness", type=float, help="Multislice slice thickness in Å.")
 @click.option("--phonons", type=int, help="Frozen-phonon configurations (0: static).")
 @click.option("--sigma", "sigma_text",
