@@ -21,8 +21,8 @@ import numpy as np
 
 from ptyengine import backend, presets
 from ptyengine.calibration import Calibration  # noqa: F401  (documented in the output)
-from ptyengine.multislice import ProbeWindow, window_size
-from ptyengine.simulate import build_specimen, calibration_for, scan_positions
+from ptyengine.multislice import ProbeWindow
+from ptyengine.simulate import build_specimen, calibration_for, scan_positions, window_for
 
 
 def _sync(xp):
@@ -56,8 +56,7 @@ def main():
     spec = build_specimen(params, xp)
     shape, origin = scan_positions(params, spec)
     cal = calibration_for(params, shape, origin)
-    w = window_size(spec.sampling, params.energy, params.semiangle, params.defocus,
-                    params.thickness, params.max_angle, detector_fov=1 / cal.dk[0])
+    w = window_for(params, spec.sampling, spec.potential.shape)
     pw = ProbeWindow.build(w, spec.sampling, params.energy, params.semiangle, cal.aberrations,
                            spec.slice_thicknesses, cal.detector_shape, cal.dk, xp)
     t = pw.prepare(spec.transmissions[0], xp)  # periodically extended once, as simulate() does

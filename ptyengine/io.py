@@ -700,6 +700,17 @@ def format_bytes(n: float) -> str:
     return f"{n:.4g} TiB"
 
 
+def _simulation_lines(meta: dict) -> list[str]:
+    """The simulator's window and detector rule, for datasets that record them."""
+    w, d = meta.get("window_pixels"), meta.get("field_sampling")
+    if not isinstance(w, int) or not isinstance(d, list) or not d:
+        return []
+    m = (meta.get("simulation") or {}).get("detector_oversampling", 1)
+    rule = "point samples at pixel centres" if m == 1 else f"mean of {m} × {m} points per pixel"
+    return [f"simulation:  window {w} × {w} px ({w * float(d[0]):.4g} Å at {float(d[0]):.5g} Å"
+            f"/px), detector {rule}"]
+
+
 def describe(path) -> str:
     """A human summary of a dataset for ``ptyengine info`` (incomplete ones too)."""
     with open_dataset(path, allow_incomplete=True) as ds:
@@ -747,6 +758,7 @@ def describe(path) -> str:
             f"  aberrations      {abers}",
             f"  dose             {dose}",
             f"metadata:    {', '.join(ds.metadata) or 'none'}",
+            *_simulation_lines(ds.metadata),
             f"arrays:      {'' if ds.arrays() else 'none'}",
         ]
         for name in ds.arrays():

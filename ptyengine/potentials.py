@@ -49,11 +49,13 @@ from ptyengine.errors import PtyengineError
 __all__ = [
     "K_FOURIER",
     "PotentialError",
+    "Z_TOLERANCE",
     "atomic_number",
     "kirkland_parameters",
     "projected_potential",
     "projected_potential_real_space",
     "scattering_factor",
+    "slice_count",
     "slice_potentials",
     "structure_factor",
 ]
@@ -64,6 +66,10 @@ TWO_PI2_A0E = 150.4121417
 FOUR_PI2_A0E = 300.8242834
 #: K = 2π a0 e = h²/(2π m0 e) in V·Å²: 2-D FT of one atom's projected potential is K f_e.
 K_FOURIER = TWO_PI2_A0E / math.pi
+
+#: Slice binning tolerance (Å): an atom less than this below a slice edge belongs to the
+#: slice starting at that edge (builders place layers at edge − 4e-16 Å by rounding).
+Z_TOLERANCE = 1e-6
 
 _TABLE_FILE = "kirkland_fparams.txt"
 _MAX_Z = 103
@@ -256,7 +262,9 @@ def _grid_for_cell(gpts, sampling, Ly: float, Lx: float):
     return gpts, cell_sampling
 
 
-def _slice_count(thickness: float, slice_thickness: float) -> int:
+def slice_count(thickness: float, slice_thickness: float) -> int:
+    """Number of equal slices of at most ``slice_thickness`` Å in ``thickness`` Å (a ratio
+    within 1e-9 of an integer gives that integer)."""
     ratio = thickness / slice_thickness
     nearest = round(ratio)
     if nearest >= 1 and abs(ratio - nearest) <= 1e-9 * max(ratio, 1.0):
@@ -274,9 +282,11 @@ def slice_potentials(atoms, gpts, sampling=None, slice_thickness: float | None =
     (Ly/ny, Lx/nx). ``sampling`` (dy, dx) in Å is optional; when given it must equal that
     within 1e-6 relative, else PotentialError.
     slice_thickness (Å): n = ceil(thickness / slice_thickness) equal slices of thickness
-    thickness/n (≤ slice_thickness); None gives one slice. An atom belongs to the slice
-    [lo, hi) containing its z; atoms with z < 0 or z ≥ thickness (thermal displacement) go
-    to the first / last slice. Lateral positions are periodic (need not be wrapped).
+    thickness/n (≤ slice_thickness); None gives one slice. Binning rule: an atom belongs to
+    the slice [lo − Z_TOLERANCE, hi − Z_TOLERANCE) containing its z (Z_TOLERANCE = 1e-6 Å),
+    so an atom on an edge, or a rounding error below it, starts the next slice; atoms with
+    z below or above the slab (thermal displacement) go to the first / last slice.
+    Lateral positions are periodic (need not be wrapped).
 
     Each slice is ifft2(K Σ_Z f_Z(|k|) S_Z(k)).real / (dy·dx) (module docstring); f_Z is
     evaluated once per species per call. Returns (V, slice_edges): V of shape
@@ -292,13 +302,14 @@ def slice_potentials(atoms, gpts, sampling=None, slice_thickness: float | None =
         raise PotentialError(
             f"slice thickness must be a positive length in Å, got {slice_thickness}"
         )
-    n_slices = _slice_count(thickness, float(slice_thickness))
+    n_slices = slice_count(thickness, float(slice_thickness))
     edges = np.linspace(0.0, thickness, n_slices + 1)
 
     zs = np.asarray(atoms.numbers)
     species = sorted({atomic_number(int(z)) for z in np.unique(zs)})
     positions = np.asarray(atoms.positions, dtype=np.float64)
-    which = np.clip(np.searchsorted(edges, positions[:, 2], side="right") - 1, 0, n_slices - 1)
+    which = np.searchsorted(edges, positions[:, 2] + Z_TOLERANCE, side="right") - 1
+    which = np.clip(which, 0, n_slices - 1)
 
     ky, kx = _spatial_frequencies(gpts, sampling, xp)
     k = xp.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)

@@ -16,7 +16,9 @@ structures.UIO66_STUDY_SIGMA) unless ``hydrogen=False``.
 * ``quick``: the same physics on a 2-core CPU in a few minutes: a 41 × 44 Å field
   (2 × 3 orthogonal cells), the full 3 nm thickness and all three defoci, 2 phonon
   configurations, one unit cell scanned at 0.6 Å, a 160-px detector to 30 mrad
-  (52 Å window, so even the 100 nm-defocus probe fits for ptychography).
+  (a 52 Å real-space field of view, so even the 100 nm-defocus probe fits for
+  ptychography; the simulation's window is that 52 Å at 100 nm, and the 41 × 44 Å
+  periodic field itself at 0 and 50 nm, where the probe fits in it: multislice.window_size).
 """
 
 from __future__ import annotations

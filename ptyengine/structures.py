@@ -21,6 +21,7 @@ from ase import Atoms
 from scipy.spatial import cKDTree
 
 from ptyengine.errors import PtyengineError
+from ptyengine.potentials import Z_TOLERANCE
 
 
 class StructureError(PtyengineError, ValueError):
@@ -54,10 +55,36 @@ MOS2_SS = 3.17
 #: ``build_specimen(..., hydrogen=False)`` leaves H out.
 UIO66_STUDY_SIGMA: dict[str, float] = {"C": 0.1007, "O": 0.0872, "Zr": 0.0390, "H": 0.1103}
 
-#: Fallback rms displacement per direction (Å) for elements not in UIO66_STUDY_SIGMA:
-#: 0.08 Å, i.e. U = 0.0064 Å², B = 8 pi² U = 0.5 Å², a typical room-temperature value for
-#: inorganic crystals (SrTiO3 at 293 K has B of about 0.3-0.6 Å²). Not element-specific.
+#: Fallback rms displacement per direction (Å) for an element without a value for its
+#: structure: 0.08 Å, i.e. U = 0.0064 Å², B = 8 pi² U = 0.5 Å², a typical room-temperature
+#: value for inorganic crystals. Not element-specific.
 GENERIC_SIGMA = 0.08
+
+
+def sigma_from_b(b: float) -> float:
+    """rms displacement per Cartesian axis σ (Å) from an isotropic Debye–Waller factor B
+    (Å²): B = 8π² U_iso and U_iso = σ²."""
+    return math.sqrt(b / (8 * math.pi**2))
+
+
+#: SrTiO3 isotropic Debye–Waller factors B (Å²) from X-ray diffraction: V. A. Abramov,
+#: V. G. Tsirelson, V. E. Zavodnik, S. A. Ivanov, I. D. Brown, "The chemical bond and atomic
+#: displacements in SrTiO3 from X-ray diffraction analysis", Acta Cryst. B51 (1995)
+#: 942-951, as used in the Dr. Probe SrTiO3 example (er-c.org, "Changing crystal
+#: orientation: SrTiO3 [110]"). The database entry of that paper (ICSD 80871) records
+#: 145 K; O's B is the isotropic equivalent of an anisotropic displacement.
+SRTIO3_B: dict[str, float] = {"Sr": 0.62, "Ti": 0.44, "O": 0.71}
+#: σ (Å) from SRTIO3_B: Sr 0.0886, Ti 0.0747, O 0.0948.
+SRTIO3_SIGMA: dict[str, float] = {el: sigma_from_b(b) for el, b in SRTIO3_B.items()}
+
+#: Thermal σ (Å, rms per Cartesian axis) of the builtin structures, and their sources.
+#: MoS2 has none yet (GENERIC_SIGMA is used; see datasets/SOURCES.md).
+THERMAL_SIGMAS: dict[str, dict[str, float]] = {"uio66": UIO66_STUDY_SIGMA,
+                                                "srtio3": SRTIO3_SIGMA}
+SIGMA_SOURCES: dict[str, str] = {
+    "uio66": "the UiO-66 defocus study (C, O, Zr); H: riding-H convention, 1.2 U(C)",
+    "srtio3": "Abramov et al., Acta Cryst. B51 (1995) 942 (B = 0.62, 0.44, 0.71 Å²)",
+}
 
 
 # --------------------------------------------------------------------------- loading
@@ -376,7 +403,8 @@ def build_specimen(
     integer >= 1, so the field is periodic and the returned cell is the actual size
     (e.g. 29.30 × 20.72 Å for UiO-66 [110] asked for 30 × 30 Å); with False, atoms are cut
     at exactly x < Lx, y < Ly (the edges are then not periodic). Along z the cell is repeated
-    to cover ``thickness`` Å and cut to 0 <= z < thickness (z is not periodic); a 2D layer is
+    to cover ``thickness`` Å and cut to 0 <= z < thickness (z is not periodic; a layer
+    less than potentials.Z_TOLERANCE = 1e-6 Å below a surface counts as on it); a 2D layer is
     placed once, centred in the thickness. ``hydrogen=False`` removes all H atoms (the
     UiO-66 study's thermal table has no H; whether its model had H is not known).
 
@@ -409,7 +437,8 @@ def build_specimen(
     pos = block.positions
     if layer:
         pos[:, 2] += (thickness - cz) / 2
-    keep = (pos[:, 2] >= 0) & (pos[:, 2] < thickness)
+    # the slice binning rule: within Z_TOLERANCE below an edge counts as on the edge
+    keep = (pos[:, 2] >= -Z_TOLERANCE) & (pos[:, 2] < thickness - Z_TOLERANCE)
     if not periodic_lateral:
         keep &= (pos[:, 0] < lx) & (pos[:, 1] < ly)
     if not hydrogen:
@@ -430,19 +459,24 @@ def build_specimen(
 # ------------------------------------------------------------------ frozen phonons
 
 
-def default_sigmas(atoms: Atoms, generic: float | None = GENERIC_SIGMA) -> dict[str, float]:
-    """rms displacement per direction (Å) for each element in ``atoms``.
+def default_sigmas(atoms: Atoms, structure: str | None = None,
+                   generic: float | None = GENERIC_SIGMA) -> dict[str, float]:
+    """rms displacement per direction σ (Å) for each element in ``atoms``.
 
-    UIO66_STUDY_SIGMA values where the element is there (C, O, Zr, H), else ``generic``
-    (GENERIC_SIGMA = 0.08 Å by default). ``generic=None`` raises StructureError for
-    an element without a study value instead.
+    The values of ``structure`` (a builtin name; default ``atoms.info["name"]``) in
+    THERMAL_SIGMAS where the element is there, else ``generic`` (GENERIC_SIGMA = 0.08 Å by
+    default). ``generic=None`` raises StructureError for an element without a value.
     """
+    name = structure if structure is not None else atoms.info.get("name", "")
+    table = THERMAL_SIGMAS.get(str(name).lower(), {})
     out = {}
     for symbol in sorted(set(atoms.get_chemical_symbols())):
-        if symbol in UIO66_STUDY_SIGMA:
-            out[symbol] = UIO66_STUDY_SIGMA[symbol]
+        if symbol in table:
+            out[symbol] = table[symbol]
         elif generic is None:
-            raise StructureError(f"no thermal displacement sigma known for element {symbol}")
+            where = name or "this structure"
+            raise StructureError(f"no thermal displacement sigma known for element {symbol} "
+                                 f"in {where}; give one (e.g. --sigma {symbol}=0.08)")
         else:
             out[symbol] = float(generic)
     return out

@@ -176,3 +176,25 @@ def test_bad_input():
         slice_potentials(Atoms("C", cell=[[2, 0, 0], [1, 2, 0], [0, 0, 1]]), 8, None, 0.5)
     with pytest.raises(PotentialError, match="0"):
         slice_potentials(Atoms("X", positions=[(1, 1, 0.5)], cell=[2.0, 2.0, 1.0]), 8, None, 0.5)
+
+
+def test_atoms_on_a_slice_edge_belong_to_the_slice_starting_there():
+    """SrTiO3 [001] in a/2 slices: the slab builder puts TiO2 layers a rounding error
+    (4e-16 Å) below the edges; every slice must still hold exactly one atomic layer."""
+    from ptyengine.structures import build_specimen, load_structure
+
+    slab = build_specimen(load_structure("srtio3"), (0, 0, 1), size=(15.62, 15.62),
+                          thickness=39.05)
+    V, edges = slice_potentials(slab, (64, 64), slice_thickness=1.9525, dtype=np.float64)
+    assert len(V) == 20
+    mean = V.mean(axis=(1, 2))
+    # SrO and TiO2 layers alternate, starting with SrO at the entrance surface
+    np.testing.assert_allclose(mean[0::2], mean[0], rtol=1e-9)
+    np.testing.assert_allclose(mean[1::2], mean[1], rtol=1e-9)
+    assert mean[1] > 0.5 * mean[0]
+    # and the rule is stated: within 1e-6 Å below an edge counts as on the edge
+    one = Atoms("O", positions=[(1.0, 1.0, 2.0 - 0.9e-6)], cell=(4.0, 4.0, 6.0))
+    two = Atoms("O", positions=[(1.0, 1.0, 2.0 - 1.1e-6)], cell=(4.0, 4.0, 6.0))
+    for atoms, slice_index in ((one, 1), (two, 0)):
+        V, _ = slice_potentials(atoms, (16, 16), slice_thickness=2.0)
+        assert np.argmax(V.mean(axis=(1, 2))) == slice_index

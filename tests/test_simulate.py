@@ -54,14 +54,19 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
     def interrupt(n):
         done.append(n)
-        if len(done) == 3:
+        if len(done) == 10:  # in the second block of rows
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         simulate(params, out, rows_per_block=2, batch_size=3, progress=interrupt)
     with pytest.raises(PtyengineError, match="resume"):
         io.open_dataset(out)
-    simulate(params, out, rows_per_block=2, resume=True)
+    # a changed parameter is refused, naming it, and the partial output is kept
+    with pytest.raises(PtyengineError, match=r"seed = 3 there, 4 now"):
+        simulate(dataclasses.replace(params, seed=4), out, rows_per_block=2, resume=True)
+    notes = []
+    simulate(params, out, rows_per_block=2, resume=True, log=notes.append)
+    assert any("at scan row 2 of 6 (block 1 of 3)" in n for n in notes), notes
     got, _ = _read(out)
     np.testing.assert_array_equal(got, ref)
 
@@ -101,6 +106,15 @@ def test_quick_uio66_preset_end_to_end(uio66_quick):
     (["simulate", "--structure", "srtio3", "--sampling", "0.5", "-o", "x.zarr"], "too coarse"),
     (["simulate", "--structure", "nothere.cif", "-o", "x.zarr"], "nothere.cif"),
     (["simulate", "nosuchrecipe", "-o", "x"], "unknown recipe"),
+    (["simulate", "--detector-pixels", "0", "-o", "x.zarr"], "detector_pixels = 0"),
+    (["simulate", "--energy", "300000", "-o", "x.zarr"], "--energy is in kV"),
+    (["simulate", "--phonons", "-1", "-o", "x.zarr"], "phonons = -1"),
+    (["simulate", "--max-angle", "10", "--semiangle", "20", "-o", "x.zarr"], "bright-field"),
+    (["simulate", "--max-angle", "30", "--dk", "0.05", "-o", "x.zarr"], "give one of them"),
+    (["simulate", "--sigma", "Sr=big", "-o", "x.zarr"], "--sigma takes"),
+    (["simulate", "--sigma", "Zr=0.1", "--field", "8", "-o", "x.zarr"], "does not contain"),
+    (["simulate", "--defocus", "500000", "--field", "8", "-o", "x.zarr"], "--defocus"),
+    (["simulate", "-o", "f.txt"], "f.txt: name one dataset"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "ptyengine", *args], capture_output=True,
@@ -110,6 +124,7 @@ def test_cli_user_errors_are_one_line(tmp_path, args, message):
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("simulating")]
     assert len(lines) == 1, r.stderr
+    assert not list(tmp_path.iterdir())  # nothing written, not even f.txt/
 
 
 def test_unknown_element_is_a_clear_error(tmp_path):
@@ -122,3 +137,51 @@ def test_unknown_element_is_a_clear_error(tmp_path):
     r = _cli("simulate", "--structure", str(cif), "--field", "5", "--thickness", "5",
              "-o", str(tmp_path / "og.zarr"))
     assert r.returncode == 2 and "Og" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_detector_pixel_of_exactly_one_over_the_field_does_not_flip_the_window(tmp_path):
+    """SrTiO3 on a 15.62 Å, 320-px field: --max-angle 40.332884 makes dk = 1/15.62 Å⁻¹ up
+    to a 6e-17 rounding error, 40.33 a hair coarser. Both use the field as the window and
+    the same detector rule, so the patterns differ only by the 7e-5 change of dk."""
+    base = dataclasses.replace(SMALL, field=(15.62, 15.62), thickness=3.905, sampling=0.0489,
+                               slice_thickness=1.9525, scan_size=(1.0, 1.0),
+                               detector_pixels=64)
+    got = {}
+    for angle in (40.332884, 40.33):
+        out = simulate(dataclasses.replace(base, max_angle=angle),
+                       str(tmp_path / f"{angle}.zarr"))
+        assert out["window"] == 320
+        got[angle], _ = _read(out["output"])
+        with io.open_dataset(out["output"]) as ds:
+            assert ds.metadata["window_pixels"] == 320
+    a, b = got[40.332884], got[40.33]
+    err = np.sqrt(((a - b) ** 2).sum(axis=(2, 3)) / (a**2).sum(axis=(2, 3)))
+    assert err.max() < 2e-3, err
+
+
+def test_info_prints_the_window(tmp_path):
+    out = simulate(SMALL, str(tmp_path / "w.zarr"))
+    text = io.describe(out["output"])
+    assert f"window {out['window']} × {out['window']} px" in text
+    assert "point samples at pixel centres" in text
+
+
+def test_cli_detector_pixel_scan_origin_and_sigma(tmp_path, capsys):
+    """--dk sets the detector pixel exactly, --scan-origin the first position, --sigma one
+    element's thermal σ (the others keep SrTiO3's literature values)."""
+    from cli_helpers import run
+
+    from ptyengine.structures import SRTIO3_SIGMA
+
+    out = tmp_path / "o.zarr"
+    code, _, err = run(capsys, "simulate", "--structure", "srtio3", "--field", "7.81",
+                       "--thickness", "4", "--scan-step", "1", "--scan-size", "2",
+                       "--detector-pixels", "48", "--dk", 1 / 15.62, "--scan-origin", "1.5,0.25",
+                       "--phonons", "1", "--sigma", "Sr=0.1", "-o", out)
+    assert code == 0, err
+    with io.open_dataset(out) as ds:
+        cal, meta = ds.calibration, ds.metadata
+    assert cal.dk == (1 / 15.62, 1 / 15.62)
+    assert cal.scan_origin == (1.5, 0.25)
+    assert meta["thermal_sigmas"] == {"O": SRTIO3_SIGMA["O"], "Sr": 0.1, "Ti": SRTIO3_SIGMA["Ti"]}
+    assert "thermal sigma" in err and "Sr 0.1" in err

@@ -200,6 +200,14 @@ def test_specimen_without_hydrogen_and_exact_cut(uio66):
     assert cut.positions[:, 0].max() < 35 and cut.positions[:, 1].max() < 25
 
 
+def test_slab_cut_uses_the_slice_binning_rule():
+    """A layer a rounding error below the exit surface lies on it: outside the slab [0, t)
+    (the same rule as potentials.slice_potentials, Z_TOLERANCE)."""
+    slab = build_specimen(load_structure("srtio3"), (0, 0, 1), size=(3.905, 3.905),
+                          thickness=1.5 * 3.905)
+    assert len(np.unique(np.round(slab.positions[:, 2], 6))) == 3  # SrO, TiO2, SrO
+
+
 def test_mos2_layer_is_centred_in_the_slab():
     spec = build_specimen(load_structure("mos2"), (0, 0, 1), size=(10, 10), thickness=10)
     assert np.allclose(spec.cell.lengths(), [3 * 3.16, 2 * 3.16 * 3**0.5, 10])
@@ -233,9 +241,14 @@ def test_sigma_table():
     assert UIO66_STUDY_SIGMA["O"] == 0.0872
     assert UIO66_STUDY_SIGMA["Zr"] == 0.0390
     assert UIO66_STUDY_SIGMA["H"] == pytest.approx(math.sqrt(1.2) * 0.1007, abs=5e-5)
-    assert default_sigmas(load_structure("srtio3")) == {"O": 0.0872, "Sr": 0.08, "Ti": 0.08}
-    with pytest.raises(StructureError, match="Sr"):
-        default_sigmas(load_structure("srtio3"), generic=None)
+    # SrTiO3: Abramov et al. (1995) B = 0.62, 0.44, 0.71 Å² as σ = sqrt(B / 8π²)
+    sto = default_sigmas(load_structure("srtio3"))
+    assert sto == pytest.approx({"O": 0.0948, "Sr": 0.0886, "Ti": 0.0747}, abs=5e-5)
+    assert default_sigmas(load_structure("uio66"))["O"] == 0.0872  # not SrTiO3's O
+    # a structure without a table: the generic value, or an error naming the element
+    assert default_sigmas(load_structure("mos2")) == {"Mo": 0.08, "S": 0.08}
+    with pytest.raises(StructureError, match="Mo"):
+        default_sigmas(load_structure("mos2"), generic=None)
 
 
 def test_displacement_statistics():

@@ -27,11 +27,26 @@ from .common import DEFOCUS_HELP, _pair, _progress_bar, _zone_axis, keep_on_inte
 @click.option("--cs", type=float, help="Spherical aberration C30 in Å.")
 @click.option("--scan-step", type=float, help="Scan step in Å.")
 @click.option("--scan-size", help="Scanned area in Å: s or h,w (default: one unit cell).")
+@click.option("--scan-origin", help="First scan position y,x in Å in the field (default: the "
+                                    "scan centred; positions wrap round the periodic field).")
 @click.option("--max-angle", type=float, help="Detector half-width in mrad.")
+@click.option("--dk", type=float, help="Detector pixel in 1/Å (instead of --max-angle).")
+@click.option("--detector-angle", type=float,
+              help="Detector pixel in mrad (instead of --max-angle).")
 @click.option("--detector-pixels", type=int, help="Detector pixels per side.")
-@click.option("--sampling", type=float, help="Field pixel size in Å (default: from max angle).")
+@click.option("--detector-oversampling", type=int,
+              help="Points per detector pixel and axis: 1 (default) records the far field at "
+                   "each pixel's centre, N the mean of N x N points (the pixel's area).")
+@click.option("--sampling", type=float,
+              help="Upper bound on the field pixel in Å: the pixel used is L/n, n the smallest "
+                   "FFT-friendly count >= L/sampling, so the field holds whole pixels "
+                   "(default: 1/(3 k_max) from max angle).")
 @click.option("--slice-thickness", type=float, help="Multislice slice thickness in Å.")
 @click.option("--phonons", type=int, help="Frozen-phonon configurations (0: static).")
+@click.option("--sigma", "sigma_text",
+              help="Thermal sigma per element, the rms displacement along each axis in Å "
+                   "(U_iso = sigma², B = 8π² sigma²), e.g. Sr=0.088,Ti=0.077,O=0.089; other "
+                   "elements keep the structure's values.")
 @click.option("--dose", type=float, help="Dose in e/Å² (Poisson noise); omit for noise-free.")
 @click.option("--seed", type=int, help="Random seed (phonons and noise).")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
@@ -52,7 +67,8 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
     """
     import dataclasses
 
-    from .. import presets
+    from .. import physics, presets
+    from ..errors import PtyengineError
     from ..simulate import SimulationParameters
 
     if recipe:
@@ -69,6 +85,8 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
         "semiangle": opts["semiangle"],
         "scan_step": opts["scan_step"],
         "scan_size": _pair(opts["scan_size"], "--scan-size"),
+        "scan_origin": _pair(opts["scan_origin"], "--scan-origin"),
+        "detector_oversampling": opts["detector_oversampling"],
         "max_angle": opts["max_angle"],
         "detector_pixels": opts["detector_pixels"],
         "sampling": opts["sampling"],
@@ -80,6 +98,20 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     jobs = [(label, dataclasses.replace(p, **changes)) for label, p in jobs]
+    given = [name for name in ("max_angle", "dk", "detector_angle") if opts[name] is not None]
+    if len(given) > 1:
+        names = " and ".join("--" + n.replace("_", "-") for n in given)
+        raise PtyengineError(f"{names} each set the detector pixel: give one of them")
+    if opts["dk"] is not None:
+        jobs = [(lb, dataclasses.replace(p, dk=opts["dk"])) for lb, p in jobs]
+    if opts["detector_angle"] is not None:  # mrad per pixel -> 1/Å at each job's energy
+        jobs = [(lb, dataclasses.replace(
+            p, dk=opts["detector_angle"] * 1e-3 / physics.wavelength(p.energy)))
+            for lb, p in jobs]  # fmt: skip
+    if opts["sigma_text"] is not None:
+        sigmas = _sigmas(opts["sigma_text"])
+        jobs = [(lb, dataclasses.replace(p, sigmas={**(p.sigmas or {}), **sigmas}))
+                for lb, p in jobs]  # fmt: skip
     if opts["cs"] is not None:
         jobs = [(lb, dataclasses.replace(p, aberrations={**p.aberrations, "C30": opts["cs"]}))
                 for lb, p in jobs]  # fmt: skip
@@ -88,12 +120,40 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
         jobs = [(presets.defocus_label(df), dataclasses.replace(base, defocus=df))
                 for df in opts["defocus"]]  # fmt: skip
     out = Path(output)
-    if len(jobs) == 1 and out.suffix in (".zarr", ".h5", ".hdf5"):
+    if out.suffix.lower() not in ("", ".zarr", ".h5", ".hdf5"):
+        raise PtyengineError(
+            f"-o {output}: name one dataset *.zarr or *.h5, or give a directory name without "
+            f"a suffix for several")
+    if out.suffix and len(jobs) > 1:
+        raise PtyengineError(f"-o {output}: {len(jobs)} datasets need a directory name "
+                             "(without a suffix)")  # fmt: skip
+    if len(jobs) == 1 and out.suffix.lower() in (".zarr", ".h5", ".hdf5"):
         targets = [(jobs[0][1], out)]
     else:
         targets = [(p, out / f"{label}.zarr") for label, p in jobs]
     for params, path in targets:
         _run_simulation(params, path, device, overwrite, resume, batch_size)
+
+
+def _sigmas(text: str) -> dict[str, float]:
+    """``Sr=0.088,Ti=0.077`` -> {"Sr": 0.088, "Ti": 0.077} (Å); one-line errors."""
+    from ..errors import PtyengineError
+    from ..potentials import atomic_number
+
+    out = {}
+    for part in text.replace(" ", "").split(","):
+        element, _, value = part.partition("=")
+        try:
+            sigma = float(value)
+        except ValueError:
+            sigma = None
+        if not element or sigma is None:
+            raise PtyengineError(f"--sigma takes ELEMENT=SIGMA pairs in Å separated by commas, "
+                                 f"e.g. Sr=0.088,O=0.089; got {part!r}")  # fmt: skip
+        symbol = element.capitalize()
+        atomic_number(symbol)  # an unknown element is an error naming it
+        out[symbol] = sigma
+    return out
 
 
 def _run_simulation(params, path, device, overwrite, resume, batch_size):
