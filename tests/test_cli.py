@@ -188,7 +188,7 @@ def test_bad_input_subprocess(tmp_path):
 
 def test_options_of_the_other_method_are_refused(tiny, capsys):
     code, _, err = run(capsys, "reconstruct", tiny, "--method", "icom", "--iterations", 3)
-    assert code == 2 and "--iterations: for --method epie only" in err
+    assert code == 2 and "--iterations: for --method epie/ml only" in err
     code, _, err = run(capsys, "reconstruct", tiny, "--rotation", "auto")
     assert code == 2 and "--rotation applies to --method icom/idpc" in err
     code, _, err = run(capsys, "reconstruct", tiny, "--method", "icom", "--rotation", "left")
@@ -196,15 +196,25 @@ def test_options_of_the_other_method_are_refused(tiny, capsys):
 
 
 def test_help_states_the_library_defaults():
+    """Every field of ePIE's and ML's parameter dataclasses has its option, whose help
+    states the dataclass's default."""
+    from ptyengine.reconstruct.ml import MLParameters
+
     help_text = CliRunner().invoke(cli, ["reconstruct", "--help"], terminal_width=200).output
     text = help_text.split("Options:", 1)[1]
-    for f in dataclasses.fields(EpieParameters):
-        if f.name not in ("defocus", "margin"):
+    for cls in (EpieParameters, MLParameters):
+        for f in dataclasses.fields(cls):
+            if f.name in ("defocus", "margin"):
+                continue
             flag = f"--{f.name.replace('_', '-')}"
             assert flag in text
-            shown = ("on" if f.default else "off") if isinstance(f.default, bool) else \
-                f"{f.default:g}"
-            assert f"[default: {shown}]" in text.split(flag, 1)[1].split("--", 1)[0]
+            if isinstance(f.default, bool):
+                shown = "on" if f.default else "off"
+            elif isinstance(f.default, str):
+                shown = f.default
+            else:
+                shown = f"{f.default:g}"
+            assert f"[default: {shown}]" in text.split(flag, 1)[1].split("\n  --", 1)[0], flag
     assert "ABOVE (upstream of) the entrance surface" in text
 
 

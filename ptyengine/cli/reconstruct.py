@@ -94,6 +94,9 @@ def _preview_path(output: Path) -> Path:
 @click.option("--patience", type=click.IntRange(min=1),
               help="ML: stop after this many iterations without a better held-out "
                    "likelihood [default: 5].")
+@click.option("--band-limit/--no-band-limit", default=None,
+              help="ML: keep phase and absorption within the data's information limit "
+                   "2α/λ [default: on].")
 @click.option("--object-model", type=click.Choice(["phase", "complex"]),
               help="ML: refine the phase only, or phase and absorption [default: phase].")
 @click.option("--memory-limit",
