@@ -6,7 +6,6 @@ PNG files are written atomically (to a temporary name, then renamed).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -57,22 +56,12 @@ def ground_truth_window(ds):
 def save_figure(fig, path) -> Path:
     """Save a matplotlib figure atomically as PNG (a failed write leaves no temporary
     file, and an ``OSError`` becomes one :class:`PtyengineError` naming ``path``)."""
-    from .errors import write_error
+    from .errors import atomic_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
+    with atomic_file(path, ".tmp.png") as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from exc
-        raise
     return path
 
 

@@ -50,12 +50,11 @@ import numpy as np
 
 from .. import backend, physics
 from ..calibration import Calibration
-from ..dataset import as_dataset
 from ..errors import PtyengineError
 from ..kernels import ptycho as pk
 from ..shift import ramps_2d
 from .forward import exit_wave_pass
-from .iterative import IterativeState, iteration_rng, load_checkpoint, run
+from .iterative import IterativeState, iteration_rng, load_checkpoint, opened, run
 from .patterns import choose_patterns
 
 
@@ -277,16 +276,9 @@ def epie(
     it and gives the same result as an uninterrupted run.
     """
     params = params or EpieParameters()
-    xp = backend.get_xp(device)
-    ds = as_dataset(data)
-    try:
-        return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-                     memory_limit)  # fmt: skip
-    finally:
-        if ds is not data:  # opened here from a path
-            ds.close()
-        if xp is not np:  # the batch-sized FFT buffers hold device memory
-            backend.clear_fft_buffers()
+    with opened(data, device) as (ds, xp):
+        return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
+                    data_id, memory_limit)  # fmt: skip
 
 
 def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,

@@ -12,16 +12,34 @@ a checkpoint continues exactly like an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import backend
-from ..errors import PtyengineError, write_error
+from ..errors import PtyengineError, atomic_file
+
+
+@contextmanager
+def opened(data, device: str):
+    """(dataset, xp) for an iterative reconstruction of ``data`` (a path, io.Dataset or
+    InMemoryDataset) on ``device``: a dataset opened here from a path is closed at the
+    end, and on a GPU the batch-sized FFT buffers (device memory) are freed."""
+    from ..dataset import as_dataset
+
+    xp = backend.get_xp(device)
+    ds = as_dataset(data)
+    try:
+        yield ds, xp
+    finally:
+        if ds is not data:
+            ds.close()
+        if xp is not np:
+            backend.clear_fft_buffers()
 
 
 def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
@@ -48,19 +66,8 @@ def save_checkpoint(path, state: IterativeState, fingerprint: str) -> None:
     host = {k: backend.to_numpy(v) for k, v in state.arrays.items()}
     meta = json.dumps({"iteration": state.iteration, "errors": state.errors,
                        "fingerprint": fingerprint})  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(meta), **host)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from exc
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, __meta__=np.array(meta), **host)
 
 
 def load_checkpoint(path, fingerprint: str, xp) -> IterativeState:

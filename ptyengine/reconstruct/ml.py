@@ -67,12 +67,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import backend
-from ..dataset import as_dataset
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
-from .iterative import IterativeState, load_checkpoint, run
+from .iterative import IterativeState, load_checkpoint, opened, run
 from .patterns import choose_patterns
 
 EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
@@ -391,16 +390,9 @@ def ml(
     :func:`.epie.epie`. Returns the iterate with the best held-out likelihood.
     """
     params = params or MLParameters()
-    xp = backend.get_xp(device)
-    ds = as_dataset(data)
-    try:
-        return _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-                   memory_limit)  # fmt: skip
-    finally:
-        if ds is not data:
-            ds.close()
-        if xp is not np:
-            backend.clear_fft_buffers()
+    with opened(data, device) as (ds, xp):
+        return _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
+                    data_id, memory_limit)  # fmt: skip
 
 
 def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Engine:
