@@ -116,6 +116,17 @@ def test_empty_data_is_a_clear_error(thin):
         ml(InMemoryDataset(np.zeros_like(data), cal), MLParameters(iterations=1))
 
 
+def test_unknown_counts_are_a_clear_error(thin):
+    """Real-valued data with no dose and no record of a noise-free simulation: the counts
+    cannot be known. Integer data are counts; a dose makes real values counts."""
+    _, data, cal = thin
+    with pytest.raises(PtyengineError, match="no dose"):
+        ml(InMemoryDataset(data * 1000, cal), MLParameters(iterations=1))
+    res = ml(InMemoryDataset(data * 1000, dataclasses.replace(cal, dose=500.0)),
+             MLParameters(iterations=1))
+    assert res.extra["counts_per_pattern"] == pytest.approx(500.0 * 0.4 * 0.4)
+
+
 @pytest.mark.parametrize("bad", [dict(object_model="auto"), dict(smoothness=-1.0),
                                  dict(holdout=0.7), dict(patience=0)])
 def test_bad_parameters(bad):
@@ -146,3 +157,13 @@ def test_cli_ml_writes_a_result(tmp_path, capsys):
     assert code == 2 and "--alpha: not an option of --method ml" in err
     code, _, err = run(capsys, "reconstruct", data, "--method", "epie", "--ridge", 1)
     assert code == 2 and "--ridge: not an option of --method epie" in err
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0])
+def test_nan_or_negative_counts_are_a_clear_error(thin, bad):
+    _, data, cal = thin
+    data = data.copy()
+    data[3, 4, 10, 10] = bad
+    with pytest.raises(PtyengineError, match="row"):
+        ml(InMemoryDataset(data, dataclasses.replace(cal, dose=100.0)),
+           MLParameters(iterations=1))
