@@ -97,7 +97,7 @@ def test_holdout_hash_fraction_and_reference():
 
 def test_holdout_rule_keeps_the_best_iterate(thin):
     """On noisy data the result is the latest iterate whose held-out deviance lies within
-    noise (0.5) of the lowest, and the run stops ``patience`` iterations after it (or at
+    noise (HELD_TOLERANCE) of the lowest, and the run stops ``patience`` iterations after it (or at
     the limit)."""
     ds = _counts(thin, 300.0, seed=2)
     params = MLParameters(iterations=40, patience=3, smoothness=0.0, ridge=0.0)

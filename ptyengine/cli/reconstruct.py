@@ -90,10 +90,11 @@ def _preview_path(output: Path) -> Path:
                    "1/Å² [default: 2]; 0: off.")
 @click.option("--holdout", type=float,
               help="ML: fraction of the detector pixels held out of the fit; the run keeps "
-                   "the iterate where their likelihood is best [default: 0.05]; 0: none.")
+                   "the latest iterate where their likelihood is within noise of the best "
+                   "[default: 0.05]; 0: none.")
 @click.option("--patience", type=click.IntRange(min=1),
               help="ML: stop after this many iterations without a better held-out "
-                   "likelihood [default: 5].")
+                   "likelihood [default: 10].")
 @click.option("--band-limit/--no-band-limit", default=None,
               help="ML: keep phase and absorption within the data's information limit "
                    "2α/λ [default: on].")
