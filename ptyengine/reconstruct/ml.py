@@ -172,7 +172,8 @@ def bright_field_pixels(cal) -> float:
 
 
 def prior_spectrum(shape, sampling, smoothness: float, ridge: float, xp):
-    """Λ(k) of R (FFT order): μ_s λ_∇(k) + μ_r A_px, λ_∇ = 4 sin²(π k_y d_y) + 4 sin²(π k_x d_x)
+    """Λ(k) of R (FFT order): μ_s λ_∇(k) + μ_r A_px, with
+    λ_∇ = 4 sin²(π k_y d_y) + 4 sin²(π k_x d_x)
     the eigenvalues of the periodic discrete −Laplacian."""
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = np.fft.fftfreq(shape[1])[None, :]
