@@ -213,6 +213,7 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
+        self._illumination = None
 
     def _batches(self):
         bs = self.params.batch_size
@@ -270,6 +271,16 @@ class _Engine:
             s2_tot += float(d2.sum())
         return s1_tot, s2_tot
 
+    def illumination(self, den):
+        """(h/h̄, h̄) of the preconditioner, h = 4N Σ|P_j|² (4 × the counts through each
+        pixel), h̄ its mean over the well-lit pixels. The probe is fixed, so it is worked out
+        from the first pass's Σ|P_j|² and kept."""
+        if self._illumination is None:
+            h = 4 * self.n * den
+            h_bar = float(h[h > 0.5 * float(h.max())].mean())
+            self._illumination = (h / h_bar, h_bar)
+        return self._illumination
+
     # ------------------------------------------------------------------ the prior
     def prior(self, u):
         """(R(u), ∂R/∂u) through the prior's spectrum Λ (periodic on the object grid)."""
@@ -292,8 +303,8 @@ def _new_state(geom, probe_k, xp) -> IterativeState:
               "prev_phase": z(), "prev_absorption": z(),
               "g_phase": z(), "g_absorption": z(), "s_phase": z(), "s_absorption": z(),
               "d_phase": z(), "d_absorption": z(), "best_phase": z(), "best_absorption": z(),
-              # L_prev, damping, best held-out, best iteration, cg restarts, step t
-              "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0, 0.0], dtype=np.float64),
+              # L_prev, damping, best held-out, best iteration, last step t
+              "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0], dtype=np.float64),
               "held": xp.zeros(0, dtype=np.float64)}  # fmt: skip
     return IterativeState(arrays)
 
@@ -336,10 +347,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             g_phi = (2 * eng.n) * on.imag.astype(np.float32) + gp_phi
             g_ab = ((2 * eng.n) * on.real.astype(np.float32) + gp_ab) if complex_object else None
             d_prev = (a["d_phase"], a["d_absorption"]) if iteration > 0 else None
-        h = 4 * eng.n * den  # counts through each pixel × 4
-        scanned = h > 0.5 * float(h.max())
-        h_bar = float(h[scanned].mean())
-        h_rel = h / h_bar
+        h_rel, h_bar = eng.illumination(den)
         s_phi = eng.precondition(g_phi, h_rel, h_bar)
         s_ab = eng.precondition(g_ab, h_rel, h_bar) if complex_object else None
         d_phi, d_ab = -s_phi, (-s_ab if complex_object else None)
@@ -379,7 +387,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             a["d_absorption"][...] = d_ab
             ab += np.float32(t) * d_ab
         phi += np.float32(t) * d_phi
-        a["scalars"] = xp.asarray([total, damping, best_held, best_iter, 0.0, t],
+        a["scalars"] = xp.asarray([total, damping, best_held, best_iter, t],
                                   dtype=np.float64)  # fmt: skip
         return fit / max(total_counts, 1.0)
 
