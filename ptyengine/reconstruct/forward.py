@@ -16,8 +16,9 @@ split over the CPU cores (:func:`backend.split_map`) and, on the CPU, done in ca
 sub-chunks on two in-place FFT buffers (``probes`` and ``psi``): 4 FFTs per position with
 the probe term, 3 without.
 
-:func:`direction_pass` is the forward model's derivative along an object direction dO,
-Δ_j = F[P_j · dO[window_j]], handed to a ``reduce`` hook with Ψ_j (line searches).
+:func:`direction_pass` is the forward model's derivative along a direction (dO, dP̂) of
+the object and the probe, Δ_j = F[P_j · dO[window_j] + dP_j · O[window_j]] with
+dP_j = F⁻¹[dP̂ · ramp_j], handed to a ``reduce`` hook with Ψ_j (line searches).
 """
 
 from __future__ import annotations
@@ -92,10 +93,13 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     return num, den, upd, o_weight
 
 
-def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
-    """For the positions ``idx`` of ``block``: Ψ_j = F[P_j O_j] and Δ_j = F[P_j dO_j],
-    handed to ``reduce(psi_k, d_k, local, positions, s0, s1)`` (3 FFTs per position),
-    one part per CPU core."""
+def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
+                   d_probe_k=None) -> None:  # fmt: skip
+    """For the positions ``idx`` of ``block``: Ψ_j = F[P_j O_j] and the derivative
+    Δ_j = F[P_j dO_j + dP_j O_j] along the object direction ``d_obj`` (None: 0) and the
+    Fourier-space probe direction ``d_probe_k`` (None: 0), handed to
+    ``reduce(psi_k, d_k, local, positions, s0, s1)``; 3 FFTs per position, 4 with a
+    probe direction. One part per CPU core."""
     w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
     inv_n = 1.0 / (w0 * w1)
     step_cpu = _chunk((w0, w1))
@@ -110,14 +114,26 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp) -> 
         for s0 in range(0, len(sel), step):
             sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
             c = corners_dev[sub]
+            ry, rx = ramp_y[loc], ramp_x[loc]
             shape = (len(sub), w0, w1)
             probes = backend.fft_buffer(shape, CPLX, xp, "probes")
             psi = backend.fft_buffer(shape, CPLX, xp, "psi")
             dpsi = backend.fft_buffer(shape, CPLX, xp, "dpsi")
-            pk.ramp_multiply(probes.a, probe_k, ramp_y[loc], ramp_x[loc], inv_n)
+            pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
             probes.inverse()  # [1 FFT]
             pk.exit_waves(probes.a, obj, c, psi.a, scratch)
-            pk.exit_waves(probes.a, d_obj, c, dpsi.a, scratch)
+            if d_obj is not None:
+                pk.exit_waves(probes.a, d_obj, c, dpsi.a, scratch)
+            if d_probe_k is not None:  # dP_j · O_j, in the probes buffer (P_j is used up)
+                pk.ramp_multiply(probes.a, d_probe_k, ry, rx, inv_n)
+                probes.inverse()  # [1 FFT]
+                pk.exit_waves(probes.a, obj, c, probes.a, scratch)
+                if d_obj is None:
+                    dpsi.a[...] = probes.a
+                else:
+                    dpsi.a += probes.a
+            elif d_obj is None:
+                dpsi.a[...] = 0
             psi.forward()  # [1 FFT]
             dpsi.forward()  # [1 FFT]
             reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s0 + len(sub))

@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import backend
+from .. import backend, physics
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from .epie import PtychoGeometry, initial_probe
@@ -84,6 +84,10 @@ NOISE_FREE_COUNTS = 1e6  # counts per pattern assumed for noise-free (float, no 
 PRECONDITIONER_FLOOR = 0.1  # δ: weakly illuminated pixels get at most 1/δ of the mean step
 HELD_TOLERANCE = 1.0  # half-deviance: held-out changes smaller than this are noise
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
+FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
+#: Probe coefficients refined by each ``probe`` setting (Å): C12a, C12b are the Cartesian
+#: components of two-fold astigmatism, C12a = C12 cos 2φ12, C12b = C12 sin 2φ12.
+PROBE_COEFFICIENTS = {"none": (), "defocus": ("C10",), "aberrations": ("C10", "C12a", "C12b")}
 
 
 @dataclass
@@ -101,7 +105,11 @@ class MLParameters:
     holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
         stops at ``iterations`` or when the objective no longer falls).
     patience: iterations without a better held-out likelihood before stopping.
-    defocus: C10 in Å of the probe (None: the calibration's).
+    defocus: C10 in Å of the initial probe (None: the calibration's).
+    probe: which probe parameters are refined with the object: "none", "defocus" (C10) or
+        "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian components).
+    probe_start: first iteration (0-based) that refines them: the object must hold some
+        contrast before the data say anything about the probe.
     """
 
     iterations: int = 50
@@ -113,6 +121,8 @@ class MLParameters:
     holdout: float = 0.05
     patience: int = 10
     defocus: float | None = None
+    probe: str = "aberrations"
+    probe_start: int = 2
     seed: int = 0
     margin: int = 8
 
@@ -121,6 +131,11 @@ class MLParameters:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
                 f"and patience ({self.patience}) ≥ 1")
+        if self.probe not in PROBE_COEFFICIENTS:
+            raise PtyengineError(f"probe refinement must be one of "
+                                 f"{', '.join(PROBE_COEFFICIENTS)}, got {self.probe!r}")
+        if self.probe_start < 0:
+            raise PtyengineError(f"probe_start must be ≥ 0, got {self.probe_start}")
         if self.object_model not in ("phase", "complex"):
             raise PtyengineError(f"object model must be phase or complex, got "
                                  f"{self.object_model!r}")  # fmt: skip
@@ -187,6 +202,38 @@ def band_mask(shape, sampling, k_max: float, xp):
     return xp.asarray(np.hypot(ky, kx) <= k_max, dtype=np.float32)
 
 
+def coefficient_basis(cal, names, xp):
+    """∂χ/∂c (rad/Å, FFT order, shape (len(names), Wy, Wx)) of the refined coefficients:
+    πλ|k|² for C10, πλ|k|² cos 2φ_k for C12a, πλ|k|² sin 2φ_k for C12b (physics' χ)."""
+    ky, kx = physics.spatial_frequencies(cal.detector_shape, cal.real_space_sampling)
+    base = math.pi * cal.wavelength * (ky**2 + kx**2)
+    phi = np.arctan2(ky, kx)
+    rows = {"C10": base, "C12a": base * np.cos(2 * phi), "C12b": base * np.sin(2 * phi)}
+    return xp.asarray(np.stack([rows[n] for n in names]) if names else
+                      np.zeros((0,) + tuple(cal.detector_shape)), dtype=np.float32)  # fmt: skip
+
+
+def initial_coefficients(cal, names, defocus: float | None) -> np.ndarray:
+    """The calibration's values (Å) of the refined coefficients (C10 = ``defocus`` if given)."""
+    ab = dict(cal.aberrations)
+    c12, phi12 = ab.get("C12", 0.0), ab.get("phi12", 0.0)
+    values = {"C10": ab.get("C10", 0.0) if defocus is None else float(defocus),
+              "C12a": c12 * math.cos(2 * phi12), "C12b": c12 * math.sin(2 * phi12)}
+    return np.array([values[n] for n in names], dtype=np.float64)
+
+
+def refined_aberrations(cal, names, coefficients) -> dict[str, float]:
+    """The calibration's aberrations with the refined coefficients put in (Å, rad)."""
+    ab = dict(cal.aberrations)
+    c = dict(zip(names, (float(v) for v in coefficients), strict=True))
+    if "C10" in c:
+        ab["C10"] = c["C10"]
+    if "C12a" in c:
+        ab["C12"] = math.hypot(c["C12a"], c["C12b"])
+        ab["phi12"] = 0.5 * math.atan2(c["C12b"], c["C12a"])
+    return ab
+
+
 def fingerprint(cal, params: MLParameters, data_id: str) -> str:
     p = {k: v for k, v in params.__dict__.items() if k != "iterations"}
     blob = json.dumps([cal.to_dict(), p, data_id, "ml-1"], sort_keys=True, default=str)
@@ -227,11 +274,47 @@ class _Engine:
         hi = self.geom.corners[idx].max(axis=0) + w
         return lo, hi
 
-    def gradient(self, obj):
-        """One pass: (fitted, held-out half-deviance, ν, Σ|P_j|²) at ``obj``."""
+    def set_coefficients(self, c) -> None:
+        """Refined probe coefficients c (Å) → the probe P̂ = P̂₀ exp(−i Σ_i (c_i − c0_i) χ_i)
+        (χ is linear in the coefficients, so this is exact)."""
+        c = np.asarray(c, dtype=np.float64)
+        self.coefficients = c
+        if len(c) == 0 or not np.any(c != self.c0):
+            self.probe_k = self.probe0
+            return
+        xp = self.xp
+        dchi = xp.tensordot(xp.asarray((c - self.c0).astype(np.float32)), self.basis, axes=1)
+        self.probe_k = (self.probe0 * xp.exp(-1j * dchi)).astype(np.complex64)
+
+    def coefficient_gradient(self, upd) -> np.ndarray:
+        """∂L/∂c_i = 2 Re Σ_k i χ_i P̂ conj(upd), from ∂L/∂P̂* = −upd (exit_wave_pass's
+        probe term) and ∂P̂/∂c_i = −i χ_i P̂."""
+        xp = self.xp
+        w = (1j * self.probe_k * upd.conj()).real
+        return np.array([2 * float(xp.sum(w * b)) for b in self.basis], dtype=np.float64)
+
+    def probe_direction(self, d_c):
+        """dP̂ = −i Σ_i d_c,i χ_i P̂ along the coefficient direction d_c (Å)."""
+        xp = self.xp
+        dchi = xp.tensordot(xp.asarray(np.asarray(d_c, np.float32)), self.basis, axes=1)
+        return (-1j * dchi * self.probe_k).astype(np.complex64)
+
+    def coefficient_fisher(self, obj) -> np.ndarray:
+        """Fisher information d²L/dc_i² of each refined coefficient (1/Å²): one pass each."""
+        out = []
+        for i in range(len(self.basis)):
+            unit = np.zeros(len(self.basis))
+            unit[i] = 1.0
+            out.append(self.curvature(obj, None, self.probe_direction(unit))[1])
+        return np.array(out, dtype=np.float64)
+
+    def gradient(self, obj, with_probe: bool = False):
+        """One pass: (fitted, held-out half-deviance, ν, Σ|P_j|², probe term or None) at
+        ``obj``; the probe term is ∂L/∂P̂* = −upd (see :mod:`.forward`)."""
         xp, inv_n = self.xp, 1.0 / self.n
         nu = xp.zeros(self.geom.object_shape, dtype=np.complex64)
         den = xp.zeros(self.geom.object_shape, dtype=np.float32)
+        upd_total = xp.zeros(self.probe_k.shape, dtype=np.complex64) if with_probe else None
         fit = held = 0.0
         probe_k = self.probe_k
         for block, idx in self._batches():
@@ -245,16 +328,19 @@ class _Engine:
 
             lo, hi = self._box(idx)
             shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
-            num, d, _, _ = exit_wave_pass(obj, probe_k, block, idx, self.corners, lo, shape,
-                                          revise, False, xp)  # fmt: skip
+            num, d, upd, _ = exit_wave_pass(obj, probe_k, block, idx, self.corners, lo,
+                                            shape, revise, with_probe, xp)  # fmt: skip
             nu[lo[0]:hi[0], lo[1]:hi[1]] += num
             den[lo[0]:hi[0], lo[1]:hi[1]] += d
+            if with_probe:
+                upd_total += upd
             fit += float(nll.sum())
             held += float(hold.sum())
-        return fit, held, nu, den
+        return fit, held, nu, den, upd_total
 
-    def curvature(self, obj, d_obj) -> tuple[float, float]:
-        """One pass: dL/dt and the Fisher d²L/dt² of the likelihood along d_obj."""
+    def curvature(self, obj, d_obj, d_probe_k=None) -> tuple[float, float]:
+        """One pass: dL/dt and the Fisher d²L/dt² of the likelihood along the object
+        direction d_obj and the probe direction d_probe_k (either may be None)."""
         xp = self.xp
         s1_tot = s2_tot = 0.0
         for block, idx in self._batches():
@@ -266,7 +352,8 @@ class _Engine:
                                      d1[s0:s1], d2[s0:s1], self.cscale, EPS, self.seed,
                                      self.params.holdout)  # fmt: skip
 
-            direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp)
+            direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp,
+                           d_probe_k)  # fmt: skip
             s1_tot += float(d1.sum())
             s2_tot += float(d2.sum())
         return s1_tot, s2_tot
@@ -297,30 +384,43 @@ class _Engine:
             np.float32)
 
 
-def _new_state(geom, probe_k, xp) -> IterativeState:
+def _new_state(geom, c0, xp) -> IterativeState:
     z = lambda: xp.zeros(geom.object_shape, dtype=np.float32)  # noqa: E731
-    arrays = {"phase": z(), "absorption": z(), "probe_k": probe_k,
-              "prev_phase": z(), "prev_absorption": z(),
+    zc = lambda: xp.zeros(len(c0), dtype=np.float64)  # noqa: E731
+    arrays = {"phase": z(), "absorption": z(), "prev_phase": z(), "prev_absorption": z(),
               "g_phase": z(), "g_absorption": z(), "s_phase": z(), "s_absorption": z(),
               "d_phase": z(), "d_absorption": z(), "best_phase": z(), "best_absorption": z(),
-              # L_prev, damping, best held-out, best iteration, last step t
-              "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0], dtype=np.float64),
+              # the refined probe coefficients (Å) and their CG vectors, Fisher information
+              "coeffs": xp.asarray(c0), "prev_coeffs": xp.asarray(c0),
+              "best_coeffs": xp.asarray(c0), "g_coeffs": zc(), "s_coeffs": zc(),
+              "d_coeffs": zc(), "fisher_coeffs": zc(),
+              # L_prev, damping, best held-out, best iteration, last step t, Fisher's iteration
+              "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0, -BIG], dtype=np.float64),
               "held": xp.zeros(0, dtype=np.float64)}  # fmt: skip
     return IterativeState(arrays)
 
 
 def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, total_counts,
                    held_counts, xp):  # fmt: skip
+    """One ML iteration: gradient pass, Polak-Ribière⁺ direction over (φ, a, c), Newton step
+    along it (module docstring). The probe coefficients c join the vector from
+    ``probe_start`` on, preconditioned by their Fisher information."""
+    host = backend.to_numpy
+
     def obj_of(phi, ab):
         return xp.exp(1j * phi - ab).astype(np.complex64)
 
     def sweep(state: IterativeState, iteration: int) -> float:
         a = state.arrays
-        sc = backend.to_numpy(a["scalars"]).copy()
+        sc = host(a["scalars"]).copy()
         l_prev, damping, best_held, best_iter = sc[0], sc[1], sc[2], int(sc[3])
+        fisher_iter = sc[5]
+        refine = len(eng.names) > 0 and iteration >= params.probe_start
         phi, ab = a["phase"], a["absorption"]
+        c = host(a["coeffs"]).copy()
+        eng.set_coefficients(c)
         obj = obj_of(phi, ab)
-        fit, held, nu, den = eng.gradient(obj)
+        fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
         r_phi, gp_phi = eng.prior(phi)
         r_ab, gp_ab = eng.prior(ab) if complex_object else (0.0, None)
         total = fit + r_phi + r_ab
@@ -332,13 +432,16 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
                 best_iter = iteration
                 a["best_phase"][...] = phi
                 a["best_absorption"][...] = ab
+                a["best_coeffs"] = xp.asarray(c)
         rejected = iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
         if rejected:  # undo the last step; restart CG from the previous gradient
             phi[...] = a["prev_phase"]
             ab[...] = a["prev_absorption"]
+            c = host(a["prev_coeffs"]).copy()
+            eng.set_coefficients(c)
             obj = obj_of(phi, ab)
             damping *= 0.25
-            g_phi, g_ab = a["g_phase"], a["g_absorption"]
+            g_phi, g_ab, g_c = a["g_phase"], a["g_absorption"], host(a["g_coeffs"])
             d_prev = None
             total = l_prev
         else:
@@ -346,30 +449,43 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             on = obj * nu.conj()
             g_phi = (2 * eng.n) * on.imag.astype(np.float32) + gp_phi
             g_ab = ((2 * eng.n) * on.real.astype(np.float32) + gp_ab) if complex_object else None
-            d_prev = (a["d_phase"], a["d_absorption"]) if iteration > 0 else None
+            g_c = eng.coefficient_gradient(upd) if refine else np.zeros(len(c))
+            d_prev = (a["d_phase"], a["d_absorption"], host(a["d_coeffs"])) if iteration else None
+        fisher = host(a["fisher_coeffs"])
+        if refine and iteration - fisher_iter >= FISHER_EVERY:
+            fisher = eng.coefficient_fisher(obj)
+            a["fisher_coeffs"], fisher_iter = xp.asarray(fisher), iteration
         h_rel, h_bar = eng.illumination(den)
         s_phi = eng.precondition(g_phi, h_rel, h_bar)
         s_ab = eng.precondition(g_ab, h_rel, h_bar) if complex_object else None
-        d_phi, d_ab = -s_phi, (-s_ab if complex_object else None)
+        # the object's preconditioner divides by h/h̄, so its directions are h̄ × Newton
+        # steps: the coefficients' (g/F, Newton) are scaled alike
+        s_c = np.where(fisher > 0, h_bar * g_c / np.where(fisher > 0, fisher, 1.0), 0.0) \
+            if refine else np.zeros(len(c))  # fmt: skip
+        d_phi, d_ab, d_c = -s_phi, (-s_ab if complex_object else None), -s_c
         if d_prev is not None:  # Polak-Ribière+
-            num = float(xp.sum(s_phi * (g_phi - a["g_phase"])))
-            den_b = float(xp.sum(a["s_phase"] * a["g_phase"]))
+            num = float(xp.sum(s_phi * (g_phi - a["g_phase"]))) + float(
+                s_c @ (g_c - host(a["g_coeffs"])))
+            den_b = float(xp.sum(a["s_phase"] * a["g_phase"])) + float(
+                host(a["s_coeffs"]) @ host(a["g_coeffs"]))
             if complex_object:
                 num += float(xp.sum(s_ab * (g_ab - a["g_absorption"])))
                 den_b += float(xp.sum(a["s_absorption"] * a["g_absorption"]))
             beta = max(0.0, num / den_b) if den_b > 0 else 0.0
             d_phi = d_phi + beta * d_prev[0]
+            d_c = d_c + beta * d_prev[2]
             if complex_object:
                 d_ab = d_ab + beta * d_prev[1]
-            slope = float(xp.sum(d_phi * g_phi)) + (
+            slope = float(xp.sum(d_phi * g_phi)) + float(d_c @ g_c) + (
                 float(xp.sum(d_ab * g_ab)) if complex_object else 0.0)  # fmt: skip
             if slope >= 0:  # not a descent direction: steepest descent
-                d_phi, d_ab = -s_phi, (-s_ab if complex_object else None)
+                d_phi, d_ab, d_c = -s_phi, (-s_ab if complex_object else None), -s_c
         # Newton step along d: L' = g·d exactly, L'' = the likelihood's Fisher curvature
         # (one pass) plus the prior's d·Λd
         du = 1j * d_phi - (d_ab if complex_object else 0)
-        _, d2 = eng.curvature(obj, (obj * du).astype(np.complex64))
-        d1 = float(xp.sum(g_phi * d_phi))
+        d_probe = eng.probe_direction(d_c) if refine and np.any(d_c) else None
+        _, d2 = eng.curvature(obj, (obj * du).astype(np.complex64), d_probe)
+        d1 = float(xp.sum(g_phi * d_phi)) + float(g_c @ d_c)
         d2 += float(xp.sum(d_phi * eng.prior(d_phi)[1]))
         if complex_object:
             d1 += float(xp.sum(g_ab * d_ab))
@@ -378,16 +494,19 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         # remember the point, its gradient and direction, then step
         a["prev_phase"][...] = phi
         a["prev_absorption"][...] = ab
+        a["prev_coeffs"] = xp.asarray(c)
         a["g_phase"][...] = g_phi
         a["s_phase"][...] = s_phi
         a["d_phase"][...] = d_phi
+        a["g_coeffs"], a["s_coeffs"], a["d_coeffs"] = (xp.asarray(v) for v in (g_c, s_c, d_c))
         if complex_object:
             a["g_absorption"][...] = g_ab
             a["s_absorption"][...] = s_ab
             a["d_absorption"][...] = d_ab
             ab += np.float32(t) * d_ab
         phi += np.float32(t) * d_phi
-        a["scalars"] = xp.asarray([total, damping, best_held, best_iter, t],
+        a["coeffs"] = xp.asarray(c + t * d_c)
+        a["scalars"] = xp.asarray([total, damping, best_held, best_iter, t, fisher_iter],
                                   dtype=np.float64)  # fmt: skip
         return fit / max(total_counts, 1.0)
 
@@ -433,20 +552,27 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Eng
     eng.counts_per_pattern = mean_sum * cscale
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
-    eng.probe_k = initial_probe(cal, params.defocus, eng.counts_per_pattern, xp)
+    eng.names = PROBE_COEFFICIENTS[params.probe]
+    eng.basis = coefficient_basis(cal, eng.names, xp)
+    eng.c0 = initial_coefficients(cal, eng.names, params.defocus)
+    eng.probe0 = initial_probe(cal, params.defocus, eng.counts_per_pattern, xp)
+    eng.set_coefficients(eng.c0)
     return eng
 
 
-def objective(eng: _Engine, phase, absorption) -> tuple[float, object, object]:
-    """(L, ∂L/∂φ, ∂L/∂a) of the module docstring at (φ, a), fitted pixels only."""
+def objective(eng: _Engine, phase, absorption, coefficients=None):
+    """(L, ∂L/∂φ, ∂L/∂a, ∂L/∂c) of the module docstring at (φ, a) and the probe
+    coefficients c (Å; None: the initial ones), fitted pixels only."""
     xp = eng.xp
+    eng.set_coefficients(eng.c0 if coefficients is None else coefficients)
     obj = xp.exp(1j * phase - absorption).astype(np.complex64)
-    fit, _, nu, _ = eng.gradient(obj)
+    fit, _, nu, _, upd = eng.gradient(obj, with_probe=len(eng.names) > 0)
     r_phi, gp_phi = eng.prior(phase)
     r_ab, gp_ab = eng.prior(absorption)
     on = obj * nu.conj()
+    g_c = eng.coefficient_gradient(upd) if len(eng.names) else np.zeros(0)
     return (fit + r_phi + r_ab, (2 * eng.n) * on.imag + gp_phi,
-            (2 * eng.n) * on.real + gp_ab)  # fmt: skip
+            (2 * eng.n) * on.real + gp_ab, g_c)  # fmt: skip
 
 
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
@@ -461,7 +587,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
     else:
-        state = _new_state(geom, eng.probe_k, xp)
+        state = _new_state(geom, eng.c0, xp)
     total_counts = counts_per_pattern * n_pos
     held_counts = total_counts * params.holdout
     sweep = _sweep_factory(eng, params, complex_object, total_counts, held_counts, xp)
@@ -476,8 +602,10 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     use_best = bool(params.holdout) and sc[2] < BIG
     phi = a["best_phase"] if use_best else a["phase"]
     ab = a["best_absorption"] if use_best else a["absorption"]
+    coeffs = backend.to_numpy(a["best_coeffs"] if use_best else a["coeffs"])
     best = int(sc[3]) if use_best else state.iteration
     obj = backend.to_numpy(xp.exp(1j * phi - ab).astype(np.complex64))
+    eng.set_coefficients(coeffs)
     probe = backend.to_numpy(xp.fft.ifft2(eng.probe_k))
     held = [float(v) for v in backend.to_numpy(a["held"])]
     stopped = ("held-out likelihood" if state.iteration < params.iterations else
@@ -485,6 +613,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     extra = {"streamed": patterns.streamed, "counts_per_pattern": counts_per_pattern,
              "counts_per_bright_field_pixel": per_bf_pixel, "count_scale": cscale,
              "object_model": "complex" if complex_object else "phase",
-             "stopped_by": stopped, "iterations_run": state.iteration}  # fmt: skip
+             "stopped_by": stopped, "iterations_run": state.iteration,
+             "aberrations": refined_aberrations(cal, eng.names, coeffs),
+             "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True))}
     return MLResult(obj, backend.to_numpy(phi).astype(np.float32), probe,
                     [float(e) for e in state.errors], held, best, geom, params, cal, extra)
