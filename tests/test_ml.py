@@ -90,7 +90,7 @@ def test_probe_coefficient_gradient_matches_finite_differences(thin):
     at a structured object and a probe away from the calibration's; and the line-search
     kernel's slope along a joint (object, probe) direction equals g·d."""
     ds = _counts(thin, 2000.0)
-    eng = mlmod.setup(ds, MLParameters(probe="aberrations", holdout=0.1, smoothness=0.0,
+    eng = mlmod.setup(ds, MLParameters(refine_probe="aberrations", holdout=0.1, smoothness=0.0,
                                        ridge=0.0), np)
     assert eng.names == ("C10", "C12a", "C12b")
     rng = np.random.default_rng(5)
@@ -197,3 +197,65 @@ def test_nan_or_negative_counts_are_a_clear_error(thin, bad):
     with pytest.raises(PtyengineError, match="row"):
         ml(InMemoryDataset(data, dataclasses.replace(cal, dose=100.0)),
            MLParameters(iterations=1))
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """Noise-free 4 Å slab of 40 Si/Zr atoms at random (seed 11) in a 16 Å cell, crossover
+    40 nm above, a 31 Å window (room for a probe 20 nm off): (path, data, cal, params).
+    Amorphous, so no lattice period makes other defoci look alike."""
+    from ase import Atoms
+    from ase.io import write
+
+    tmp = tmp_path_factory.mktemp("ml")
+    rng = np.random.default_rng(11)
+    cell = (16.0, 16.0, 4.0)
+    atoms = Atoms(["Si"] * 25 + ["Zr"] * 15, positions=rng.random((40, 3)) * cell, cell=cell,
+                  pbc=True)  # fmt: skip
+    write(tmp / "slab.cif", atoms)
+    params = dataclasses.replace(THIN, structure=str(tmp / "slab.cif"), field=(16.0, 16.0),
+                                 thickness=4.0, defocus=400.0, max_angle=30.0,
+                                 detector_pixels=96, scan_step=0.5, scan_size=(8.0, 8.0),
+                                 sigmas={})  # fmt: skip
+    simulate(params, str(tmp / "wide.zarr"))
+    with io.open_dataset(tmp / "wide.zarr") as ds:
+        return tmp / "wide.zarr", ds.read_rows(0, ds.shape[0]), ds.calibration, params
+
+
+@pytest.mark.parametrize("start", [200.0, 600.0])
+def test_a_defocus_20_nm_off_is_found_and_refined(wide, start):
+    """The issue's test: the probe starts 20 nm from the data's defocus (C10 = 400 Å, a
+    4 Å slab whose single-slice plane lies ~2 Å lower). The likelihood search puts it
+    within a grid step's fraction, the refinement within a few Å, and the phase reaches the
+    NCC of a run that starts from the true defocus; without search and refinement it does
+    not."""
+    path, data, cal, params = wide
+    ds = _counts(wide[:3], 5000.0)
+    truth = 400.0 + params.thickness / 2
+    res = ml(ds, MLParameters(defocus=start, iterations=25, holdout=0.0))
+    assert abs(res.extra["start_defocus"] - truth) < 40, res.extra["defocus_search"]
+    assert abs(res.extra["refined"]["C10"] - truth) < 8, res.extra["refined"]
+    ncc = _ncc(res.phase, res.geometry, path)
+    ref = ml(ds, MLParameters(defocus=truth, iterations=25, holdout=0.0, defocus_search=0))
+    fixed = ml(ds, MLParameters(defocus=start, iterations=25, defocus_search=0,
+                                refine_probe="none", holdout=0.0))  # fmt: skip
+    ncc_ref = _ncc(ref.phase, ref.geometry, path)
+    ncc_fixed = _ncc(fixed.phase, fixed.geometry, path)
+    assert ncc > ncc_ref - 0.02, (ncc, ncc_ref)
+    assert ncc_fixed < ncc - 0.1, (ncc_fixed, ncc)
+
+
+def test_defocus_search_grid_and_vertex():
+    """The grid is symmetric about its centre; the vertex of a sampled parabola is its
+    minimum; a minimum at the end of the grid is reported on the edge, not extrapolated."""
+    from ptyengine.reconstruct.defocus_search import grid, vertex
+
+    xs = grid(1000.0, 300.0, 100.0)
+    assert xs == [700.0, 800.0, 900.0, 1000.0, 1100.0, 1200.0, 1300.0]
+    ys = [(x - 1037.0) ** 2 for x in xs]
+    best, edge = vertex(np.asarray(xs), np.asarray(ys))
+    assert best == pytest.approx(1037.0) and not edge
+    best, edge = vertex(np.asarray(xs), np.asarray([(x - 2000.0) ** 2 for x in xs]))
+    assert best == 1300.0 and edge
+    with pytest.raises(PtyengineError, match="step"):
+        grid(0.0, 300.0, 0.0)

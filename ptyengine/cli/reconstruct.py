@@ -75,7 +75,17 @@ def _preview_path(output: Path) -> Path:
               help=f"ePIE/ML: C10 in Å of the initial probe [default: the calibration's]. "
                    f"{DEFOCUS_SIGN}")
 @click.option("--probe-update-start", type=click.IntRange(min=0),
-              help="ePIE: first iteration (0-based) that refines the probe [default: 1].")
+              help="ePIE/ML: first iteration (0-based) that refines the probe [default: 1 "
+                   "for ePIE, 2 for ML].")
+@click.option("--refine-probe", type=click.Choice(["none", "defocus", "aberrations"]),
+              help="ML: probe parameters refined with the object: none, the defocus C10, or "
+                   "C10 and the two-fold astigmatism C12 [default: aberrations].")
+@click.option("--defocus-search", type=float,
+              help="ML: before reconstructing, search the global defocus within ± this many "
+                   "Å of --defocus (or the calibration's) on the Poisson likelihood "
+                   "[default: 300]; 0: off.")
+@click.option("--defocus-step", type=float,
+              help="ML: grid step of the defocus search in Å [default: 100].")
 @click.option("--phase-only", is_flag=True, default=None,
               help="ePIE: constrain the object to a pure phase (|O| = 1): weak-phase "
                    "specimens at low dose [default: off].")
@@ -282,9 +292,10 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
         bar.update(iteration - bar.n)
 
     try:
+        more = {"report": lambda line: click.echo(line, err=True)} if method == "ml" else {}
         res = run(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                  data_id=str(data.resolve()), memory_limit=memory_limit)  # fmt: skip
+                  data_id=str(data.resolve()), memory_limit=memory_limit, **more)  # fmt: skip
     finally:
         bar.close()
     g, cal = res.geometry, ds.calibration
@@ -304,6 +315,9 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     if method == "ml":
         summary += (f", result = iteration {res.best_iteration} (held-out likelihood), "
                     f"{res.extra['counts_per_pattern']:.4g} counts/pattern")  # fmt: skip
+        if res.extra["refined"]:
+            summary += ", probe " + ", ".join(f"{k} {v:.1f} Å"
+                                              for k, v in res.extra["refined"].items())
         extra.update({k: v for k, v in res.extra.items() if k != "streamed"},
                      held_out=res.held_out, best_iteration=res.best_iteration)  # fmt: skip
         if res.held_out:
@@ -312,7 +326,8 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     elif errors:
         panels.append(("error vs iteration", np.asarray(errors)))
     parameters = {**dataclasses.asdict(params), "device": device,
-                  "defocus_used": cal.defocus if params.defocus is None else params.defocus,
+                  "defocus_used": res.extra.get("start_defocus", cal.defocus if
+                                                params.defocus is None else params.defocus),
                   "checkpoint_every": checkpoint_every}  # fmt: skip
     return {
         "arrays": {"object": res.object.astype(np.complex64),

@@ -74,6 +74,7 @@ import numpy as np
 from .. import backend, physics
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
+from .defocus_search import search_defocus
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
 from .iterative import IterativeState, load_checkpoint, opened, run
@@ -106,10 +107,14 @@ class MLParameters:
         stops at ``iterations`` or when the objective no longer falls).
     patience: iterations without a better held-out likelihood before stopping.
     defocus: C10 in Å of the initial probe (None: the calibration's).
-    probe: which probe parameters are refined with the object: "none", "defocus" (C10) or
+    refine_probe: which probe parameters are refined with the object: "none", "defocus" (C10) or
         "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian components).
-    probe_start: first iteration (0-based) that refines them: the object must hold some
+    probe_update_start: first iteration (0-based) that refines them: the object must hold some
         contrast before the data say anything about the probe.
+    defocus_search: half-width (Å) of the likelihood search for the global defocus made
+        before the reconstruction, around ``defocus`` or the calibration's C10
+        (:mod:`.defocus_search`); 0 switches it off.
+    defocus_step: the search's grid step (Å).
     """
 
     iterations: int = 50
@@ -121,8 +126,10 @@ class MLParameters:
     holdout: float = 0.05
     patience: int = 10
     defocus: float | None = None
-    probe: str = "aberrations"
-    probe_start: int = 2
+    refine_probe: str = "aberrations"
+    probe_update_start: int = 2
+    defocus_search: float = 300.0
+    defocus_step: float = 100.0
     seed: int = 0
     margin: int = 8
 
@@ -131,11 +138,16 @@ class MLParameters:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
                 f"and patience ({self.patience}) ≥ 1")
-        if self.probe not in PROBE_COEFFICIENTS:
+        if self.refine_probe not in PROBE_COEFFICIENTS:
             raise PtyengineError(f"probe refinement must be one of "
-                                 f"{', '.join(PROBE_COEFFICIENTS)}, got {self.probe!r}")
-        if self.probe_start < 0:
-            raise PtyengineError(f"probe_start must be ≥ 0, got {self.probe_start}")
+                                 f"{', '.join(PROBE_COEFFICIENTS)}, got {self.refine_probe!r}")
+        if not (math.isfinite(self.defocus_search) and self.defocus_search >= 0
+                and math.isfinite(self.defocus_step) and self.defocus_step > 0):
+            raise PtyengineError(f"defocus search: span ({self.defocus_search}) must be ≥ 0 Å "
+                                 f"and step ({self.defocus_step}) > 0 Å")
+        if self.probe_update_start < 0:
+            raise PtyengineError(f"probe update start must be ≥ 0, got "
+                                 f"{self.probe_update_start}")
         if self.object_model not in ("phase", "complex"):
             raise PtyengineError(f"object model must be phase or complex, got "
                                  f"{self.object_model!r}")  # fmt: skip
@@ -245,6 +257,7 @@ class _Engine:
 
     def __init__(self, patterns, geom, params: MLParameters, cal, cscale: float, xp):
         self.patterns, self.geom, self.params, self.xp = patterns, geom, params, xp
+        self.cal = cal
         self.geometry = geom
         self.cscale = float(cscale)
         self.corners = xp.asarray(geom.corners)
@@ -273,6 +286,16 @@ class _Engine:
         lo = self.geom.corners[idx].min(axis=0)
         hi = self.geom.corners[idx].max(axis=0) + w
         return lo, hi
+
+    def start_at(self, defocus: float | None) -> None:
+        """Take the probe of the calibration with C10 = ``defocus`` (None: the
+        calibration's) as the start and reference of the refined coefficients."""
+        self.probe0 = initial_probe(self.cal, defocus, self.counts_per_pattern, self.xp)
+        self.c0 = initial_coefficients(self.cal, self.names, defocus)
+        self.start_defocus = (float(defocus) if defocus is not None else
+                              float(dict(self.cal.aberrations).get("C10", 0.0)))  # fmt: skip
+        self._illumination = None
+        self.set_coefficients(self.c0)
 
     def set_coefficients(self, c) -> None:
         """Refined probe coefficients c (Å) → the probe P̂ = P̂₀ exp(−i Σ_i (c_i − c0_i) χ_i)
@@ -404,7 +427,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
                    held_counts, xp):  # fmt: skip
     """One ML iteration: gradient pass, Polak-Ribière⁺ direction over (φ, a, c), Newton step
     along it (module docstring). The probe coefficients c join the vector from
-    ``probe_start`` on, preconditioned by their Fisher information."""
+    ``probe_update_start`` on, preconditioned by their Fisher information."""
     host = backend.to_numpy
 
     def obj_of(phi, ab):
@@ -415,7 +438,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         sc = host(a["scalars"]).copy()
         l_prev, damping, best_held, best_iter = sc[0], sc[1], sc[2], int(sc[3])
         fisher_iter = sc[5]
-        refine = len(eng.names) > 0 and iteration >= params.probe_start
+        refine = len(eng.names) > 0 and iteration >= params.probe_update_start
         phi, ab = a["phase"], a["absorption"]
         c = host(a["coeffs"]).copy()
         eng.set_coefficients(c)
@@ -523,18 +546,20 @@ def ml(
     progress=None,
     data_id: str = "",
     memory_limit: int | None = None,
+    report=None,
 ) -> MLResult:
     """Reconstruct the object from a calibrated dataset (path, io.Dataset or
     InMemoryDataset) by Poisson maximum likelihood; see the module docstring.
 
     The measured patterns are held or streamed as for ePIE (``memory_limit``);
     ``progress(iteration, error)``, ``checkpoint``/``checkpoint_every``/``resume`` as for
-    :func:`.epie.epie`. Returns the iterate with the best held-out likelihood.
+    :func:`.epie.epie`; ``report(line)`` receives one line on the defocus search.
+    Returns the iterate with the best held-out likelihood.
     """
     params = params or MLParameters()
     with opened(data, device) as (ds, xp):
         return _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                    data_id, memory_limit)  # fmt: skip
+                    data_id, memory_limit, report)  # fmt: skip
 
 
 def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Engine:
@@ -552,11 +577,9 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Eng
     eng.counts_per_pattern = mean_sum * cscale
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
-    eng.names = PROBE_COEFFICIENTS[params.probe]
+    eng.names = PROBE_COEFFICIENTS[params.refine_probe]
     eng.basis = coefficient_basis(cal, eng.names, xp)
-    eng.c0 = initial_coefficients(cal, eng.names, params.defocus)
-    eng.probe0 = initial_probe(cal, params.defocus, eng.counts_per_pattern, xp)
-    eng.set_coefficients(eng.c0)
+    eng.start_at(params.defocus)
     return eng
 
 
@@ -576,7 +599,7 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
 
 
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-        memory_limit) -> MLResult:  # fmt: skip
+        memory_limit, report) -> MLResult:  # fmt: skip
     cal = ds.calibration
     eng = setup(ds, params, xp, memory_limit)
     geom, patterns = eng.geometry, eng.patterns
@@ -584,12 +607,20 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     counts_per_pattern, complex_object = eng.counts_per_pattern, eng.complex_object
     per_bf_pixel, cscale = eng.per_bf_pixel, eng.cscale
     fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|rows={patterns.rows}")
+    search = None
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
+        eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
     else:
+        if params.defocus_search > 0:
+            search = search_defocus(eng, params, params.defocus_search, params.defocus_step)
+            if report:
+                report(search.describe())
+            eng.start_at(search.defocus)
         state = _new_state(geom, eng.c0, xp)
-    total_counts = counts_per_pattern * n_pos
-    held_counts = total_counts * params.holdout
+        state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
+    held_counts = counts_per_pattern * n_pos * params.holdout
+    total_counts = counts_per_pattern * n_pos - held_counts  # the fitted counts
     sweep = _sweep_factory(eng, params, complex_object, total_counts, held_counts, xp)
 
     def stop(st):
@@ -615,6 +646,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "object_model": "complex" if complex_object else "phase",
              "stopped_by": stopped, "iterations_run": state.iteration,
              "aberrations": refined_aberrations(cal, eng.names, coeffs),
-             "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True))}
+             "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True)),
+             "start_defocus": eng.start_defocus,
+             "defocus_search": search.describe() if search else None}
     return MLResult(obj, backend.to_numpy(phi).astype(np.float32), probe,
                     [float(e) for e in state.errors], held, best, geom, params, cal, extra)
