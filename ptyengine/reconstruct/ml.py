@@ -76,6 +76,7 @@ from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
+from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
 from .patterns import choose_patterns
 
@@ -144,6 +145,7 @@ class MLResult:
     parameters: MLParameters
     calibration: object
     extra: dict = field(default_factory=dict)
+    reconstruction_frame: dict | None = None  # rotated data: see frame.present
 
 
 def count_scale(ds, cal, mean_sum: float) -> float:
@@ -202,7 +204,7 @@ class _Engine:
         self.cscale = float(cscale)
         self.corners = xp.asarray(geom.corners)
         self.n = geom.window[0] * geom.window[1]
-        self.mask = xp.ones(geom.window, dtype=np.uint8)
+        self.mask = patterns.mask  # the detector mask in the engines' frame (0: not data)
         rows, (sy, sx) = patterns.rows, cal.scan_shape
         # full-batch gradients: every block once per pass, its positions in scan order
         self.order = [(b, np.arange(b * rows * sx, min((b + 1) * rows, sy) * sx))
@@ -414,8 +416,8 @@ def ml(
     """
     params = params or MLParameters()
     with opened(data, device) as (ds, xp):
-        return _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                    data_id, memory_limit)  # fmt: skip
+        return present(_ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
+                           data_id, memory_limit))  # fmt: skip
 
 
 def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Engine:
