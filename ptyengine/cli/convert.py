@@ -78,7 +78,10 @@ def _dose(text: str | None):
 @click.option("--center", help="Unscattered beam centre cy,cx in input detector pixels "
                                 "[default: the file's, else the centre of mass of the mean "
                                 "pattern].")
-@click.option("--rotation", type=float, help="Scan-detector rotation in degrees [default: 0].")
+@click.option("--rotation", type=float,
+              help="Scan-detector rotation in degrees: a detector vector turned by it (after "
+                   "--transpose) points along the scan's axes; > 0 turns +x towards +y, so "
+                   "patterns stored as np.rot90 of scan-aligned ones take 90 [default: 0].")
 @click.option("--transpose", is_flag=True, default=None, help="Swap the detector axes first.")
 @click.option("--defocus", type=float,
               help=f"Probe defocus C10 in Å (recorded in the calibration; ePIE starts from "
@@ -126,6 +129,8 @@ def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, en
           --detector-angle 0.8 --crop 0:256,0:256 --bin 2
       ptyengine convert scan.raw --shape 128,128,256,256 --dtype uint16 --energy 200 \\
           --semiangle 25 --scan-step 0.4 --dk 0.02 --defocus 500 -o scan.zarr --resume
+      ptyengine convert scan.mib -o scan.zarr --energy 300 --semiangle 20 --scan-step 0.5 \\
+          --detector-angle 0.8 --rotation 12.5 --transpose --mask bad_pixels.npy
     """
     from tqdm import tqdm
 

@@ -131,7 +131,10 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
     """Reconstruct the phase of the specimen from a 4D-STEM dataset (.zarr/.h5).
 
     Writes a result Zarr (phase, and for ePIE the complex object and probe; every
-    parameter and the calibration in its attributes) and a PNG preview. If the dataset
+    parameter and the calibration in its attributes) and a PNG preview. Every method takes
+    the calibration's scan-detector rotation and transpose; ePIE and ML reconstruct on the
+    detector's axes (no count is interpolated) and write the object and phase resampled
+    onto the scan's axes. If the dataset
     holds a simulated ground truth, prints the correlation (NCC) of the phase with σ·V.
 
     \b
@@ -140,6 +143,7 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20 --resume
       ptyengine reconstruct uio66_dose100.zarr --method ml
+      ptyengine reconstruct scan.zarr --method ml --mask bad_pixels.npy
     """
     memory_limit = epie_opts.pop("memory_limit")
     given = {k: v for k, v in epie_opts.items() if v is not None}

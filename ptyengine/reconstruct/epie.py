@@ -32,8 +32,13 @@ tails wrapping round its edges do not bias it) is moved back to the window centr
 whole object; skipped while the centroid is within 0.01 px). This is the convention of
 the simulator's probe (a probe with even aberrations is centred on its position).
 
+Detector pixels that the detector mask hides (:func:`ptyengine.dataset.detector_mask`:
+dead or hot) are not data: there Ψ' = Ψ, the model keeps its own modulus.
+
 Geometry: the detector grid fixes the real-space pixel, d = 1/(N dk) Å; the probe window
-is the detector size. Positions are sub-pixel: the window sits at the integer pixel and
+is the detector size. With a scan–detector rotation or transpose the object is
+reconstructed on a grid aligned with the detector axes, and the result resampled onto the
+scan-aligned grid (:mod:`.frame`). Positions are sub-pixel: the window sits at the integer pixel and
 the fractional remainder shifts the probe by a Fourier phase ramp (the probe is kept in
 Fourier space, so this costs one FFT to form and one to return its update).
 """
