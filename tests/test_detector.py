@@ -152,6 +152,14 @@ def test_general_angle(mos2, aligned):
     assert e < 0.5 and m < 0.5, (e, m)
 
 
+def test_phase_only_object_stays_unimodular_when_resampled(mos2):
+    data, cal, *_ = mos2
+    d, c = _turned(data, cal, 1, False)
+    res = epie(_dataset(d, c), EpieParameters(iterations=2, phase_only=True))
+    assert res.reconstruction_frame is not None
+    np.testing.assert_allclose(np.abs(res.object), 1.0, atol=1e-5)
+
+
 def test_aberration_angles_turn_with_the_frame():
     """χ of the turned coefficients at k_t equals χ of the calibration's at R(θ) k_t:
     on a square grid a quarter turn maps grid points onto grid points."""

@@ -141,7 +141,10 @@ def present(result):
                                              frame="specimen")  # fmt: skip
     names = {f.name for f in dataclasses.fields(result)}
     kept = {"object": result.object, "geometry": geom}
-    changes = {"object": resample(result.object, geom, target, 1.0), "geometry": target}
+    obj = resample(result.object, geom, target, 1.0)
+    if getattr(result.parameters, "phase_only", False):  # |O| = 1 again after splines
+        obj /= np.abs(obj).clip(1e-12)
+    changes = {"object": obj, "geometry": target}
     if "phase" in names:
         kept["phase"] = result.phase
         changes["phase"] = resample(result.phase, geom, target, 0.0)
