@@ -28,6 +28,12 @@ pattern is that of up to 16 scan rows spread over the scan (at most ~256 MiB of 
 a centre from the caller or the reader, the centre is its centre of mass (the unscattered
 disk dominates it).
 
+A detector mask of dead and hot pixels (``mask``, in input pixels: 1 a pixel that counts)
+is cropped and binned like the data (a binned pixel counts only if all of its input pixels
+do), checked against the output calibration (:func:`dataset.check_mask`) and stored as the
+dataset's ``detector_mask`` array; its hidden pixels are left out of the mean pattern that
+gives the default centre and the disc check.
+
 Each stored chunk's CRC32 (of its C-order bytes, as written) is kept in the metadata
 (``chunk_crc32``); :func:`verify` re-reads every chunk and compares. An interrupted
 conversion resumes at the first unwritten chunk when the fingerprint (source files with
@@ -654,7 +660,8 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
             _record_inferred_dose(writer, notes, log)
         if out_mask is not None:
             writer.write_array(MASK_ARRAY, out_mask, {
-                "description": "detector mask: 1 a pixel that counts, 0 a dead or hot one"})
+                "description": "detector mask: 1 a pixel that counts, 0 a dead or hot one",
+                "hidden_pixels": int((out_mask == 0).sum())})
         writer.finish()
     finally:
         writer.close()
