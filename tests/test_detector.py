@@ -237,6 +237,19 @@ def test_mask_on_a_transposed_detector(mos2, aligned):
     assert e > aligned[0] - 0.01 and m > aligned[1] - 0.015, (e, m, aligned)
 
 
+@pytest.mark.parametrize("engine", [epie, ml])
+def test_resume_needs_the_same_mask(mos2, tmp_path, engine):
+    """A checkpoint written with one mask is not continued with another (or none)."""
+    data, cal, *_ = mos2
+    bad, mask = _bad_pixels(data, cal)
+    params = EpieParameters(iterations=2) if engine is epie else MLParameters(iterations=2)
+    ck = str(tmp_path / "ck.npz")
+    engine(_dataset(bad, cal, mask), params, checkpoint=ck, checkpoint_every=1)
+    engine(_dataset(bad, cal, mask), params, checkpoint=ck, resume=True)
+    with pytest.raises(PtyengineError, match="other data or parameters"):
+        engine(_dataset(bad, cal), params, checkpoint=ck, resume=True)
+
+
 def test_icom_leaves_masked_pixels_out(mos2):
     """Hot pixels in the dark field dominate the centre of mass; with the mask iCOM gives
     the clean data's phase (measured NCC 1.000, without the mask −0.74). A hidden

@@ -312,8 +312,8 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
     if mean_int <= 0:
         raise PtyengineError(f"{getattr(ds, 'path', 'data')}: every pattern is empty")
     _warn_low_counts(cal, mean_int, params)
-    # the visiting order depends on the rows per stored chunk: part of what a resume matches
-    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|rows={patterns.rows}")
+    # the rows per stored chunk (the visiting order) and the mask: part of what a resume matches
+    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|{patterns.key}")
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
     else:

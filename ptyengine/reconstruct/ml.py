@@ -459,7 +459,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     n_pos = len(geom.corners)
     counts_per_pattern, complex_object = eng.counts_per_pattern, eng.complex_object
     per_bf_pixel, cscale = eng.per_bf_pixel, eng.cscale
-    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|rows={patterns.rows}")
+    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|{patterns.key}")
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
     else:

@@ -23,6 +23,7 @@ its ``total`` counts the kept pixels only.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -123,6 +124,15 @@ class _Source:
         ones = np.ones((1, *self.cal.detector_shape), np.uint8)
         m = ones if self.detector_mask is None else self.detector_mask[None]
         self.mask = xp.asarray(engine_frame(m, self.cal)[0])
+
+    @property
+    def key(self) -> str:
+        """What a checkpoint must match besides data and parameters: the visiting order
+        depends on the rows per block, and the fit on the detector mask."""
+        key = f"rows={self.rows}"
+        if self.detector_mask is not None:
+            key += "|mask=" + hashlib.sha256(self.detector_mask.tobytes()).hexdigest()[:16]
+        return key
 
     def order(self, rng):
         return visit_order(rng, self.scan_shape, self.rows)
