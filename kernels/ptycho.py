@@ -15,13 +15,14 @@ from ._launch import grid, on_host
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def fourier_modulus_cpu(psi_k, amplitude, index, err, scale):
+def fourier_modulus_cpu(psi_k, amplitude, index, mask, err, scale):
     """Replace |Ψ| by the measured amplitude, keep the phase, and multiply by ``scale``
     (e.g. the 1/N of an unnormalised inverse FFT to come); err[b] += Σ (|Ψ| − A)².
 
     psi_k (B, W, W) complex; amplitude (M, W, W) real ≥ 0 (FFT order), of which pattern
-    index[b] belongs to psi_k[b]; err (B,) float64. Where |Ψ| = 0 the new value is the
-    amplitude with zero phase.
+    index[b] belongs to psi_k[b]; mask (W, W) uint8 (FFT order): where it is 0 (a dead or
+    hot detector pixel) Ψ keeps its own modulus (only times ``scale``) and adds nothing
+    to err; err (B,) float64. Where |Ψ| = 0 the new value is the amplitude with zero phase.
     """
     nb, w0, w1 = psi_k.shape
     for b in range(nb):
@@ -29,8 +30,12 @@ def fourier_modulus_cpu(psi_k, amplitude, index, err, scale):
         for i in range(w0):
             row = psi_k[b, i]
             amp = amplitude[index[b], i]
+            mrow = mask[i]
             for j in range(w1):
                 v = row[j]
+                if mrow[j] == 0:
+                    row[j] = v * scale
+                    continue
                 mag = np.sqrt(v.real * v.real + v.imag * v.imag)
                 a = amp[j]
                 acc += (mag - a) * (mag - a)
@@ -136,10 +141,10 @@ def _cuda():
 
 
 
-def fourier_modulus_cuda(psi_k, amplitude, index, err, scale):
+def fourier_modulus_cuda(psi_k, amplitude, index, mask, err, scale):
     """GPU twin of :func:`fourier_modulus_cpu` (err accumulated with atomics)."""
     blocks, threads = grid(psi_k.shape)
-    _cuda().fourier_modulus_gpu[blocks, threads](psi_k, amplitude, index, err, scale)
+    _cuda().fourier_modulus_gpu[blocks, threads](psi_k, amplitude, index, mask, err, scale)
 
 
 def ramp_multiply_cuda(out, wave, ry, rx, scale):
@@ -164,12 +169,25 @@ def difference_updates_cuda(num, den, probes, obj, psi, corners, origin):
                                                     origin)  # fmt: skip
 
 
-def fourier_modulus(psi_k, amplitude, index, err, scale=1.0):
+def fourier_modulus(psi_k, amplitude, index, err, scale=1.0, mask=None):
     """In place Fourier-modulus constraint on a batch (psi_k[b] is measured as pattern
-    amplitude[index[b]]), times ``scale``; adds the squared misfit to err."""
+    amplitude[index[b]]), times ``scale``; adds the squared misfit to err. ``mask``
+    (W, W) uint8 on psi_k's device, 0 at pixels that are not data (None: every pixel)."""
+    if mask is None:
+        mask = _ones_like_window(psi_k)
     fn = fourier_modulus_cpu if on_host(psi_k) else fourier_modulus_cuda
-    fn(psi_k, amplitude, index, err, psi_k.real.dtype.type(scale))
+    fn(psi_k, amplitude, index, mask, err, psi_k.real.dtype.type(scale))
     return psi_k
+
+
+def _ones_like_window(psi_k):
+    """A (W, W) uint8 mask of ones on psi_k's device."""
+    shape = psi_k.shape[1:]
+    if on_host(psi_k):
+        return np.ones(shape, np.uint8)
+    import cupy
+
+    return cupy.ones(shape, np.uint8)
 
 
 def ramp_multiply(out, wave, ry, rx, scale=1.0):

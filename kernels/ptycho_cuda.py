@@ -6,12 +6,15 @@ from numba import cuda
 
 
 @cuda.jit
-def fourier_modulus_gpu(psi_k, amplitude, index, err, scale):
+def fourier_modulus_gpu(psi_k, amplitude, index, mask, err, scale):
     """One thread per element: |Ψ| -> A, phase kept, times scale; err[b] += (|Ψ| − A)²
-    atomically."""
+    atomically. Where mask is 0, Ψ keeps its modulus (times scale) and adds no error."""
     b, i, j = cuda.grid(3)
     if b < psi_k.shape[0] and i < psi_k.shape[1] and j < psi_k.shape[2]:
         v = psi_k[b, i, j]
+        if mask[i, j] == 0:
+            psi_k[b, i, j] = v * scale
+            return
         mag = math.sqrt(v.real * v.real + v.imag * v.imag)
         a = amplitude[index[b], i, j]
         cuda.atomic.add(err, b, (mag - a) * (mag - a))

@@ -3,7 +3,11 @@
 Conventions (DESIGN.md): 4-D data are ``(scan_y, scan_x, k_y, k_x)``; a detector pixel
 ``p`` sits at spatial frequency ``k = (p - center) * dk`` (1/Å) in the detector frame;
 the detector frame is turned by ``rotation`` (degrees, counter-clockwise from the scan
-axes) and, if ``transpose``, has its k_y/k_x axes swapped first. Probe position (i, j) of
+axes) and, if ``transpose``, has its k_y/k_x axes swapped first: a detector-frame vector
+goes to the scan frame as in :func:`ptyengine.reconstruct.icom.to_scan_frame` (swap, then
+x' = x cos θ − y sin θ, y' = x sin θ + y cos θ), so patterns stored as ``np.rot90`` of
+scan-aligned ones have rotation +90°; the iterative engines handle both exactly
+(:mod:`ptyengine.reconstruct.frame`). Probe position (i, j) of
 the scan sits at ``scan_origin + (i * scan_step[0], j * scan_step[1])`` Å in the
 specimen frame.
 """

@@ -28,6 +28,12 @@ pattern is that of up to 16 scan rows spread over the scan (at most ~256 MiB of 
 a centre from the caller or the reader, the centre is its centre of mass (the unscattered
 disk dominates it).
 
+A detector mask of dead and hot pixels (``mask``, in input pixels: 1 a pixel that counts)
+is cropped and binned like the data (a binned pixel counts only if all of its input pixels
+do), checked against the output calibration (:func:`dataset.check_mask`) and stored as the
+dataset's ``detector_mask`` array; its hidden pixels are left out of the mean pattern that
+gives the default centre and the disc check.
+
 Each stored chunk's CRC32 (of its C-order bytes, as written) is kept in the metadata
 (``chunk_crc32``); :func:`verify` re-reads every chunk and compares. An interrupted
 conversion resumes at the first unwritten chunk when the fingerprint (source files with
@@ -48,6 +54,7 @@ import numpy as np
 
 from . import io, physics
 from .calibration import Calibration, CalibrationError, check_bright_field_disc, missing_message
+from .dataset import MASK_ARRAY, check_mask
 from .errors import PtyengineError
 from .filearray import FileArray, npy_array
 
@@ -552,11 +559,12 @@ def _crc(block: np.ndarray) -> int:
 def convert(source: Source, output, calibration: dict | None = None, crop=None,
             binning: int = 1, resume: bool = False, overwrite: bool = False,
             verify_after: bool = True, rows_per_chunk: int | None = None, progress=None,
-            log=None) -> Report:  # fmt: skip
+            log=None, mask=None) -> Report:  # fmt: skip
     """Stream ``source`` into the dataset ``output`` (``.zarr``/``.h5``); see the module
     docstring. ``crop``: (y0, y1, x0, x1) or a ``"y0:y1,x0:x1"`` string; ``progress(n)``:
-    n more scan rows are on disk; ``log(text)``: notes (also in the report). ``seconds`` in
-    the report leave the verification out."""
+    n more scan rows are on disk; ``log(text)``: notes (also in the report). ``mask``: a
+    detector mask in input pixels (:func:`output_mask`), stored as the dataset's
+    ``detector_mask``. ``seconds`` in the report leave the verification out."""
     import time
 
     log = log or (lambda text: None)
@@ -572,8 +580,13 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
     y0, y1, x0, x1 = geometry.crop
     if (y1 - y0) % binning or (x1 - x0) % binning:
         notes.append(f"the crop is not a multiple of bin {binning}: trailing pixels dropped")
-    cal, center_from, more = build_calibration(source, geometry, calibration)
+    pattern = None
+    if mask is not None:  # dead and hot pixels out of the default centre and disc check
+        in_mask = _input_mask(mask, source)
+        pattern = mean_pattern(source) * in_mask
+    cal, center_from, more = build_calibration(source, geometry, calibration, pattern)
     notes += more
+    out_mask = None if mask is None else output_mask(in_mask, geometry, cal)
     dtype = output_dtype(source.dtype, binning)
     dose_from = "given" if (calibration or {}).get("dose") not in (None, "none") else None
     infer_dose = cal.dose is None and (calibration or {}).get("dose") != "none" \
@@ -645,6 +658,10 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
                 progress(r1 - r0)
         if infer_dose:
             _record_inferred_dose(writer, notes, log)
+        if out_mask is not None:
+            writer.write_array(MASK_ARRAY, out_mask, {
+                "description": "detector mask: 1 a pixel that counts, 0 a dead or hot one",
+                "hidden_pixels": int((out_mask == 0).sum())})
         writer.finish()
     finally:
         writer.close()
@@ -656,6 +673,32 @@ def convert(source: Source, output, calibration: dict | None = None, crop=None,
     verified = verify(output) if verify_after else None
     return Report(output, (*cal.scan_shape, *cal.detector_shape), dtype.name, rpc, start,
                   seconds, (sy - start) * row_bytes, verified, notes)
+
+
+def _input_mask(mask, source) -> np.ndarray:
+    """The caller's mask as (Ky, Kx) bool on the input detector, or an error naming both
+    shapes."""
+    m = np.asarray(mask)
+    if m.shape != tuple(source.shape[2:]):
+        raise PtyengineError(f"the mask has shape {m.shape} but the detector of {source.path} "
+                             f"has {tuple(source.shape[2:])} pixels: give a mask of the input "
+                             "detector's shape (before --crop and --bin)")  # fmt: skip
+    if m.dtype.kind not in "biu" or (m.dtype.kind != "b" and not np.isin(m, (0, 1)).all()):
+        raise PtyengineError(f"the mask must hold booleans or 0/1 integers (1: a pixel that "
+                             f"counts, 0: dead or hot), got {m.dtype} values")  # fmt: skip
+    return m != 0
+
+
+def output_mask(in_mask, geometry: Geometry, cal) -> np.ndarray:
+    """The input-pixel mask cropped and binned like the data: an output pixel counts only
+    if all of its N × N input pixels do (a dead or hot one spoils the sum); then checked
+    against the output calibration (:func:`dataset.check_mask`: enough of the bright
+    field left)."""
+    y0, _, x0, _ = geometry.crop
+    n, (ky, kx) = geometry.binning, geometry.shape
+    m = in_mask[y0:y0 + ky * n, x0:x0 + kx * n]
+    m = m.reshape(ky, n, kx, n).all(axis=(1, 3))
+    return check_mask(m.astype(np.uint8), cal, "the mask (after crop and bin)")
 
 
 def _record_inferred_dose(writer, notes: list, log) -> None:

@@ -23,7 +23,8 @@ BLOCK_TARGET_BYTES = 16 * 2**20  # default block of an in-memory dataset: ~16 Mi
 
 
 class InMemoryDataset:
-    """A 4-D array ``(scan_y, scan_x, k_y, k_x)`` of real intensities with its calibration.
+    """A 4-D array ``(scan_y, scan_x, k_y, k_x)`` of real intensities with its calibration,
+    and optionally a detector mask (:func:`detector_mask`).
 
     Reads like :class:`io.Dataset` (``calibration``, ``shape``, ``dtype``,
     ``read_rows``, ``iter_row_blocks``, ``arrays()``, context manager); ``path`` is None.
@@ -32,7 +33,7 @@ class InMemoryDataset:
 
     path = None
 
-    def __init__(self, data, calibration: Calibration):
+    def __init__(self, data, calibration: Calibration, mask=None):
         if not isinstance(calibration, Calibration):
             raise PtyengineError(f"calibration must be a Calibration, got {calibration!r}")
         data = np.asarray(data)
@@ -41,6 +42,8 @@ class InMemoryDataset:
         calibration.check_data_shape(data.shape, source="data")
         self.data, self.calibration = data, calibration
         self.metadata: dict = {}
+        #: the detector mask (see :func:`detector_mask`), checked here
+        self.mask = None if mask is None else check_mask(mask, calibration, "mask")
 
     shape = property(lambda self: tuple(self.data.shape))
     dtype = property(lambda self: self.data.dtype)
@@ -134,3 +137,74 @@ def check_counts(block, where: str, row_start: int | None = None) -> None:
         shown = ", ".join(str(i) for i in idx[:10]) + (", ..." if len(idx) > 10 else "")
         rows = f" in scan row{'s' if len(idx) > 1 else ''} {shown}"
     raise PtyengineError(f"{where}: {' and '.join(problems)}{rows}")
+
+
+#: the name of the detector mask stored next to the data (``ptyengine convert --mask``)
+MASK_ARRAY = "detector_mask"
+#: a mask must keep at least this fraction of the bright-field disc's pixels
+MIN_BRIGHT_FIELD = 0.5
+
+
+def detector_mask(ds) -> np.ndarray | None:
+    """The detector mask of a dataset: (Ky, Kx) uint8, 1 for a pixel that counts, 0 for a
+    dead or hot pixel that the reconstructions ignore; None when every pixel counts.
+
+    ``ds.mask`` (set by ``ptyengine reconstruct --mask``, or given to
+    :class:`InMemoryDataset`) wins over the array :data:`MASK_ARRAY` stored in the dataset
+    (``ptyengine convert --mask``). Checked by :func:`check_mask`.
+    """
+    given = getattr(ds, "mask", None)
+    name = getattr(ds, "path", None) or "data"
+    if given is not None:
+        return check_mask(given, ds.calibration, "mask")
+    if MASK_ARRAY not in ds.arrays():
+        return None
+    values, _ = ds.read_array(MASK_ARRAY)
+    return check_mask(values, ds.calibration, f"{name}: {MASK_ARRAY}")
+
+
+def bright_field_disc(cal) -> np.ndarray:
+    """(Ky, Kx) bool: the detector pixels inside the bright-field disc |k| ≤ α/λ."""
+    k_ap = cal.semiangle * 1e-3 / cal.wavelength
+    ky = (np.arange(cal.detector_shape[0]) - cal.detector_center[0]) * cal.dk[0]
+    kx = (np.arange(cal.detector_shape[1]) - cal.detector_center[1]) * cal.dk[1]
+    return np.hypot(ky[:, None], kx[None, :]) <= k_ap
+
+
+def check_mask(mask, cal, source: str = "mask") -> np.ndarray:
+    """``mask`` as (Ky, Kx) uint8 (1: use, 0: ignore), or a PtyengineError naming
+    ``source``: not 2-D booleans or 0/1 integers, a shape other than the detector's, or
+    fewer than :data:`MIN_BRIGHT_FIELD` of the bright-field disc's pixels kept (a mask
+    that hides the bright field leaves nothing to reconstruct from; an inverted mask, 1
+    marking the bad pixels, does that)."""
+    m = np.asarray(mask)
+    if m.shape != tuple(cal.detector_shape):
+        raise PtyengineError(f"{source} has shape {m.shape} but the detector has "
+                             f"{tuple(cal.detector_shape)} pixels: give a mask of the "
+                             "detector's shape")  # fmt: skip
+    if m.dtype.kind not in "biu" or (m.dtype.kind != "b" and not np.isin(m, (0, 1)).all()):
+        raise PtyengineError(f"{source} must hold booleans or 0/1 integers (1: a pixel that "
+                             f"counts, 0: dead or hot), got {m.dtype} values")  # fmt: skip
+    m = m.astype(np.uint8)
+    disc = bright_field_disc(cal)
+    kept, total = int(m[disc].sum()), int(disc.sum())
+    if total and kept < MIN_BRIGHT_FIELD * total:
+        raise PtyengineError(
+            f"{source} leaves {kept} of the {total} bright-field pixels (fewer than "
+            f"{MIN_BRIGHT_FIELD:.0%}): nothing to reconstruct from; 1 marks a pixel that "
+            "counts, 0 a dead or hot one (is the mask inverted?)")
+    return m
+
+
+def load_mask(path) -> np.ndarray:
+    """A detector mask from a .npy file (booleans or 0/1; checked by :func:`check_mask`
+    against a calibration later), or a PtyengineError naming the file."""
+    hint = "give a .npy file of booleans or 0/1, the detector's shape"
+    try:
+        m = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise PtyengineError(f"cannot read the mask {path}: {exc} ({hint})") from None
+    if not isinstance(m, np.ndarray):  # an .npz archive
+        m.close()
+        raise PtyengineError(f"cannot read the mask {path}: an .npz archive ({hint})")
+    return m

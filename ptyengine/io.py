@@ -506,6 +506,7 @@ class Dataset:
         self.metadata: dict = attrs.get("metadata") or {}
         self.complete: bool = attrs.get("complete") is True
         self.rows_written: int = attrs.get("rows_written", 0)
+        self.mask = None  # a detector mask overriding the stored one (dataset.detector_mask)
 
     shape = property(lambda self: tuple(self.data.shape))
     dtype = property(lambda self: self.data.dtype)

@@ -214,6 +214,30 @@ def test_default_centre_is_the_mean_pattern_centre_of_mass(tmp_path):
     assert meta["conversion"]["center_from"] == "mean-pattern COM"
 
 
+def test_mask_is_cropped_binned_and_kept_out_of_the_centre(tmp_path):
+    """convert --mask (input pixels): stored as detector_mask, cropped and binned like the
+    data (a binned pixel counts only if all its input pixels do), and its hot pixel is
+    left out of the default centre (the mean pattern's centre of mass)."""
+    data = np.zeros((4, 4, 32, 32), np.uint16)
+    data[:, :, 10:15, 19:24] = 50  # a disk centred on (12, 21)
+    data[:, :, 27, 4] = 60000  # a hot pixel
+    np.save(tmp_path / "a.npy", data)
+    mask = np.ones((32, 32), bool)
+    mask[27, 4] = mask[11, 20] = False
+    given = {k: v for k, v in GIVEN.items() if k != "detector_center"}
+    convert(tmp_path / "a.npy", tmp_path / "a.zarr", given, crop="2:30,1:31", binning=2,
+            mask=mask)
+    with io.open_dataset(tmp_path / "a.zarr") as ds:
+        stored, cal = ds.read_array("detector_mask")[0], ds.calibration
+    assert stored.shape == (14, 15) and stored.dtype == np.uint8
+    # input (11, 20) -> output ((11 - 2) // 2, (20 - 1) // 2); (27, 4) -> (12, 1)
+    assert set(zip(*np.nonzero(stored == 0), strict=True)) == {(4, 9), (12, 1)}
+    assert cal.detector_center == pytest.approx(((12 - 2 - 0.5) / 2, (21 - 1 - 0.5) / 2),
+                                                abs=0.05)  # fmt: skip
+    convert(tmp_path / "a.npy", tmp_path / "b.zarr", given, crop="2:30,1:31", binning=2)
+    assert read(tmp_path / "b.zarr")[1].detector_center[0] > 6.0  # pulled by the hot pixel
+
+
 # ------------------------------------------------------------------ rosettasciio formats
 rsciio = pytest.importorskip  # each format test skips cleanly without its reader
 

@@ -78,24 +78,33 @@ def test_masked_intensity_twins():
 
 
 def test_fourier_modulus_twins():
+    """CPU kernel against numpy and the CUDA twin; where the detector mask is 0 the wave
+    keeps its own modulus (times the scale) and adds nothing to the error."""
     rng = np.random.default_rng(3)
     psi = _waves(rng, (3, 6, 5))
     psi[1, 2, 3] = 0  # a zero: takes the amplitude with zero phase
     amp_all = rng.uniform(0.1, 2.0, size=(5, 6, 5)).astype(np.float32)
     index = np.array([4, 0, 2])  # psi[b] was measured as pattern index[b]
     amp, scale = amp_all[index], 0.25
+    mask = np.ones((6, 5), np.uint8)
+    mask[0, 1] = mask[4, 4] = 0  # a dead and a hot pixel
     mag = np.abs(psi)
     ref = np.where(mag > 0, psi * amp / np.where(mag > 0, mag, 1), amp) * scale
-    ref_err = ((mag - amp) ** 2).sum(axis=(1, 2))
+    ref = np.where(mask == 0, psi * scale, ref)
+    ref_err = ((mag - amp) ** 2 * mask).sum(axis=(1, 2))
     cpu, err = psi.copy(), np.zeros(3)
     from ptyengine.kernels import ptycho
-    ptycho.fourier_modulus(cpu, amp_all, index, err, scale)
+    ptycho.fourier_modulus(cpu, amp_all, index, err, scale, mask=mask)
     np.testing.assert_allclose(cpu, ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(err, ref_err, rtol=1e-5)
-    d = [cuda.to_device(a) for a in (psi, amp_all, index, np.zeros(3))]
+    d = [cuda.to_device(a) for a in (psi, amp_all, index, mask, np.zeros(3))]
     ptycho.fourier_modulus_cuda(*d, np.float32(scale))
     np.testing.assert_allclose(d[0].copy_to_host(), ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(d[3].copy_to_host(), ref_err, rtol=1e-5)
+    np.testing.assert_allclose(d[4].copy_to_host(), ref_err, rtol=1e-5)
+    # no mask: every pixel is data
+    full, err = psi.copy(), np.zeros(3)
+    ptycho.fourier_modulus(full, amp_all, index, err, scale)
+    np.testing.assert_allclose(err, ((mag - amp) ** 2).sum(axis=(1, 2)), rtol=1e-5)
 
 
 def _gpu_outputs(fn, args, outputs):

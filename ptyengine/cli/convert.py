@@ -78,7 +78,10 @@ def _dose(text: str | None):
 @click.option("--center", help="Unscattered beam centre cy,cx in input detector pixels "
                                 "[default: the file's, else the centre of mass of the mean "
                                 "pattern].")
-@click.option("--rotation", type=float, help="Scan-detector rotation in degrees [default: 0].")
+@click.option("--rotation", type=float,
+              help="Scan-detector rotation in degrees: a detector vector turned by it (after "
+                   "--transpose) points along the scan's axes; > 0 turns +x towards +y, so "
+                   "patterns stored as np.rot90 of scan-aligned ones take 90 [default: 0].")
 @click.option("--transpose", is_flag=True, default=None, help="Swap the detector axes first.")
 @click.option("--defocus", type=float,
               help=f"Probe defocus C10 in Å (recorded in the calibration; ePIE starts from "
@@ -95,6 +98,12 @@ def _dose(text: str | None):
 @click.option("--crop", help="Detector crop y0:y1,x0:x1 in input pixels (before binning).")
 @click.option("--bin", "binning", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sum N x N detector pixels (dk scales by N, the centre with it).")
+@click.option("--mask", "mask_path", type=click.Path(), metavar="FILE.npy",
+              help="Detector mask of dead and hot pixels: a .npy array of the input "
+                   "detector's shape (before --crop/--bin), 1 or True for a pixel that "
+                   "counts, 0 or False for one to ignore. Stored with the data as "
+                   "'detector_mask'; the reconstructions leave those pixels out (a binned "
+                   "pixel counts only if all its input pixels do).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--no-verify", is_flag=True, help="Skip the read-back checksum verification.")
@@ -103,8 +112,8 @@ def _dose(text: str | None):
                    "reconstructions hold a few chunks at a time.")
 def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, energy, semiangle,
             scan_step, dk, detector_angle, center, rotation, transpose, defocus, c12, cs,
-            aberration_items, dose, scan_origin, crop, binning, resume, overwrite, no_verify,
-            rows_per_chunk):  # fmt: skip
+            aberration_items, dose, scan_origin, crop, binning, mask_path, resume, overwrite,
+            no_verify, rows_per_chunk):  # fmt: skip
     """Convert 4D-STEM data (Merlin .mib, EMPAD, DM3/DM4, EMD/py4DSTEM, Arina, .npy, raw
     binary) into a calibrated dataset, streaming with bounded memory.
 
@@ -120,12 +129,16 @@ def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, en
           --detector-angle 0.8 --crop 0:256,0:256 --bin 2
       ptyengine convert scan.raw --shape 128,128,256,256 --dtype uint16 --energy 200 \\
           --semiangle 25 --scan-step 0.4 --dk 0.02 --defocus 500 -o scan.zarr --resume
+      ptyengine convert scan.mib -o scan.zarr --energy 300 --semiangle 20 --scan-step 0.5 \\
+          --detector-angle 0.8 --rotation 12.5 --transpose --mask bad_pixels.npy
     """
     from tqdm import tqdm
 
     from .. import convert as cv
+    from ..dataset import load_mask
     from ..locks import output_lock
 
+    mask = None if mask_path is None else load_mask(mask_path)
     raw_shape = None
     if shape is not None:
         try:
@@ -150,7 +163,8 @@ def convert(input_path, output, fmt, shape, dtype, offset, order, scan_shape, en
             rep = cv.convert(source, output, given, crop, binning, resume=resume,
                              overwrite=overwrite, verify_after=not no_verify,
                              progress=bar.update, rows_per_chunk=rows_per_chunk,
-                             log=lambda text: tqdm.write(f"note: {text}", file=sys.stderr))
+                             log=lambda text: tqdm.write(f"note: {text}", file=sys.stderr),
+                             mask=mask)  # fmt: skip
     finally:
         bar.close()
         source.close()

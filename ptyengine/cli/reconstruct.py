@@ -129,13 +129,22 @@ def _preview_path(output: Path) -> Path:
 @click.option("--rotation", callback=_rotation_option,
               help="iCOM/iDPC: scan-detector rotation in degrees, 'auto' (found from the "
                    "data: the curl-free field) or 'calibration' [default: calibration].")
+@click.option("--mask", type=click.Path(), metavar="FILE.npy",
+              help="Detector mask of dead and hot pixels: a .npy array of the dataset's "
+                   "detector shape, 1 or True for a pixel that counts, 0 or False for one "
+                   "to leave out (ML: out of the likelihood; ePIE: the model keeps its own "
+                   "modulus there; iCOM/iDPC: out of the sums) [default: the mask stored "
+                   "with the data by convert --mask, else none].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing result.")
 def reconstruct(data, method, output, device, checkpoint_every, resume, keep_checkpoint,
-                rotation, overwrite, **epie_opts):  # fmt: skip
+                rotation, mask, overwrite, **epie_opts):  # fmt: skip
     """Reconstruct the phase of the specimen from a 4D-STEM dataset (.zarr/.h5).
 
     Writes a result Zarr (phase, and for ePIE the complex object and probe; every
-    parameter and the calibration in its attributes) and a PNG preview. If the dataset
+    parameter and the calibration in its attributes) and a PNG preview. Every method takes
+    the calibration's scan-detector rotation and transpose; ePIE and ML reconstruct on the
+    detector's axes (no count is interpolated) and write the object and phase resampled
+    onto the scan's axes. If the dataset
     holds a simulated ground truth, prints the correlation (NCC) of the phase with σ·V.
 
     \b
@@ -144,6 +153,7 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20
       ptyengine reconstruct sto.zarr --iterations 300 --checkpoint-every 20 --resume
       ptyengine reconstruct uio66_dose100.zarr --method ml
+      ptyengine reconstruct scan.zarr --method ml --mask bad_pixels.npy
     """
     memory_limit = epie_opts.pop("memory_limit")
     given = {k: v for k, v in epie_opts.items() if v is not None}
@@ -164,22 +174,30 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
     _reconstruct(Path(data), method, Path(output) if output else None, device=device,
                  overwrite=overwrite, epie_options=given, rotation=rotation,
                  checkpoint_every=checkpoint_every, resume=resume,
-                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit)  # fmt: skip
+                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
+                 mask=mask)  # fmt: skip
 
 
 def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
                  overwrite: bool = False, epie_options: dict | None = None, rotation=None,
                  checkpoint_every: int = 0, resume: bool = False,
-                 keep_checkpoint: bool = False, memory_limit=None) -> dict:  # fmt: skip
+                 keep_checkpoint: bool = False, memory_limit=None, mask=None) -> dict:  # fmt: skip
     """Run one reconstruction, write its result and preview; returns what was done
-    (``crop``: the phase over the scanned area, ``ncc``: the comparison or None)."""
+    (``crop``: the phase over the scanned area, ``ncc``: the comparison or None).
+    ``mask``: a .npy detector mask overriding the dataset's (checked before anything is
+    written)."""
     from .. import io
+    from ..dataset import check_mask, detector_mask, load_mask
     from ..results import begin_result, discard_result
 
     out = output or _default_output(data, method)
     if out.suffix != ".zarr":
         raise PtyengineError(f"{out}: a result is a Zarr store; name it *.zarr")
+    given_mask = None if mask is None else load_mask(mask)
     with io.open_dataset(data) as ds, _locked(out, default=output is None):
+        if given_mask is not None:
+            ds.mask = check_mask(given_mask, ds.calibration, f"mask {mask}")
+        detector_mask(ds)  # a stored mask is checked before anything is written
         # one writer per output; the result and its preview are protected alike (a resumed
         # run continues, and replaces, its own); the partial is made before any work
         if not overwrite and not (resume and _checkpoint_path(out).exists()):
@@ -241,7 +259,11 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
         click.echo("warning: the phase is constant; no NCC with the ground truth", err=True)
         ncc = None
     cal = ds.calibration
-    extra = {"source": str(data), "seconds": round(seconds, 3), **rec["extra"]}
+    from ..dataset import detector_mask
+
+    m = detector_mask(ds)
+    extra = {"source": str(data), "seconds": round(seconds, 3), **rec["extra"],
+             "masked_pixels": 0 if m is None else int((m == 0).sum())}  # fmt: skip
     if ncc is not None:
         extra.update(ncc_to_truth=ncc["ncc"], ncc_shift_A=list(ncc["shift_A"]),
                      ncc_k_max=ncc["k_max"])  # fmt: skip
@@ -308,7 +330,11 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     summary = f"{name}, {len(errors)} iterations" + (
         f", final error {errors[-1]:.4g}" if errors else "")  # fmt: skip
     extra = {"resumed": resume, "streamed": res.extra["streamed"],
-             "scanned_area_px": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]]}
+             "scanned_area_px": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]],
+             # object and phase are in the specimen frame; with a rotation, resampled from
+             # the grid of the detector axes they were reconstructed on (reconstruct/frame)
+             "object_resampled_from_rotation_deg": (
+                 cal.rotation if res.reconstruction_frame is not None else None)}
     probe_box = _central_box(np.abs(res.probe))
     probe_title = f"probe amplitude (central {probe_box.shape[0] * g.sampling[0]:.3g} Å)"
     panels = [(f"{name} phase, scanned area (rad)", crop), (probe_title, probe_box)]

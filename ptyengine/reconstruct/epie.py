@@ -32,8 +32,13 @@ tails wrapping round its edges do not bias it) is moved back to the window centr
 whole object; skipped while the centroid is within 0.01 px). This is the convention of
 the simulator's probe (a probe with even aberrations is centred on its position).
 
+Detector pixels that the detector mask hides (:func:`ptyengine.dataset.detector_mask`:
+dead or hot) are not data: there Ψ' = Ψ, the model keeps its own modulus.
+
 Geometry: the detector grid fixes the real-space pixel, d = 1/(N dk) Å; the probe window
-is the detector size. Positions are sub-pixel: the window sits at the integer pixel and
+is the detector size. With a scan–detector rotation or transpose the object is
+reconstructed on a grid aligned with the detector axes, and the result resampled onto the
+scan-aligned grid (:mod:`.frame`). Positions are sub-pixel: the window sits at the integer pixel and
 the fractional remainder shifts the probe by a Fourier phase ramp (the probe is kept in
 Fourier space, so this costs one FFT to form and one to return its update).
 """
@@ -53,6 +58,7 @@ from ..calibration import Calibration
 from ..errors import PtyengineError
 from ..kernels import ptycho as pk
 from ..shift import ramps_2d
+from . import frame as frm
 from .forward import exit_wave_pass
 from .iterative import IterativeState, iteration_rng, load_checkpoint, opened, run
 from .patterns import choose_patterns
@@ -88,34 +94,45 @@ class EpieParameters:
 
 @dataclass
 class PtychoGeometry:
-    """Where every diffraction pattern's window sits in the object array."""
+    """Where every diffraction pattern's window sits in the object array.
 
-    window: tuple[int, int]  # (Wy, Wx) = detector shape
+    The object grid is aligned with the detector axes as the engines see them (swapped if
+    the calibration's ``transpose``); with a scan–detector ``rotation`` θ the scan
+    positions are turned by −θ into that frame (:mod:`.frame`), and ``object_origin`` is
+    in that turned frame too. ``frame="specimen"`` gives the grid of the same window and
+    pixel with the positions not turned (``rotation`` 0): where results are presented.
+    """
+
+    window: tuple[int, int]  # (Wy, Wx) = detector shape (swapped if transposed)
     sampling: tuple[float, float]  # object pixel (Å)
     object_shape: tuple[int, int]
-    object_origin: tuple[float, float]  # field coordinates (Å) of object pixel (0, 0)
+    object_origin: tuple[float, float]  # coordinates (Å) of object pixel (0, 0), see above
     corners: np.ndarray  # (N, 2) int: window corner in object pixels
     frac: np.ndarray  # (N, 2) sub-pixel remainder
+    rotation: float = 0.0  # degrees: the scan positions were turned by −rotation
 
     @classmethod
-    def from_calibration(cls, cal: Calibration, margin: int = 8) -> PtychoGeometry:
-        if cal.rotation != 0 or cal.transpose:
-            raise PtyengineError(
-                f"ePIE needs detector axes aligned with the scan for now: the calibration has "
-                f"rotation {cal.rotation}° and transpose {cal.transpose}")
-        w = cal.detector_shape
-        d = cal.real_space_sampling
+    def from_calibration(cls, cal: Calibration, margin: int = 8,
+                         frame: str = "reconstruction") -> PtychoGeometry:  # fmt: skip
+        if frame not in ("reconstruction", "specimen"):
+            raise ValueError(f"frame must be 'reconstruction' or 'specimen', not {frame!r}")
+        w, dk, _ = frm.detector_axes(cal)
+        d = (1 / (w[0] * dk[0]), 1 / (w[1] * dk[1]))
+        theta = float(cal.rotation) if frame == "reconstruction" else 0.0
         iy, ix = np.meshgrid(np.arange(cal.scan_shape[0]), np.arange(cal.scan_shape[1]),
                              indexing="ij")  # fmt: skip
         pos = np.stack([iy.ravel() * cal.scan_step[0], ix.ravel() * cal.scan_step[1]], axis=1)
-        # object pixel (0, 0) lies margin + W//2 pixels before the first position
+        pos = frm.scan_to_frame(pos, theta)  # relative to the first position
+        base = pos.min(axis=0)
+        # object pixel (0, 0) lies margin + W//2 pixels before the lowest position
         lead = np.array([margin + w[0] // 2, margin + w[1] // 2])
-        pos_px = pos / np.asarray(d) + lead
+        pos_px = (pos - base) / np.asarray(d) + lead
         corners = np.floor(pos_px).astype(np.int64) - np.array([w[0] // 2, w[1] // 2])
         frac = pos_px - np.floor(pos_px)
         shape = tuple(int(corners[:, i].max() + w[i] + margin) for i in range(2))
-        origin = (cal.scan_origin[0] - lead[0] * d[0], cal.scan_origin[1] - lead[1] * d[1])
-        return cls(w, d, shape, origin, corners, frac)
+        start = frm.scan_to_frame(np.asarray(cal.scan_origin, dtype=np.float64), theta) + base
+        origin = (float(start[0] - lead[0] * d[0]), float(start[1] - lead[1] * d[1]))
+        return cls(tuple(w), d, shape, origin, corners, frac, theta)
 
 
 @dataclass
@@ -127,6 +144,7 @@ class EpieResult:
     parameters: EpieParameters
     calibration: Calibration
     extra: dict = field(default_factory=dict)
+    reconstruction_frame: dict | None = None  # rotated data: see frame.present
 
     @property
     def phase(self) -> np.ndarray:
@@ -136,13 +154,17 @@ class EpieResult:
 def initial_probe(cal: Calibration, defocus: float | None, mean_intensity: float, xp,
                   dtype=np.complex64):  # fmt: skip
     """Fourier-space probe (FFT order) from the calibration's aperture and aberrations,
-    scaled so that its diffraction pattern holds the mean measured intensity."""
-    ab = dict(cal.aberrations)
+    scaled so that its diffraction pattern holds the mean measured intensity; on the
+    engines' detector grid, in the reconstruction frame (:mod:`.frame`: axes swapped if
+    transposed, aberration angles turned by −rotation)."""
+    ab = frm.rotated_aberrations(cal.aberrations, cal.rotation)
     if defocus is not None:
         ab["C10"] = float(defocus)
-    p = physics.probe(cal.detector_shape, cal.real_space_sampling, cal.energy, cal.semiangle,
-                      ab, xp=xp, dtype=dtype, fourier=True, band_fraction=1.0)  # fmt: skip
-    n = cal.detector_shape[0] * cal.detector_shape[1]
+    shape, dk, _ = frm.detector_axes(cal)
+    sampling = (1 / (shape[0] * dk[0]), 1 / (shape[1] * dk[1]))
+    p = physics.probe(shape, sampling, cal.energy, cal.semiangle, ab, xp=xp, dtype=dtype,
+                      fourier=True, band_fraction=1.0)  # fmt: skip
+    n = shape[0] * shape[1]
     # Σ_k |Ψ|² = N Σ_r |ψ|² = N (probe normalised to 1): scale to the data
     return p * np.float32(math.sqrt(mean_intensity / n))
 
@@ -226,7 +248,7 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
         err = xp.zeros(len(idx), dtype=np.float64)
 
         def revise(psi_k, local, positions, s0, s1):  # Ψ → √I Ψ/|Ψ|, times 1/N
-            pk.fourier_modulus(psi_k, block.amplitudes, local, err[s0:s1], inv_n)
+            pk.fourier_modulus(psi_k, block.amplitudes, local, err[s0:s1], inv_n, patterns.mask)
 
         num, den, upd, weight = exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo,
                                                box_shape, revise, with_probe, xp)  # fmt: skip
@@ -277,8 +299,8 @@ def epie(
     """
     params = params or EpieParameters()
     with opened(data, device) as (ds, xp):
-        return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                    data_id, memory_limit)  # fmt: skip
+        return frm.present(_epie(ds, params, xp, checkpoint, checkpoint_every, resume,
+                                 progress, data_id, memory_limit))  # fmt: skip
 
 
 def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
@@ -290,8 +312,8 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
     if mean_int <= 0:
         raise PtyengineError(f"{getattr(ds, 'path', 'data')}: every pattern is empty")
     _warn_low_counts(cal, mean_int, params)
-    # the visiting order depends on the rows per stored chunk: part of what a resume matches
-    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|rows={patterns.rows}")
+    # the rows per stored chunk (the visiting order) and the mask: part of what a resume matches
+    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|{patterns.key}")
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
     else:

@@ -21,6 +21,10 @@ i.e. θ > 0 turns the +x axis towards +y (counter-clockwise in a right-handed x-
 which looks clockwise on a screen whose rows run downwards). :func:`to_detector_frame` is
 the inverse; :func:`find_rotation` returns (θ, transpose) in this same convention.
 
+A detector mask (:func:`ptyengine.dataset.detector_mask`: dead and hot pixels) leaves its
+pixels out of every sum: the centre of mass is then Σ m I k / Σ m I (by weighted sums, not
+the faster projections).
+
 Everything streams over scan-row blocks: one pass for iCOM and iDPC with a known rotation
 (two for iDPC with ``rotation='auto'``), never the whole dataset in memory. Each block is
 reduced to a few numbers per pattern in the thread that read and decompressed it, by
@@ -42,7 +46,7 @@ from scipy.optimize import minimize_scalar
 from .. import io
 from ..backend import get_xp, to_device_async, to_numpy, xp_of
 from ..backend import memory_limit as memory_limit_bytes
-from ..dataset import as_dataset, check_counts
+from ..dataset import as_dataset, check_counts, detector_mask
 from ..errors import PtyengineError
 from ..kernels import moments as km
 
@@ -210,6 +214,13 @@ def normalise_moments(moments):
 
 
 def _center_of_mass(ds, device="cpu", memory_limit=None):
+    mask = detector_mask(ds)
+    if mask is not None:  # Σ m I, Σ m I k_y, Σ m I k_x: the masked pixels left out
+        ky, kx = detector_k(ds.calibration)
+        m = mask.astype(np.float64)
+        (com_y, com_x), n_empty = normalise_moments(_moments(ds, [m, m * ky, m * kx], device,
+                                                             memory_limit))  # fmt: skip
+        return com_y, com_x, n_empty
     xp = get_xp(device)
     ky, kx = detector_k(ds.calibration)
     ky, kx = xp.asarray(ky[:, 0]), xp.asarray(kx[0])  # k_y by pixel row, k_x by column
@@ -465,6 +476,8 @@ def idpc(ds, rotation=None, transpose=None, high_pass=None, outer: float = 1.0,
             raise PtyengineError(f"the virtual DPC detector ({inner:g}..{outer:g} × "
                                  f"{cal.semiangle:g} mrad) covers no detector pixel")
         ks_y, ks_x = to_scan_frame(ky, kx, rot, tr)
+        if (bad := detector_mask(dset)) is not None:  # dead and hot pixels left out
+            mask = mask * bad
         weights = [mask, mask * np.sign(ks_y), mask * np.sign(ks_x)]
         (dpc_y, dpc_x), n_empty = normalise_moments(_moments(dset, weights, device,
                                                              memory_limit))  # fmt: skip

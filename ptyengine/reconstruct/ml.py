@@ -74,9 +74,11 @@ import numpy as np
 from .. import backend, physics
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
+from . import frame as frm
 from .defocus_search import search_defocus
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
+from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
 from .patterns import choose_patterns
 
@@ -171,6 +173,7 @@ class MLResult:
     parameters: MLParameters
     calibration: object
     extra: dict = field(default_factory=dict)
+    reconstruction_frame: dict | None = None  # rotated data: see frame.present
 
 
 def count_scale(ds, cal, mean_sum: float) -> float:
@@ -217,17 +220,19 @@ def band_mask(shape, sampling, k_max: float, xp):
 def coefficient_basis(cal, names, xp):
     """∂χ/∂c (rad/Å, FFT order, shape (len(names), Wy, Wx)) of the refined coefficients:
     πλ|k|² for C10, πλ|k|² cos 2φ_k for C12a, πλ|k|² sin 2φ_k for C12b (physics' χ)."""
-    ky, kx = physics.spatial_frequencies(cal.detector_shape, cal.real_space_sampling)
+    shape, dk, _ = frm.detector_axes(cal)
+    ky, kx = physics.spatial_frequencies(shape, (1 / (shape[0] * dk[0]), 1 / (shape[1] * dk[1])))
     base = math.pi * cal.wavelength * (ky**2 + kx**2)
     phi = np.arctan2(ky, kx)
     rows = {"C10": base, "C12a": base * np.cos(2 * phi), "C12b": base * np.sin(2 * phi)}
     return xp.asarray(np.stack([rows[n] for n in names]) if names else
-                      np.zeros((0,) + tuple(cal.detector_shape)), dtype=np.float32)  # fmt: skip
+                      np.zeros((0,) + tuple(shape)), dtype=np.float32)  # fmt: skip
 
 
 def initial_coefficients(cal, names, defocus: float | None) -> np.ndarray:
-    """The calibration's values (Å) of the refined coefficients (C10 = ``defocus`` if given)."""
-    ab = dict(cal.aberrations)
+    """The calibration's values (Å) of the refined coefficients (C10 = ``defocus`` if given),
+    in the reconstruction frame (:mod:`.frame`: astigmatism turned with the detector)."""
+    ab = frm.rotated_aberrations(cal.aberrations, cal.rotation)
     c12, phi12 = ab.get("C12", 0.0), ab.get("phi12", 0.0)
     values = {"C10": ab.get("C10", 0.0) if defocus is None else float(defocus),
               "C12a": c12 * math.cos(2 * phi12), "C12b": c12 * math.sin(2 * phi12)}
@@ -235,15 +240,16 @@ def initial_coefficients(cal, names, defocus: float | None) -> np.ndarray:
 
 
 def refined_aberrations(cal, names, coefficients) -> dict[str, float]:
-    """The calibration's aberrations with the refined coefficients put in (Å, rad)."""
-    ab = dict(cal.aberrations)
+    """The calibration's aberrations with the refined coefficients (reconstruction frame)
+    put in (Å, rad), in the calibration's scan frame."""
+    ab = frm.rotated_aberrations(cal.aberrations, cal.rotation)
     c = dict(zip(names, (float(v) for v in coefficients), strict=True))
     if "C10" in c:
         ab["C10"] = c["C10"]
     if "C12a" in c:
         ab["C12"] = math.hypot(c["C12a"], c["C12b"])
         ab["phi12"] = 0.5 * math.atan2(c["C12b"], c["C12a"])
-    return ab
+    return frm.rotated_aberrations(ab, -cal.rotation)
 
 
 def fingerprint(cal, params: MLParameters, data_id: str) -> str:
@@ -262,7 +268,7 @@ class _Engine:
         self.cscale = float(cscale)
         self.corners = xp.asarray(geom.corners)
         self.n = geom.window[0] * geom.window[1]
-        self.mask = xp.ones(geom.window, dtype=np.uint8)
+        self.mask = patterns.mask  # the detector mask in the engines' frame (0: not data)
         rows, (sy, sx) = patterns.rows, cal.scan_shape
         # full-batch gradients: every block once per pass, its positions in scan order
         self.order = [(b, np.arange(b * rows * sx, min((b + 1) * rows, sy) * sx))
@@ -558,8 +564,8 @@ def ml(
     """
     params = params or MLParameters()
     with opened(data, device) as (ds, xp):
-        return _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                    data_id, memory_limit, report)  # fmt: skip
+        return present(_ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
+                           data_id, memory_limit, report))  # fmt: skip
 
 
 def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Engine:
@@ -606,7 +612,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     n_pos = len(geom.corners)
     counts_per_pattern, complex_object = eng.counts_per_pattern, eng.complex_object
     per_bf_pixel, cscale = eng.per_bf_pixel, eng.cscale
-    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|rows={patterns.rows}")
+    fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|{patterns.key}")
     search = None
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)

@@ -14,12 +14,16 @@ same numbers as a resident one and gives an identical result.
   pinned host memory and a copy stream of its own (:func:`backend.to_device_async`), so
   the copy overlaps the kernels.
 
-A block hands out the amplitudes √I (float32, FFT order, detector centre moved to the grid
-centre) and the separable sub-pixel shift ramps of its positions, in scan order.
+A block hands out the amplitudes √I (float32, FFT order: the detector centre moved to
+[0, 0], the axes swapped if the calibration says ``transpose``; zero at the pixels the
+detector mask hides) and the separable sub-pixel shift ramps of its positions, in scan
+order. The source's ``mask`` is that detector mask in the same frame (ones without one);
+its ``total`` counts the kept pixels only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend, io
-from ..dataset import BLOCK_TARGET_BYTES, check_counts
+from ..dataset import BLOCK_TARGET_BYTES, check_counts, detector_mask
 from ..errors import PtyengineError
 from ..shift import ramps_2d
 
@@ -68,15 +72,37 @@ def visit_order(rng: np.random.Generator, scan_shape, rows: int) -> list[tuple[i
     return order
 
 
-def amplitudes_of(block, cal) -> np.ndarray:
-    """√I of a block of raw patterns (rows, Sx, Ky, Kx) as (rows·Sx, Ky, Kx) float32 in FFT
-    order (k = 0 at [0, 0]): the calibrated detector centre, rounded to a pixel, moved to
-    the grid centre, then the grid centre to [0, 0], in one roll."""
-    ny, nx = cal.detector_shape
+def engine_frame(a, cal) -> np.ndarray:
+    """Patterns ``a`` (n, Ky, Kx) on the stored detector → the engines' frame (n, Wy, Wx),
+    C-contiguous, exactly (no interpolation): the calibrated detector centre, rounded to a
+    pixel, moved to [0, 0] (FFT order) by one roll, then the two axes swapped if the
+    calibration's ``transpose`` (:mod:`.frame`)."""
     shift = (-int(round(cal.detector_center[0])), -int(round(cal.detector_center[1])))
+    b = np.roll(a, shift, axis=(1, 2))
+    if cal.transpose:
+        b = np.ascontiguousarray(b.transpose(0, 2, 1))
+    return b
+
+
+def amplitudes_of(block, cal, mask=None) -> np.ndarray:
+    """√I of a block of raw patterns (rows, Sx, Ky, Kx) as (rows·Sx, Wy, Wx) float32 in the
+    engines' frame (:func:`engine_frame`; FFT order, k = 0 at [0, 0]). Pixels where the
+    detector ``mask`` (Ky, Kx; 0: dead or hot) is 0 are set to 0: they are not data."""
+    ny, nx = cal.detector_shape
     b = np.asarray(block, np.float32).reshape(-1, ny, nx)
-    b = np.roll(b, shift, axis=(1, 2))
+    if mask is not None:
+        b = b * (mask != 0)  # a copy: the block may be the caller's array
+    b = engine_frame(b, cal)
     return np.sqrt(b, out=b)
+
+
+def masked_sum(raw, mask) -> float:
+    """Σ of ``raw`` (..., Ky, Kx) over the pixels the detector ``mask`` keeps (float64)."""
+    total = float(np.sum(raw, dtype=np.float64))  # buffered: no float64 copy
+    if mask is not None:
+        bad = np.nonzero(mask == 0)
+        total -= float(np.sum(raw[..., bad[0], bad[1]], dtype=np.float64))
+    return total
 
 
 class _Source:
@@ -92,6 +118,21 @@ class _Source:
         self.scan_shape = tuple(self.cal.scan_shape)
         self.n_blocks = math.ceil(self.scan_shape[0] / self.rows)
         self.total = 0.0  # Σ I over the dataset (float64), set by the subclass
+        #: the detector mask (stored frame, uint8, 0: ignored) or None, and the engines'
+        #: (Wy, Wx) mask on the device (FFT order, ones where there is none)
+        self.detector_mask = detector_mask(ds)
+        ones = np.ones((1, *self.cal.detector_shape), np.uint8)
+        m = ones if self.detector_mask is None else self.detector_mask[None]
+        self.mask = xp.asarray(engine_frame(m, self.cal)[0])
+
+    @property
+    def key(self) -> str:
+        """What a checkpoint must match besides data and parameters: the visiting order
+        depends on the rows per block, and the fit on the detector mask."""
+        key = f"rows={self.rows}"
+        if self.detector_mask is not None:
+            key += "|mask=" + hashlib.sha256(self.detector_mask.tobytes()).hexdigest()[:16]
+        return key
 
     def order(self, rng):
         return visit_order(rng, self.scan_shape, self.rows)
@@ -104,10 +145,10 @@ class _Source:
         raw = self.ds.read_rows(r0, r1)
         name = getattr(self.ds, "path", None) or "data"
         check_counts(raw, f"{name}: scan rows {r0}-{r1 - 1}", row_start=r0)
-        intensity = float(np.sum(raw, dtype=np.float64))  # buffered: no float64 copy
+        intensity = masked_sum(raw, self.detector_mask)
         if to_device is None:
             return None, intensity
-        amp = amplitudes_of(raw, self.cal)
+        amp = amplitudes_of(raw, self.cal, self.detector_mask)
         del raw
         ry, rx = ramps_2d(self.geom.frac[r0 * sx:r1 * sx], self.geom.window, np)
         return Block(slice(r0, r1), r0 * sx, *to_device(amp, ry, rx)), intensity
