@@ -259,3 +259,47 @@ def test_no_recorded_thickness_needs_one(two_layers):
     with pytest.raises(PtyengineError, match="records no specimen thickness: give "
                                              "--slice-thickness"):  # fmt: skip
         mepie(mem, MepieParameters(slices=2, iterations=0))
+
+
+def test_cli_mepie_writes_slices_and_depth_montage(two_layers, tmp_path, capsys):
+    from cli_helpers import run
+
+    from ptyengine.results import read_result
+
+    out = tmp_path / "ms.zarr"
+    code, _, err = run(capsys, "reconstruct", two_layers[0], "--method", "mepie", "--slices",
+                       "2", "--slice-thickness", "80,1", "--iterations", "2", "--batch-size",
+                       "16", "-o", out)  # fmt: skip
+    assert code == 0, err
+    arrays, attrs = read_result(out)
+    assert arrays["object"].shape[0] == 2 and arrays["slice_phase"].shape == arrays[
+        "object"].shape  # fmt: skip
+    np.testing.assert_allclose(arrays["phase"], arrays["slice_phase"].sum(axis=0), atol=1e-5)
+    assert attrs["slice_positions_A"] == [0.0, 80.0]
+    assert attrs["slice_thicknesses_A"] == [80.0, 1.0]
+    assert attrs["parameters"]["slices"] == 2
+    assert (tmp_path / "ms_preview.png").exists() and (tmp_path / "ms_depth.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--slices", "0"), "--slices must be a whole number ≥ 1, got 0"),
+    (("--slice-thickness", "-2"), "--slice-thickness must be positive Å, got -2.0"),
+    (("--slice-thickness", "2,x"), "--slice-thickness takes Å, one value or one per slice"),
+    (("--slices", "3", "--slice-thickness", "1,2"), "has 2 values for 3 slices"),
+])  # fmt: skip
+def test_cli_bad_slices(two_layers, tmp_path, capsys, args, message):
+    from cli_helpers import run
+
+    code, _, err = run(capsys, "reconstruct", two_layers[0], "--method", "mepie",
+                       "--iterations", "1", "-o", tmp_path / "bad.zarr", *args)  # fmt: skip
+    assert code == 2
+    assert err.strip().count("\n") == 0 and message in err, err
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_cli_slices_is_not_an_epie_option(two_layers, tmp_path, capsys):
+    from cli_helpers import run
+
+    code, _, err = run(capsys, "reconstruct", two_layers[0], "--slices", "2", "-o",
+                       tmp_path / "e.zarr")  # fmt: skip
+    assert code == 2 and "--slices: not an option of --method epie" in err
