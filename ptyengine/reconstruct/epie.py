@@ -230,7 +230,7 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp,
         """One batch through the shared forward model (:func:`.forward.exit_wave_pass`)
         with ePIE's Fourier-modulus revision, then the object and probe steps; of a
         multislice object (``propagators``), every slice's step from its own overlap sums
-        (3PIE: α conj(ψ_s)Δφ_s / max Σ|ψ_s|²)."""
+        ((α/S) conj(ψ_s)Δφ_s / max Σ|ψ_s|²)."""
         obj, probe_k = state.arrays["object"], state.arrays["probe_k"]
         with_probe = iteration >= params.probe_update_start
         # object: overlap sum over the batch, applied on the batch's bounding box
@@ -249,8 +249,9 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp,
         box = (..., slice(lo[0], hi[0]), slice(lo[1], hi[1]))
         if obj.ndim == 2:
             pk.object_step(obj[box], [num], [den], params.alpha, params.phase_only)
-        for s in range(obj.shape[0] if obj.ndim == 3 else 0):
-            pk.object_step(obj[s][box], [num[s]], [den[s]], params.alpha, params.phase_only)
+        for s in range(obj.shape[0] if obj.ndim == 3 else 0):  # α/S each: see .mepie
+            pk.object_step(obj[s][box], [num[s]], [den[s]], params.alpha / obj.shape[0],
+                           params.phase_only)  # fmt: skip
         if with_probe:  # P += β Σ conj(O)Δψ / max Σ|O|²
             upd *= np.float32(params.beta / float(weight.max()))
             probe_k += upd
