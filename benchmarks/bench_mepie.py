@@ -83,7 +83,7 @@ def main():
         mepie(ds, params, device=args.device, progress=lambda k, e, t=stamps: t.append(clocks()))
         per_it = np.median(np.diff(stamps, axis=0), axis=0)
         pairs = 2 + 2 * (s - 1)  # FFT pairs done per position
-        floor = fft_floor(n_pos, window, args.batch, xp, _chunk(window), pairs=pairs)
+        floor = fft_floor(n_pos, window, args.batch, xp, _chunk(window, s), pairs=pairs)
         issue = floor * (1 + (s - 1)) / pairs  # 2 + 2(S − 1) FFTs
         rows.append((s, per_it[0], floor[0]))
         print(f"S = {s:2d}: wall {per_it[0]:.3f} s/iteration, FFT floor ({2 * pairs} FFTs per "

@@ -60,9 +60,10 @@ from ..kernels import windows as wk
 REAL, CPLX = np.float32, np.complex64
 
 
-def _chunk(window) -> int:
-    """Positions per cache-sized sub-chunk on the CPU (~1 MB of waves per array)."""
-    return max(1, (1 << 20) // (window[0] * window[1] * 8))
+def _chunk(window, n_slices: int = 1) -> int:
+    """Positions per cache-sized sub-chunk on the CPU: ~2 MB of waves over the S + 1
+    arrays a pass holds (1 MB per array for a single slice)."""
+    return max(1, (2 << 20) // (window[0] * window[1] * 8 * (n_slices + 1)))
 
 
 @dataclass
@@ -114,9 +115,9 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation)."""
     w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
     inv_n = 1.0 / (w0 * w1)
-    step_cpu = _chunk((w0, w1))
     slices = obj if obj.ndim == 3 else obj[None]
     n_s = slices.shape[0]
+    step_cpu = _chunk((w0, w1), n_s)
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
     last = n_s - 1

@@ -16,10 +16,12 @@ corrected from the same exit-wave residual, and each step alone would remove it 
 wave is brightest, so together they overshoot S-fold. Measured (benchmarks/bench_mepie.py's
 synthetic weak-phase object, 256 positions, batch 64, β = 1): α = 1 per slice diverges
 for S = 4 (error 3.6e-3, 6.4e-3, 1.9e3, ... over the first iterations) and α = 0.5 for
-S = 8; α/S falls steadily for S = 2, 4, 8 (S = 4: 4.9e-3 → 5.4e-4 in 8 iterations). Slices start flat (O_s = 1); ``phase_only`` holds every
-slice to |O_s| = 1. The result's ``object`` is (S, Ny, Nx); its ``phase`` the sum of the
-slices' phases (the projected phase), ``slice_phase`` each one's, and ``extra`` the
-entrance depth of every slice below the first (``slice_positions_A``) and its thickness.
+S = 8; α/S falls steadily for S = 2, 4, 8 (S = 4: 4.9e-3 → 5.4e-4 in 8 iterations).
+
+Slices start flat (O_s = 1); ``phase_only`` holds every slice to |O_s| = 1. The result's
+``object`` is (S, Ny, Nx); its ``phase`` the sum of the slices' phases (the projected
+phase), ``slice_phase`` each one's, and ``extra`` the entrance depth of every slice below
+the first (``slice_positions_A``) and its thickness.
 
 Band limit: the propagators keep |k| below ``fraction`` of the probe window's Nyquist
 frequency. A simulated dataset records the simulator's field pixel d_sim, whose band limit
