@@ -269,7 +269,7 @@ def test_cli_mepie_writes_slices_and_depth_montage(two_layers, tmp_path, capsys)
     out = tmp_path / "ms.zarr"
     code, _, err = run(capsys, "reconstruct", two_layers[0], "--method", "mepie", "--slices",
                        "2", "--slice-thickness", "80,1", "--iterations", "2", "--batch-size",
-                       "16", "-o", out)  # fmt: skip
+                       "16", "--single-slice-iterations", "1", "-o", out)  # fmt: skip
     assert code == 0, err
     arrays, attrs = read_result(out)
     assert arrays["object"].shape[0] == 2 and arrays["slice_phase"].shape == arrays[
@@ -278,6 +278,7 @@ def test_cli_mepie_writes_slices_and_depth_montage(two_layers, tmp_path, capsys)
     assert attrs["slice_positions_A"] == [0.0, 80.0]
     assert attrs["slice_thicknesses_A"] == [80.0, 1.0]
     assert attrs["parameters"]["slices"] == 2
+    assert attrs["parameters"]["single_slice_iterations"] == 1
     assert (tmp_path / "ms_preview.png").exists() and (tmp_path / "ms_depth.png").exists()
 
 
@@ -303,3 +304,20 @@ def test_cli_slices_is_not_an_epie_option(two_layers, tmp_path, capsys):
     code, _, err = run(capsys, "reconstruct", two_layers[0], "--slices", "2", "-o",
                        tmp_path / "e.zarr")  # fmt: skip
     assert code == 2 and "--slices: not an option of --method epie" in err
+
+
+def test_slices_start_from_single_slice_epie(two_layers):
+    """single_slice_iterations K: the S slices start as the S-th root of the object of K
+    ePIE iterations (their product is that object) and the probe as ePIE left it."""
+    path, truth = two_layers
+    common = dict(batch_size=16, seed=2)
+    e = epie(path, EpieParameters(iterations=3, **common))
+    m = mepie(path, MepieParameters(slices=3, slice_thickness=27.0, iterations=0,
+                                    single_slice_iterations=3, **common))  # fmt: skip
+    np.testing.assert_allclose(np.prod(m.object, axis=0), e.object, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(m.slice_phase[0], m.slice_phase[2], atol=1e-6)
+    np.testing.assert_array_equal(m.probe, e.probe)
+    assert m.errors == []
+    with pytest.raises(PtyengineError, match="--single-slice-iterations must be a whole "
+                                             "number ≥ 0, got -1"):  # fmt: skip
+        MepieParameters(single_slice_iterations=-1)

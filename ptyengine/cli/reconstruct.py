@@ -113,6 +113,9 @@ def _depth_path(output: Path) -> Path:
               help="mepie: Δz in Å between slices, one value or one per slice (80,1); the "
                    "wave propagates Δz_s from slice s to s + 1 [default: the dataset's "
                    "recorded specimen thickness / S].")
+@click.option("--single-slice-iterations", type=int,
+              help="mepie: start the slices from this many single-slice ePIE iterations "
+                   "(each slice the S-th root of that object) [default: 0]; 0: flat.")
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
                    "(dimensionless; its weight against the data falls as 1/dose) "

@@ -300,6 +300,14 @@ def epie(
                     data_id, memory_limit)  # fmt: skip
 
 
+def split_object(obj, n_slices: int, root: bool, xp):
+    """S slices of a single-slice object: each its S-th root |O|^(1/S) exp(i arg(O)/S)
+    (their product is O), or, without ``root``, S copies (of a flat object: flat)."""
+    if root:
+        obj = (xp.abs(obj) ** (1 / n_slices) * xp.exp(1j * xp.angle(obj) / n_slices))
+    return xp.repeat(obj[None].astype(np.complex64), n_slices, axis=0)  # a copy
+
+
 def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
           memory_limit, slices=None) -> EpieResult:  # fmt: skip
     """ePIE, or with ``slices(ds, geom, xp)`` -> :class:`.forward.SlicePropagators` the
@@ -317,10 +325,16 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
     else:
-        shape = geom.object_shape if props is None else (props.n_slices, *geom.object_shape)
-        obj = xp.ones(shape, dtype=np.complex64)  # flat: every slice a transmission of 1
+        obj = xp.ones(geom.object_shape, dtype=np.complex64)
         state = IterativeState({"object": obj,
                                 "probe_k": initial_probe(cal, params.defocus, mean_int, xp)})
+        if props is not None:  # mepie: S slices, flat or from single-slice iterations
+            pre = getattr(params, "single_slice_iterations", 0)
+            if pre:
+                run(state, _sweep_factory(patterns, geom, params, xp), pre, xp)
+            state = IterativeState({"object": split_object(state.arrays["object"],
+                                                           props.n_slices, bool(pre), xp),
+                                    "probe_k": state.arrays["probe_k"]})  # fmt: skip
     sweep = _sweep_factory(patterns, geom, params, xp, props)
     run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress)
     probe = backend.to_numpy(xp.fft.ifft2(state.arrays["probe_k"]))

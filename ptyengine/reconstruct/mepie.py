@@ -18,7 +18,11 @@ synthetic weak-phase object, 256 positions, batch 64, β = 1): α = 1 per slice 
 for S = 4 (error 3.6e-3, 6.4e-3, 1.9e3, ... over the first iterations) and α = 0.5 for
 S = 8; α/S falls steadily for S = 2, 4, 8 (S = 4: 4.9e-3 → 5.4e-4 in 8 iterations).
 
-Slices start flat (O_s = 1); ``phase_only`` holds every slice to |O_s| = 1. The result's
+Slices start flat (O_s = 1), or (``single_slice_iterations`` K > 0) from K iterations of
+single-slice ePIE: O_s = |O|^(1/S) exp(i arg(O)/S), the probe as it left them (the K
+iterations are not counted in ``iterations`` nor in the error history; a resumed run
+continues from its checkpoint and skips them). ``phase_only`` holds every slice to
+|O_s| = 1. The result's
 ``object`` is (S, Ny, Nx); its ``phase`` the sum of the slices' phases (the projected
 phase), ``slice_phase`` each one's, and ``extra`` the entrance depth of every slice below
 the first (``slice_positions_A``) and its thickness.
@@ -48,16 +52,23 @@ THICKNESS_FACTOR = 1.5
 class MepieParameters(EpieParameters):
     """ePIE's parameters, and the slices: ``slices`` S ≥ 1; ``slice_thickness`` Δz in Å,
     one value for every slice or a list of S (None: the dataset's recorded specimen
-    thickness / S)."""
+    thickness / S); ``single_slice_iterations`` K: the slices start flat (K = 0), or as
+    the S-th root of the object of K single-slice ePIE iterations (same parameters),
+    which also give the starting probe."""
 
     slices: int = 2
     slice_thickness: float | tuple[float, ...] | None = None
+    single_slice_iterations: int = 0  # ePIE iterations whose object starts the slices
 
     def __post_init__(self):
         super().__post_init__()
         if isinstance(self.slices, bool) or int(self.slices) != self.slices or self.slices < 1:
             raise PtyengineError(f"--slices must be a whole number ≥ 1, got {self.slices}")
         self.slices = int(self.slices)
+        k = self.single_slice_iterations
+        if isinstance(k, bool) or int(k) != k or k < 0:
+            raise PtyengineError(f"--single-slice-iterations must be a whole number ≥ 0, got {k}")
+        self.single_slice_iterations = int(k)
         dz = self.slice_thickness
         if dz is None:
             return
