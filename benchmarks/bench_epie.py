@@ -39,17 +39,18 @@ def clocks() -> np.ndarray:
     return np.array([time.perf_counter(), time.process_time()])
 
 
-def fft_floor(n_pos, window, batch, xp, sub_chunk, repeat=5):
-    """(wall, CPU) seconds for the 4 FFTs of every position's window in one iteration (in place, on
-    buffers with bound plans, as ePIE runs them), the fastest of three ways of grouping
-    them: whole batches (FFTW's threads), batches split over the cores, and ePIE's own
-    cache-sized sub-chunks of the batches split over the cores."""
+def fft_floor(n_pos, window, batch, xp, sub_chunk, repeat=5, pairs=2):
+    """(wall, CPU) seconds for the 4 FFTs (``pairs`` forward/inverse pairs) of every
+    position's window in one iteration (in place, on buffers with bound plans, as ePIE
+    runs them), the fastest of three ways of grouping them: whole batches (FFTW's
+    threads), batches split over the cores, and ePIE's own cache-sized sub-chunks of the
+    batches split over the cores."""
     sizes = [min(batch, n_pos - b0) for b0 in range(0, n_pos, batch)]
 
-    def ffts(group, n):  # the 4 FFTs of n positions, in groups of at most ``group``
+    def ffts(group, n):  # the 2·pairs FFTs of n positions, in groups of at most ``group``
         for s0 in range(0, n, group):
             buf = backend.fft_buffer((min(group, n - s0), *window), np.complex64, xp, "floor")
-            for _ in range(2):
+            for _ in range(pairs):
                 buf.inverse()
                 buf.forward()
 

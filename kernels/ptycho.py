@@ -120,6 +120,33 @@ def difference_updates_cpu(num, den, probes, obj, psi, corners, origin):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
+def slice_updates_cpu(num, den, incident, obj, delta, corners, origin):
+    """One slice of the multislice adjoint, in one pass, with O = obj[window] and ψ the
+    waves incident on the slice: num[window − origin] += conj(ψ)Δ, den[...] += |ψ|²
+    (the slice's overlap sums); delta ← conj(O)Δ (the correction of the incident waves,
+    to be propagated back to the slice before). difference_updates_cpu is the same for
+    the last slice, with Δ = revised exit wave − ψ·O formed on the way."""
+    nb, w0, w1 = delta.shape
+    for b in range(nb):
+        cy = corners[b, 0]
+        cx = corners[b, 1]
+        by = cy - origin[0]
+        bx = cx - origin[1]
+        for i in range(w0):
+            orow = obj[cy + i, cx:cx + w1]
+            num_row = num[by + i, bx:bx + w1]
+            den_row = den[by + i, bx:bx + w1]
+            prow = incident[b, i]
+            qrow = delta[b, i]
+            for j in range(w1):
+                p = prow[j]
+                d = qrow[j]
+                num_row[j] += p.conjugate() * d
+                den_row[j] += p.real * p.real + p.imag * p.imag
+                qrow[j] = orow[j].conjugate() * d
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def object_step_cpu(box, num, scale, phase_only):
     """box += scale · num; with ``phase_only`` then box /= |box| (one pass)."""
     h, w = box.shape
@@ -167,6 +194,13 @@ def difference_updates_cuda(num, den, probes, obj, psi, corners, origin):
     real = num.view(np.float32 if num.dtype == np.complex64 else np.float64)
     _cuda().difference_updates_gpu[blocks, threads](real, den, probes, obj, psi, corners,
                                                     origin)  # fmt: skip
+
+
+def slice_updates_cuda(num, den, incident, obj, delta, corners, origin):
+    blocks, threads = grid(delta.shape)
+    real = num.view(np.float32 if num.dtype == np.complex64 else np.float64)
+    _cuda().slice_updates_gpu[blocks, threads](real, den, incident, obj, delta, corners,
+                                               origin)  # fmt: skip
 
 
 def fourier_modulus(psi_k, amplitude, index, err, scale=1.0, mask=None):
@@ -236,3 +270,9 @@ def difference_updates(num, den, probes, obj, psi, corners, origin):
     """See difference_updates_cpu; on the GPU the overlap sums use atomics."""
     fn = difference_updates_cpu if on_host(psi) else difference_updates_cuda
     fn(num, den, probes, obj, psi, corners, origin)
+
+
+def slice_updates(num, den, incident, obj, delta, corners, origin):
+    """See slice_updates_cpu; on the GPU the overlap sums use atomics."""
+    fn = slice_updates_cpu if on_host(delta) else slice_updates_cuda
+    fn(num, den, incident, obj, delta, corners, origin)

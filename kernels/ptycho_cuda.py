@@ -65,3 +65,18 @@ def difference_updates_gpu(num_real, den, probes, obj, psi, corners, origin):
         cuda.atomic.add(num_real, (y, 2 * x + 1), prod.imag)
         cuda.atomic.add(den, (y, x), p.real * p.real + p.imag * p.imag)
         psi[b, i, j] = o.conjugate() * d
+
+
+@cuda.jit
+def slice_updates_gpu(num_real, den, incident, obj, delta, corners, origin):
+    b, i, j = cuda.grid(3)
+    if b < delta.shape[0] and i < delta.shape[1] and j < delta.shape[2]:
+        p = incident[b, i, j]
+        d = delta[b, i, j]
+        prod = p.conjugate() * d
+        y = corners[b, 0] - origin[0] + i
+        x = corners[b, 1] - origin[1] + j
+        cuda.atomic.add(num_real, (y, 2 * x), prod.real)
+        cuda.atomic.add(num_real, (y, 2 * x + 1), prod.imag)
+        cuda.atomic.add(den, (y, x), p.real * p.real + p.imag * p.imag)
+        delta[b, i, j] = obj[corners[b, 0] + i, corners[b, 1] + j].conjugate() * d

@@ -6,8 +6,10 @@ Layout of ``NAME.zarr`` (one per reconstruction)::
                           "calibration": {...}, "parameters": {...}, "sampling": [dy, dx],
                           "origin": [y0, x0], "errors": [...], "created_by": ...}
     phase        (ny, nx) float32, rad        (all methods)
-    object       (ny, nx) complex64           (ptychography)
+    object       (ny, nx) complex64           (ptychography; (S, ny, nx) for mepie)
     probe        (wy, wx) complex64           (ptychography, real space, centred)
+    slice_phase  (S, ny, nx) float32, rad     (mepie: every slice; ``phase`` is their sum;
+                                              attrs slice_positions_A, slice_thicknesses_A)
     com_y, com_x (ny, nx) float32, 1/Å        (iCOM)
 
 ``sampling`` and ``origin`` place pixel (0, 0) of the images in the specimen (field) frame,

@@ -188,7 +188,7 @@ def test_bad_input_subprocess(tmp_path):
 
 def test_options_of_the_other_method_are_refused(tiny, capsys):
     code, _, err = run(capsys, "reconstruct", tiny, "--method", "icom", "--iterations", 3)
-    assert code == 2 and "--iterations: for --method epie/ml only" in err
+    assert code == 2 and "--iterations: for --method epie/mepie/ml only" in err
     code, _, err = run(capsys, "reconstruct", tiny, "--rotation", "auto")
     assert code == 2 and "--rotation applies to --method icom/idpc" in err
     code, _, err = run(capsys, "reconstruct", tiny, "--method", "icom", "--rotation", "left")
@@ -196,15 +196,16 @@ def test_options_of_the_other_method_are_refused(tiny, capsys):
 
 
 def test_help_states_the_library_defaults():
-    """Every field of ePIE's and ML's parameter dataclasses has its option, whose help
-    states the dataclass's default."""
+    """Every field of ePIE's, mepie's and ML's parameter dataclasses has its option, whose
+    help states the dataclass's default."""
+    from ptyengine.reconstruct.mepie import MepieParameters
     from ptyengine.reconstruct.ml import MLParameters
 
     help_text = CliRunner().invoke(cli, ["reconstruct", "--help"], terminal_width=200).output
     text = help_text.split("Options:", 1)[1]
-    for cls in (EpieParameters, MLParameters):
+    for cls in (EpieParameters, MepieParameters, MLParameters):
         for f in dataclasses.fields(cls):
-            if f.name in ("defocus", "margin"):
+            if f.name in ("defocus", "margin", "slice_thickness"):
                 continue
             flag = f"--{f.name.replace('_', '-')}"
             assert flag in text

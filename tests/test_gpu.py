@@ -42,6 +42,19 @@ def test_epie_gpu_matches_cpu(tmp_path, batch):
     np.testing.assert_allclose(gpu.object, cpu.object, atol=1e-3)
 
 
+def test_mepie_gpu_matches_cpu(tmp_path):
+    """The multislice forward model and its adjoint on the GPU (S = 3, batches of 16)."""
+    from ptyengine.reconstruct.mepie import MepieParameters, mepie
+
+    path = simulate(dataclasses.replace(SMALL, phonons=0), str(tmp_path / "d.zarr"))["output"]
+    params = MepieParameters(iterations=3, batch_size=16, slices=3,
+                             single_slice_iterations=1)  # fmt: skip
+    cpu = mepie(path, params, device="cpu")
+    gpu = mepie(path, params, device="gpu")
+    np.testing.assert_allclose(gpu.errors, cpu.errors, rtol=1e-3)
+    np.testing.assert_allclose(gpu.object, cpu.object, atol=1e-3)
+
+
 def test_icom_gpu_matches_cpu(tmp_path):
     path = simulate(dataclasses.replace(SMALL, phonons=0), str(tmp_path / "d.zarr"))["output"]
     np.testing.assert_allclose(icom(path, device="gpu").phase, icom(path, device="cpu").phase,

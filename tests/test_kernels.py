@@ -267,3 +267,32 @@ def test_poisson_kernels_twins():
     for got in (cpu, gpu):
         np.testing.assert_allclose(got[0], ref_d1, rtol=1e-4)
         np.testing.assert_allclose(got[1], ref_d2, rtol=1e-4)
+
+
+def test_slice_updates_twins():
+    """The multislice adjoint's kernel: a slice's overlap sums from its incident waves and
+    the back-propagated exit-wave correction, which then passes on through conj(O)."""
+    from ptyengine.kernels import ptycho
+
+    rng = np.random.default_rng(8)
+    obj = _waves(rng, (9, 10))
+    incident = _waves(rng, (3, 4, 5))
+    delta = _waves(rng, (3, 4, 5))
+    corners = np.array([[1, 1], [3, 4], [3, 4]], dtype=np.int64)
+    origin = np.array([1, 1], dtype=np.int64)
+    o_ref = np.stack([obj[cy:cy + 4, cx:cx + 5] for cy, cx in corners])
+    num_ref = np.zeros((8, 9), np.complex64)
+    den_ref = np.zeros((8, 9), np.float32)
+    for b, (cy, cx) in enumerate(corners - origin):
+        num_ref[cy:cy + 4, cx:cx + 5] += np.conj(incident[b]) * delta[b]
+        den_ref[cy:cy + 4, cx:cx + 5] += np.abs(incident[b]) ** 2
+    term_ref = np.conj(o_ref) * delta
+    num, den, term = np.zeros_like(num_ref), np.zeros_like(den_ref), delta.copy()
+    ptycho.slice_updates(num, den, incident, obj, term, corners, origin)
+    for got, ref in zip((num, den, term), (num_ref, den_ref, term_ref), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    gpu = _gpu_outputs(ptycho.slice_updates_cuda,
+                       [np.zeros_like(num_ref), np.zeros_like(den_ref), incident, obj,
+                        delta.copy(), corners, origin], [0, 1, 4])
+    for got, ref in zip(gpu, (num_ref, den_ref, term_ref), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

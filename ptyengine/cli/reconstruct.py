@@ -1,5 +1,5 @@
-"""``ptyengine reconstruct``: iCOM/iDPC, ePIE and Poisson ML, with result, preview and NCC
-to the ground truth."""
+"""``ptyengine reconstruct``: iCOM/iDPC, ePIE, multislice ePIE and Poisson ML, with result,
+preview and NCC to the ground truth."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ def _epie_parameters():
     return EpieParameters
 
 
+def _mepie_parameters():
+    from ..reconstruct.mepie import MepieParameters
+
+    return MepieParameters
+
+
 def _ml_parameters():
     from ..reconstruct.ml import MLParameters
 
@@ -27,7 +33,8 @@ def _ml_parameters():
 
 #: the iterative methods and (lazily) their parameter dataclasses: a method takes exactly
 #: the options named after the fields of its dataclass
-ITERATIVE = {"epie": _epie_parameters, "ml": _ml_parameters}
+ITERATIVE = {"epie": _epie_parameters, "mepie": _mepie_parameters, "ml": _ml_parameters}
+NAMES = {"epie": "ePIE", "mepie": "mepie", "ml": "ML"}
 
 
 def _rotation_option(ctx, param, value):
@@ -37,6 +44,18 @@ def _rotation_option(ctx, param, value):
         return float(value)
     except ValueError:
         raise click.BadParameter(f"give degrees, 'auto' or 'calibration', not {value!r}") from None
+
+
+def _slice_thickness(ctx, param, value):
+    """'2.5' -> 2.5, '80,1' -> (80.0, 1.0); checked further by MepieParameters."""
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise PtyengineError(f"--slice-thickness takes Å, one value or one per slice "
+                             f"separated by commas, not {value!r}") from None  # fmt: skip
+    return values[0] if len(values) == 1 else values
 
 
 def _default_output(data: Path, method: str) -> Path:
@@ -51,11 +70,18 @@ def _preview_path(output: Path) -> Path:
     return output.with_name(output.stem + "_preview.png")
 
 
+def _depth_path(output: Path) -> Path:
+    """mepie's depth montage: every slice's phase."""
+    return output.with_name(output.stem + "_depth.png")
+
+
 @click.command()
 @click.argument("data", type=click.Path())
-@click.option("--method", type=click.Choice(["epie", "ml", "icom", "idpc"]), default="epie",
-              show_default=True,
-              help="ePIE ptychography; ml: Poisson maximum-likelihood ptychography for low "
+@click.option("--method", type=click.Choice(["epie", "mepie", "ml", "icom", "idpc"]),
+              default="epie", show_default=True,
+              help="ePIE ptychography; mepie: multislice ePIE (3PIE) for thick specimens "
+                   "(S slices Δz apart); ml: Poisson maximum-likelihood "
+                   "ptychography for low "
                    "dose (counts modelled as counts, a held-out stopping rule); or a phase "
                    "image integrated from the centre of mass (iCOM) or from a virtual "
                    "four-quadrant detector (iDPC).")
@@ -75,8 +101,8 @@ def _preview_path(output: Path) -> Path:
               help=f"ePIE/ML: C10 in Å of the initial probe [default: the calibration's]. "
                    f"{DEFOCUS_SIGN}")
 @click.option("--probe-update-start", type=click.IntRange(min=0),
-              help="ePIE/ML: first iteration (0-based) that refines the probe [default: 1 "
-                   "for ePIE, 2 for ML].")
+              help="ePIE/ML: first iteration (0-based) that refines the probe "
+                   "[default: 1].")
 @click.option("--refine-probe", type=click.Choice(["none", "defocus", "aberrations"]),
               help="ML: probe parameters refined with the object: none, the defocus C10, or "
                    "C10 and the two-fold astigmatism C12 [default: aberrations].")
@@ -91,6 +117,15 @@ def _preview_path(output: Path) -> Path:
                    "specimens at low dose [default: off].")
 @click.option("--seed", type=int, help="ePIE: seed of the random position order; ML: of the "
                                       "held-out pixels [default: 0].")
+@click.option("--slices", type=int,
+              help="mepie: object slices S ≥ 1; S = 1 is ePIE [default: 2].")
+@click.option("--slice-thickness", callback=_slice_thickness,
+              help="mepie: Δz in Å between slices, one value or one per slice (80,1); the "
+                   "wave propagates Δz_s from slice s to s + 1 [default: the dataset's "
+                   "recorded specimen thickness / S].")
+@click.option("--single-slice-iterations", type=int,
+              help="mepie: start the slices from this many single-slice ePIE iterations "
+                   "(each slice the S-th root of that object) [default: 0]; 0: flat.")
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
                    "(dimensionless; its weight against the data falls as 1/dose) "
@@ -165,12 +200,13 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
         flags = [f"--{k.replace('_', '-')}" for k in given if k not in fields]
         if flags:
             raise click.UsageError(f"{', '.join(flags)}: not an option of --method {method}")
+        ITERATIVE[method]()(**given)  # bad values end here, before any data are read
     else:
         flags = [f"--{k.replace('_', '-')}" for k in given]
         flags += [f for f, on in (("--checkpoint-every", checkpoint_every), ("--resume", resume),
                                   ("--keep-checkpoint", keep_checkpoint)) if on]  # fmt: skip
         if flags:
-            raise click.UsageError(f"{', '.join(flags)}: for --method epie/ml only")
+            raise click.UsageError(f"{', '.join(flags)}: for --method epie/mepie/ml only")
     _reconstruct(Path(data), method, Path(output) if output else None, device=device,
                  overwrite=overwrite, epie_options=given, rotation=rotation,
                  checkpoint_every=checkpoint_every, resume=resume,
@@ -201,7 +237,8 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         # one writer per output; the result and its preview are protected alike (a resumed
         # run continues, and replaces, its own); the partial is made before any work
         if not overwrite and not (resume and _checkpoint_path(out).exists()):
-            for path in (out, _preview_path(out)):
+            extra = [_depth_path(out)] if method == "mepie" else []
+            for path in (out, _preview_path(out), *extra):
                 if path.exists():
                     raise PtyengineError(f"{path} exists; pass --overwrite to replace it")
         if method in ITERATIVE and (checkpoint_every or resume):
@@ -277,6 +314,9 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
                    f"{ncc['k_max']:.2f} 1/Å): {ncc['ncc']:.4f}")  # fmt: skip
     png = preview_png(_preview_path(out), rec["panels"], title=title)
     click.echo(f"result: {path}\npreview: {png}")
+    if rec.get("depth"):
+        depth = preview_png(_depth_path(out), rec["depth"], title=f"{data.name}: slice phases")
+        click.echo(f"depth montage: {depth}")
     ck = rec.get("checkpoint")
     if ck is not None and ck.exists() and not keep_checkpoint:
         ck.unlink()
@@ -286,7 +326,7 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
 
 def _run_iterative(ds, data: Path, out: Path, method: str, device, options, checkpoint_every,
                    resume, memory_limit=None) -> dict:  # fmt: skip
-    """ePIE or ML: parameters, warnings, progress, checkpoint, and what is written."""
+    """ePIE, mepie or ML: parameters, warnings, progress, checkpoint, and what is written."""
     import numpy as np
     from tqdm import tqdm
 
@@ -295,9 +335,11 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     params = ITERATIVE[method]()(**options)
     if method == "epie":
         from ..reconstruct.epie import epie as run
+    elif method == "mepie":
+        from ..reconstruct.mepie import mepie as run
     else:
         from ..reconstruct.ml import ml as run
-    name = {"epie": "ePIE", "ml": "ML"}[method]
+    name = NAMES[method]
     if (note := probe_model_warning(ds.calibration, params.defocus)) is not None:
         click.echo(f"warning: {data}: {note}", err=True)
     ck = _checkpoint_path(out)
@@ -351,19 +393,39 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
                            np.asarray(res.held_out)))  # fmt: skip
     elif errors:
         panels.append(("error vs iteration", np.asarray(errors)))
+    arrays = {"object": res.object.astype(np.complex64),
+              "probe": res.probe.astype(np.complex64), "phase": phase}  # fmt: skip
+    depth = []
+    if method == "mepie":
+        arrays["slice_phase"] = res.slice_phase.astype(np.float32)
+        extra.update(slice_positions_A=res.extra["slice_positions_A"],
+                     slice_thicknesses_A=res.extra["slice_thicknesses_A"])  # fmt: skip
+        summary += f", {params.slices} slices"
+        depth = _depth_panels(arrays["slice_phase"][:, lo[0]:hi[0], lo[1]:hi[1]],
+                              res.extra["slice_positions_A"])  # fmt: skip
     parameters = {**dataclasses.asdict(params), "device": device,
                   "defocus_used": res.extra.get("start_defocus", cal.defocus if
                                                 params.defocus is None else params.defocus),
                   "checkpoint_every": checkpoint_every}  # fmt: skip
     return {
-        "arrays": {"object": res.object.astype(np.complex64),
-                   "probe": res.probe.astype(np.complex64), "phase": phase},
-        "sampling": g.sampling, "origin": g.object_origin, "parameters": parameters,
+        "arrays": arrays, "depth": depth, "sampling": g.sampling, "origin": g.object_origin,
+        "parameters": parameters,
         "errors": errors, "image": phase, "crop": crop, "panels": panels, "summary": summary,
         # the NCC ignores the unscanned margin round the scanned area
         "border": int(min(w // 2 + g.corners.min(axis=0))),
         "extra": extra, "checkpoint": use_ck,
     }  # fmt: skip
+
+
+def _depth_panels(slice_phase, positions, most: int = 8) -> list:
+    """The depth montage: the phase of at most ``most`` slices, evenly spread from the
+    first to the last, each titled with its depth (Å)."""
+    import numpy as np
+
+    n = len(slice_phase)
+    picks = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, most))})
+    return [(f"slice {s + 1}/{n}, z = {positions[s]:.4g} Å (rad)", slice_phase[s])
+            for s in picks]  # fmt: skip
 
 
 def _central_box(image, level: float = 0.02, pad: float = 1.5, least: int = 16):

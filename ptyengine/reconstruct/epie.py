@@ -148,7 +148,16 @@ class EpieResult:
 
     @property
     def phase(self) -> np.ndarray:
+        """The object's phase (rad); of a multislice object (S, Ny, Nx), the sum of the
+        slices' phases (the projected phase)."""
+        if self.object.ndim == 3:
+            return self.slice_phase.sum(axis=0)
         return np.angle(self.object)
+
+    @property
+    def slice_phase(self) -> np.ndarray:
+        """(S, Ny, Nx) phase of every slice (rad); (1, Ny, Nx) for a single slice."""
+        return np.angle(self.object if self.object.ndim == 3 else self.object[None])
 
 
 def initial_probe(cal: Calibration, defocus: float | None, mean_intensity: float, xp,
@@ -213,14 +222,16 @@ def probe_centroid(probe_k, xp) -> tuple[float, float]:
 def centre_probe(obj, probe_k, xp, phase_only: bool = False) -> tuple[float, float]:
     """Move the probe's intensity centroid back to the window centre and the object by the
     same shift, in place (see the module docstring: every exit wave moves by the same
-    amount, so no diffraction pattern changes). Returns the shift applied (pixels).
+    amount, so no diffraction pattern changes; a multislice object (S, Ny, Nx) moves
+    every slice: free-space propagation commutes with the shift). Returns the shift
+    applied (pixels).
     The rare FFTs of the whole object are xp.fft's (no plan to make for its shape)."""
     cy, cx = probe_centroid(probe_k, xp)
     if max(abs(cy), abs(cx)) < CENTRE_TOLERANCE:
         return 0.0, 0.0
     shift = np.array([[-cy, -cx]])
     for a, fourier in ((probe_k, True), (obj, False)):
-        ry, rx = ramps_2d(shift, a.shape, xp, a.dtype)
+        ry, rx = ramps_2d(shift, a.shape[-2:], xp, a.dtype)  # every slice alike
         spectrum = a if fourier else xp.fft.fft2(a)
         spectrum *= ry[0][:, None]
         spectrum *= rx[0][None, :]
@@ -231,14 +242,17 @@ def centre_probe(obj, probe_k, xp, phase_only: bool = False) -> tuple[float, flo
     return -cy, -cx
 
 
-def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
+def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp,
+                   propagators=None):  # fmt: skip
     corners_dev = xp.asarray(geom.corners)
     w0, w1 = geom.window
     inv_n = 1.0 / (w0 * w1)  # the inverse FFTs are unnormalised: 1/N folded into kernels
 
     def batch_update(state, block, idx, iteration):
         """One batch through the shared forward model (:func:`.forward.exit_wave_pass`)
-        with ePIE's Fourier-modulus revision, then the object and probe steps."""
+        with ePIE's Fourier-modulus revision, then the object and probe steps; of a
+        multislice object (``propagators``), every slice's step from its own overlap sums
+        ((α/S) conj(ψ_s)Δφ_s / max Σ|ψ_s|²)."""
         obj, probe_k = state.arrays["object"], state.arrays["probe_k"]
         with_probe = iteration >= params.probe_update_start
         # object: overlap sum over the batch, applied on the batch's bounding box
@@ -251,10 +265,15 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp):
             pk.fourier_modulus(psi_k, block.amplitudes, local, err[s0:s1], inv_n, patterns.mask)
 
         num, den, upd, weight = exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo,
-                                               box_shape, revise, with_probe, xp)  # fmt: skip
+                                               box_shape, revise, with_probe, xp,
+                                               propagators)  # fmt: skip
         # O += α Σ num / max Σ den on the box; |O| = 1 for a pure phase object (phase_only)
-        pk.object_step(obj[lo[0]:hi[0], lo[1]:hi[1]], [num], [den], params.alpha,
-                       params.phase_only)  # fmt: skip
+        box = (..., slice(lo[0], hi[0]), slice(lo[1], hi[1]))
+        if obj.ndim == 2:
+            pk.object_step(obj[box], [num], [den], params.alpha, params.phase_only)
+        for s in range(obj.shape[0] if obj.ndim == 3 else 0):  # α/S each: see .mepie
+            pk.object_step(obj[s][box], [num[s]], [den[s]], params.alpha / obj.shape[0],
+                           params.phase_only)  # fmt: skip
         if with_probe:  # P += β Σ conj(O)Δψ / max Σ|O|²
             upd *= np.float32(params.beta / float(weight.max()))
             probe_k += upd
@@ -303,10 +322,21 @@ def epie(
                                  progress, data_id, memory_limit))  # fmt: skip
 
 
+def split_object(obj, n_slices: int, root: bool, xp):
+    """S slices of a single-slice object: each its S-th root |O|^(1/S) exp(i arg(O)/S)
+    (their product is O), or, without ``root``, S copies (of a flat object: flat)."""
+    if root:
+        obj = (xp.abs(obj) ** (1 / n_slices) * xp.exp(1j * xp.angle(obj) / n_slices))
+    return xp.repeat(obj[None].astype(np.complex64), n_slices, axis=0)  # a copy
+
+
 def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-          memory_limit) -> EpieResult:  # fmt: skip
+          memory_limit, slices=None) -> EpieResult:  # fmt: skip
+    """ePIE, or with ``slices(ds, geom, xp)`` -> :class:`.forward.SlicePropagators` the
+    multislice ePIE of :mod:`.mepie` (an object of S slices)."""
     cal = ds.calibration
     geom = PtychoGeometry.from_calibration(cal, params.margin)
+    props = slices(ds, geom, xp) if slices is not None else None
     patterns = choose_patterns(ds, geom, xp, memory_limit)
     mean_int = patterns.total / len(geom.corners)
     if mean_int <= 0:
@@ -320,8 +350,19 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
         obj = xp.ones(geom.object_shape, dtype=np.complex64)
         state = IterativeState({"object": obj,
                                 "probe_k": initial_probe(cal, params.defocus, mean_int, xp)})
-    sweep = _sweep_factory(patterns, geom, params, xp)
+        if props is not None:  # mepie: S slices, flat or from single-slice iterations
+            pre = getattr(params, "single_slice_iterations", 0)
+            if pre:
+                run(state, _sweep_factory(patterns, geom, params, xp), pre, xp)
+            state = IterativeState({"object": split_object(state.arrays["object"],
+                                                           props.n_slices, bool(pre), xp),
+                                    "probe_k": state.arrays["probe_k"]})  # fmt: skip
+    sweep = _sweep_factory(patterns, geom, params, xp, props)
     run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress)
     probe = backend.to_numpy(xp.fft.ifft2(state.arrays["probe_k"]))
+    extra = {"streamed": patterns.streamed}
+    if props is not None:
+        extra.update(slice_positions_A=props.positions,
+                     slice_thicknesses_A=list(props.thicknesses))  # fmt: skip
     return EpieResult(backend.to_numpy(state.arrays["object"]), probe, list(state.errors),
-                      geom, params, cal, {"streamed": patterns.streamed})  # fmt: skip
+                      geom, params, cal, extra)  # fmt: skip

@@ -1,61 +1,142 @@
-"""The single-slice ptychographic forward model and its adjoint, shared by ePIE and ML.
+"""The ptychographic forward model, single-slice (S = 1) or multislice, and its adjoint,
+shared by ePIE, mepie and ML.
 
-For the positions ``idx`` of a block of patterns, with object O and Fourier-space probe
-P̂ (FFT order):
+Units: lengths in Å (slice thicknesses Δz_s, the object pixel d), spatial frequencies k
+in 1/Å, the wavelength λ in Å; waves are complex64, dimensionless.
 
-    P_j  = F⁻¹[P̂ · ramp_j]           probe moved to position j's sub-pixel offset
-    ψ_j  = P_j · O[window_j]          exit wave;   Ψ_j = F[ψ_j]   at the detector
-    Ψ'_j = revise(Ψ_j)                the update rule's hook (ePIE: measured modulus;
-                                      ML: Poisson ratio n/I), times 1/N
-    Δψ_j = F⁻¹[Ψ'_j] − ψ_j
-    num  = Σ_j conj(P_j) Δψ_j,  den = Σ_j |P_j|²      on the batch's bounding box
-    upd  = Σ_j ramp_j* · F[conj(O_j) Δψ_j]            (with_probe: the probe's term)
+**Forward.** For the positions ``idx`` of a block of patterns, with object slices
+O_0 … O_{S−1} (transmission functions, one array of object pixels each), Fourier-space
+probe P̂ (FFT order) and the Fresnel propagator Q_s(k) = exp(−iπλ Δz_s |k|²) × its band
+limit (:func:`physics.fresnel_propagator`, the simulator's own; see
+:func:`slice_propagators`) from slice s to slice s + 1:
+
+    ψ_{0,j}   = F⁻¹[P̂ · ramp_j]                probe moved to position j's sub-pixel offset
+    φ_{s,j}   = ψ_{s,j} · O_s[window_j]         wave leaving slice s
+    ψ_{s+1,j} = F⁻¹[Q_s · F[φ_{s,j}]]           wave reaching slice s + 1   (s < S − 1)
+    Ψ_j       = F[φ_{S−1,j}]                    at the detector
+
+(no propagation after the last slice: it would only multiply Ψ by a phase). S = 1 is
+the single-slice model ψ_j = P_j · O[window_j].
+
+**Adjoint.** The update rule's hook revises the detector wave, Ψ'_j = revise(Ψ_j) (ePIE:
+the measured modulus; ML: the Poisson ratio n/I), times 1/N; then, slice by slice from
+the last,
+
+    Δφ_{S−1,j} = F⁻¹[Ψ'_j] − φ_{S−1,j}                 exit-wave correction
+    num_s += Σ_j conj(ψ_{s,j}) Δφ_{s,j},  den_s += Σ_j |ψ_{s,j}|²   on the batch's box
+    Δψ_{s,j}   = conj(O_s[window_j]) Δφ_{s,j}          correction of the incident wave
+    Δφ_{s−1,j} = F⁻¹[conj(Q_{s−1}) · F[Δψ_{s,j}]]       propagated back   (s > 0)
+    upd        = Σ_j ramp_j* · F[Δψ_{0,j}]               (with_probe: the probe's term)
+
+num_s is the adjoint of the exit wave's derivative with respect to O_s applied to Δφ
+(the exit wave is linear in each slice and in the probe): <∂φ/∂O_s · x, y> = <x, num_s(y)>
+and <∂φ/∂P̂ · x, y> = <x, upd(y)>/N, tested in tests/test_multislice_ptycho.py. With
+|O_s| = 1 this is 3PIE's back-propagation (Maiden, Humphry & Rodenburg, JOSA A 29, 1606
+(2012)), whose intermediate step β conj(O_s)Δφ_s/max|O_s|² it equals for β = 1.
 
 :func:`exit_wave_pass` returns these sums; the update rule turns them into steps. Work is
 split over the CPU cores (:func:`backend.split_map`) and, on the CPU, done in cache-sized
-sub-chunks on two in-place FFT buffers (``probes`` and ``psi``): 4 FFTs per position with
-the probe term, 3 without.
+sub-chunks on in-place FFT buffers (``probes``, one per further slice for the incident
+waves ψ_s, kept for the adjoint, and ``psi``). FFTs per position: 4 + 4(S − 1) with the
+probe term, 3 + 4(S − 1) without (2 per slice boundary each way, the detector pair, the
+probe's shift and its return); for S = 1 the same code runs today's single-slice
+arithmetic.
 
-:func:`direction_pass` is the forward model's derivative along a direction (dO, dP̂) of
-the object and the probe, Δ_j = F[P_j · dO[window_j] + dP_j · O[window_j]] with
-dP_j = F⁻¹[dP̂ · ramp_j], handed to a ``reduce`` hook with Ψ_j (line searches).
+:func:`direction_pass` is the (single-slice) forward model's derivative along a
+direction (dO, dP̂) of the object and the probe, Δ_j = F[P_j · dO[window_j] + dP_j ·
+O[window_j]] with dP_j = F⁻¹[dP̂ · ramp_j], handed to a ``reduce`` hook with Ψ_j (line
+searches).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .. import backend
+from .. import backend, physics
 from ..kernels import ptycho as pk
+from ..kernels import windows as wk
 
 REAL, CPLX = np.float32, np.complex64
 
 
-def _chunk(window) -> int:
-    """Positions per cache-sized sub-chunk on the CPU (~1 MB of waves per array)."""
-    return max(1, (1 << 20) // (window[0] * window[1] * 8))
+def _chunk(window, n_slices: int = 1) -> int:
+    """Positions per cache-sized sub-chunk on the CPU: ~2 MB of waves over the S + 1
+    arrays a pass holds (1 MB per array for a single slice); for S > 1 at least 4
+    positions (if 1 MB per array holds them), so that the ~8 calls per slice boundary
+    are shared (measured at 128², S = 8 / 16: 1.62 / 1.40× the FFTs' CPU time against
+    1.72 / 1.83× with one position per sub-chunk, benchmarks/bench_mepie.py)."""
+    per_position = window[0] * window[1] * 8
+    n = (2 << 20) // (per_position * (n_slices + 1))
+    if n_slices > 1:
+        n = max(n, min(4, (1 << 20) // per_position))
+    return max(1, n)
+
+
+@dataclass
+class SlicePropagators:
+    """The Fresnel propagators between S object slices on the probe window, each times
+    1/N (N = Wy·Wx: the inverse FFT that follows is unnormalised)."""
+
+    thicknesses: tuple[float, ...]  # Δz_s (Å), s = 0 … S − 1; the last one propagates nowhere
+    forward: object  # (S − 1, Wy, Wx) complex64: Q_s / N
+    adjoint: object  # (S − 1, Wy, Wx) complex64: conj(Q_s) / N
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.thicknesses)
+
+    @property
+    def positions(self) -> list[float]:
+        """Depth (Å) of every slice's entrance plane below the first one's."""
+        return [float(z) for z in np.concatenate([[0.0], np.cumsum(self.thicknesses[:-1])])]
+
+
+def slice_propagators(window, sampling, energy, thicknesses, xp, fraction=1.0):
+    """:class:`SlicePropagators` for slices of ``thicknesses`` (Å, one per slice) on a
+    ``window`` (Wy, Wx) of object pixels ``sampling`` (Å) at ``energy`` (eV), band-limited
+    at ``fraction`` of the window's Nyquist frequency (physics.fresnel_propagator)."""
+    thicknesses = tuple(float(t) for t in thicknesses)
+    inv_n = 1.0 / (window[0] * window[1])
+    q = [physics.fresnel_propagator(tuple(window), tuple(sampling), energy, dz, xp,
+                                    np.complex128, fraction) * inv_n
+         for dz in thicknesses[:-1]]  # fmt: skip
+    shape = (len(q), *window)
+    fwd = xp.stack(q).astype(CPLX) if q else xp.zeros(shape, CPLX)
+    return SlicePropagators(thicknesses, fwd, xp.ascontiguousarray(fwd.conj()))
 
 
 def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
-                   with_probe: bool, xp):  # fmt: skip
+                   with_probe: bool, xp, propagators: SlicePropagators | None = None):  # fmt: skip
     """(num, den, upd or None, o_weight) of the positions ``idx`` (flat scan indices, a
     host array) of ``block``, one part per CPU core, summed over the parts.
+
+    ``obj`` is one slice (Ny, Nx), or S slices (S, Ny, Nx) with ``propagators`` between
+    them (:func:`slice_propagators`; may be None for S = 1); num and den have obj's
+    leading axis, (S, *box_shape), or none for a 2-D ``obj``.
 
     ``revise(psi_k, local, positions, s0, s1)`` revises the batch ``psi_k`` (Fourier
     space, B × W × W) in place and multiplies it by 1/N (the inverse FFT that follows is
     unnormalised); ``local`` indexes the block's arrays, ``positions`` are the flat scan
     indices (both device arrays), [s0, s1) the members' places in ``idx``.
-    o_weight = Σ_j |O[window_j]|² (ePIE's probe normalisation)."""
+    o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation)."""
     w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
     inv_n = 1.0 / (w0 * w1)
-    step_cpu = _chunk((w0, w1))
+    slices = obj if obj.ndim == 3 else obj[None]
+    n_s = slices.shape[0]
+    step_cpu = _chunk((w0, w1), n_s)
+    if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
+        raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
+    last = n_s - 1
 
     def part(p):
         sel = idx[p]
         offset = p.start
-        num = xp.zeros(box_shape, dtype=CPLX)
-        den = xp.zeros(box_shape, dtype=REAL)
+        num = xp.zeros((n_s, *box_shape), dtype=CPLX)
+        den = xp.zeros((n_s, *box_shape), dtype=REAL)
         o_weight = xp.zeros((w0, w1), dtype=REAL)
+        scratch = xp.zeros((w0, w1), dtype=REAL) if n_s > 1 else None  # Σ|O_s|², s > 0
         upd = xp.zeros((w0, w1), dtype=CPLX) if with_probe else None
         lo_dev = xp.asarray(lo)
         idx_dev = xp.asarray(sel)
@@ -69,14 +150,30 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
             shape = (len(sub), w0, w1)
             probes = backend.fft_buffer(shape, CPLX, xp, "probes")
             psi = backend.fft_buffer(shape, CPLX, xp, "psi")
+            # the waves incident on every slice (kept for the adjoint); ψ_0 = the probes
+            waves = [probes] + [backend.fft_buffer(shape, CPLX, xp, f"slice{s}")
+                                for s in range(1, n_s)]  # fmt: skip
             pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
             probes.inverse()  # [1 FFT] probes shifted to their sub-pixel positions
-            pk.exit_waves(probes.a, obj, c, psi.a, o_weight)
+            for s in range(last):  # [2 FFTs per slice boundary] ψ_{s+1} = F⁻¹[Q_s F[ψ_s O_s]]
+                nxt = waves[s + 1]
+                pk.exit_waves(waves[s].a, slices[s], c, nxt.a, o_weight if s == 0 else scratch)
+                nxt.forward()
+                wk.broadcast_multiply(nxt.a, propagators.forward[s])
+                nxt.inverse()
+            pk.exit_waves(waves[last].a, slices[last], c, psi.a,
+                          o_weight if last == 0 else scratch)  # fmt: skip
             psi.forward()  # [1 FFT]
             revise(psi.a, loc, sub, offset + s0, offset + s0 + len(sub))
             psi.inverse()  # [1 FFT] revised exit waves
-            # Δψ feeds the object's overlap sums and the probe term conj(O)Δψ in one pass
-            pk.difference_updates(num, den, probes.a, obj, psi.a, c, lo_dev)
+            # Δφ feeds the last slice's overlap sums and conj(O)Δφ in one pass
+            pk.difference_updates(num[last], den[last], waves[last].a, slices[last], psi.a, c,
+                                  lo_dev)  # fmt: skip
+            for s in range(last - 1, -1, -1):  # [2 FFTs per slice boundary] back to slice s
+                psi.forward()
+                wk.broadcast_multiply(psi.a, propagators.adjoint[s])
+                psi.inverse()
+                pk.slice_updates(num[s], den[s], waves[s].a, slices[s], psi.a, c, lo_dev)
             if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
                 psi.forward()  # [1 FFT]
                 pk.ramp_reduce(upd, psi.a, ry.conj(), rx.conj())
@@ -90,6 +187,8 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
         o_weight += p[3]
         if with_probe:
             upd += p[2]
+    if obj.ndim == 2:
+        num, den = num[0], den[0]
     return num, den, upd, o_weight
 
 

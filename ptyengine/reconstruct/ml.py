@@ -129,7 +129,7 @@ class MLParameters:
     patience: int = 10
     defocus: float | None = None
     refine_probe: str = "aberrations"
-    probe_update_start: int = 2
+    probe_update_start: int = 1
     defocus_search: float = 300.0
     defocus_step: float = 100.0
     seed: int = 0

@@ -1,0 +1,149 @@
+"""mepie: multislice ePIE (3PIE; Maiden, Humphry & Rodenburg, JOSA A 29, 1606 (2012)).
+
+The multislice forward model of :mod:`.forward` with ePIE's update rule, run by ePIE's own
+sweep (:mod:`.epie`): the specimen is S transmission slices O_0 … O_{S−1}, slice s of
+thickness Δz_s (Å), the wave propagated by Δz_s from slice s to slice s + 1 by the
+simulator's Fresnel propagator. For each batch of positions, with ψ_s the wave incident
+on slice s and Δφ_s the exit-wave correction propagated back to slice s
+(:mod:`.forward`'s adjoint):
+
+    O_s += (α/S) Σ_j conj(ψ_{s,j}) Δφ_{s,j} / max Σ_j |ψ_{s,j}|²   every slice
+    P   += β Σ_j conj(O_0) Δψ_{0,j} / max Σ_j |O_0[window_j]|²     the probe (entrance)
+
+With S = 1 this is ePIE, the same arithmetic (tests/test_multislice_ptycho.py checks
+equality to float precision). The slice step is α/S, not 3PIE's α: all S slices are
+corrected from the same exit-wave residual, and each step alone would remove it where the
+wave is brightest, so together they overshoot S-fold. Measured (benchmarks/bench_mepie.py's
+synthetic weak-phase object, 256 positions, batch 64, β = 1): α = 1 per slice diverges
+for S = 4 (error 3.6e-3, 6.4e-3, 1.9e3, ... over the first iterations) and α = 0.5 for
+S = 8; α/S falls steadily for S = 2, 4, 8 (S = 4: 4.9e-3 → 5.4e-4 in 8 iterations).
+
+Slices start flat (O_s = 1), or (``single_slice_iterations`` K > 0) from K iterations of
+single-slice ePIE: O_s = |O|^(1/S) exp(i arg(O)/S), the probe as it left them (the K
+iterations are not counted in ``iterations`` nor in the error history; a resumed run
+continues from its checkpoint and skips them). ``phase_only`` holds every slice to
+|O_s| = 1. The result's
+``object`` is (S, Ny, Nx); its ``phase`` the sum of the slices' phases (the projected
+phase), ``slice_phase`` each one's, and ``extra`` the entrance depth of every slice below
+the first (``slice_positions_A``) and its thickness.
+
+Band limit: the propagators keep |k| below ``fraction`` of the probe window's Nyquist
+frequency. A simulated dataset records the simulator's field pixel d_sim, whose band limit
+2/3 · 1/(2 d_sim) is matched on the reconstruction's pixel d: fraction = (2/3) d / d_sim
+(at most 1); other data keep the whole window (fraction 1: the detector's own limit).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+from ..errors import PtyengineError
+from .epie import EpieParameters, EpieResult, _epie
+from .forward import SlicePropagators, slice_propagators
+from .iterative import opened
+
+#: S·Δz outside this factor of the dataset's recorded thickness draws a warning.
+THICKNESS_FACTOR = 1.5
+
+
+@dataclass
+class MepieParameters(EpieParameters):
+    """ePIE's parameters, and the slices: ``slices`` S ≥ 1; ``slice_thickness`` Δz in Å,
+    one value for every slice or a list of S (None: the dataset's recorded specimen
+    thickness / S); ``single_slice_iterations`` K: the slices start flat (K = 0), or as
+    the S-th root of the object of K single-slice ePIE iterations (same parameters),
+    which also give the starting probe."""
+
+    slices: int = 2
+    slice_thickness: float | tuple[float, ...] | None = None
+    single_slice_iterations: int = 0  # ePIE iterations whose object starts the slices
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.slices, bool) or int(self.slices) != self.slices or self.slices < 1:
+            raise PtyengineError(f"--slices must be a whole number ≥ 1, got {self.slices}")
+        self.slices = int(self.slices)
+        k = self.single_slice_iterations
+        if isinstance(k, bool) or int(k) != k or k < 0:
+            raise PtyengineError(f"--single-slice-iterations must be a whole number ≥ 0, got {k}")
+        self.single_slice_iterations = int(k)
+        dz = self.slice_thickness
+        if dz is None:
+            return
+        values = [dz] if isinstance(dz, (int, float)) else list(dz)
+        if len(values) not in (1, self.slices):
+            raise PtyengineError(
+                f"--slice-thickness has {len(values)} values for {self.slices} slices: give "
+                f"one (every slice) or {self.slices}")
+        for v in values:
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise PtyengineError(f"--slice-thickness must be positive Å, got {v}")
+        self.slice_thickness = float(values[0]) if len(values) == 1 else tuple(map(float, values))
+
+    def thicknesses(self, recorded: float | None = None) -> tuple[float, ...]:
+        """Δz_s (Å) of every slice; ``recorded``: the dataset's specimen thickness (Å)."""
+        dz = self.slice_thickness
+        if dz is None:
+            if recorded is None:
+                raise PtyengineError(
+                    "the dataset records no specimen thickness: give --slice-thickness (Å)")
+            dz = recorded / self.slices
+        if isinstance(dz, tuple):
+            return dz
+        return (float(dz),) * self.slices
+
+
+def recorded_thickness(ds) -> float | None:
+    """The specimen thickness (Å) a dataset records (a simulated one does), or None."""
+    sim = (getattr(ds, "metadata", None) or {}).get("simulation") or {}
+    t = sim.get("thickness")
+    return float(t) if isinstance(t, (int, float)) and t > 0 else None
+
+
+def band_fraction(ds, sampling) -> float:
+    """The propagators' band limit as a fraction of the window's Nyquist frequency (module
+    docstring): the simulator's, where the dataset records its field pixel, else 1."""
+    d_sim = (getattr(ds, "metadata", None) or {}).get("field_sampling")
+    if not d_sim:
+        return 1.0
+    return min(1.0, (2 / 3) * max(sampling) / max(float(v) for v in d_sim))
+
+
+def _slices(params: MepieParameters):
+    def build(ds, geom, xp) -> SlicePropagators:
+        recorded = recorded_thickness(ds)
+        dz = params.thicknesses(recorded)
+        total = sum(dz)
+        if recorded is not None and not (1 / THICKNESS_FACTOR <= total / recorded
+                                         <= THICKNESS_FACTOR):  # fmt: skip
+            warnings.warn(
+                f"{params.slices} slices × {total / params.slices:.4g} Å = {total:.4g} Å, but "
+                f"the dataset's specimen is {recorded:.4g} Å thick: the propagation between "
+                f"slices is off by {total / recorded:.3g}×; give --slice-thickness "
+                f"{recorded / params.slices:.4g}", stacklevel=4)  # fmt: skip
+        cal = ds.calibration
+        return slice_propagators(geom.window, geom.sampling, cal.energy, dz, xp,
+                                 band_fraction(ds, geom.sampling))  # fmt: skip
+
+    return build
+
+
+def mepie(
+    data,
+    params: MepieParameters | None = None,
+    device: str = "cpu",
+    checkpoint: str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    progress=None,
+    data_id: str = "",
+    memory_limit: int | None = None,
+) -> EpieResult:
+    """Reconstruct S object slices and the probe from a calibrated dataset by multislice
+    ePIE; arguments, streaming, checkpoints and resume as for :func:`.epie.epie`."""
+    params = params or MepieParameters()
+    with opened(data, device) as (ds, xp):
+        return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
+                     data_id, memory_limit, _slices(params))  # fmt: skip
