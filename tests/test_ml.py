@@ -259,3 +259,16 @@ def test_defocus_search_grid_and_vertex():
     assert best == 1300.0 and edge
     with pytest.raises(PtyengineError, match="step"):
         grid(0.0, 300.0, 0.0)
+
+
+def test_defocus_search_keeps_the_start_where_the_data_cannot_tell(wide):
+    """At 2 e/Å² (a few electrons per pattern) no candidate's held-out deviance beats the
+    start's by the significance margin: the search keeps the start instead of moving at
+    random; at 5000 e/Å² it moves (to the data's defocus, see the test above)."""
+    from ptyengine.reconstruct.defocus_search import search_defocus
+
+    ds = _counts(wide[:3], 2.0, seed=1)
+    params = MLParameters(defocus=250.0)
+    r = search_defocus(mlmod.setup(ds, params, np), params, 300.0, 100.0)
+    assert not r.significant and r.defocus == 250.0, r.describe()
+    assert "kept" in r.describe()

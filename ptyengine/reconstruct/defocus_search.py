@@ -18,10 +18,14 @@ data (measured on a 40-atom amorphous slab scanned over 8 × 8 Å: monotonic in 
 −100 to +900 Å; the held-out deviance has its minimum at 396 Å for a true 402 Å).
 The estimate is the vertex of the parabola through the lowest D and its two neighbours,
 kept inside that bracket; a minimum on the edge of the grid is reported as such (the true
-defocus may lie outside the range searched) and not extrapolated.
+defocus may lie outside the range searched) and not extrapolated. Where no candidate beats
+the start by ``SIGNIFICANCE`` (2 half-deviance units: a chance fluctuation is ~1), the data
+cannot tell the defoci apart and the start is kept.
 
-Measured on the UiO-66 quick study at 100 nm (true single-slice defocus ≈ 1015 Å): see
-benchmarks/RESULTS.md and tests/test_ml.py.
+Measured on the UiO-66 quick data at 100 nm (single-slice defocus ≈ 1015 Å), started 20 nm
+off on either side, two noise seeds: 997 / 997 Å and 1038 / 1038 Å at 100 e/Å² (D spread
+over the grid 5–14); at 20 e/Å² the spread is ≤ 1.1 and the start is kept.
+
 """
 
 from __future__ import annotations
@@ -37,24 +41,32 @@ from ..errors import PtyengineError
 
 DEFAULT_POSITIONS = 1024  # scan positions the search looks at (whole blocks of rows)
 SEARCH_HOLDOUT = 0.1  # fraction of the pixels held out: the search compares their deviance
+#: Half-deviance by which the best candidate must beat the start for the search to move
+#: away from it: smaller differences are chance (at 20 e/Å² on the UiO-66 quick data all
+#: seven candidates lay within 1.1 of each other and the lowest moved at random).
+SIGNIFICANCE = 2.0
 
 
 @dataclass
 class DefocusSearch:
     """The outcome: ``defocus`` (Å) the estimate, ``candidates`` (Å) and ``objective`` (the
-    held-out half-deviance D at each), ``on_edge`` when the lowest L lies at the end of the grid,
-    ``positions`` the number of scan positions used."""
+    held-out half-deviance D at each), ``on_edge`` when the lowest D lies at the end of the
+    grid, ``positions`` the number of scan positions used, ``significant`` False when the
+    start was kept (no candidate better by SIGNIFICANCE)."""
 
     defocus: float
     candidates: list[float]
     objective: list[float]
     on_edge: bool
     positions: int
+    significant: bool = True
 
     def describe(self) -> str:
         rows = ", ".join(f"{c:g}: {v - min(self.objective):.1f}"
                          for c, v in zip(self.candidates, self.objective, strict=True))  # fmt: skip
         edge = " (the lowest is at the edge of the range: widen it)" if self.on_edge else ""
+        if not self.significant:
+            edge = f" (kept: no candidate beats it by {SIGNIFICANCE:g} in held-out deviance)"
         return (f"defocus search on {self.positions} positions: C10 = {self.defocus:.1f} Å"
                 f"{edge}; held-out D − min per C10 (Å): {rows}")
 
@@ -136,5 +148,8 @@ def search_defocus(eng, params, span: float, step: float, iterations: int = 5,
             values.append(held_per_count * total_counts * holdout)
     finally:
         eng.order, eng.params = full_order, full_params
-    best, on_edge = vertex(np.asarray(candidates), np.asarray(values))
-    return DefocusSearch(best, candidates, values, on_edge, used)
+    values = np.asarray(values)
+    if values[len(values) // 2] - values.min() < SIGNIFICANCE:  # the start is as good
+        return DefocusSearch(centre, candidates, list(values), False, used, significant=False)
+    best, on_edge = vertex(np.asarray(candidates), values)
+    return DefocusSearch(best, candidates, list(values), on_edge, used)
