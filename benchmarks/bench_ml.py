@@ -3,10 +3,14 @@
 Data: the quick UiO-66 preset with the crossover 50 nm above the surface (simulated once
 into ``--out``), as Poisson counts at ``--dose`` e/Å². Both run ``--iterations``
 iterations after a one-iteration warm-up (kernels compiled, FFT plans made); ML without
-the held-out rule so it runs them all. Each side is the median of ``--repeats`` runs.
+the held-out rule so it runs them all, and without its defocus search, which is timed on
+its own (seconds, once per run). ML runs twice: with its default probe refinement
+(defocus and astigmatism: one FFT more per position in each pass, and the coefficients'
+Fisher information every 8 iterations) and with the probe fixed. Each is the median of
+``--repeats`` runs, the methods interleaved so that each repeat meets the same load.
 Target (issue 14): ML within 2× of batched ePIE.
 
-    python benchmarks/bench_ml.py [--dose 100] [--iterations 4] [--repeats 3]
+    python benchmarks/bench_ml.py [--dose 100] [--iterations 16] [--repeats 3]
         [--batch 64] [--device cpu]
 """
 
@@ -31,7 +35,7 @@ from ptyengine.simulate import simulate
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dose", type=float, default=100.0)
-    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--iterations", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64, help="positions per batch (both)")
     ap.add_argument("--device", default="cpu")
@@ -51,21 +55,33 @@ def main(argv=None):
     runs = {
         "ePIE": lambda n: epie(mds, EpieParameters(iterations=n, batch_size=args.batch,
                                                    phase_only=True), device=args.device),
-        "ML": lambda n: ml(mds, MLParameters(iterations=n, batch_size=args.batch, holdout=0.0),
+        "ML": lambda n: ml(mds, MLParameters(iterations=n, batch_size=args.batch, holdout=0.0,
+                                             patience=10**6, defocus_search=0),
                            device=args.device),
+        "ML, probe fixed": lambda n: ml(mds, MLParameters(
+            iterations=n, batch_size=args.batch, holdout=0.0, defocus_search=0,
+            patience=10**6, refine_probe="none"), device=args.device),
     }  # fmt: skip
-    times = {}
-    for name, fn in runs.items():
+    for fn in runs.values():
         fn(1)  # warm-up
-        per_it = []
-        for _ in range(args.repeats):
+    per_it = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved: each repeat meets the same machine load
+        for name, fn in runs.items():
             t0 = time.perf_counter()
             fn(args.iterations)
-            per_it.append((time.perf_counter() - t0) / args.iterations)
-        times[name] = statistics.median(per_it)
+            per_it[name].append((time.perf_counter() - t0) / args.iterations)
+    times = {name: statistics.median(v) for name, v in per_it.items()}
+    for name, v in per_it.items():
         print(f"{name}: {times[name]:.3f} s/iteration (median of {args.repeats}: "
-              f"{', '.join(f'{t:.3f}' for t in per_it)})")
+              f"{', '.join(f'{t:.3f}' for t in v)})")
+    t0 = time.perf_counter()
+    ml(mds, MLParameters(iterations=0, batch_size=args.batch, defocus_search=300.0),
+       device=args.device)  # fmt: skip
+    search = time.perf_counter() - t0
+    print(f"defocus search (7 candidates × 5 iterations, then no iteration): {search:.1f} s "
+          f"= {search / times['ML']:.1f} ML iterations")
     info = backend.describe()
+    print(f"ML, probe fixed / batched ePIE: {times['ML, probe fixed'] / times['ePIE']:.2f}x")
     print(f"ML / batched ePIE: {times['ML'] / times['ePIE']:.2f}x  "
           f"({platform.processor() or platform.machine()}, {info['cpu_threads']} threads, "
           f"{info['cpu_fft']}; {cal.scan_shape[0] * cal.scan_shape[1]} positions, "

@@ -209,6 +209,9 @@ def test_help_states_the_library_defaults():
                 continue
             flag = f"--{f.name.replace('_', '-')}"
             assert flag in text
+            if f.default is None:  # an automatic default, described in words
+                assert "[default: " in text.split(flag, 1)[1].split("\n  --", 1)[0], flag
+                continue
             if isinstance(f.default, bool):
                 shown = "on" if f.default else "off"
             elif isinstance(f.default, str):

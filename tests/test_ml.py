@@ -137,7 +137,9 @@ def test_holdout_rule_keeps_the_best_iterate(thin):
     within = np.flatnonzero(held <= np.minimum.accumulate(held) + tol)
     assert res.best_iteration == within.max()
     assert len(held) == len(res.errors)
-    assert len(held) == 40 or len(held) - 1 - res.best_iteration == 3
+    by = res.extra["stopped_by"]
+    assert (by == "iteration limit" and len(held) == 40) or by == "converged" or (
+        by == "held-out likelihood" and len(held) - 1 - res.best_iteration == 3), by
 
 
 def test_empty_data_is_a_clear_error(thin):
@@ -232,7 +234,7 @@ def test_a_defocus_20_nm_off_is_found_and_refined(wide, start):
     path, data, cal, params = wide
     ds = _counts(wide[:3], 5000.0)
     truth = 400.0 + params.thickness / 2
-    res = ml(ds, MLParameters(defocus=start, iterations=25, holdout=0.0))
+    res = ml(ds, MLParameters(defocus=start, iterations=25, holdout=0.0, defocus_search=300.0))
     assert abs(res.extra["start_defocus"] - truth) < 40, res.extra["defocus_search"]
     assert abs(res.extra["refined"]["C10"] - truth) < 8, res.extra["refined"]
     ncc = _ncc(res.phase, res.geometry, path)
@@ -272,3 +274,12 @@ def test_defocus_search_keeps_the_start_where_the_data_cannot_tell(wide):
     r = search_defocus(mlmod.setup(ds, params, np), params, 300.0, 100.0)
     assert not r.significant and r.defocus == 250.0, r.describe()
     assert "kept" in r.describe()
+
+
+def test_converged_rule():
+    """L that falls by less than CONVERGED per iteration over ``patience`` iterations has
+    converged; a steady fall of more, or too short a history, has not."""
+    flat = 1000.0 - 0.5 * np.arange(20)
+    steep = 1000.0 - 5.0 * np.arange(20)
+    assert mlmod.converged(flat, 10) and not mlmod.converged(steep, 10)
+    assert not mlmod.converged(flat[:10], 10)

@@ -108,8 +108,8 @@ def _depth_path(output: Path) -> Path:
                    "C10 and the two-fold astigmatism C12 [default: aberrations].")
 @click.option("--defocus-search", type=float,
               help="ML: before reconstructing, search the global defocus within ± this many "
-                   "Å of --defocus (or the calibration's) on the Poisson likelihood "
-                   "[default: 300]; 0: off.")
+                   "Å of --defocus (or the calibration's) on the held-out Poisson likelihood; "
+                   "0: off [default: 300 Å when the calibration records no C10, else off].")
 @click.option("--defocus-step", type=float,
               help="ML: grid step of the defocus search in Å [default: 100].")
 @click.option("--phase-only", is_flag=True, default=None,

@@ -8,8 +8,14 @@ counts themselves.
 ``phase`` object model). Pattern j at scan position r_j has the exit wave ψ_j = P_j · O_j
 (P_j: the probe moved to r_j, O_j: the object's window there; the single-slice model of
 :mod:`.forward`) and the model intensity I_j = |F[ψ_j]|² in counts at the detector. The
-probe comes from the calibration (aperture and aberrations), scaled so that its pattern
-holds the mean measured counts; this engine does not refine it yet.
+probe P̂ = A exp(−iχ) comes from the calibration (aperture and aberrations), scaled so that
+its pattern holds the mean measured counts. At low counts the pixels of a free probe
+cannot be determined, so only a few aberration coefficients c are refined with the object
+(``refine_probe``): the defocus C10 and the two-fold astigmatism as Cartesian components
+C12a = C12 cos 2φ12, C12b = C12 sin 2φ12 (Å). χ is linear in them,
+χ = χ₀ + Σ_i (c_i − c0_i) χ_i with χ_i = πλ|k|² × (1, cos 2φ_k, sin 2φ_k). Before the
+reconstruction a likelihood search on a C10 grid (:mod:`.defocus_search`) moves the start
+to the data's defocus when the calibration's is far off.
 
 **Objective** (minimised; n: measured counts, ε = 10⁻³ counts):
 
@@ -30,18 +36,28 @@ the object grid, ∂L/∂O* = −N ν (N pixels per pattern), hence
 
     ∂L/∂φ = 2N Im(O ν*),   ∂L/∂a = 2N Re(O ν*)    (+ the prior's gradient)
 
-(tests/test_ml.py checks both against finite differences).
+and, from ∂L/∂P̂* = −upd (:func:`.forward.exit_wave_pass`'s probe term) and
+∂P̂/∂c_i = −iχ_i P̂,
 
-**Search.** Polak–Ribière⁺ nonlinear conjugate gradients on (φ, a), preconditioned by the
-diagonal of the curvature: the likelihood's, h = 4 × counts through each pixel (4N Σ|P_j|²),
-normalised to its mean h̄ over the scan, and the prior's in Fourier space:
+    ∂L/∂c_i = 2 Re Σ_k i χ_i P̂ conj(upd)
+
+(tests/test_ml.py checks all three against finite differences).
+
+**Search.** Polak–Ribière⁺ nonlinear conjugate gradients on (φ, a, c), preconditioned by
+the diagonal of the curvature. For c (from iteration ``probe_update_start`` on) that is
+its Fisher information F_i = Σ I'²/(I + ε) along each χ_i (every 8 iterations, from ~128
+positions), s_c = h̄ g_c / F (the object's directions below are h̄ × Newton steps, so the
+two blocks share one step length). For (φ, a) it is the likelihood's, h = 4 × counts
+through each pixel (4N Σ|P_j|²), normalised to its mean h̄ over the scan, and the prior's
+in Fourier space:
 
     s = F⁻¹[ B(k) · F[g / (h/h̄ + δ)] / (1 + (μ_s λ_∇(k) + μ_r A_px) / h̄) ]
 
 (λ_∇ the eigenvalues of the discrete −Laplacian, B the band limit, δ = 0.1). Along the
 direction d the step is the Newton step t = −L'/L'' with the Fisher curvature
-L'' ≈ Σ I'²/(I + ε) + d·Λd, I' = 2 Re(Ψ* Δ), Δ_j = F[P_j · O_j (i dφ − da)]
-(:func:`.forward.direction_pass`; 3 FFTs per position). A step that raises L is undone
+L'' ≈ Σ I'²/(I + ε) + d·Λd, I' = 2 Re(Ψ* Δ), Δ_j = F[P_j · O_j (i dφ − da) + dP_j · O_j]
+with dP̂ = −i Σ_i d_c,i χ_i P̂ (:func:`.forward.direction_pass`; 3 FFTs per position, 4
+with the probe). A step that raises L is undone
 at the start of the next iteration and the step damped 4×; accepted steps relax the
 damping 2× back towards 1.
 
@@ -58,8 +74,8 @@ fit early. Measured limits (benchmarks/RESULTS.md, bench_ml_curve.py): at 100 e/
 with the truth peaks after ~20 iterations and then falls by up to 0.09 while D_h stays
 within its noise, and on one in-focus seed D_h rose early and the rule returned iterate 1.
 
-Cost per iteration: one pass over the data for the gradient (3 FFTs per position) and one
-for the step (3 FFTs), against ePIE's 4.
+Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
+the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4.
 """
 
 from __future__ import annotations
@@ -88,6 +104,9 @@ PRECONDITIONER_FLOOR = 0.1  # δ: weakly illuminated pixels get at most 1/δ of 
 HELD_TOLERANCE = 1.0  # half-deviance: held-out changes smaller than this are noise
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
 FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
+FISHER_POSITIONS = 128  # positions it is estimated from
+CONVERGED = 1.0  # half-deviance per iteration: a smaller fall of L is not progress
+AUTO_SEARCH = 300.0  # Å: half-width of the defocus search when the defocus is unknown
 #: Probe coefficients refined by each ``probe`` setting (Å): C12a, C12b are the Cartesian
 #: components of two-fold astigmatism, C12a = C12 cos 2φ12, C12b = C12 sin 2φ12.
 PROBE_COEFFICIENTS = {"none": (), "defocus": ("C10",), "aberrations": ("C10", "C12a", "C12b")}
@@ -115,7 +134,9 @@ class MLParameters:
         contrast before the data say anything about the probe.
     defocus_search: half-width (Å) of the likelihood search for the global defocus made
         before the reconstruction, around ``defocus`` or the calibration's C10
-        (:mod:`.defocus_search`); 0 switches it off.
+        (:mod:`.defocus_search`); 0 switches it off; None (default): 300 Å when neither
+        ``defocus`` nor the calibration gives C10 (unknown), else off. The search costs
+        ~35 iterations on up to 1024 positions (benchmarks/RESULTS.md).
     defocus_step: the search's grid step (Å).
     """
 
@@ -130,7 +151,7 @@ class MLParameters:
     defocus: float | None = None
     refine_probe: str = "aberrations"
     probe_update_start: int = 1
-    defocus_search: float = 300.0
+    defocus_search: float | None = None
     defocus_step: float = 100.0
     seed: int = 0
     margin: int = 8
@@ -143,7 +164,8 @@ class MLParameters:
         if self.refine_probe not in PROBE_COEFFICIENTS:
             raise PtyengineError(f"probe refinement must be one of "
                                  f"{', '.join(PROBE_COEFFICIENTS)}, got {self.refine_probe!r}")
-        if not (math.isfinite(self.defocus_search) and self.defocus_search >= 0
+        span = 0.0 if self.defocus_search is None else self.defocus_search
+        if not (math.isfinite(span) and span >= 0
                 and math.isfinite(self.defocus_step) and self.defocus_step > 0):
             raise PtyengineError(f"defocus search: span ({self.defocus_search}) must be ≥ 0 Å "
                                  f"and step ({self.defocus_step}) > 0 Å")
@@ -329,13 +351,23 @@ class _Engine:
         return (-1j * dchi * self.probe_k).astype(np.complex64)
 
     def coefficient_fisher(self, obj) -> np.ndarray:
-        """Fisher information d²L/dc_i² of each refined coefficient (1/Å²): one pass each."""
+        """Fisher information d²L/dc_i² of each refined coefficient (1/Å²), estimated from
+        every k-th position (about FISHER_POSITIONS of them) and scaled to all: it only sets
+        the coefficients' preconditioner, the step length comes from the exact curvature."""
+        full = self.order
+        total = sum(len(p) for _, p in full)
+        stride = max(1, total // FISHER_POSITIONS)
+        self.order = [(b, p[::stride]) for b, p in full if len(p[::stride])]
+        used = sum(len(p) for _, p in self.order)
         out = []
-        for i in range(len(self.basis)):
-            unit = np.zeros(len(self.basis))
-            unit[i] = 1.0
-            out.append(self.curvature(obj, None, self.probe_direction(unit))[1])
-        return np.array(out, dtype=np.float64)
+        try:
+            for i in range(len(self.basis)):
+                unit = np.zeros(len(self.basis))
+                unit[i] = 1.0
+                out.append(self.curvature(obj, None, self.probe_direction(unit))[1])
+        finally:
+            self.order = full
+        return np.array(out, dtype=np.float64) * (total / used)
 
     def gradient(self, obj, with_probe: bool = False):
         """One pass: (fitted, held-out half-deviance, ν, Σ|P_j|², probe term or None) at
@@ -425,7 +457,8 @@ def _new_state(geom, c0, xp) -> IterativeState:
               "d_coeffs": zc(), "fisher_coeffs": zc(),
               # L_prev, damping, best held-out, best iteration, last step t, Fisher's iteration
               "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0, -BIG], dtype=np.float64),
-              "held": xp.zeros(0, dtype=np.float64)}  # fmt: skip
+              "held": xp.zeros(0, dtype=np.float64),  # held-out deviance per count
+              "objective": xp.zeros(0, dtype=np.float64)}  # L at each iterate  # fmt: skip
     return IterativeState(arrays)
 
 
@@ -455,6 +488,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         total = fit + r_phi + r_ab
         held_per = held / max(held_counts, 1.0)
         a["held"] = xp.concatenate([a["held"], xp.asarray([held_per])])
+        a["objective"] = xp.concatenate([a["objective"], xp.asarray([total])])
         if params.holdout:  # the latest iterate within noise (HELD_TOLERANCE) of the best
             best_held = min(best_held, held_per)
             if held_per <= best_held + HELD_TOLERANCE / max(held_counts, 1.0):
@@ -604,6 +638,14 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
             (2 * eng.n) * on.real + gp_ab, g_c)  # fmt: skip
 
 
+def converged(objective, patience: int) -> bool:
+    """True when L fell by less than CONVERGED (half-deviance) per iteration on average over
+    the last ``patience`` iterations: changes the data cannot tell from chance."""
+    if len(objective) <= patience:
+        return False
+    return objective[-1 - patience] - objective[-1] < CONVERGED * patience
+
+
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         memory_limit, report) -> MLResult:  # fmt: skip
     cal = ds.calibration
@@ -618,8 +660,11 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         state = load_checkpoint(checkpoint, fp, xp)
         eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
     else:
-        if params.defocus_search > 0:
-            search = search_defocus(eng, params, params.defocus_search, params.defocus_step)
+        span = params.defocus_search
+        if span is None:  # auto: search when no defocus is known
+            span = AUTO_SEARCH if params.defocus is None and "C10" not in cal.aberrations else 0
+        if span > 0:
+            search = search_defocus(eng, params, span, params.defocus_step)
             if report:
                 report(search.describe())
             eng.start_at(search.defocus)
@@ -631,7 +676,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
 
     def stop(st):
         sc = backend.to_numpy(st.arrays["scalars"])
-        return bool(params.holdout) and st.iteration - 1 - int(sc[3]) >= params.patience
+        held_out = bool(params.holdout) and st.iteration - 1 - int(sc[3]) >= params.patience
+        return held_out or converged(backend.to_numpy(st.arrays["objective"]), params.patience)
 
     run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress, stop)
     a = state.arrays
@@ -645,8 +691,10 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     eng.set_coefficients(coeffs)
     probe = backend.to_numpy(xp.fft.ifft2(eng.probe_k))
     held = [float(v) for v in backend.to_numpy(a["held"])]
-    stopped = ("held-out likelihood" if state.iteration < params.iterations else
-               "iteration limit")  # fmt: skip
+    stopped = "iteration limit"
+    if state.iteration < params.iterations:
+        stopped = ("converged" if converged(backend.to_numpy(a["objective"]), params.patience)
+                   else "held-out likelihood")  # fmt: skip
     extra = {"streamed": patterns.streamed, "counts_per_pattern": counts_per_pattern,
              "counts_per_bright_field_pixel": per_bf_pixel, "count_scale": cscale,
              "object_model": "complex" if complex_object else "phase",
