@@ -129,10 +129,10 @@ def _depth_path(output: Path) -> Path:
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
                    "(dimensionless; its weight against the data falls as 1/dose) "
-                   "[default: 10]; 0: off.")
+                   "[default: 3]; 0: off.")
 @click.option("--ridge", type=float,
               help="ML: strength μ_r of the prior pulling phase and absorption to 0, in "
-                   "1/Å² [default: 2]; 0: off.")
+                   "1/Å² [default: 8]; 0: off.")
 @click.option("--holdout", type=float,
               help="ML: fraction of the detector pixels held out of the fit; the run keeps "
                    "the latest iterate where their likelihood is within noise of the best "

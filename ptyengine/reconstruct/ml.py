@@ -122,16 +122,22 @@ class MLParameters:
         0.95, and on one-cell SrTiO3 0.82 against 0.74 (the absorption takes up part of
         the single-slice model's mismatch and of the noise, not specimen structure).
     smoothness: μ_s, dimensionless; 0 switches it off.
-    ridge: μ_r in 1/Å²; 0 switches it off.
+    ridge: μ_r in 1/Å²; 0 switches it off. The defaults (3, 8) make the converged result
+        the answer: on the UiO-66 quick data at 100 e/Å² weaker priors (ridge 0.5–2) reach
+        NCC(1 Å) 0.72–0.75 after ~20 iterations and fall to 0.55–0.69 by 60, while (3, 8)
+        rises to 0.72 / 0.69 (50 / 100 nm) and stays (0.65 at 100 nm and 20 e/Å²); ridge 20
+        gives 0.69 / 0.63, smoothness 10 or 30 no better (benchmarks/RESULTS.md).
     band_limit: band-limit the search directions to 2α/λ.
     holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
-        stops at ``iterations`` or when the objective no longer falls).
-    patience: iterations without a better held-out likelihood before stopping.
+        stops at ``iterations`` or when the objective has converged).
+    patience: iterations without a better held-out likelihood, or over which L has fallen
+        by less than CONVERGED per iteration, before stopping.
     defocus: C10 in Å of the initial probe (None: the calibration's).
-    refine_probe: which probe parameters are refined with the object: "none", "defocus" (C10) or
-        "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian components).
-    probe_update_start: first iteration (0-based) that refines them: the object must hold some
-        contrast before the data say anything about the probe.
+    refine_probe: which probe parameters are refined with the object: "none", "defocus"
+        (C10) or "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian
+        components).
+    probe_update_start: first iteration (0-based) that refines them: the object must hold
+        some contrast before the data say anything about the probe.
     defocus_search: half-width (Å) of the likelihood search for the global defocus made
         before the reconstruction, around ``defocus`` or the calibration's C10
         (:mod:`.defocus_search`); 0 switches it off; None (default): 300 Å when neither
@@ -143,8 +149,8 @@ class MLParameters:
     iterations: int = 50
     batch_size: int = 64
     object_model: str = "phase"
-    smoothness: float = 10.0
-    ridge: float = 2.0
+    smoothness: float = 3.0
+    ridge: float = 8.0
     band_limit: bool = True
     holdout: float = 0.05
     patience: int = 10
