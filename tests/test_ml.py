@@ -283,3 +283,16 @@ def test_converged_rule():
     steep = 1000.0 - 5.0 * np.arange(20)
     assert mlmod.converged(flat, 10) and not mlmod.converged(steep, 10)
     assert not mlmod.converged(flat[:10], 10)
+
+
+def test_epie_takes_the_defocus_search_too(wide):
+    """ePIE with ``defocus_search`` starts from the defocus the ML engine's search finds
+    on the same measured patterns (issue 14: every iterative method)."""
+    from ptyengine.reconstruct.epie import EpieParameters, epie
+
+    ds = _counts(wide[:3], 5000.0)
+    lines = []
+    res = epie(ds, EpieParameters(iterations=1, batch_size=16, defocus=600.0,
+                                  defocus_search=300.0), report=lines.append)  # fmt: skip
+    assert abs(res.extra["start_defocus"] - 402.0) < 40, lines
+    assert len(lines) == 1 and "defocus search" in lines[0]

@@ -107,11 +107,12 @@ def _depth_path(output: Path) -> Path:
               help="ML: probe parameters refined with the object: none, the defocus C10, or "
                    "C10 and the two-fold astigmatism C12 [default: aberrations].")
 @click.option("--defocus-search", type=float,
-              help="ML: before reconstructing, search the global defocus within ± this many "
-                   "Å of --defocus (or the calibration's) on the held-out Poisson likelihood; "
-                   "0: off [default: 300 Å when the calibration records no C10, else off].")
+              help="ePIE/mepie/ML: before reconstructing, search the global defocus within ± "
+                   "this many Å of --defocus (or the calibration's) on the held-out Poisson "
+                   "likelihood (the data must be counts or carry a dose); 0: off "
+                   "[default: 300 Å when the calibration records no C10, else off].")
 @click.option("--defocus-step", type=float,
-              help="ML: grid step of the defocus search in Å [default: 100].")
+              help="ePIE/mepie/ML: grid step of the defocus search in Å [default: 100].")
 @click.option("--phase-only", is_flag=True, default=None,
               help="ePIE: constrain the object to a pure phase (|O| = 1): weak-phase "
                    "specimens at low dose [default: off].")
@@ -356,7 +357,7 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
         bar.update(iteration - bar.n)
 
     try:
-        more = {"report": lambda line: click.echo(line, err=True)} if method == "ml" else {}
+        more = {"report": lambda line: click.echo(line, err=True)}  # the defocus search
         res = run(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                   data_id=str(data.resolve()), memory_limit=memory_limit, **more)  # fmt: skip

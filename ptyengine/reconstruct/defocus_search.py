@@ -45,6 +45,7 @@ SEARCH_HOLDOUT = 0.1  # fraction of the pixels held out: the search compares the
 #: away from it: smaller differences are chance (at 20 e/Å² on the UiO-66 quick data all
 #: seven candidates lay within 1.1 of each other and the lowest moved at random).
 SIGNIFICANCE = 2.0
+AUTO_SPAN = 300.0  # Å: the half-width searched by default when the defocus is unknown
 
 
 @dataclass
@@ -153,3 +154,26 @@ def search_defocus(eng, params, span: float, step: float, iterations: int = 5,
         return DefocusSearch(centre, candidates, list(values), False, used, significant=False)
     best, on_edge = vertex(np.asarray(candidates), values)
     return DefocusSearch(best, candidates, list(values), on_edge, used)
+
+
+def search_span(span: float | None, defocus: float | None, cal) -> float:
+    """The half-width (Å) to search: ``span`` if given, else AUTO_SPAN when neither
+    ``defocus`` nor the calibration gives C10 (the defocus is unknown), else 0."""
+    if span is not None:
+        return float(span)
+    return AUTO_SPAN if defocus is None and "C10" not in dict(cal.aberrations) else 0.0
+
+
+def estimate_defocus(ds, patterns, defocus: float | None, span: float, step: float, xp,
+                     batch_size: int = 64, margin: int = 8, report=None) -> float:  # fmt: skip
+    """The search for another engine (ePIE, mepie): an ML engine on the same measured
+    ``patterns`` (nothing read twice), its prior at the defaults; returns C10 in Å. Data
+    must be counts or carry a dose (the likelihood models electron counts)."""
+    from . import ml as mlmod
+
+    params = mlmod.MLParameters(defocus=defocus, batch_size=batch_size, margin=margin)
+    eng = mlmod.setup(ds, params, xp, patterns=patterns)
+    result = search_defocus(eng, params, span, step)
+    if report:
+        report(result.describe())
+    return result.defocus

@@ -59,6 +59,7 @@ from ..errors import PtyengineError
 from ..kernels import ptycho as pk
 from ..shift import ramps_2d
 from . import frame as frm
+from .defocus_search import estimate_defocus, search_span
 from .forward import exit_wave_pass
 from .iterative import IterativeState, iteration_rng, load_checkpoint, opened, run
 from .patterns import choose_patterns
@@ -70,6 +71,8 @@ class EpieParameters:
 
     defocus: C10 guess in Å for the initial probe (None: the calibration's).
     probe_update_start: first iteration (0-based) at which the probe is refined.
+    defocus_search, defocus_step: the likelihood search for the global defocus before the
+        reconstruction (:mod:`.defocus_search`, Å; None: 300 Å when no defocus is known).
     """
 
     iterations: int = 50
@@ -81,6 +84,8 @@ class EpieParameters:
     seed: int = 0
     margin: int = 8  # extra object pixels round the scanned area
     phase_only: bool = False  # constrain |O| = 1 (weak-phase specimens, low dose)
+    defocus_search: float | None = None
+    defocus_step: float = 100.0
 
     def __post_init__(self):
         if self.iterations < 0 or self.batch_size < 1:
@@ -303,6 +308,7 @@ def epie(
     progress=None,
     data_id: str = "",
     memory_limit: int | None = None,
+    report=None,
 ) -> EpieResult:
     """Reconstruct object and probe from a calibrated dataset (path, io.Dataset or
     InMemoryDataset) by ePIE.
@@ -314,12 +320,13 @@ def epie(
 
     ``progress(iteration, error)`` is called after every iteration. ``checkpoint`` (a .npz
     path) is written every ``checkpoint_every`` iterations; ``resume=True`` continues from
-    it and gives the same result as an uninterrupted run.
+    it and gives the same result as an uninterrupted run. ``report(line)`` receives one
+    line on the defocus search when it runs.
     """
     params = params or EpieParameters()
     with opened(data, device) as (ds, xp):
         return frm.present(_epie(ds, params, xp, checkpoint, checkpoint_every, resume,
-                                 progress, data_id, memory_limit))  # fmt: skip
+                                 progress, data_id, memory_limit, report=report))  # fmt: skip
 
 
 def split_object(obj, n_slices: int, root: bool, xp):
@@ -331,7 +338,7 @@ def split_object(obj, n_slices: int, root: bool, xp):
 
 
 def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-          memory_limit, slices=None) -> EpieResult:  # fmt: skip
+          memory_limit, slices=None, report=None) -> EpieResult:  # fmt: skip
     """ePIE, or with ``slices(ds, geom, xp)`` -> :class:`.forward.SlicePropagators` the
     multislice ePIE of :mod:`.mepie` (an object of S slices)."""
     cal = ds.calibration
@@ -344,12 +351,16 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
     _warn_low_counts(cal, mean_int, params)
     # the rows per stored chunk (the visiting order) and the mask: part of what a resume matches
     fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|{patterns.key}")
+    defocus = params.defocus
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
     else:
+        if (span := search_span(params.defocus_search, defocus, cal)) > 0:
+            defocus = estimate_defocus(ds, patterns, defocus, span, params.defocus_step, xp,
+                                       margin=params.margin, report=report)  # fmt: skip
         obj = xp.ones(geom.object_shape, dtype=np.complex64)
         state = IterativeState({"object": obj,
-                                "probe_k": initial_probe(cal, params.defocus, mean_int, xp)})
+                                "probe_k": initial_probe(cal, defocus, mean_int, xp)})
         if props is not None:  # mepie: S slices, flat or from single-slice iterations
             pre = getattr(params, "single_slice_iterations", 0)
             if pre:
@@ -361,6 +372,8 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
     run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress)
     probe = backend.to_numpy(xp.fft.ifft2(state.arrays["probe_k"]))
     extra = {"streamed": patterns.streamed}
+    if defocus is not None and defocus != params.defocus:  # found by the defocus search
+        extra["start_defocus"] = defocus
     if props is not None:
         extra.update(slice_positions_A=props.positions,
                      slice_thicknesses_A=list(props.thicknesses))  # fmt: skip

@@ -140,10 +140,11 @@ def mepie(
     progress=None,
     data_id: str = "",
     memory_limit: int | None = None,
+    report=None,
 ) -> EpieResult:
     """Reconstruct S object slices and the probe from a calibrated dataset by multislice
     ePIE; arguments, streaming, checkpoints and resume as for :func:`.epie.epie`."""
     params = params or MepieParameters()
     with opened(data, device) as (ds, xp):
         return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                     data_id, memory_limit, _slices(params))  # fmt: skip
+                     data_id, memory_limit, _slices(params), report=report)  # fmt: skip

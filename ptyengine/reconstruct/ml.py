@@ -91,7 +91,7 @@ from .. import backend, physics
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from . import frame as frm
-from .defocus_search import search_defocus
+from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
 from .frame import present
@@ -106,7 +106,6 @@ BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
 FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
 FISHER_POSITIONS = 128  # positions it is estimated from
 CONVERGED = 1.0  # half-deviance per iteration: a smaller fall of L is not progress
-AUTO_SEARCH = 300.0  # Å: half-width of the defocus search when the defocus is unknown
 #: Probe coefficients refined by each ``probe`` setting (Å): C12a, C12b are the Cartesian
 #: components of two-fold astigmatism, C12a = C12 cos 2φ12, C12b = C12 sin 2φ12.
 PROBE_COEFFICIENTS = {"none": (), "defocus": ("C10",), "aberrations": ("C10", "C12a", "C12b")}
@@ -608,13 +607,16 @@ def ml(
                            data_id, memory_limit, report))  # fmt: skip
 
 
-def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Engine:
-    """The engine for a dataset: geometry, pattern source, counts scale, probe and object
-    model (``eng.complex_object``, ``eng.counts_per_pattern``)."""
+def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
+          patterns=None) -> _Engine:  # fmt: skip
+    """The engine for a dataset: geometry, pattern source (``patterns``: one already made
+    for the same geometry), counts scale, probe and object model
+    (``eng.complex_object``, ``eng.counts_per_pattern``)."""
     cal = ds.calibration
     name = getattr(ds, "path", None) or "data"
     geom = PtychoGeometry.from_calibration(cal, params.margin)
-    patterns = choose_patterns(ds, geom, xp, memory_limit)
+    if patterns is None:
+        patterns = choose_patterns(ds, geom, xp, memory_limit)
     mean_sum = patterns.total / len(geom.corners)
     if not mean_sum > 0:
         raise PtyengineError(f"{name}: every pattern is empty (no counts)")
@@ -666,9 +668,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         state = load_checkpoint(checkpoint, fp, xp)
         eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
     else:
-        span = params.defocus_search
-        if span is None:  # auto: search when no defocus is known
-            span = AUTO_SEARCH if params.defocus is None and "C10" not in cal.aberrations else 0
+        span = search_span(params.defocus_search, params.defocus, cal)
         if span > 0:
             search = search_defocus(eng, params, span, params.defocus_step)
             if report:
