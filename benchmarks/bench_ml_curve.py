@@ -5,8 +5,9 @@ bench_quality.py, reused from ``--out``), ML runs one iteration at a time from i
 checkpoint (a resumed run equals an uninterrupted one), so the phase of every iterate is
 scored against the ground truth: NCC band-limited to 2α/λ and after a 1 Å blur. The rule
 is applied as the engine applies it (MLParameters defaults: the latest iterate within
-HELD_TOLERANCE of the best held-out deviance, stop after ``patience`` iterations without
-one), and the table shows the iterate it returns against the best NCC of the whole run.
+HELD_TOLERANCE of the best held-out deviance; stop after ``patience`` iterations without
+one, or when the objective has converged), and the table shows the iterate it returns
+against the best NCC of the whole run.
 
     python benchmarks/bench_ml_curve.py [--dose 100] [--iterations 40] [--seed 0]
 """
@@ -28,15 +29,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import dataset_path, ensure_dataset  # noqa: E402
 
 
-def rule(held, patience: int, tolerance: float):
-    """(returned iterate, iterations run) of the held-out rule on the curve ``held``
-    (half-deviance totals, one per iterate)."""
+def rule(held, objective, patience: int, tolerance: float):
+    """(returned iterate, iterations run) of the engine's two stopping rules on the curves
+    ``held`` (held-out half-deviance totals) and ``objective`` (L), one value per iterate:
+    the latest iterate within ``tolerance`` of the best held-out value is kept; the run
+    stops after ``patience`` iterations without one, or when L has converged
+    (:func:`ml.converged`)."""
     best_value, best = np.inf, 0
     for k, h in enumerate(held):
         best_value = min(best_value, h)
         if h <= best_value + tolerance:
             best = k
-        if k - best >= patience:
+        if k - best >= patience or mlmod.converged(np.asarray(objective[:k + 1]), patience):
             return best, k + 1
     return best, len(held)
 
@@ -73,7 +77,7 @@ def main(argv=None):
                 res = mlmod.ml(path, dataclasses.replace(p, iterations=k), checkpoint=ck,
                                checkpoint_every=1, resume=k > 1)  # fmt: skip
                 with np.load(ck) as f:
-                    phase = f["phase"]
+                    phase, objective = f["phase"], f["objective"]
                 g = res.geometry
                 r = metrics.compare_to_truth(phase, g.sampling, g.object_origin, truth,
                                              attrs["sampling"], k_max=k_max, max_shift=1.0,
@@ -82,7 +86,7 @@ def main(argv=None):
                 scores.append(r["ncc_lowpass"])
             held_counts = res.extra["counts_per_pattern"] * len(g.corners) * p.holdout
             held = [h * held_counts for h in res.held_out]
-        returned, stopped = rule(held, defaults.patience, mlmod.HELD_TOLERANCE)
+        returned, stopped = rule(held, objective, defaults.patience, mlmod.HELD_TOLERANCE)
         best = int(np.argmax(scores))
         # scores[k-1] is the iterate after k iterations; held[k] was measured on it
         chosen = scores[returned - 1] if returned > 0 else float("nan")  # 0: flat start
