@@ -10,6 +10,7 @@ one, or when the objective has converged), and the table shows the iterate it re
 against the best NCC of the whole run.
 
     python benchmarks/bench_ml_curve.py [--dose 100] [--iterations 40] [--seed 0]
+        [--ml ridge=2 --ml smoothness=10]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ptyengine import io, metrics, physics, presets
 from ptyengine.reconstruct import ml as mlmod
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_quality import dataset_path, ensure_dataset  # noqa: E402
+from bench_quality import _ml_options, dataset_path, ensure_dataset  # noqa: E402
 
 
 def rule(held, objective, patience: int, tolerance: float):
@@ -51,10 +52,13 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/ptyengine-quality")
+    ap.add_argument("--ml", action="append", default=[], metavar="FIELD=VALUE",
+                    help="an ML parameter other than its default, e.g. ridge=2")
     args = ap.parse_args(argv)
-    defaults = mlmod.MLParameters()
+    defaults = mlmod.MLParameters(**_ml_options(args.ml))
     marks = [k for k in (1, 2, 5, 10, 20, 30, 40, 60, 80) if k <= args.iterations]
-    print(f"ML at {args.dose:g} e/Å², noise seed {args.seed}, defaults except iterations; "
+    print(f"ML at {args.dose:g} e/Å², noise seed {args.seed}, defaults except iterations"
+          f"{' and ' + ', '.join(args.ml) if args.ml else ''}; "
           f"NCC(1 Å) of the iterate after k iterations")
     print("| defocus | " + " | ".join(f"k={k}" for k in marks) +
           " | best NCC(1 Å) (k) | rule: returns k, stops after | its NCC(1 Å) |")

@@ -156,7 +156,8 @@ def _ml_options(items) -> dict:
         field = {f.name: f for f in dataclasses.fields(MLParameters)}.get(key)
         if field is None or not value:
             raise SystemExit(f"--ml takes FIELD=VALUE of MLParameters, got {item!r}")
-        out[key] = value if key == "object_model" else float(value)
+        kind = type(field.default)
+        out[key] = value if kind is str else int(value) if kind is int else float(value)
     return out
 
 
