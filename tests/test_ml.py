@@ -279,7 +279,7 @@ def test_defocus_search_keeps_the_start_where_the_data_cannot_tell(wide):
 def test_converged_rule():
     """L that falls by less than CONVERGED per iteration over ``patience`` iterations has
     converged; a steady fall of more, or too short a history, has not."""
-    flat = 1000.0 - 0.5 * np.arange(20)
+    flat = 1000.0 - 0.05 * np.arange(20)
     steep = 1000.0 - 5.0 * np.arange(20)
     assert mlmod.converged(flat, 10) and not mlmod.converged(steep, 10)
     assert not mlmod.converged(flat[:10], 10)
