@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 import pytest
-
 from direct_helpers import atoms, calibration, forward
+
 from ptyengine.dataset import InMemoryDataset
 from ptyengine.errors import PtyengineError
 from ptyengine.reconstruct.tcbf import TcbfParameters, fit_model, model_shifts, tcbf

@@ -41,14 +41,21 @@ a rotation within ±90° of the truth; the transpose comes from the calibration)
 common translation, is the reference's drift and is not applied to the image.
 
 Shifts. Groups of ``bin × bin`` pixels (:mod:`.direct`) give the images; each is
-normalised to relative contrast I_g/⟨I_g⟩ − 1. Starting from the calibration's
-aberrations and rotation, in stages over growing |k| (``stages`` radii up to α/λ, then
-``refinements`` more passes over all groups), the groups are split in two interleaved
-halves; each half's aligned sum (the reference) is built with the current model, and
-every group of the other half is cross-correlated with it (zero-padded, normalised by
-the overlap, searched within a radius of the predicted shift, parabolic sub-pixel peak)
-— so no group meets its own noise in its reference. The model is refitted after each
-stage.
+normalised to relative contrast I_g/⟨I_g⟩ − 1 and weighted by ⟨I_g⟩ (its counts). The
+groups are split into two interleaved halves, so that no group meets its own noise:
+1. C10 search (low dose): with the calibration's rotation and no astigmatism, C10 ±
+   ``search`` Å around the calibration's maximises the mean product of the two halves'
+   aligned sums (the aligned image's power without its noise), on a grid of search/20,
+   then ±1 step at a fifth of it.
+2. Shift fit: in ``stages`` radii growing to :data:`FIT_FRACTION`·α/λ, then
+   ``refinements`` more passes, every group whose predicted shift leaves enough overlap
+   (:data:`OVERLAP`) is cross-correlated with the other half's aligned sum (moved first
+   by its predicted shift, zero-padded, normalised by the overlap of the tapers,
+   searched within a radius of the prediction, parabolic sub-pixel peak) and the model
+   refitted.
+The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance;
+otherwise (shifts that are noise: UiO-66 at ≤ 100 e/Å²) the search's C10 is, with the
+calibration's rotation (``fit_from`` in ``extra``).
 
 Image. Every sample I_g(r) belongs at specimen position r − d(k_g): samples are splatted
 bilinearly (weight ⟨I_g⟩) onto a grid ``upsample`` times finer than the scan, and
@@ -60,9 +67,8 @@ focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF me
 
 Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups), and
 while measuring shifts a batch of 256 padded images (256·4·Sy·Sx·16 bytes); one read of
-the data. ``bin`` = None picks the smallest bin with at least :data:`TARGET_COUNTS`
-counts per group and pattern (from the calibration's dose) and a stack within a quarter
-of the memory budget.
+the data. ``bin`` = None picks the smallest bin with at most :data:`MAX_GROUPS` groups
+and a stack within a quarter of the memory budget.
 """
 
 from __future__ import annotations
@@ -77,10 +83,10 @@ from ..dataset import as_dataset
 from ..errors import PtyengineError
 from .direct import BrightField, bright_field_groups, bright_field_stack, dataset_mask
 
-#: counts per group and pattern that ``bin=None`` aims for (measured on UiO-66 at 100 e/Å²:
-#: benchmarks/RESULTS.md, "Direct methods")
-TARGET_COUNTS = 2.0
-#: most groups ``bin=None`` allows (time of the shift measurement)
+#: most groups ``bin=None`` allows (the time of the shift measurement). The dose does not
+#: enter: the C10 search uses every group at once, and on UiO-66 at 100 e/Å² bins of 1, 2
+#: and 4 pixels give the same C10 (benchmarks/RESULTS.md, "Direct methods"); bins of 8+
+#: blur the images (λ·C10·bin·dk) and fail.
 MAX_GROUPS = 4096
 BATCH = 256
 #: the per-group fit is used when it explains at least this fraction of the shifts'
@@ -327,7 +333,7 @@ def measure_shifts(values, ref, cover, pred, radius, step):
     return out, peak
 
 
-def ctf_flip(image, aberrations, rotation_unused, sampling, lam):
+def ctf_flip(image, aberrations, sampling, lam):
     """``image`` with its spectrum multiplied by sign(sin χ₂(Q)) (scan-frame A, mirrored
     extension against edge artefacts)."""
     ny, nx = image.shape
@@ -376,17 +382,14 @@ def defocus_search(score, ab, rot, span: float) -> dict:
 # ------------------------------------------------------------------ the method
 
 
-def choose_bin(cal, n_bf: int, limit: int, counts_per_pattern: float | None) -> int:
-    """The smallest bin meeting :data:`TARGET_COUNTS` (when the dose is known),
-    :data:`MAX_GROUPS` and a stack within ``limit`` / 4 bytes."""
+def choose_bin(cal, n_bf: int, limit: int) -> int:
+    """The smallest bin with at most :data:`MAX_GROUPS` groups and a stack within
+    ``limit`` / 4 bytes."""
     scan = math.prod(cal.scan_shape)
     for b in range(1, 64):
         groups = n_bf / b**2
-        if groups > MAX_GROUPS or 4 * groups * scan > limit / 4:
-            continue
-        if counts_per_pattern is not None and counts_per_pattern / groups < TARGET_COUNTS:
-            continue
-        return b
+        if groups <= MAX_GROUPS and 4 * groups * scan <= limit / 4:
+            return b
     return 64
 
 
@@ -401,7 +404,7 @@ def tcbf(ds, params: TcbfParameters | None = None, device: str = "cpu",
         mask = dataset_mask(dset)
         n_bf = bright_field_groups(cal, 1, mask=mask).n_groups
         limit = memory_limit_bytes(memory_limit)
-        b = params.bin or choose_bin(cal, n_bf, limit, cal.counts_per_pattern)
+        b = params.bin or choose_bin(cal, n_bf, limit)
         bf = bright_field_groups(cal, b, mask=mask)
         stack = bright_field_stack(dset, bf, device, memory_limit)
     finally:
@@ -432,7 +435,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
         return half_correlation(rel, weights, bf.k, ab_, rot_, tr, cal, half, live)
 
     ab = defocus_search(score, ab, rot, params.search)
-    searched = (dict(ab), rot, score(ab, rot))
+    searched = (dict(ab), rot)
     radius = max(4 * max(step), 0.15 * field_a)
     fractions = list(np.linspace(1.0 / params.stages, 1.0, params.stages) * FIT_FRACTION)
     fractions += [FIT_FRACTION] * params.refinements
@@ -480,9 +483,10 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
     u = int(params.upsample)
     image, _ = aligned(rel[live], weights[live], model[live], step, u)
     sampling = (step[0] / u, step[1] / u)
-    phase = ctf_flip(image, ab, rot, sampling, lam) if params.ctf == "flip" else image
+    phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
     counts = float(weights.sum() / max(bf.n_groups, 1))
     return TcbfResult(phase.astype(np.float32), image.astype(np.float32), ab, rot, tr,
                       shifts, model, bf.k.copy(), used, resid_rms, sampling,
                       tuple(cal.scan_origin), bf.bin, counts, float(cal.rotation),
-                      {"fit_from": chosen, "search_C10": searched[0]["C10"], "fit_r2": r2})  # fmt: skip
+                      {"fit_from": chosen, "search_C10": searched[0]["C10"],
+                       "fit_r2": float(r2)})  # fmt: skip
