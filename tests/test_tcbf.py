@@ -58,3 +58,36 @@ def test_a_disc_off_the_detector_is_refused():
     cal = calibration(8, 0.5, 48, 9, center=(24, 40))
     with pytest.raises(PtyengineError, match="reaches outside the 48-pixel detector"):
         tcbf(InMemoryDataset(np.ones((8, 8, 48, 48), np.float32), cal))
+
+
+def test_cli_tcbf_and_ssb_write_results(tmp_path, capsys):
+    """``reconstruct --method tcbf|ssb``: a result with the fitted values, a preview, the
+    one-line summary; options of other methods are refused."""
+    from cli_helpers import run
+
+    from ptyengine import io
+    from ptyengine.results import read_result
+
+    cal = calibration(32, 0.5, 48, 9, aberrations={"C10": 150.0})
+    data = forward(atoms(n=110), cal, {"C10": 200.0})
+    path = tmp_path / "d.zarr"
+    with io.create_dataset(path, cal, data.dtype, rows_per_chunk=8) as w:
+        for r0 in range(0, 32, 8):
+            w.write_rows(r0, data[r0:r0 + 8])
+    code, out, err = run(capsys, "reconstruct", path, "--method", "tcbf", "--bin", "1")
+    assert code == 0, err
+    line = [s for s in out.splitlines() if s.startswith("tcBF: C10")]
+    assert len(line) == 1 and "start an iterative run from --defocus" in line[0]
+    arrays, attrs = read_result(tmp_path / "d_tcbf.zarr")
+    assert abs(attrs["aberrations"]["C10"] - 200.0) < 20.0
+    assert arrays["phase"].shape == (32, 32) and (tmp_path / "d_tcbf_preview.png").exists()
+    code, out, err = run(capsys, "reconstruct", path, "--method", "ssb", "--defocus", "200")
+    assert code == 0, err
+    arrays, attrs = read_result(tmp_path / "d_ssb.zarr")
+    assert attrs["aberrations"]["C10"] == 200.0 and attrs["units"] == "rad"
+    code, out, err = run(capsys, "reconstruct", path, "--method", "ssb", "--rotation", "3",
+                         "-o", tmp_path / "x.zarr")  # fmt: skip
+    assert code == 2 and "--rotation: not an option of --method ssb" in err
+    code, out, err = run(capsys, "reconstruct", path, "--method", "tcbf", "--iterations", "3",
+                         "-o", tmp_path / "y.zarr")  # fmt: skip
+    assert code == 2 and "--iterations" in err
