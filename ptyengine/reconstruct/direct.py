@@ -115,21 +115,12 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     cal = ds.calibration
     sy, sx = cal.scan_shape
     name = getattr(ds, "path", None) or "data"
-    pix = xp.asarray(bf.pixels)
-    onehot = None
-    if bf.n_groups != len(bf.pixels):
-        oh = np.zeros((len(bf.pixels), bf.n_groups), np.float32)
-        oh[np.arange(len(bf.pixels)), bf.group] = 1.0
-        onehot = xp.asarray(oh)
+    pix, onehot = xp.asarray(bf.pixels), group_matrix(bf, xp)
 
     def reduce(row0: int, block):
         block = to_device_async(np.asarray(block), xp)
-        n = block.shape[0]
-        check_counts(block, f"{name}: scan rows {row0}:{row0 + n}", row_start=row0)
-        sel = block.reshape(n * sx, -1)[:, pix].astype(np.float32)
-        if onehot is not None:
-            sel = sel @ onehot
-        return to_numpy(sel.T).reshape(-1, n, sx)
+        check_counts(block, f"{name}: scan rows {row0}:{row0 + len(block)}", row_start=row0)
+        return reduce_block(block, pix, onehot)
 
     stack = np.zeros((bf.n_groups, sy, sx), np.float32) if out is None else out
     done = 0
@@ -139,6 +130,25 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     if done != sy:
         raise PtyengineError(f"{name}: read {done} scan rows, expected {sy}")
     return stack
+
+
+def group_matrix(bf: BrightField, xp=np):
+    """(pixels, groups) float32 indicator matrix on ``xp``'s device; None for bin 1."""
+    if bf.n_groups == len(bf.pixels):
+        return None
+    oh = np.zeros((len(bf.pixels), bf.n_groups), np.float32)
+    oh[np.arange(len(bf.pixels)), bf.group] = 1.0
+    return xp.asarray(oh)
+
+
+def reduce_block(block, pixels, onehot) -> np.ndarray:
+    """(G, rows, Sx) float32 on the host: the group sums of a block (rows, Sx, Ky, Kx)
+    (numpy or cupy; ``pixels``, ``onehot`` from :class:`BrightField` on its device)."""
+    n, sx = block.shape[:2]
+    sel = block.reshape(n * sx, -1)[:, pixels].astype(np.float32)
+    if onehot is not None:
+        sel = sel @ onehot
+    return to_numpy(sel.T).reshape(-1, n, sx)
 
 
 def stack_bytes(cal, bf: BrightField) -> int:

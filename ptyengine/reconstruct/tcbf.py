@@ -401,19 +401,22 @@ def tcbf(ds, params: TcbfParameters | None = None, device: str = "cpu",
     dset = as_dataset(ds)
     try:
         cal = dset.calibration
-        mask = dataset_mask(dset)
-        n_bf = bright_field_groups(cal, 1, mask=mask).n_groups
-        limit = memory_limit_bytes(memory_limit)
-        b = params.bin or choose_bin(cal, n_bf, limit)
-        bf = bright_field_groups(cal, b, mask=mask)
+        bf = tcbf_groups(cal, dataset_mask(dset), params, memory_limit)
         stack = bright_field_stack(dset, bf, device, memory_limit)
     finally:
         if dset is not ds:
             dset.close()
+    return tcbf_from_stack(stack, bf, cal, params)
+
+
+def tcbf_groups(cal, mask, params: TcbfParameters, memory_limit=None) -> BrightField:
+    """The groups tcBF uses (``params.bin``, or :func:`choose_bin`); checks the scan."""
     if min(cal.scan_shape) < 4:
         raise PtyengineError(f"tcBF needs a scan of at least 4 × 4 positions, got "
                              f"{cal.scan_shape}")  # fmt: skip
-    return tcbf_from_stack(stack, bf, cal, params)
+    n_bf = bright_field_groups(cal, 1, mask=mask).n_groups
+    b = params.bin or choose_bin(cal, n_bf, memory_limit_bytes(memory_limit))
+    return bright_field_groups(cal, b, mask=mask)
 
 
 def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> TcbfResult:
