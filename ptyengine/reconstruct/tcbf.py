@@ -53,7 +53,8 @@ groups are split into two interleaved halves, so that no group meets its own noi
    by its predicted shift, zero-padded, normalised by the overlap of the tapers,
    searched within a radius of the prediction, parabolic sub-pixel peak) and the model
    refitted.
-The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance;
+The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance
+with at least :data:`MIN_GROUPS` groups;
 otherwise (shifts that are noise: UiO-66 at ≤ 100 e/Å²) the search's C10 is, with the
 calibration's rotation (``fit_from`` in ``extra``).
 
@@ -92,6 +93,9 @@ BATCH = 256
 #: the per-group fit is used when it explains at least this fraction of the shifts'
 #: variance (R²); below, the shifts are noise and the C10 search's result is kept
 MIN_R2 = 0.5
+#: ... and comes from at least this many groups (15 noisy groups can fit by chance: UiO-66
+#: 100 nm at 100 e/Å² in bins of 4 px gave C10 = 3596 Å with R² > 0.5)
+MIN_GROUPS = 30
 #: shifts are measured and fitted for the groups with |k| ≤ FIT_FRACTION·α/λ only: for
 #: |Q| > α/λ − |k| one sideband of pixel k leaves the disc, its image is no longer a pure
 #: translation, and the shifts of outer pixels come out too large (+5–8 % at 0.8 α/λ on
@@ -480,7 +484,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
         r2 = 1 - resid_rms**2 / max(np.average((spread**2).sum(1), weights=weights[ok]), 1e-30)
         radius = max(3 * resid_rms, 2 * max(step), 0.1 * field_a)
     chosen = "shifts"
-    if not r2 >= MIN_R2:  # the shifts are noise: keep the search's C10
+    if not (r2 >= MIN_R2 and used.sum() >= MIN_GROUPS):  # noise: keep the search's C10
         ab, rot, chosen = searched[0], searched[1], "search"
     model = model_shifts(bf.k, ab, rot, tr, lam)
     u = int(params.upsample)
