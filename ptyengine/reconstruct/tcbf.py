@@ -169,8 +169,8 @@ class TcbfResult:
                 f"{ab['C12']:.0f} Å at φ12 {ab['phi12']:.2f} rad, rotation "
                 f"{_signed(self.rotation_deg):.2f}° (fit rms {self.residual_A:.2f} Å, "
                 f"{int(self.used.sum())}/{len(self.used)} groups): start an iterative run "
-                f"from --defocus {c10:.0f} with the calibration's rotation set to "
-                f"{_signed(self.rotation_deg):.2f}°")  # fmt: skip
+                f"from --defocus {c10:.0f} and the rotation {_signed(self.rotation_deg):.2f}° "
+                "(convert --rotation)")  # fmt: skip
 
 
 def _signed(deg: float) -> float:
