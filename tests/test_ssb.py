@@ -26,12 +26,14 @@ def ncc(a, b):
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
-@pytest.mark.parametrize("c10, rotation", [(0.0, 0.0), (150.0, 30.0)])
-def test_ssb_recovers_a_weak_grating(c10, rotation):
-    """The amplitude of a 0.05 rad grating within 5 %, in focus and with a known defocus
-    and detector rotation (both in the calibration)."""
-    cal = calibration(N, STEP, 48, 9, aberrations={"C10": c10}, rotation=rotation)
-    data = forward(grating(0.05), cal, {"C10": c10}, rotation)
+@pytest.mark.parametrize("ab, rotation, transpose",
+                         [({}, 0.0, False), ({"C10": 150.0}, 30.0, False),
+                          ({"C10": 150.0, "C12": 30.0, "phi12": 0.5}, 205.0, True)])  # fmt: skip
+def test_ssb_recovers_a_weak_grating(ab, rotation, transpose):
+    """The amplitude of a 0.05 rad grating within 5 %, in focus and with known aberrations
+    and detector rotation/transpose (all in the calibration)."""
+    cal = calibration(N, STEP, 48, 9, aberrations=ab, rotation=rotation, transpose=transpose)
+    data = forward(grating(0.05), cal, ab, rotation, transpose)
     res = ssb(InMemoryDataset(data, cal))
     spec = np.fft.fft2(res.phase)
     amp = 2 * abs(spec[3, 2]) / N**2

@@ -27,17 +27,25 @@ def test_the_fit_inverts_the_model():
         assert math.isclose(fab["phi12"], 0.4) and res.max() < 1e-9
 
 
-@pytest.mark.parametrize("c10, rotation", [(200.0, 23.0), (-200.0, 0.0)])
-def test_tcbf_recovers_defocus_and_rotation(c10, rotation):
-    """Data simulated with physics.probe at C10 (> 0: crossover above the specimen) and a
-    detector turned by ``rotation``; the calibration says C10 = 0 and no rotation."""
-    cal = calibration(32, 0.5, 48, 9)  # a 16 Å field (smaller ones bias the fit: C12)
-    data = forward(atoms(n=110), cal, {"C10": c10}, rotation)
+@pytest.mark.parametrize("c10, rotation, transpose, c12",
+                         [(200.0, 23.0, False, 0.0), (-200.0, 0.0, False, 0.0),
+                          (200.0, 205.0, True, 30.0)])  # fmt: skip
+def test_tcbf_recovers_defocus_and_rotation(c10, rotation, transpose, c12):
+    """Data simulated with physics.probe at C10 (> 0: crossover above the specimen), C12
+    at φ12 = 0.5 rad (scan frame) and a detector turned by ``rotation`` (and transposed);
+    the calibration says C10 = 0 and a rotation 0° (200° for the transposed one: the
+    branch θ vs θ + 180° is taken nearest the calibration's)."""
+    cal = calibration(32, 0.5, 48, 9, rotation=200.0 if transpose else 0.0,
+                      transpose=transpose)  # a 16 Å field (smaller ones bias the fit: C12)
+    truth = {"C10": c10, "C12": c12, "phi12": 0.5}
+    data = forward(atoms(n=110), cal, truth, rotation, transpose)
     res = tcbf(InMemoryDataset(data, cal), TcbfParameters(bin=1))
     print(res.summary())
     assert abs(res.aberrations["C10"] - c10) < 20.0  # 2 nm
     assert angle_diff(res.rotation_deg, rotation) < 0.5
-    assert res.aberrations["C12"] < 10.0
+    assert abs(res.aberrations["C12"] - c12) < 10.0
+    if c12:
+        assert abs(res.aberrations["phi12"] - 0.5) < 0.1
     assert res.phase.shape == (32, 32) and "start an iterative run from --defocus" in res.summary()
 
 
