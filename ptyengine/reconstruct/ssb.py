@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import physics
-from ..backend import get_xp, to_numpy
+from ..backend import fft2, get_xp, to_numpy
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
@@ -163,27 +163,33 @@ def ssb_from_stack(stack, k_d, cal, params: SsbParameters, device: str = "cpu",
     if not i0 > 0:
         raise PtyengineError("the bright-field disc holds no counts: nothing for SSB")
     block = params.block or max(1, int(limit / 4 // (sy * sx * 96)))
-    num = xp.zeros((sy, sx), np.complex128)
-    count = xp.zeros((sy, sx), np.float64)
+    qy1 = xp.asarray(np.fft.fftfreq(sy, cal.scan_step[0]))
+    qx1 = xp.asarray(np.fft.fftfreq(sx, cal.scan_step[1]))
+    num_re, num_im = xp.zeros(sy * sx), xp.zeros(sy * sx)
+    count = xp.zeros(sy * sx)
     for b0 in range(0, n, block):
         sl = slice(b0, min(b0 + block, n))
-        g = xp.fft.fft2(xp.asarray(np.asarray(stack[sl], np.float32)), axes=(1, 2)) / i0
-        ky = xp.asarray(ksy[sl])[:, None, None]
-        kx = xp.asarray(ksx[sl])[:, None, None]
-        chi0 = physics.chi(ky, kx, cal.energy, ab, xp)
+        g = fft2(xp.asarray(np.asarray(stack[sl], np.float32)).astype(np.complex64)) / i0
+        kby, kbx = xp.asarray(ksy[sl]), xp.asarray(ksx[sl])
+        chi0 = physics.chi(kby, kbx, cal.energy, ab, xp)
         here = xp.asarray(kabs[sl] < k_a - edge)[:, None, None]
+        ky, kx = kby[:, None, None], kbx[:, None, None]
         minus = (ky - qy) ** 2 + (kx - qx) ** 2
         plus = (ky + qy) ** 2 + (kx + qx) ** 2
         lo, hi = (k_a - edge) ** 2, (k_a + edge) ** 2
-        left = here & (minus < lo) & (plus > hi)
-        right = here & (plus < lo) & (minus > hi)
-        est = xp.where(left, -1j * g * xp.exp(-1j * (chi0 - physics.chi(ky - qy, kx - qx,
-                                                                       cal.energy, ab, xp))),
-                       0)  # fmt: skip
-        est = est + xp.where(right, 1j * g * xp.exp(1j * (chi0 - physics.chi(
-            ky + qy, kx + qx, cal.energy, ab, xp))), 0)  # fmt: skip
-        num += est.sum(axis=0)
-        count += (left | right).sum(axis=0)
+        # left (sign −1): Φ = −i G e^{−i(χ(k) − χ(k−Q))}; right (+1): Φ = i G e^{i(χ(k) − χ(k+Q))}
+        for sign, mask in ((-1, here & (minus < lo) & (plus > hi)),
+                           (1, here & (plus < lo) & (minus > hi))):  # fmt: skip
+            b, iy, ix = xp.nonzero(mask)
+            d = chi0[b] - physics.chi(kby[b] + sign * qy1[iy], kbx[b] + sign * qx1[ix],
+                                      cal.energy, ab, xp)  # fmt: skip
+            val = g[b, iy, ix] * (sign * 1j) * xp.exp(sign * 1j * d)
+            flat = iy * sx + ix
+            num_re += xp.bincount(flat, val.real, sy * sx)
+            num_im += xp.bincount(flat, val.imag, sy * sx)
+            count += xp.bincount(flat, minlength=sy * sx)
+    num = (num_re + 1j * num_im).reshape(sy, sx)
+    count = count.reshape(sy, sx)
     spec = xp.where(count > 0, num / xp.maximum(count, 1), 0)
     spec[0, 0] = 0
     phase = to_numpy(xp.fft.ifft2(spec).real)
