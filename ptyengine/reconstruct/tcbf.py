@@ -141,7 +141,9 @@ class TcbfResult:
     rotation; the calibration's transpose); shifts, model: (G, 2) measured and fitted
     (dy, dx) Å; group_k: (G, 2) detector-frame (k_y, k_x) 1/Å; used: (G,) groups in the
     final fit; residual_A: rms of the fit's residual (Å); sampling, origin: of the image
-    (Å); bin, counts_per_group: mean counts per group and pattern."""
+    (Å); bin, counts_per_group: mean counts per group and pattern; extra: fit_from
+    ("shifts" or "search"), search_C10, fit_r2, C12_cartesian_A = (C12 cos 2φ12,
+    C12 sin 2φ12) as fitted."""
 
     phase: np.ndarray
     bright_field: np.ndarray
@@ -496,4 +498,6 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
                       shifts, model, bf.k.copy(), used, resid_rms, sampling,
                       tuple(cal.scan_origin), bf.bin, counts, float(cal.rotation),
                       {"fit_from": chosen, "search_C10": searched[0]["C10"],
-                       "fit_r2": float(r2)})  # fmt: skip
+                       "fit_r2": float(r2), "C12_cartesian_A": [
+                           ab["C12"] * math.cos(2 * ab["phi12"]),
+                           ab["C12"] * math.sin(2 * ab["phi12"])]})  # fmt: skip
