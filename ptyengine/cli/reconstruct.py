@@ -523,6 +523,7 @@ def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
 
     params = DIRECT[method]()(**options)
     if method == "tcbf":
+        from ..reconstruct.tcbf import signed_deg
         from ..reconstruct.tcbf import tcbf as run
     else:
         from ..reconstruct.ssb import ssb as run
@@ -542,7 +543,7 @@ def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
         panels = [("tcBF phase (CTF sign-corrected, arb.)", phase),
                   ("aligned bright field (relative contrast)", r.bright_field)]
         summary = (f"tcBF, C10 {ab['C10']:.0f} Å, C12 {ab['C12']:.0f} Å, rotation "
-                   f"{r.rotation_deg:.2f}°")  # fmt: skip
+                   f"{signed_deg(r.rotation_deg):.2f}°")  # fmt: skip
     else:
         arrays = {"phase": phase}
         extra = {"aberrations": r.aberrations, "rotation_deg": r.rotation_deg,

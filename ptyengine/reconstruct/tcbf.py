@@ -169,15 +169,16 @@ class TcbfResult:
         return (f"tcBF: C10 {c10:.0f} Å ({abs(c10) / 10:.1f} nm crossover "
                 f"{'above' if c10 >= 0 else 'below'} the entrance surface), C12 "
                 f"{ab['C12']:.0f} Å at φ12 {ab['phi12']:.2f} rad, rotation "
-                f"{_signed(self.rotation_deg):.2f}° (fit rms {self.residual_A:.2f} Å, "
+                f"{signed_deg(self.rotation_deg):.2f}° (fit rms {self.residual_A:.2f} Å, "
                 f"{int(self.used.sum())}/{len(self.used)} groups): start an iterative run "
-                f"from --defocus {c10:.0f} and the rotation {_signed(self.rotation_deg):.2f}° "
+                f"from --defocus {c10:.0f} and the rotation {signed_deg(self.rotation_deg):.2f}° "
                 "(convert --rotation)")  # fmt: skip
 
 
-def _signed(deg: float) -> float:
-    """An angle in (−180, 180] degrees (0.00 rather than 360.00)."""
-    return -((-float(deg) + 180.0) % 360.0 - 180.0)
+def signed_deg(deg: float) -> float:
+    """An angle in (−180, 180] degrees, 0 below 0.005° (for "0.00", not "360.00"/"-0.00")."""
+    out = -((-float(deg) + 180.0) % 360.0 - 180.0)
+    return 0.0 if abs(out) < 0.005 else out
 
 
 # ------------------------------------------------------------------ the shift model
