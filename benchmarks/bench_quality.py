@@ -1,4 +1,5 @@
-"""Reconstruction quality against dose and defocus: iCOM, iDPC, ePIE and ML on the UiO-66 study.
+"""Reconstruction quality against dose and defocus: iCOM, iDPC, tcBF, SSB, ePIE and ML on the
+UiO-66 study.
 
 For every dose and each of the three defocus values of the quick UiO-66 preset
 (C10 = 0, 500, 1000 Å: crossover at the entrance surface, 50 nm and 100 nm above it), the
@@ -16,7 +17,7 @@ per seed (same specimen and intensities, other Poisson noise; ePIE's position or
 ML's held-out pixels follow the seed too) and the table shows mean and range.
 
     python benchmarks/bench_quality.py [--doses none,100,20] [--iterations 30]
-        [--alpha 1 --beta 1] [--methods icom,idpc,epie,ml] [--seeds 0,1,2]
+        [--alpha 1 --beta 1] [--methods icom,idpc,tcbf,ssb,epie,ml] [--seeds 0,1,2]
         [--ml smoothness=3] [--out /tmp/ptyengine-quality]
 
 Doses are in e/Å² ("none" = noise-free). Prints a Markdown table (rows dose × defocus) with
@@ -42,10 +43,13 @@ from ptyengine.errors import PtyengineError
 from ptyengine.reconstruct.epie import EpieParameters, epie
 from ptyengine.reconstruct.icom import icom, idpc
 from ptyengine.reconstruct.ml import MLParameters, ml
+from ptyengine.reconstruct.ssb import ssb
+from ptyengine.reconstruct.tcbf import tcbf
 from ptyengine.simulate import simulate
 
-METHODS = ("icom", "idpc", "epie", "ml")
-NAMES = {"icom": "iCOM", "idpc": "iDPC", "epie": "ePIE", "ml": "ML"}
+METHODS = ("icom", "idpc", "tcbf", "ssb", "epie", "ml")
+NAMES = {"icom": "iCOM", "idpc": "iDPC", "tcbf": "tcBF", "ssb": "SSB", "epie": "ePIE",
+         "ml": "ML"}  # fmt: skip
 
 
 def parse_doses(text: str) -> list[float | None]:
@@ -108,7 +112,7 @@ def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log,
                                          border=border, sigma=1.0)  # fmt: skip
             return r["ncc"], r["shift_A"], r["ncc_lowpass"]
 
-        for name, fn in (("icom", icom), ("idpc", idpc)):
+        for name, fn in (("icom", icom), ("idpc", idpc), ("tcbf", tcbf), ("ssb", ssb)):
             if name in methods:
                 t0 = time.perf_counter()
                 res = fn(ds, device=device)

@@ -1,4 +1,5 @@
-"""iCOM and virtual detector images of a dataset on a Dask cluster (dask.distributed).
+"""iCOM, tcBF, SSB and virtual detector images of a dataset on a Dask cluster
+(dask.distributed).
 
 The work is the same chunked work as the local path (:func:`ptyengine.reconstruct.icom.icom`,
 :func:`ptyengine.preview.virtual_images`): one task per stored chunk of scan rows, each
@@ -51,9 +52,10 @@ import warnings
 import numpy as np
 
 from . import io
-from .dataset import check_counts
+from .dataset import check_counts, detector_mask
 from .errors import PtyengineError
 from .preview import detector_angles
+from .reconstruct.direct import group_matrix, reduce_block
 from .reconstruct.icom import (
     IComResult,
     detector_k,
@@ -105,6 +107,11 @@ def _block_moments(path, start, stop, w):
     n, sx = block.shape[:2]
     m = block.reshape(n * sx, -1).astype(np.float64) @ w
     return m.T.reshape(w.shape[1], n, sx)
+
+
+def _block_bright_field(path, start, stop, pixels, onehot):
+    """(G, rows, Sx) bright-field group sums of one chunk (as reconstruct.direct)."""
+    return reduce_block(_read(path, start, stop), pixels, onehot)
 
 
 def _block_virtual(path, start, stop, masks):
@@ -187,6 +194,47 @@ def virtual_images_dask(path, detectors: dict[str, tuple[float, float]], client=
     for _, s in parts:
         mean += s
     return dict(zip(names, imgs, strict=True)), mean / (cal.scan_shape[0] * cal.scan_shape[1])
+
+
+def bright_field_stack_dask(path, bf, client=None) -> np.ndarray:
+    """(G, Sy, Sx) float32 stack of the bright-field groups ``bf`` (:mod:`.reconstruct.direct`)
+    on Dask: one task per stored chunk of scan rows, as the local
+    :func:`~ptyengine.reconstruct.direct.bright_field_stack`."""
+    dask, _ = _dask()
+    path = _path(path)
+    with io.open_dataset(path) as ds:
+        ranges = _row_ranges(ds)
+    pixels, onehot = dask.delayed(bf.pixels), dask.delayed(group_matrix(bf))
+    fn = dask.delayed(_block_bright_field, pure=True)
+    return np.concatenate(_run(client, [fn(path, a, b, pixels, onehot) for a, b in ranges]),
+                          axis=1)  # fmt: skip
+
+
+def tcbf_dask(path, params=None, client=None, memory_limit=None):
+    """tcBF of the dataset at ``path`` with the stack made on Dask; as :func:`.tcbf.tcbf`."""
+    from .reconstruct.tcbf import TcbfParameters, tcbf_from_stack, tcbf_groups
+
+    params = params or TcbfParameters()
+    with io.open_dataset(_path(path)) as ds:
+        cal, mask = ds.calibration, detector_mask(ds)
+    bf = tcbf_groups(cal, mask, params, memory_limit)
+    return tcbf_from_stack(bright_field_stack_dask(path, bf, client), bf, cal, params)
+
+
+def ssb_dask(path, params=None, client=None, memory_limit=None):
+    """SSB of the dataset at ``path`` with the stack made on Dask (held in memory on the
+    client); as :func:`.ssb.ssb`."""
+    from .backend import memory_limit as memory_limit_bytes
+    from .reconstruct.direct import bright_field_groups
+    from .reconstruct.ssb import SsbParameters, check_trotters, ssb_from_stack
+
+    params = params or SsbParameters()
+    with io.open_dataset(_path(path)) as ds:
+        cal, mask = ds.calibration, detector_mask(ds)
+    check_trotters(cal)
+    bf = bright_field_groups(cal, int(params.bin), mask=mask)
+    stack = bright_field_stack_dask(path, bf, client)
+    return ssb_from_stack(stack, bf.k, cal, params, "cpu", memory_limit_bytes(memory_limit))
 
 
 def _parse_options(kind: str, text: str) -> dict:

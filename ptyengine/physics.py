@@ -106,23 +106,30 @@ def check_aberrations(aberrations: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def aberration_function(gpts, sampling, energy, aberrations: Mapping[str, float], xp=np):
-    """χ(k) in radians on the FFT-ordered grid (Krivanek notation, see module docstring)."""
+def chi(ky, kx, energy, aberrations: Mapping[str, float], xp=np):
+    """χ(k) in radians at spatial frequencies (ky, kx) in 1/Å (arrays of any shape;
+    Krivanek notation, see the module docstring)."""
     ab = check_aberrations(aberrations)
     lam = wavelength(energy)
-    ky, kx = spatial_frequencies(gpts, sampling, xp)
-    alpha = lam * xp.sqrt(ky**2 + kx**2)
-    phi = xp.arctan2(ky, kx)
-    chi = xp.zeros(alpha.shape, dtype=np.float64)
-    for name, (n, m) in ABERRATION_ORDERS.items():
-        c = ab.get(name, 0.0)
-        if c == 0.0:
-            continue
-        term = c * alpha ** (n + 1) / (n + 1)
+    alpha2 = lam**2 * (ky**2 + kx**2)
+    used = [(name, n, m) for name, (n, m) in ABERRATION_ORDERS.items() if ab.get(name, 0.0)]
+    alpha = xp.sqrt(alpha2) if any(n % 2 == 0 for _, n, _ in used) else None
+    phi = xp.arctan2(ky, kx) if any(m for _, _, m in used) else None
+    out = xp.zeros(alpha2.shape, dtype=np.float64)
+    for name, n, m in used:  # α^(n+1) from α² where n + 1 is even (no square root)
+        power = alpha2 ** ((n + 1) // 2) if n % 2 else alpha * alpha2 ** (n // 2)
+        term = ab[name] * power / (n + 1)
         if m:
             term = term * xp.cos(m * (phi - ab.get(f"phi{n}{m}", 0.0)))
-        chi = chi + term
-    return (2 * math.pi / lam) * chi
+        out = out + term
+    return (2 * math.pi / lam) * out
+
+
+def aberration_function(gpts, sampling, energy, aberrations: Mapping[str, float], xp=np):
+    """χ(k) in radians on the FFT-ordered grid (Krivanek notation, see module docstring)."""
+    ky, kx = spatial_frequencies(gpts, sampling, xp)
+    ky, kx = xp.broadcast_arrays(ky, kx)
+    return chi(ky, kx, energy, aberrations, xp)
 
 
 def aperture(gpts, sampling, energy, semiangle: float, xp=np):

@@ -99,3 +99,16 @@ def test_slurm_spec_builds_a_job_script():
         script = cluster.job_script()
     assert "#SBATCH -p short" in script and "#SBATCH -t 00:10:00" in script
     assert "--cpus-per-task=4" in script and "--mem=8G" in script
+
+
+def test_tcbf_and_ssb_dask_equal_local(tiny, client):
+    from ptyengine.distributed import ssb_dask, tcbf_dask
+    from ptyengine.reconstruct.ssb import ssb
+    from ptyengine.reconstruct.tcbf import TcbfParameters, tcbf
+
+    params = TcbfParameters(bin=4)
+    d, loc = tcbf_dask(tiny, params, client=client), tcbf(tiny, params)
+    np.testing.assert_allclose(d.bright_field, loc.bright_field, rtol=1e-5, atol=1e-6)
+    assert d.aberrations == loc.aberrations and d.rotation_deg == loc.rotation_deg
+    np.testing.assert_allclose(ssb_dask(tiny, client=client).phase, ssb(tiny).phase,
+                               rtol=1e-5, atol=1e-6)  # fmt: skip

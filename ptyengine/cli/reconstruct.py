@@ -31,10 +31,24 @@ def _ml_parameters():
     return MLParameters
 
 
+def _tcbf_parameters():
+    from ..reconstruct.tcbf import TcbfParameters
+
+    return TcbfParameters
+
+
+def _ssb_parameters():
+    from ..reconstruct.ssb import SsbParameters
+
+    return SsbParameters
+
+
 #: the iterative methods and (lazily) their parameter dataclasses: a method takes exactly
 #: the options named after the fields of its dataclass
 ITERATIVE = {"epie": _epie_parameters, "mepie": _mepie_parameters, "ml": _ml_parameters}
 NAMES = {"epie": "ePIE", "mepie": "mepie", "ml": "ML"}
+#: the direct methods (one pass over the bright-field stack), likewise
+DIRECT = {"tcbf": _tcbf_parameters, "ssb": _ssb_parameters}
 
 
 def _rotation_option(ctx, param, value):
@@ -77,14 +91,21 @@ def _depth_path(output: Path) -> Path:
 
 @click.command()
 @click.argument("data", type=click.Path())
-@click.option("--method", type=click.Choice(["epie", "mepie", "ml", "icom", "idpc"]),
+@click.option("--method", type=click.Choice(["epie", "mepie", "ml", "icom", "idpc", "tcbf",
+                                            "ssb"]),
               default="epie", show_default=True,
               help="ePIE ptychography; mepie: multislice ePIE (3PIE) for thick specimens "
                    "(S slices Δz apart); ml: Poisson maximum-likelihood "
                    "ptychography for low "
                    "dose (counts modelled as counts, a held-out stopping rule); or a phase "
                    "image integrated from the centre of mass (iCOM) or from a virtual "
-                   "four-quadrant detector (iDPC).")
+                   "four-quadrant detector (iDPC); tcbf: tilt-corrected bright field, which "
+                   "also fits C10, C12 and the rotation (an iterative run's start); ssb: "
+                   "single-sideband ptychography correcting the probe's aberrations "
+                   "(the calibration's, C10 from --defocus). tcbf/ssb read the data once "
+                   "and hold scan positions × bright-field pixel groups (tcbf: ×4 bytes; "
+                   "ssb: ×4 bytes, on disk beyond half of --memory-limit, plus "
+                   "scan × block ×16 bytes in memory).")
 @click.option("-o", "--output", type=click.Path(),
               help="Result .zarr [default: <DATA stem>_<method>.zarr next to DATA]; the "
                    "preview <output stem>_preview.png goes next to it.")
@@ -146,6 +167,11 @@ def _depth_path(output: Path) -> Path:
                    "2α/λ [default: on].")
 @click.option("--object-model", type=click.Choice(["phase", "complex"]),
               help="ML: refine the phase only, or phase and absorption [default: phase].")
+@click.option("--bin", type=click.IntRange(min=1),
+              help="tcbf/ssb: bright-field pixels grouped in bin × bin tiles [default: "
+                   "tcbf: the smallest bin with ≤ 4096 groups; ssb: 1].")
+@click.option("--upsample", type=click.IntRange(min=1, max=8),
+              help="tcbf: the image's grid is the scan step / N [default: 1].")
 @click.option("--memory-limit",
               help="Memory budget, e.g. 8GB or 512MiB. ePIE: data whose amplitudes take "
                    "more than half of it are streamed from disk every iteration, a stored "
@@ -193,7 +219,9 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
     """
     memory_limit = epie_opts.pop("memory_limit")
     given = {k: v for k, v in epie_opts.items() if v is not None}
-    if method in ITERATIVE:
+    if method in DIRECT:
+        _check_direct(method, given, rotation, checkpoint_every, resume, keep_checkpoint)
+    elif method in ITERATIVE:
         if rotation is not None:
             raise click.UsageError(f"--rotation applies to --method icom/idpc; {method} takes "
                                    "the calibration's rotation")  # fmt: skip
@@ -285,6 +313,8 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
         if method in ITERATIVE:
             rec = _run_iterative(ds, data, out, method, device, epie_options or {},
                                  checkpoint_every, resume, memory_limit)  # fmt: skip
+        elif method in DIRECT:
+            rec = _run_direct(ds, method, device, epie_options or {}, memory_limit)
         else:
             rec = _run_icom(ds, method, device, rotation, memory_limit)
     except PtyengineError as exc:  # name the dataset in every message
@@ -472,6 +502,59 @@ def _run_icom(ds, method, device, rotation, memory_limit=None) -> dict:
         "extra": {"rotation_deg": r.rotation_deg, "transpose": r.transpose,
                   "rotation_found": r.rotation_found, "n_empty": r.n_empty, "units": r.units},
     }  # fmt: skip
+
+
+def _check_direct(method, given, rotation, checkpoint_every, resume, keep_checkpoint):
+    """Refuse the options a direct method does not take; bad values end here."""
+    params = DIRECT[method]()
+    fields = {f.name for f in dataclasses.fields(params)}
+    flags = [f"--{k.replace('_', '-')}" for k in given if k not in fields]
+    flags += [f for f, on in (("--checkpoint-every", checkpoint_every), ("--resume", resume),
+                              ("--keep-checkpoint", keep_checkpoint),
+                              ("--rotation", rotation is not None)) if on]  # fmt: skip
+    if flags:
+        raise click.UsageError(f"{', '.join(flags)}: not an option of --method {method} "
+                               "(it takes the calibration's rotation)")  # fmt: skip
+    params(**given)
+
+
+def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
+    """tcBF or SSB: run, and what is written (arrays, attributes, preview panels)."""
+    import numpy as np
+
+    params = DIRECT[method]()(**options)
+    if method == "tcbf":
+        from ..reconstruct.tcbf import signed_deg
+        from ..reconstruct.tcbf import tcbf as run
+    else:
+        from ..reconstruct.ssb import ssb as run
+    r = run(ds, params, device=device, memory_limit=memory_limit)
+    phase = r.phase.astype(np.float32)
+    parameters = {**dataclasses.asdict(params), "device": device}
+    if method == "tcbf":
+        click.echo(r.summary())
+        ab = r.aberrations
+        arrays = {"phase": phase, "bright_field": r.bright_field.astype(np.float32),
+                  "shifts": r.shifts.astype(np.float32), "model_shifts": r.model.astype(
+                      np.float32), "group_k": r.group_k.astype(np.float32)}  # fmt: skip
+        extra = {"aberrations": ab, "rotation_deg": r.rotation_deg, "transpose": r.transpose,
+                 "residual_A": r.residual_A, "bin": r.bin, "n_groups": len(r.used),
+                 "groups_fitted": int(r.used.sum()), "counts_per_group": r.counts_per_group,
+                 "summary": r.summary(), "units": "arb.", **r.extra}  # fmt: skip
+        panels = [("tcBF phase (CTF sign-corrected, arb.)", phase),
+                  ("aligned bright field (relative contrast)", r.bright_field)]
+        summary = (f"tcBF, C10 {ab['C10']:.0f} Å, C12 {ab['C12']:.0f} Å, rotation "
+                   f"{signed_deg(r.rotation_deg):.2f}°")  # fmt: skip
+    else:
+        arrays = {"phase": phase}
+        extra = {"aberrations": r.aberrations, "rotation_deg": r.rotation_deg,
+                 "transpose": r.transpose, "bin": r.bin, "units": "rad",
+                 "stack_on_disk": r.stack_on_disk}  # fmt: skip
+        panels = [("SSB phase (rad)", phase)]
+        summary = f"SSB, C10 {r.aberrations.get('C10', 0.0):.0f} Å corrected"
+    return {"arrays": arrays, "sampling": r.sampling, "origin": r.origin,
+            "parameters": parameters, "errors": None, "image": phase, "crop": phase,
+            "border": 0, "panels": panels, "summary": summary, "extra": extra}  # fmt: skip
 
 
 def _truth_ncc(ds, image, sampling, origin, border: int):

@@ -1,0 +1,161 @@
+"""The direct methods' first step: the bright-field stack, in one streaming pass.
+
+tcBF and SSB need, for every bright-field detector pixel k (|k| < α/λ, detector frame,
+k = (p − center)·dk in 1/Å), the image I_k(r) over ALL scan positions r: the virtual
+image of that pixel. The data are stored in chunks of scan rows, so one pass over the
+row blocks (the reading threads of :func:`.icom.row_blocks`, as iCOM) gathers the
+bright-field pixels of each block into a stack ``(G, Sy, Sx)`` float32: one image per
+GROUP of pixels. Groups are square tiles of ``bin × bin`` detector pixels (tiles centred
+on the disc centre; ``bin = 1``: every pixel alone), so
+
+    memory = Sy·Sx·G·4 bytes,   G ≈ π (α/λ)² / (dk_y dk_x bin²),
+
+plus a few row blocks in the reading threads; the dark field and the rest of the 4-D
+data are never held. A ``out`` array (e.g. a ``numpy.memmap`` on disk) may receive the
+stack instead of memory (SSB uses that when the stack would not fit its budget).
+Detector pixels masked out (:func:`.dataset.detector_mask`) are left out of every group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import get_xp, to_device_async, to_numpy
+from ..dataset import check_counts, detector_mask
+from ..errors import PtyengineError
+from .icom import detector_k, row_blocks
+
+
+@dataclass
+class BrightField:
+    """Bright-field pixels in groups.
+
+    pixels: (n,) flat detector indices (row-major on the detector), sorted by group;
+    group: (n,) group of each pixel; k: (G, 2) mean detector-frame (k_y, k_x) of each
+    group, 1/Å; size: (G,) pixels per group; bin: tile side in pixels; k_alpha: α/λ, 1/Å.
+    """
+
+    pixels: np.ndarray
+    group: np.ndarray
+    k: np.ndarray
+    size: np.ndarray
+    bin: int
+    k_alpha: float
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.size)
+
+
+def disc_radius(cal) -> float:
+    """α/λ in 1/Å: the bright-field disc's radius."""
+    return cal.semiangle * 1e-3 / cal.wavelength
+
+
+def check_disc_on_detector(cal) -> None:
+    """Raise when the bright-field disc (radius α/λ around the calibrated centre) reaches
+    beyond the detector's edge by more than half a pixel: the direct methods need all of
+    it."""
+    k_a = disc_radius(cal)
+    for axis, n, c, d in (("k_y", cal.detector_shape[0], cal.detector_center[0], cal.dk[0]),
+                          ("k_x", cal.detector_shape[1], cal.detector_center[1], cal.dk[1])):
+        r = k_a / d
+        if c - r < -1.0 or c + r > n:
+            raise PtyengineError(
+                f"the bright-field disc (radius {r:.3g} px = {cal.semiangle:g} mrad around "
+                f"the centre {c:g} px along {axis}) reaches outside the {n}-pixel detector: "
+                "tcBF/SSB need the whole disc; check detector_center, dk and the semi-angle")
+
+
+def bright_field_groups(cal, bin: int = 1, fraction: float = 1.0, mask=None) -> BrightField:
+    """The pixels with |k| < ``fraction``·α/λ (and ``mask`` ≠ 0), in ``bin``×``bin``
+    tiles centred on the disc centre."""
+    bin = int(bin)
+    if bin < 1:
+        raise PtyengineError(f"bin must be ≥ 1 detector pixel, got {bin}")
+    check_disc_on_detector(cal)
+    ky, kx = detector_k(cal)
+    k_a = disc_radius(cal)
+    inside = np.hypot(ky, kx) < fraction * k_a
+    if mask is not None:
+        inside &= np.asarray(mask) > 0
+    if inside.sum() < 4:
+        raise PtyengineError(f"the bright-field disc holds {int(inside.sum())} detector pixels "
+                             f"(α/λ = {k_a:.3g} 1/Å, dk = {cal.dk[0]:.3g} 1/Å): too few for "
+                             "tcBF/SSB")  # fmt: skip
+    py, px = np.nonzero(inside)
+    cy, cx = cal.detector_center
+    ty = np.floor((py - cy) / bin + 0.5).astype(np.int64)
+    tx = np.floor((px - cx) / bin + 0.5).astype(np.int64)
+    _, group = np.unique(np.stack([ty, tx], axis=1), axis=0, return_inverse=True)
+    group = group.ravel()
+    order = np.argsort(group, kind="stable")
+    pixels = (py * cal.detector_shape[1] + px)[order]
+    group = group[order]
+    size = np.bincount(group)
+    k = np.stack([np.bincount(group, ky.ravel()[pixels]) / size,
+                  np.bincount(group, kx.ravel()[pixels]) / size], axis=1)  # fmt: skip
+    return BrightField(pixels, group, k, size, bin, k_a)
+
+
+def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=None,
+                       out=None) -> np.ndarray:  # fmt: skip
+    """(G, Sy, Sx) float32: Σ of the counts of each group's pixels at every scan position.
+
+    One streaming pass over the row blocks of ``ds`` (validated with
+    :func:`check_counts`); each block reduced in its reading thread: a gather of the
+    bright-field pixels and, for ``bin`` > 1, one product with the (pixels × groups)
+    indicator matrix (on the GPU for ``device="gpu"``). ``out``: an array of that shape to
+    fill (default: a new one in memory).
+    """
+    xp = get_xp(device)
+    cal = ds.calibration
+    sy, sx = cal.scan_shape
+    name = getattr(ds, "path", None) or "data"
+    pix, onehot = xp.asarray(bf.pixels), group_matrix(bf, xp)
+
+    def reduce(row0: int, block):
+        block = to_device_async(np.asarray(block), xp)
+        check_counts(block, f"{name}: scan rows {row0}:{row0 + len(block)}", row_start=row0)
+        return reduce_block(block, pix, onehot)
+
+    stack = np.zeros((bf.n_groups, sy, sx), np.float32) if out is None else out
+    done = 0
+    for row0, part in row_blocks(ds, reduce, memory_limit):
+        stack[:, row0:row0 + part.shape[1]] = part
+        done += part.shape[1]
+    if done != sy:
+        raise PtyengineError(f"{name}: read {done} scan rows, expected {sy}")
+    return stack
+
+
+def group_matrix(bf: BrightField, xp=np):
+    """(pixels, groups) float32 indicator matrix on ``xp``'s device; None for bin 1."""
+    if bf.n_groups == len(bf.pixels):
+        return None
+    oh = np.zeros((len(bf.pixels), bf.n_groups), np.float32)
+    oh[np.arange(len(bf.pixels)), bf.group] = 1.0
+    return xp.asarray(oh)
+
+
+def reduce_block(block, pixels, onehot) -> np.ndarray:
+    """(G, rows, Sx) float32 on the host: the group sums of a block (rows, Sx, Ky, Kx)
+    (numpy or cupy; ``pixels``, ``onehot`` from :class:`BrightField` on its device)."""
+    n, sx = block.shape[:2]
+    sel = block.reshape(n * sx, -1)[:, pixels].astype(np.float32)
+    if onehot is not None:
+        sel = sel @ onehot
+    return to_numpy(sel.T).reshape(-1, n, sx)
+
+
+def stack_bytes(cal, bf: BrightField) -> int:
+    """Bytes of :func:`bright_field_stack`'s result."""
+    return 4 * bf.n_groups * math.prod(cal.scan_shape)
+
+
+def dataset_mask(ds):
+    """The dataset's detector mask (None: every pixel counts)."""
+    return detector_mask(ds)

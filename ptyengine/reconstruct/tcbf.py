@@ -1,0 +1,504 @@
+"""Tilt-corrected bright field (tcBF, parallax imaging): aberrations, the scan–detector
+rotation and an image from the virtual images of the bright-field pixels; one pass.
+
+Physics. The probe is Ψ(k) = A(k) e^{−iχ(k)} (:mod:`ptyengine.physics`), centred on the
+scan position r; the specimen a weak phase object t = e^{iφ}. With G(Q, k) the Fourier
+transform over r of the intensity I(r, k) of detector pixel k (convention
+G(Q) = Σ_r I(r) e^{−2πiQ·r}), to first order in φ and for k inside the disc,
+
+    G(Q, k) = i φ̃(Q) A(k) [A(k−Q) e^{i(χ(k)−χ(k−Q))} − A(k+Q) e^{−i(χ(k)−χ(k+Q))}].
+
+Expanding χ about k (exact for the quadratic χ of defocus and two-fold astigmatism, where
+H = ∇∇χ is constant and χ₂(Q) = QᵀHQ/2), for A(k±Q) = 1:
+
+    G(Q, k) = 2 φ̃(Q) sin χ₂(Q) · e^{+iQ·∇χ(k)},
+
+i.e. the virtual image of pixel k is one image, φ filtered by 2 sin χ₂ (the defocused
+bright-field transfer function), translated:
+
+    I_k(r) = I_0(r − d(k)),    d(k) = −∇_k χ(k) / (2π)   [Å, k in 1/Å, χ in rad].
+
+(With the angle α = λk: d = −λ ∇_α χ / (2π).) For χ = πλ[C10|k|² + C12a(k_x² − k_y²)
++ C12b·2k_x k_y] (C12a = C12 cos 2φ12, C12b = C12 sin 2φ12, Krivanek, scan frame):
+
+    d(k) = −λ A k,   A = [[C10 + C12a, C12b], [C12b, C10 − C12a]]   ((x, y) order).
+
+Sign check (geometry): C10 > 0 puts the crossover C10 above the specimen (physics); the
+ray towards pixel k leaves the crossover at angle λk and meets the specimen at
+r + λ C10 k, so I_k(r) = f(r + λ C10 k) and a feature at s appears in I_k at s − λ C10 k:
+d = −λ C10 k. ``tests/test_tcbf.py`` recovers C10 = +200 Å from data simulated with the
+probe of ``physics.probe`` (and +515 Å from the UiO-66 50 nm quick dataset, whose C10 is
++500 Å and whose slab centre lies 15 Å further down).
+
+Frames. k is measured in the detector frame; the model works in the scan frame:
+k_s = R(θ) S k_d (S: swap axes if ``transpose``; R(θ) turns +x towards +y, as
+:func:`.icom.to_scan_frame`). The measured shifts d (scan frame, Å) are fitted by
+d = B S k_d + c, B a general 2×2 matrix (linear least squares, weights = counts, one
+round of rejecting outliers beyond 3 robust σ); then B = −λ A R(θ) with A symmetric gives
+tan θ = (M₁₀ − M₀₁)/(M₀₀ + M₁₁), M = −B/λ, and A = M R(θ)ᵀ. θ and θ + 180° with −A fit
+equally; the branch nearest the calibration's rotation is taken (so give the calibration
+a rotation within ±90° of the truth; the transpose comes from the calibration). c, a
+common translation, is the reference's drift and is not applied to the image.
+
+Shifts. Groups of ``bin × bin`` pixels (:mod:`.direct`) give the images; each is
+normalised to relative contrast I_g/⟨I_g⟩ − 1 and weighted by ⟨I_g⟩ (its counts). The
+groups are split into two interleaved halves, so that no group meets its own noise:
+1. C10 search (low dose): with the calibration's rotation and no astigmatism, C10 ±
+   ``search`` Å around the calibration's maximises the mean product of the two halves'
+   aligned sums (the aligned image's power without its noise), on a grid of search/20,
+   then ±1 step at a fifth of it.
+2. Shift fit: in ``stages`` radii growing to :data:`FIT_FRACTION`·α/λ, then
+   ``refinements`` more passes, every group whose predicted shift leaves enough overlap
+   (:data:`OVERLAP`) is cross-correlated with the other half's aligned sum (moved first
+   by its predicted shift, zero-padded, normalised by the overlap of the tapers,
+   searched within a radius of the prediction, parabolic sub-pixel peak) and the model
+   refitted.
+The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance
+with at least :data:`MIN_GROUPS` groups;
+otherwise (shifts that are noise: UiO-66 at ≤ 100 e/Å²) the search's C10 is, with the
+calibration's rotation (``fit_from`` in ``extra``).
+
+Image. Every sample I_g(r) belongs at specimen position r − d(k_g): samples are splatted
+bilinearly (weight ⟨I_g⟩) onto a grid ``upsample`` times finer than the scan, and
+divided by the splatted weights ("drizzle"; sub-pixel shifts sample the specimen at other
+offsets, hence the up-sampling). ``bright_field`` is that aligned sum (≈ 2 sin χ₂ ∗ φ);
+``phase`` is it with the sign of sin χ₂(Q) flipped (fitted A; mirror-extended FFT),
+proportional to φ at the frequencies where sin χ₂ is not small (arbitrary units). In
+focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing.
+
+Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups), and
+while measuring shifts a batch of 256 padded images (256·4·Sy·Sx·16 bytes); one read of
+the data. ``bin`` = None picks the smallest bin with at most :data:`MAX_GROUPS` groups
+and a stack within a quarter of the memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backend import memory_limit as memory_limit_bytes
+from ..dataset import as_dataset
+from ..errors import PtyengineError
+from .direct import BrightField, bright_field_groups, bright_field_stack, dataset_mask
+
+#: most groups ``bin=None`` allows (the time of the shift measurement). The dose does not
+#: enter: the C10 search uses every group at once, and on UiO-66 at 100 e/Å² bins of 1, 2
+#: and 4 pixels give the same C10 (benchmarks/RESULTS.md, "Direct methods"); bins of 8+
+#: blur the images (λ·C10·bin·dk) and fail.
+MAX_GROUPS = 4096
+BATCH = 256
+#: the per-group fit is used when it explains at least this fraction of the shifts'
+#: variance (R²); below, the shifts are noise and the C10 search's result is kept
+MIN_R2 = 0.5
+#: ... and comes from at least this many groups (15 noisy groups can fit by chance: UiO-66
+#: 100 nm at 100 e/Å² in bins of 4 px gave C10 = 3596 Å with R² > 0.5)
+MIN_GROUPS = 30
+#: shifts are measured and fitted for the groups with |k| ≤ FIT_FRACTION·α/λ only: for
+#: |Q| > α/λ − |k| one sideband of pixel k leaves the disc, its image is no longer a pure
+#: translation, and the shifts of outer pixels come out too large (+5–8 % at 0.8 α/λ on
+#: the tests' data; C10 +7 % fitted over the whole disc, within 3 % over half of it; on
+#: UiO-66 50/100 nm: 515/1017 Å for the true 515/1015)
+FIT_FRACTION = 0.5
+
+
+@dataclass
+class TcbfParameters:
+    """bin: detector pixels per group side (None: from the dose and memory, see the module
+    docstring); upsample: output grid = scan step / upsample; stages: radii of the
+    growing set of groups; refinements: passes over all groups after them; astigmatism:
+    fit C12 (else C10 and the rotation only); ctf: "flip" (phase-flip by sin χ₂) or
+    "none"; search: ± Å of the first search for C10 around the calibration's (0: off)."""
+
+    bin: int | None = None
+    upsample: int = 1
+    stages: int = 4
+    refinements: int = 2
+    astigmatism: bool = True
+    ctf: str = "flip"
+    search: float = 1000.0
+
+    def __post_init__(self):
+        if self.bin is not None and int(self.bin) < 1:
+            raise PtyengineError(f"tcBF bin must be ≥ 1 detector pixel, got {self.bin}")
+        if int(self.upsample) < 1 or int(self.upsample) > 8:
+            raise PtyengineError(f"tcBF upsample must be 1..8, got {self.upsample}")
+        if int(self.stages) < 1 or int(self.refinements) < 0:
+            raise PtyengineError("tcBF stages must be ≥ 1 and refinements ≥ 0")
+        if not (math.isfinite(self.search) and self.search >= 0):
+            raise PtyengineError(f"tcBF search must be ≥ 0 Å, got {self.search}")
+        if self.ctf not in ("flip", "none"):
+            raise PtyengineError(f"tcBF ctf must be 'flip' or 'none', not {self.ctf!r}")
+
+
+@dataclass
+class TcbfResult:
+    """phase: (Sy·u, Sx·u) the CTF-corrected image (arb.); bright_field: the aligned sum
+    (relative contrast); aberrations: fitted {"C10", "C12" (Å), "phi12" (rad)} in the scan
+    frame, physics' sign; rotation_deg, transpose: the scan–detector relation (fitted
+    rotation; the calibration's transpose); shifts, model: (G, 2) measured and fitted
+    (dy, dx) Å; group_k: (G, 2) detector-frame (k_y, k_x) 1/Å; used: (G,) groups in the
+    final fit; residual_A: rms of the fit's residual (Å); sampling, origin: of the image
+    (Å); bin, counts_per_group: mean counts per group and pattern; extra: fit_from
+    ("shifts" or "search"), search_C10, fit_r2, C12_cartesian_A = (C12 cos 2φ12,
+    C12 sin 2φ12) as fitted."""
+
+    phase: np.ndarray
+    bright_field: np.ndarray
+    aberrations: dict
+    rotation_deg: float
+    transpose: bool
+    shifts: np.ndarray
+    model: np.ndarray
+    group_k: np.ndarray
+    used: np.ndarray
+    residual_A: float
+    sampling: tuple[float, float]
+    origin: tuple[float, float]
+    bin: int
+    counts_per_group: float
+    calibration_rotation: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: the fitted values and what an iterative run should start from."""
+        ab = self.aberrations
+        c10 = ab["C10"]
+        return (f"tcBF: C10 {c10:.0f} Å ({abs(c10) / 10:.1f} nm crossover "
+                f"{'above' if c10 >= 0 else 'below'} the entrance surface), C12 "
+                f"{ab['C12']:.0f} Å at φ12 {ab['phi12']:.2f} rad, rotation "
+                f"{signed_deg(self.rotation_deg):.2f}° (fit rms {self.residual_A:.2f} Å, "
+                f"{int(self.used.sum())}/{len(self.used)} groups): start an iterative run "
+                f"from --defocus {c10:.0f} and the rotation {signed_deg(self.rotation_deg):.2f}° "
+                "(convert --rotation)")  # fmt: skip
+
+
+def signed_deg(deg: float) -> float:
+    """An angle in (−180, 180] degrees, 0 below 0.005° (for "0.00", not "360.00"/"-0.00")."""
+    out = -((-float(deg) + 180.0) % 360.0 - 180.0)
+    return 0.0 if abs(out) < 0.005 else out
+
+
+# ------------------------------------------------------------------ the shift model
+
+
+def _swap(k_d, transpose: bool) -> np.ndarray:
+    """Detector-frame (k_y, k_x) rows → (x, y) components of S k_d."""
+    k = np.asarray(k_d, dtype=np.float64)
+    return k[:, [0, 1]] if transpose else k[:, [1, 0]]
+
+
+def _rot(theta: float) -> np.ndarray:
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def model_shifts(k_d, aberrations, rotation_deg: float, transpose: bool, lam: float):
+    """(n, 2) scan-frame (dy, dx) Å of the groups at detector-frame ``k_d`` (n, 2):
+    d = −λ A R(θ) S k_d (module docstring)."""
+    c10 = aberrations.get("C10", 0.0)
+    c12, phi = aberrations.get("C12", 0.0), aberrations.get("phi12", 0.0)
+    a, b = c12 * math.cos(2 * phi), c12 * math.sin(2 * phi)
+    amat = np.array([[c10 + a, b], [b, c10 - a]])
+    d_xy = -lam * _swap(k_d, transpose) @ (amat @ _rot(math.radians(rotation_deg))).T
+    return d_xy[:, ::-1]
+
+
+def fit_model(k_d, d, weights, lam: float, transpose: bool, prior_deg: float,
+              astigmatism: bool = True):  # fmt: skip
+    """(aberrations, rotation_deg, offset (dy, dx), residuals (n,)) of the weighted
+    least-squares fit of d = −λ A R(θ) S k_d + c (module docstring)."""
+    kt = _swap(k_d, transpose)
+    x = np.column_stack([kt, np.ones(len(kt))])
+    sw = np.sqrt(np.asarray(weights, dtype=np.float64))[:, None]
+    coef = np.linalg.lstsq(x * sw, d[:, ::-1] * sw, rcond=None)[0]  # (3, 2), (x, y) out
+    m = -coef[:2].T / lam  # d_xy = B kt, B = coef[:2].T; M = −B/λ = A R(θ)
+    theta = math.atan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])
+    prior = math.radians(prior_deg)
+    if abs(math.remainder(theta - prior, 2 * math.pi)) > math.pi / 2:
+        theta += math.pi
+    amat = m @ _rot(theta).T
+    amat = (amat + amat.T) / 2
+    c10 = float(np.trace(amat) / 2)
+    a, b = float(amat[0, 0] - amat[1, 1]) / 2, float(amat[0, 1])
+    if not astigmatism:  # C10 alone, given θ: d·(R S k) = −λ C10 |k|²
+        rk = kt @ _rot(theta).T
+        dd = d[:, ::-1] - coef[2]
+        w = np.asarray(weights, dtype=np.float64)
+        c10 = float(-(w * (dd * rk).sum(1)).sum() / (lam * (w * (rk * rk).sum(1)).sum()))
+        a = b = 0.0
+    ab = {"C10": c10, "C12": math.hypot(a, b), "phi12": 0.5 * math.atan2(b, a)}
+    rot = math.degrees(theta) % 360.0
+    offset = coef[2][::-1]
+    res = d - model_shifts(k_d, ab, rot, transpose, lam) - offset
+    return ab, rot, offset, np.hypot(res[:, 0], res[:, 1])
+
+
+# ------------------------------------------------------------------ images and shifts
+
+
+def drizzle(values, weights, shifts, step, upsample: int = 1):
+    """(num, den) on a grid ``upsample`` × finer than the scan: sample (i, j) of image g
+    splatted bilinearly at (i, j)·upsample − d_g·upsample/step with weight w_g."""
+    n, sy, sx = values.shape
+    u = int(upsample)
+    ny, nx = sy * u, sx * u
+    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
+    num = np.zeros(ny * nx)
+    den = np.zeros(ny * nx)
+    for g0 in range(0, n, BATCH):
+        sl = slice(g0, g0 + BATCH)
+        py = (iy[None] - shifts[sl, 0, None, None] / step[0]) * u
+        px = (ix[None] - shifts[sl, 1, None, None] / step[1]) * u
+        w = np.broadcast_to(np.asarray(weights[sl], np.float64)[:, None, None], py.shape)
+        v = values[sl] * w
+        y0, x0 = np.floor(py).astype(np.int64), np.floor(px).astype(np.int64)
+        fy, fx = py - y0, px - x0
+        for oy, ox, f in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                          (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):  # fmt: skip
+            yy, xx = y0 + oy, x0 + ox
+            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            idx = (yy * nx + xx)[ok]
+            num += np.bincount(idx, (v * f)[ok], ny * nx)
+            den += np.bincount(idx, (w * f)[ok], ny * nx)
+    return num.reshape(ny, nx), den.reshape(ny, nx)
+
+
+def aligned(values, weights, shifts, step, upsample: int = 1):
+    """The drizzled image (num/den; 0 where nothing landed) and its coverage den."""
+    num, den = drizzle(values, weights, shifts, step, upsample)
+    if upsample > 1:  # fill the gaps between the splatted samples
+        from scipy.ndimage import gaussian_filter
+
+        num, den = gaussian_filter(num, 0.5 * upsample), gaussian_filter(den, 0.5 * upsample)
+    img = np.where(den > 1e-3 * den.max(), num / np.where(den > 0, den, 1.0), 0.0)
+    return img, den
+
+
+def _taper(shape):
+    from ..metrics import taper_window
+
+    return taper_window(shape, "tukey", 0.3)
+
+
+#: a group is measured only while its predicted shift is below this fraction of the
+#: scanned field along each axis (beyond it, too little of its image overlaps the reference)
+OVERLAP = 0.4
+
+
+def overlapping(pred, cal) -> np.ndarray:
+    """(n,) bool: predicted shifts (n, 2) Å within :data:`OVERLAP` of the field."""
+    ly, lx = (n * s for n, s in zip(cal.scan_shape, cal.scan_step, strict=True))
+    return (np.abs(pred[:, 0]) <= OVERLAP * ly) & (np.abs(pred[:, 1]) <= OVERLAP * lx)
+
+
+def measure_shifts(values, ref, cover, pred, radius, step):
+    """(n, 2) (dy, dx) Å and (n,) peak heights: where each image in ``values`` best
+    matches ``ref`` (on the scan grid; weighted by ``cover``), searched within ``radius``
+    Å of ``pred`` (n, 2). Each image is first moved by −pred (a Fourier phase ramp on the
+    zero-padded grid), so the peak sits near 0 and the parabolic sub-pixel step has
+    little pixel-locking bias once the model is close."""
+    n, sy, sx = values.shape
+    py_, px_ = 2 * sy, 2 * sx
+    t = _taper((sy, sx))
+    tr = t * (cover > 0.3 * cover.max())
+    r = (ref - (ref * tr).sum() / max(tr.sum(), 1e-12)) * tr
+    f_ref = np.conj(np.fft.fft2(r, (py_, px_)))
+    f_ov = np.fft.fft2(t, (py_, px_)) * np.conj(np.fft.fft2(tr, (py_, px_)))
+    qy = np.fft.fftfreq(py_, step[0])[:, None]
+    qx = np.fft.fftfreq(px_, step[1])[None, :]
+    # residual shift (Å) of every cc index: cc[p] = Σ_r M(r + p) R(r) peaks at p = d − pred
+    sy_ = np.fft.fftfreq(py_, 1.0 / py_)[:, None] * step[0]
+    sx_ = np.fft.fftfreq(px_, 1.0 / px_)[None, :] * step[1]
+    near = sy_**2 + sx_**2 <= radius**2
+    out = np.zeros((n, 2))
+    peak = np.zeros(n)
+    for g0 in range(0, n, BATCH):
+        v = values[g0:g0 + BATCH]
+        p = pred[g0:g0 + BATCH]
+        m = (v - (v * t).sum((1, 2), keepdims=True) / t.sum()) * t
+        ramp = np.exp(2j * np.pi * (qy[None] * p[:, 0, None, None]
+                                    + qx[None] * p[:, 1, None, None]))  # fmt: skip
+        ov = np.fft.ifft2(f_ov * ramp).real  # the two tapers' overlap, moved alike
+        ov = np.maximum(ov, 0.25 * ov.max(axis=(1, 2), keepdims=True))
+        cc = np.fft.ifft2(np.fft.fft2(m, (py_, px_)) * ramp * f_ref).real / ov
+        cc = np.where(near[None], cc, -np.inf)
+        flat = cc.reshape(len(v), -1).argmax(axis=1)
+        iy, ix = np.unravel_index(flat, (py_, px_))
+        rows = np.arange(len(v))
+        c = cc[rows, iy, ix]
+        peak[g0:g0 + BATCH] = c
+        for axis, (lo, hi, base, q) in enumerate((
+                (cc[rows, (iy - 1) % py_, ix], cc[rows, (iy + 1) % py_, ix], sy_[iy, 0], step[0]),
+                (cc[rows, iy, (ix - 1) % px_], cc[rows, iy, (ix + 1) % px_], sx_[0, ix], step[1]))):
+            curv = lo - 2 * c + hi
+            ok = np.isfinite(lo) & np.isfinite(hi) & (curv < 0)
+            frac = np.where(ok, 0.5 * (lo - hi) / np.where(ok, curv, -1.0), 0.0)
+            out[g0:g0 + BATCH, axis] = p[:, axis] + base + np.clip(frac, -0.5, 0.5) * q
+    return out, peak
+
+
+def ctf_flip(image, aberrations, sampling, lam):
+    """``image`` with its spectrum multiplied by sign(sin χ₂(Q)) (scan-frame A, mirrored
+    extension against edge artefacts)."""
+    ny, nx = image.shape
+    ext = np.block([[image, image[:, ::-1]], [image[::-1], image[::-1, ::-1]]])
+    qy = np.fft.fftfreq(2 * ny, sampling[0])[:, None]
+    qx = np.fft.fftfreq(2 * nx, sampling[1])[None, :]
+    c10, c12, phi = aberrations["C10"], aberrations["C12"], aberrations["phi12"]
+    a, b = c12 * math.cos(2 * phi), c12 * math.sin(2 * phi)
+    chi2 = math.pi * lam * ((c10 + a) * qx**2 + 2 * b * qx * qy + (c10 - a) * qy**2)
+    out = np.fft.ifft2(np.fft.fft2(ext) * np.sign(np.sin(chi2))).real
+    return out[:ny, :nx]
+
+
+def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
+    """Mean product of the aligned sums (relative contrast) of the two interleaved halves
+    of the groups with the model (ab, rot), over the area both cover: the power of the
+    aligned image without its noise (the halves' noise is independent), largest where the
+    model aligns the images best; at any dose."""
+    d = model_shifts(k, ab, rot, tr, cal.wavelength)
+    step = tuple(cal.scan_step)
+    imgs = []
+    for h in (0, 1):
+        sel = live & (half == h)
+        img, den = aligned(rel[sel], weights[sel], d[sel], step)
+        imgs.append((img, den > 0.3 * den.max()))
+    both = imgs[0][1] & imgs[1][1]
+    if both.sum() < 4:
+        return -1.0
+    a, b = imgs[0][0][both], imgs[1][0][both]
+    return float(((a - a.mean()) * (b - b.mean())).mean())
+
+
+def defocus_search(score, ab, rot, span: float) -> dict:
+    """``ab`` with C10 replaced by the maximum of ``score`` over C10 ± ``span`` Å (grid
+    of span/20, then ±1 grid step at a fifth of it); ``span`` = 0: unchanged."""
+    if span <= 0:
+        return dict(ab)
+    best = dict(ab)
+    for width, n in ((span, 20), (span / 20, 5)):
+        grid = best["C10"] + np.linspace(-width, width, 2 * n + 1)
+        vals = [score({**best, "C10": float(c)}, rot) for c in grid]
+        best = {**best, "C10": float(grid[int(np.argmax(vals))])}
+    return best
+
+
+# ------------------------------------------------------------------ the method
+
+
+def choose_bin(cal, n_bf: int, limit: int) -> int:
+    """The smallest bin with at most :data:`MAX_GROUPS` groups and a stack within
+    ``limit`` / 4 bytes."""
+    scan = math.prod(cal.scan_shape)
+    for b in range(1, 64):
+        groups = n_bf / b**2
+        if groups <= MAX_GROUPS and 4 * groups * scan <= limit / 4:
+            return b
+    return 64
+
+
+def tcbf(ds, params: TcbfParameters | None = None, device: str = "cpu",
+         memory_limit=None) -> TcbfResult:  # fmt: skip
+    """Tilt-corrected bright field of a dataset (anything :func:`as_dataset` takes); see
+    the module docstring. Memory Sy·Sx·G·4 bytes (G groups of bin² pixels); one read."""
+    params = params or TcbfParameters()
+    dset = as_dataset(ds)
+    try:
+        cal = dset.calibration
+        bf = tcbf_groups(cal, dataset_mask(dset), params, memory_limit)
+        stack = bright_field_stack(dset, bf, device, memory_limit)
+    finally:
+        if dset is not ds:
+            dset.close()
+    return tcbf_from_stack(stack, bf, cal, params)
+
+
+def tcbf_groups(cal, mask, params: TcbfParameters, memory_limit=None) -> BrightField:
+    """The groups tcBF uses (``params.bin``, or :func:`choose_bin`); checks the scan."""
+    if min(cal.scan_shape) < 4:
+        raise PtyengineError(f"tcBF needs a scan of at least 4 × 4 positions, got "
+                             f"{cal.scan_shape}")  # fmt: skip
+    n_bf = bright_field_groups(cal, 1, mask=mask).n_groups
+    b = params.bin or choose_bin(cal, n_bf, memory_limit_bytes(memory_limit))
+    return bright_field_groups(cal, b, mask=mask)
+
+
+def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> TcbfResult:
+    """tcBF's fit and image from the stack of group images (:func:`tcbf` without the
+    read)."""
+    lam, step = cal.wavelength, tuple(cal.scan_step)
+    means = stack.mean(axis=(1, 2), dtype=np.float64)
+    live = means > 0
+    rel = np.zeros(stack.shape, np.float32)
+    rel[live] = stack[live] / means[live, None, None].astype(np.float32) - 1.0
+    weights = np.where(live, means, 0.0)
+    kabs = np.hypot(bf.k[:, 0], bf.k[:, 1])
+    half = np.arange(bf.n_groups) % 2
+    ab = {k: float(cal.aberrations.get(k, 0.0)) for k in ("C10", "C12", "phi12")}
+    rot, tr = float(cal.rotation), bool(cal.transpose)
+    field_a = min(cal.scan_shape[0] * step[0], cal.scan_shape[1] * step[1])
+
+    def score(ab_, rot_):
+        return half_correlation(rel, weights, bf.k, ab_, rot_, tr, cal, half, live)
+
+    ab = defocus_search(score, ab, rot, params.search)
+    searched = (dict(ab), rot)
+    radius = max(4 * max(step), 0.15 * field_a)
+    fractions = list(np.linspace(1.0 / params.stages, 1.0, params.stages) * FIT_FRACTION)
+    fractions += [FIT_FRACTION] * params.refinements
+    shifts = np.zeros((bf.n_groups, 2))
+    used = np.zeros(bf.n_groups, bool)
+    resid_rms = r2 = float("nan")
+    for frac in fractions:
+        pred = model_shifts(bf.k, ab, rot, tr, lam)
+        inc = live & (kabs <= frac * bf.k_alpha * 1.0001) & overlapping(pred, cal)
+        if inc.sum() < 6:
+            continue
+        meas = np.zeros((bf.n_groups, 2))
+        peak = np.full(bf.n_groups, -np.inf)
+        for h in (0, 1):
+            src, dst = inc & (half != h), inc & (half == h)
+            if not src.any() or not dst.any():
+                continue
+            ref, cover = aligned(rel[src], weights[src], pred[src], step)
+            m, p = measure_shifts(rel[dst], ref, cover, pred[dst], radius, step)
+            meas[dst], peak[dst] = m, p
+        ok = inc & np.isfinite(peak) & (peak > 0)
+        if ok.sum() < 6:
+            continue
+        fit = fit_model(bf.k[ok], meas[ok], weights[ok], lam, tr, rot, params.astigmatism)
+        res = fit[3]
+        sigma = 1.4826 * np.median(res) + 1e-9
+        keep = res <= 3 * sigma
+        if keep.sum() >= 6:
+            sel = np.flatnonzero(ok)[keep]
+            fit = fit_model(bf.k[sel], meas[sel], weights[sel], lam, tr, rot,
+                            params.astigmatism)  # fmt: skip
+            ok = np.zeros_like(ok)
+            ok[sel] = True
+            res = fit[3]
+        ab, rot = fit[0], fit[1]
+        shifts, used = meas, ok
+        resid_rms = float(np.sqrt(np.average(res**2, weights=weights[ok])))
+        spread = meas[ok] - np.average(meas[ok], axis=0, weights=weights[ok])
+        r2 = 1 - resid_rms**2 / max(np.average((spread**2).sum(1), weights=weights[ok]), 1e-30)
+        radius = max(3 * resid_rms, 2 * max(step), 0.1 * field_a)
+    chosen = "shifts"
+    if not (r2 >= MIN_R2 and used.sum() >= MIN_GROUPS):  # noise: keep the search's C10
+        ab, rot, chosen = searched[0], searched[1], "search"
+    model = model_shifts(bf.k, ab, rot, tr, lam)
+    u = int(params.upsample)
+    image, _ = aligned(rel[live], weights[live], model[live], step, u)
+    sampling = (step[0] / u, step[1] / u)
+    phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
+    counts = float(weights.sum() / max(bf.n_groups, 1))
+    return TcbfResult(phase.astype(np.float32), image.astype(np.float32), ab, rot, tr,
+                      shifts, model, bf.k.copy(), used, resid_rms, sampling,
+                      tuple(cal.scan_origin), bf.bin, counts, float(cal.rotation),
+                      {"fit_from": chosen, "search_C10": searched[0]["C10"],
+                       "fit_r2": float(r2), "C12_cartesian_A": [
+                           ab["C12"] * math.cos(2 * ab["phi12"]),
+                           ab["C12"] * math.sin(2 * ab["phi12"])]})  # fmt: skip

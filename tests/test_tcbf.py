@@ -1,0 +1,101 @@
+"""tcBF: parallax shifts, the aberration/rotation fit (physics' defocus sign), the image."""
+
+import math
+
+import numpy as np
+import pytest
+from direct_helpers import atoms, calibration, forward
+
+from ptyengine.dataset import InMemoryDataset
+from ptyengine.errors import PtyengineError
+from ptyengine.reconstruct.tcbf import TcbfParameters, fit_model, model_shifts, tcbf
+
+
+def angle_diff(a, b):
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def test_the_fit_inverts_the_model():
+    rng = np.random.default_rng(1)
+    k = rng.uniform(-0.8, 0.8, size=(50, 2))
+    ab = {"C10": -320.0, "C12": 40.0, "phi12": 0.4}
+    for rot, tr in ((33.0, False), (200.0, True)):
+        d = model_shifts(k, ab, rot, tr, 0.0197) + [0.3, -0.2]
+        fab, frot, off, res = fit_model(k, d, np.ones(50), 0.0197, tr, rot + 60.0)
+        assert angle_diff(frot, rot) < 1e-6 and np.allclose(off, [0.3, -0.2])
+        assert math.isclose(fab["C10"], -320.0) and math.isclose(fab["C12"], 40.0)
+        assert math.isclose(fab["phi12"], 0.4) and res.max() < 1e-9
+
+
+@pytest.mark.parametrize("c10, rotation, transpose, c12",
+                         [(200.0, 23.0, False, 0.0), (-200.0, 0.0, False, 0.0),
+                          (200.0, 205.0, True, 30.0)])  # fmt: skip
+def test_tcbf_recovers_defocus_and_rotation(c10, rotation, transpose, c12):
+    """Data simulated with physics.probe at C10 (> 0: crossover above the specimen), C12
+    at φ12 = 0.5 rad (scan frame) and a detector turned by ``rotation`` (and transposed);
+    the calibration says C10 = 0 and a rotation 0° (200° for the transposed one: the
+    branch θ vs θ + 180° is taken nearest the calibration's)."""
+    cal = calibration(32, 0.5, 48, 9, rotation=200.0 if transpose else 0.0,
+                      transpose=transpose)  # a 16 Å field (smaller ones bias the fit: C12)
+    truth = {"C10": c10, "C12": c12, "phi12": 0.5}
+    data = forward(atoms(n=110), cal, truth, rotation, transpose)
+    res = tcbf(InMemoryDataset(data, cal), TcbfParameters(bin=1))
+    print(res.summary())
+    assert abs(res.aberrations["C10"] - c10) < 20.0  # 2 nm
+    assert angle_diff(res.rotation_deg, rotation) < 0.5
+    assert abs(res.aberrations["C12"] - c12) < 10.0
+    if c12:
+        assert abs(res.aberrations["phi12"] - 0.5) < 0.1
+    assert res.phase.shape == (32, 32) and "start an iterative run from --defocus" in res.summary()
+
+
+def test_tcbf_image_correlates_with_the_phase():
+    cal = calibration(24, 0.5, 48, 9)
+    phase = atoms()
+    data = forward(phase, cal, {"C10": 200.0})
+    res = tcbf(InMemoryDataset(data, cal), TcbfParameters(bin=1, upsample=2))
+    iy, ix = np.meshgrid(np.arange(48) * 0.25, np.arange(48) * 0.25, indexing="ij")
+    truth = phase(iy, ix)[4:-4, 4:-4]
+    img = res.phase[4:-4, 4:-4]
+    a, b = img - img.mean(), truth - truth.mean()
+    assert res.phase.shape == (48, 48) and res.sampling == (0.25, 0.25)
+    assert float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())) > 0.6
+
+
+def test_a_disc_off_the_detector_is_refused():
+    cal = calibration(8, 0.5, 48, 9, center=(24, 40))
+    with pytest.raises(PtyengineError, match="reaches outside the 48-pixel detector"):
+        tcbf(InMemoryDataset(np.ones((8, 8, 48, 48), np.float32), cal))
+
+
+def test_cli_tcbf_and_ssb_write_results(tmp_path, capsys):
+    """``reconstruct --method tcbf|ssb``: a result with the fitted values, a preview, the
+    one-line summary; options of other methods are refused."""
+    from cli_helpers import run
+
+    from ptyengine import io
+    from ptyengine.results import read_result
+
+    cal = calibration(32, 0.5, 48, 9, aberrations={"C10": 150.0})
+    data = forward(atoms(n=110), cal, {"C10": 200.0})
+    path = tmp_path / "d.zarr"
+    with io.create_dataset(path, cal, data.dtype, rows_per_chunk=8) as w:
+        for r0 in range(0, 32, 8):
+            w.write_rows(r0, data[r0:r0 + 8])
+    code, out, err = run(capsys, "reconstruct", path, "--method", "tcbf", "--bin", "1")
+    assert code == 0, err
+    line = [s for s in out.splitlines() if s.startswith("tcBF: C10")]
+    assert len(line) == 1 and "start an iterative run from --defocus" in line[0]
+    arrays, attrs = read_result(tmp_path / "d_tcbf.zarr")
+    assert abs(attrs["aberrations"]["C10"] - 200.0) < 20.0
+    assert arrays["phase"].shape == (32, 32) and (tmp_path / "d_tcbf_preview.png").exists()
+    code, out, err = run(capsys, "reconstruct", path, "--method", "ssb", "--defocus", "200")
+    assert code == 0, err
+    arrays, attrs = read_result(tmp_path / "d_ssb.zarr")
+    assert attrs["aberrations"]["C10"] == 200.0 and attrs["units"] == "rad"
+    code, out, err = run(capsys, "reconstruct", path, "--method", "ssb", "--rotation", "3",
+                         "-o", tmp_path / "x.zarr")  # fmt: skip
+    assert code == 2 and "--rotation: not an option of --method ssb" in err
+    code, out, err = run(capsys, "reconstruct", path, "--method", "tcbf", "--iterations", "3",
+                         "-o", tmp_path / "y.zarr")  # fmt: skip
+    assert code == 2 and "--iterations" in err
