@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from ..errors import PtyengineError
 from . import slices as sl
 from .epie import EpieParameters, EpieResult, _epie
+from .frame import present
 from .iterative import opened
 
 
@@ -87,5 +88,5 @@ def mepie(
     ePIE; arguments, streaming, checkpoints and resume as for :func:`.epie.epie`."""
     params = params or MepieParameters()
     with opened(data, device) as (ds, xp):
-        return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                     data_id, memory_limit, _slices(params))  # fmt: skip
+        return present(_epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
+                             data_id, memory_limit, _slices(params)))  # fmt: skip

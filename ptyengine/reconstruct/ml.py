@@ -60,6 +60,20 @@ within its noise, and on one in-focus seed D_h rose early and the rule returned 
 
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position) and one
 for the step (3 FFTs), against ePIE's 4.
+
+**Multislice** (``slices`` S > 1, ``slice_thickness`` Δz_s as for mepie, :mod:`.slices`).
+The object is S slices O_s = exp(iφ_s − a_s), the wave propagated Δz_s from slice s to
+s + 1 by the simulator's Fresnel propagator (:mod:`.forward`); the probe and its refined
+coefficients are those of the wave entering slice 0 (C10: the defocus at the entrance
+surface, where the single-slice model finds the mid-plane). The gradient pass is the
+multislice :func:`.forward.exit_wave_pass`, whose adjoint gives every slice its ν_s, so
+∂L/∂φ_s = 2N Im(O_s ν_s*) and ∂L/∂a_s = 2N Re(O_s ν_s*) as above; the Newton step's Δ_j
+is the tangent-linear model along (dO_0 … dO_{S−1}, dP̂) (:func:`.forward.direction_pass`).
+The prior R applies to every slice alike (R(φ) = Σ_s R(φ_s)); the preconditioner of
+slice s takes its own illumination h_s = 4N Σ_j |ψ_{s,j}|² (ψ_s the wave incident on slice
+s, the den_s of the first pass), with one h̄ over the stack. Cost: 3 + 4(S − 1) FFTs per
+position for each pass (+1 with the probe). With S = 1 the code is the single-slice
+engine's, and so is the result (tests/test_ml.py).
 """
 
 from __future__ import annotations
@@ -75,6 +89,7 @@ from .. import backend, physics
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from . import frame as frm
+from . import slices as sl
 from .defocus_search import search_defocus
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
@@ -117,6 +132,10 @@ class MLParameters:
         before the reconstruction, around ``defocus`` or the calibration's C10
         (:mod:`.defocus_search`); 0 switches it off.
     defocus_step: the search's grid step (Å).
+    slices: S, the object's slices along the beam (1: the single-slice model); S > 1 is
+        multislice ML (module docstring, "Multislice").
+    slice_thickness: Δz in Å between slices, one value or S of them (None: the dataset's
+        recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
     """
 
     iterations: int = 50
@@ -134,8 +153,11 @@ class MLParameters:
     defocus_step: float = 100.0
     seed: int = 0
     margin: int = 8
+    slices: int = 1
+    slice_thickness: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
+        self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
         if self.iterations < 0 or self.batch_size < 1 or self.patience < 1:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
@@ -174,6 +196,7 @@ class MLResult:
     calibration: object
     extra: dict = field(default_factory=dict)
     reconstruction_frame: dict | None = None  # rotated data: see frame.present
+    slice_phase: np.ndarray | None = None  # multislice: φ_s (S, Ny, Nx) in rad; phase = Σ_s φ_s
 
 
 def count_scale(ds, cal, mean_sum: float) -> float:
@@ -261,8 +284,13 @@ def fingerprint(cal, params: MLParameters, data_id: str) -> str:
 class _Engine:
     """The passes over the data and the NCG step; one instance per run."""
 
-    def __init__(self, patterns, geom, params: MLParameters, cal, cscale: float, xp):
+    def __init__(self, patterns, geom, params: MLParameters, cal, cscale: float, xp,
+                 props=None):  # fmt: skip
         self.patterns, self.geom, self.params, self.xp = patterns, geom, params, xp
+        # multislice: the propagators between the S slices, and φ, a of shape (S, Ny, Nx)
+        self.props = props
+        self.shape = geom.object_shape if props is None else (props.n_slices,
+                                                                *geom.object_shape)
         self.cal = cal
         self.geometry = geom
         self.cscale = float(cscale)
@@ -341,8 +369,8 @@ class _Engine:
         """One pass: (fitted, held-out half-deviance, ν, Σ|P_j|², probe term or None) at
         ``obj``; the probe term is ∂L/∂P̂* = −upd (see :mod:`.forward`)."""
         xp, inv_n = self.xp, 1.0 / self.n
-        nu = xp.zeros(self.geom.object_shape, dtype=np.complex64)
-        den = xp.zeros(self.geom.object_shape, dtype=np.float32)
+        nu = xp.zeros(self.shape, dtype=np.complex64)  # (S, Ny, Nx) for S slices
+        den = xp.zeros(self.shape, dtype=np.float32)
         upd_total = xp.zeros(self.probe_k.shape, dtype=np.complex64) if with_probe else None
         fit = held = 0.0
         probe_k = self.probe_k
@@ -358,9 +386,10 @@ class _Engine:
             lo, hi = self._box(idx)
             shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
             num, d, upd, _ = exit_wave_pass(obj, probe_k, block, idx, self.corners, lo,
-                                            shape, revise, with_probe, xp)  # fmt: skip
-            nu[lo[0]:hi[0], lo[1]:hi[1]] += num
-            den[lo[0]:hi[0], lo[1]:hi[1]] += d
+                                            shape, revise, with_probe, xp,
+                                            self.props)  # fmt: skip
+            nu[..., lo[0]:hi[0], lo[1]:hi[1]] += num
+            den[..., lo[0]:hi[0], lo[1]:hi[1]] += d
             if with_probe:
                 upd_total += upd
             fit += float(nll.sum())
@@ -382,7 +411,7 @@ class _Engine:
                                      self.params.holdout)  # fmt: skip
 
             direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp,
-                           d_probe_k)  # fmt: skip
+                           d_probe_k, self.props)  # fmt: skip
             s1_tot += float(d1.sum())
             s2_tot += float(d2.sum())
         return s1_tot, s2_tot
@@ -413,8 +442,10 @@ class _Engine:
             np.float32)
 
 
-def _new_state(geom, c0, xp) -> IterativeState:
-    z = lambda: xp.zeros(geom.object_shape, dtype=np.float32)  # noqa: E731
+def _new_state(geom, c0, xp, shape=None) -> IterativeState:
+    """A flat start; ``shape`` of φ and a: (S, Ny, Nx) for S slices (None: the object's)."""
+    shape = geom.object_shape if shape is None else shape
+    z = lambda: xp.zeros(shape, dtype=np.float32)  # noqa: E731
     zc = lambda: xp.zeros(len(c0), dtype=np.float64)  # noqa: E731
     arrays = {"phase": z(), "absorption": z(), "prev_phase": z(), "prev_absorption": z(),
               "g_phase": z(), "g_absorption": z(), "s_phase": z(), "s_absorption": z(),
@@ -579,7 +610,9 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None) -> _Eng
     if not mean_sum > 0:
         raise PtyengineError(f"{name}: every pattern is empty (no counts)")
     cscale = count_scale(ds, cal, mean_sum)
-    eng = _Engine(patterns, geom, params, cal, cscale, xp)
+    props = (sl.propagators_for(ds, geom, xp, params.slices, params.slice_thickness)
+             if params.slices > 1 else None)  # fmt: skip
+    eng = _Engine(patterns, geom, params, cal, cscale, xp, props)
     eng.counts_per_pattern = mean_sum * cscale
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
@@ -623,7 +656,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
             if report:
                 report(search.describe())
             eng.start_at(search.defocus)
-        state = _new_state(geom, eng.c0, xp)
+        state = _new_state(geom, eng.c0, xp, eng.shape)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
     held_counts = counts_per_pattern * n_pos * params.holdout
     total_counts = counts_per_pattern * n_pos - held_counts  # the fitted counts
@@ -655,5 +688,10 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True)),
              "start_defocus": eng.start_defocus,
              "defocus_search": search.describe() if search else None}
-    return MLResult(obj, backend.to_numpy(phi).astype(np.float32), probe,
-                    [float(e) for e in state.errors], held, best, geom, params, cal, extra)
+    phase, slice_phase = backend.to_numpy(phi).astype(np.float32), None
+    if eng.props is not None:  # multislice: the projected phase, and every slice's
+        slice_phase, phase = phase, phase.sum(axis=0)
+        extra.update(slice_positions_A=eng.props.positions,
+                     slice_thicknesses_A=list(eng.props.thicknesses))  # fmt: skip
+    return MLResult(obj, phase, probe, [float(e) for e in state.errors], held, best, geom,
+                    params, cal, extra, slice_phase=slice_phase)
