@@ -125,8 +125,8 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--seed", type=int, help="ePIE: seed of the random position order; ML: of the "
                                       "held-out pixels [default: 0].")
 @click.option("--slices", type=int,
-              help="mepie/ML: object slices S ≥ 1; S = 1 is ePIE or single-slice ML "
-                   "[default: mepie 2, ML 1].")
+              help="mepie: object slices S ≥ 1; S = 1 is ePIE [default: 2]. ML: S = 1 is "
+                   "the single-slice model, S > 1 multislice ML [default: 1].")
 @click.option("--slice-thickness", callback=_slice_thickness,
               help="mepie/ML: Δz in Å between slices, one value or one per slice (80,1); the "
                    "wave propagates Δz_s from slice s to s + 1 [default: the dataset's "
