@@ -88,8 +88,8 @@ def _multislice(method: str, slices) -> bool:
               help="ePIE ptychography; mepie: multislice ePIE (3PIE) for thick specimens "
                    "(S slices Δz apart); ml: Poisson maximum-likelihood "
                    "ptychography for low "
-                   "dose (counts modelled as counts, a held-out stopping rule; multislice "
-                   "with --slices); or a phase "
+                   "dose (counts modelled as counts, a held-out stopping rule; single- or "
+                   "multislice); or a phase "
                    "image integrated from the centre of mass (iCOM) or from a virtual "
                    "four-quadrant detector (iDPC).")
 @click.option("-o", "--output", type=click.Path(),
