@@ -117,12 +117,13 @@ def test_probe_coefficient_gradient_matches_finite_differences(thin):
 
 def test_multislice_gradient_matches_finite_differences(thin):
     """S = 3 slices of a complex object, with the probe's coefficients: ∂L/∂φ_s, ∂L/∂a_s
-    (through the multislice adjoint) and ∂L/∂c against central differences of L along a
+    (through the multislice adjoint, with the lateral and the depth priors) and ∂L/∂c
+    against central differences of L along a
     joint random direction; the line-search kernel's slope along an (object, probe)
     direction of all slices equals g·d, its curvature is positive."""
     ds = _counts(thin, 2000.0)
     params = MLParameters(slices=3, slice_thickness=(15.0, 25.0, 5.0), holdout=0.1,
-                          smoothness=2.0, ridge=30.0)  # fmt: skip
+                          smoothness=2.0, ridge=30.0, depth_smoothness=50.0)  # fmt: skip
     eng = mlmod.setup(ds, params, np)
     rng = np.random.default_rng(8)
     shape = (3, *eng.geometry.object_shape)

@@ -315,6 +315,23 @@ def test_ml_puts_each_layer_in_its_own_slice(two_layers):
     np.testing.assert_allclose(res.phase, res.slice_phase.sum(axis=0))
 
 
+def test_ml_depth_prior_pulls_the_slices_together(two_layers):
+    """The depth prior ½ μ_z Σ|φ_1 − φ_0|²: strong, it makes the two slices alike (their
+    phases correlate 0.999, measured; 0.026 without it) and each correlates with both
+    layers (measured 0.52-0.59)."""
+    from ptyengine.reconstruct.ml import MLParameters, ml
+
+    path, truth = two_layers
+    res = ml(_ml_data(two_layers), MLParameters(slices=2, slice_thickness=(GAP, 1.0),
+                                                iterations=12, holdout=0.0,
+                                                defocus_search=0, refine_probe="none",
+                                                depth_smoothness=1e4))  # fmt: skip
+    inner = res.slice_phase[:, 30:-30, 30:-30]
+    assert np.corrcoef(inner[0].ravel(), inner[1].ravel())[0, 1] > 0.99
+    ncc = _layer_ncc(res, truth)
+    assert (ncc > 0.4).all(), ncc
+
+
 def test_mepie_resume_and_streaming(two_layers, tmp_path):
     """Checkpoint/resume gives the uninterrupted run; a memory limit below the data's size
     streams them, with the same result (S = 3)."""

@@ -131,6 +131,10 @@ def _multislice(method: str, slices) -> bool:
               help="mepie/ML: Δz in Å between slices, one value or one per slice (80,1); the "
                    "wave propagates Δz_s from slice s to s + 1 [default: the dataset's "
                    "recorded specimen thickness / S].")
+@click.option("--depth-smoothness", type=float,
+              help="ML with --slices > 1: strength μ_z of the prior coupling adjacent slices, "
+                   "½ μ_z Σ |φ_{s+1} − φ_s|² (dimensionless; its weight against the data "
+                   "falls as 1/dose) [default: 0]; 0: off.")
 @click.option("--single-slice-iterations", type=int,
               help="mepie: start the slices from this many single-slice ePIE iterations "
                    "(each slice the S-th root of that object) [default: 0]; 0: flat.")

@@ -102,6 +102,7 @@ NOISE_FREE_COUNTS = 1e6  # counts per pattern assumed for noise-free (float, no 
 PRECONDITIONER_FLOOR = 0.1  # δ: weakly illuminated pixels get at most 1/δ of the mean step
 HELD_TOLERANCE = 1.0  # half-deviance: held-out changes smaller than this are noise
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
+DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default strength (module docstring)
 FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
 #: Probe coefficients refined by each ``probe`` setting (Å): C12a, C12b are the Cartesian
 #: components of two-fold astigmatism, C12a = C12 cos 2φ12, C12b = C12 sin 2φ12.
@@ -136,6 +137,8 @@ class MLParameters:
         multislice ML (module docstring, "Multislice").
     slice_thickness: Δz in Å between slices, one value or S of them (None: the dataset's
         recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
+    depth_smoothness: μ_z, dimensionless: the prior ½ μ_z Σ_s Σ_pixels |u_{s+1} − u_s|²
+        coupling adjacent slices (module docstring, "Multislice"); 0 switches it off.
     """
 
     iterations: int = 50
@@ -155,9 +158,13 @@ class MLParameters:
     margin: int = 8
     slices: int = 1
     slice_thickness: float | tuple[float, ...] | None = None
+    depth_smoothness: float = DEPTH_SMOOTHNESS
 
     def __post_init__(self):
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
+        v = self.depth_smoothness
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise PtyengineError(f"--depth-smoothness must be a finite number ≥ 0, got {v}")
         if self.iterations < 0 or self.batch_size < 1 or self.patience < 1:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
@@ -433,6 +440,24 @@ class _Engine:
         g = xp.fft.ifft2(xp.fft.fft2(u) * self.spectrum).real.astype(np.float32)
         return 0.5 * float(xp.sum(u * g)), g
 
+    def depth_prior(self, u):
+        """(R_z(u), ∂R_z/∂u) of the depth prior ½ μ_z Σ_s |u_{s+1} − u_s|² of a slice stack
+        (S, Ny, Nx); (0, None) for one slice or μ_z = 0."""
+        mu = self.params.depth_smoothness
+        if u.ndim < 3 or not mu:
+            return 0.0, None
+        diff = u[1:] - u[:-1]
+        g = self.xp.zeros_like(u)
+        g[1:] += diff
+        g[:-1] -= diff
+        return 0.5 * mu * float(self.xp.sum(diff * diff)), np.float32(mu) * g
+
+    def regulariser(self, u):
+        """(R(u), ∂R/∂u): the lateral prior of every slice, plus the depth prior."""
+        r, g = self.prior(u)
+        r_z, g_z = self.depth_prior(u)
+        return (r, g) if g_z is None else (r + r_z, g + g_z)
+
     def precondition(self, g, h_rel, h_bar):
         xp = self.xp
         filt = 1.0 / (1.0 + self.spectrum / h_bar)
@@ -481,8 +506,8 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         eng.set_coefficients(c)
         obj = obj_of(phi, ab)
         fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
-        r_phi, gp_phi = eng.prior(phi)
-        r_ab, gp_ab = eng.prior(ab) if complex_object else (0.0, None)
+        r_phi, gp_phi = eng.regulariser(phi)
+        r_ab, gp_ab = eng.regulariser(ab) if complex_object else (0.0, None)
         total = fit + r_phi + r_ab
         held_per = held / max(held_counts, 1.0)
         a["held"] = xp.concatenate([a["held"], xp.asarray([held_per])])
@@ -546,10 +571,10 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         d_probe = eng.probe_direction(d_c) if refine and np.any(d_c) else None
         _, d2 = eng.curvature(obj, (obj * du).astype(np.complex64), d_probe)
         d1 = float(xp.sum(g_phi * d_phi)) + float(g_c @ d_c)
-        d2 += float(xp.sum(d_phi * eng.prior(d_phi)[1]))
+        d2 += float(xp.sum(d_phi * eng.regulariser(d_phi)[1]))
         if complex_object:
             d1 += float(xp.sum(g_ab * d_ab))
-            d2 += float(xp.sum(d_ab * eng.prior(d_ab)[1]))
+            d2 += float(xp.sum(d_ab * eng.regulariser(d_ab)[1]))
         t = damping * (-d1 / d2) if d2 > 0 else 0.0
         # remember the point, its gradient and direction, then step
         a["prev_phase"][...] = phi
@@ -629,8 +654,8 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
     eng.set_coefficients(eng.c0 if coefficients is None else coefficients)
     obj = xp.exp(1j * phase - absorption).astype(np.complex64)
     fit, _, nu, _, upd = eng.gradient(obj, with_probe=len(eng.names) > 0)
-    r_phi, gp_phi = eng.prior(phase)
-    r_ab, gp_ab = eng.prior(absorption)
+    r_phi, gp_phi = eng.regulariser(phase)
+    r_ab, gp_ab = eng.regulariser(absorption)
     on = obj * nu.conj()
     g_c = eng.coefficient_gradient(upd) if len(eng.names) else np.zeros(0)
     return (fit + r_phi + r_ab, (2 * eng.n) * on.imag + gp_phi,
