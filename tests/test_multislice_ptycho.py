@@ -332,6 +332,25 @@ def test_ml_depth_prior_pulls_the_slices_together(two_layers):
     assert (ncc > 0.4).all(), ncc
 
 
+@pytest.mark.parametrize("slices", [1, 2])
+def test_ml_resume_with_probe_refinement(two_layers, tmp_path, slices):
+    """ML with the probe refined, one slice or two: checkpoint/resume gives the
+    uninterrupted run bit for bit (the preconditioner's illumination, which depends on the
+    probe and, for S > 1, on the slices in front, travels with the checkpoint)."""
+    from ptyengine.reconstruct.ml import MLParameters, ml
+
+    mem = _ml_data(two_layers)
+    params = MLParameters(slices=slices, slice_thickness=(GAP, 1.0)[:slices], iterations=4,
+                          defocus_search=0)  # fmt: skip
+    whole = ml(mem, params)
+    ck = str(tmp_path / "ck.npz")
+    ml(mem, MLParameters(**{**params.__dict__, "iterations": 2}), checkpoint=ck,
+       checkpoint_every=1)  # fmt: skip
+    resumed = ml(mem, params, checkpoint=ck, checkpoint_every=1, resume=True)
+    np.testing.assert_array_equal(resumed.object, whole.object)
+    assert resumed.errors == whole.errors and resumed.extra["refined"] == whole.extra["refined"]
+
+
 def test_mepie_resume_and_streaming(two_layers, tmp_path):
     """Checkpoint/resume gives the uninterrupted run; a memory limit below the data's size
     streams them, with the same result (S = 3)."""

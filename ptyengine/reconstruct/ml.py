@@ -314,7 +314,6 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
-        self._illumination = None
 
     def _batches(self):
         bs = self.params.batch_size
@@ -335,7 +334,6 @@ class _Engine:
         self.c0 = initial_coefficients(self.cal, self.names, defocus)
         self.start_defocus = (float(defocus) if defocus is not None else
                               float(dict(self.cal.aberrations).get("C10", 0.0)))  # fmt: skip
-        self._illumination = None
         self.set_coefficients(self.c0)
 
     def set_coefficients(self, c) -> None:
@@ -425,13 +423,12 @@ class _Engine:
 
     def illumination(self, den):
         """(h/h̄, h̄) of the preconditioner, h = 4N Σ|P_j|² (4 × the counts through each
-        pixel), h̄ its mean over the well-lit pixels. The probe is fixed, so it is worked out
-        from the first pass's Σ|P_j|² and kept."""
-        if self._illumination is None:
-            h = 4 * self.n * den
-            h_bar = float(h[h > 0.5 * float(h.max())].mean())
-            self._illumination = (h / h_bar, h_bar)
-        return self._illumination
+        pixel; of every slice, Σ|ψ_s,j|²), h̄ its mean over the well-lit pixels, from a
+        gradient pass's ``den``. The sweep works it out at its first iteration and keeps
+        it in its state (a resumed run goes on with the same preconditioner)."""
+        h = 4 * self.n * den
+        h_bar = float(h[h > 0.5 * float(h.max())].mean())
+        return h / h_bar, h_bar
 
     # ------------------------------------------------------------------ the prior
     def prior(self, u):
@@ -540,7 +537,10 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         if refine and iteration - fisher_iter >= FISHER_EVERY:
             fisher = eng.coefficient_fisher(obj)
             a["fisher_coeffs"], fisher_iter = xp.asarray(fisher), iteration
-        h_rel, h_bar = eng.illumination(den)
+        if "h_rel" not in a:  # the first pass's, kept (and checkpointed)
+            h_rel, h_bar = eng.illumination(den)
+            a["h_rel"], a["h_bar"] = h_rel, xp.asarray([h_bar], dtype=np.float64)
+        h_rel, h_bar = a["h_rel"], float(host(a["h_bar"])[0])
         s_phi = eng.precondition(g_phi, h_rel, h_bar)
         s_ab = eng.precondition(g_ab, h_rel, h_bar) if complex_object else None
         # the object's preconditioner divides by h/h̄, so its directions are h̄ × Newton
