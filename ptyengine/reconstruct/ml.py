@@ -69,9 +69,13 @@ surface, where the single-slice model finds the mid-plane). The gradient pass is
 multislice :func:`.forward.exit_wave_pass`, whose adjoint gives every slice its ν_s, so
 ∂L/∂φ_s = 2N Im(O_s ν_s*) and ∂L/∂a_s = 2N Re(O_s ν_s*) as above; the Newton step's Δ_j
 is the tangent-linear model along (dO_0 … dO_{S−1}, dP̂) (:func:`.forward.direction_pass`).
-The prior R applies to every slice alike (R(φ) = Σ_s R(φ_s)); the preconditioner of
-slice s takes its own illumination h_s = 4N Σ_j |ψ_{s,j}|² (ψ_s the wave incident on slice
-s, the den_s of the first pass), with one h̄ over the stack. Cost: 3 + 4(S − 1) FFTs per
+The prior R applies to every slice alike (R(φ) = Σ_s R(φ_s)), and a depth prior
+R_z(u) = ½ μ_z Σ_s Σ_pixels (u_{s+1} − u_s)² (``depth_smoothness``, dimensionless, off by
+default) couples adjacent slices: Gaussian, like R, so its weight against the data falls as
+1/dose, and it enters the gradient and the Newton step's curvature exactly (it is not in
+the preconditioner). The preconditioner of slice s takes its own illumination
+h_s = 4N Σ_j |ψ_{s,j}|² (ψ_s the wave incident on slice s, the den_s of the first pass),
+with one h̄ over the stack. Cost: 3 + 4(S − 1) FFTs per
 position for each pass (+1 with the probe). With S = 1 the code is the single-slice
 engine's, and so is the result (tests/test_ml.py).
 """
