@@ -305,7 +305,8 @@ def test_ml_puts_each_layer_in_its_own_slice(two_layers):
     path, truth = two_layers
     res = ml(_ml_data(two_layers), MLParameters(slices=2, slice_thickness=(GAP, 1.0),
                                                 iterations=20, holdout=0.0, defocus=-70.0,
-                                                defocus_search=0))  # fmt: skip
+                                                defocus_search=0,
+                                                single_slice_iterations=0))  # fmt: skip
     ncc = _layer_ncc(res, truth)
     assert ncc[0, 0] > 0.95 and ncc[1, 1] > 0.95, ncc
     assert abs(ncc[0, 1]) < 0.15 and abs(ncc[1, 0]) < 0.15, ncc
@@ -313,6 +314,28 @@ def test_ml_puts_each_layer_in_its_own_slice(two_layers):
     assert res.extra["slice_positions_A"] == [0.0, GAP]
     assert res.object.shape == res.slice_phase.shape == (2, *res.phase.shape)
     np.testing.assert_allclose(res.phase, res.slice_phase.sum(axis=0))
+
+
+def test_ml_slices_start_from_single_slice_ml(two_layers):
+    """single_slice_iterations K: the S slices start as φ/S of K single-slice ML iterations
+    (their sum is that phase), the probe's defocus moved from the single-slice plane to the
+    first slice's entrance (by the mean slice depth, 40 Å here), its astigmatism kept."""
+    from ptyengine.reconstruct.ml import MLParameters, ml
+
+    mem = _ml_data(two_layers)
+    common = dict(holdout=0.0, defocus_search=0)
+    single = ml(mem, MLParameters(iterations=3, **common))
+    res = ml(mem, MLParameters(slices=2, slice_thickness=(GAP, 1.0), iterations=0,
+                               single_slice_iterations=3, **common))  # fmt: skip
+    np.testing.assert_allclose(res.phase, single.phase, atol=1e-6)
+    np.testing.assert_allclose(res.slice_phase[0], res.slice_phase[1])
+    ref = single.extra["refined"]
+    assert res.extra["refined"]["C10"] == pytest.approx(ref["C10"] - GAP / 2)
+    assert res.extra["refined"]["C12a"] == pytest.approx(ref["C12a"])
+    assert res.extra["single_slice_start"]["iterations"] == 3
+    with pytest.raises(PtyengineError, match="--single-slice-iterations must be a whole "
+                                             "number ≥ 0, got -1"):  # fmt: skip
+        MLParameters(single_slice_iterations=-1)
 
 
 def test_ml_depth_prior_pulls_the_slices_together(two_layers):
@@ -325,6 +348,7 @@ def test_ml_depth_prior_pulls_the_slices_together(two_layers):
     res = ml(_ml_data(two_layers), MLParameters(slices=2, slice_thickness=(GAP, 1.0),
                                                 iterations=12, holdout=0.0,
                                                 defocus_search=0, refine_probe="none",
+                                                single_slice_iterations=0,
                                                 depth_smoothness=1e4))  # fmt: skip
     inner = res.slice_phase[:, 30:-30, 30:-30]
     assert np.corrcoef(inner[0].ravel(), inner[1].ravel())[0, 1] > 0.99
@@ -334,14 +358,15 @@ def test_ml_depth_prior_pulls_the_slices_together(two_layers):
 
 @pytest.mark.parametrize("slices", [1, 2])
 def test_ml_resume_with_probe_refinement(two_layers, tmp_path, slices):
-    """ML with the probe refined, one slice or two: checkpoint/resume gives the
+    """ML with the probe refined, one slice or two (started from 3 single-slice
+    iterations, which a resumed run does not repeat): checkpoint/resume gives the
     uninterrupted run bit for bit (the preconditioner's illumination, which depends on the
     probe and, for S > 1, on the slices in front, travels with the checkpoint)."""
     from ptyengine.reconstruct.ml import MLParameters, ml
 
     mem = _ml_data(two_layers)
     params = MLParameters(slices=slices, slice_thickness=(GAP, 1.0)[:slices], iterations=4,
-                          defocus_search=0)  # fmt: skip
+                          defocus_search=0, single_slice_iterations=3)  # fmt: skip
     whole = ml(mem, params)
     ck = str(tmp_path / "ck.npz")
     ml(mem, MLParameters(**{**params.__dict__, "iterations": 2}), checkpoint=ck,
@@ -390,7 +415,8 @@ def test_thickness_far_from_the_datasets_warns(two_layers):
         mepie(path, MepieParameters(slices=4, slice_thickness=100.0, iterations=0))
     with pytest.warns(UserWarning, match=match):
         ml(_ml_data(two_layers), MLParameters(slices=4, slice_thickness=100.0, iterations=0,
-                                              defocus_search=0))  # fmt: skip
+                                              defocus_search=0,
+                                              single_slice_iterations=0))  # fmt: skip
     with pytest.raises(PtyengineError, match="has 2 values for 3 slices"):
         MLParameters(slices=3, slice_thickness=(2.0, 3.0))
 
@@ -456,7 +482,8 @@ def test_cli_ml_slices_write_a_stack_and_depth_montage(tmp_path, capsys):
     assert run(capsys, *TINY_SIMULATION, "--dose", "5000", "-o", data)[0] == 0
     out = tmp_path / "ms.zarr"
     code, stdout, err = run(capsys, "reconstruct", data, "--method", "ml", "--slices", "2",
-                            "--iterations", "3", "--defocus-search", "0", "-o", out)  # fmt: skip
+                            "--iterations", "3", "--defocus-search", "0",
+                            "--single-slice-iterations", "2", "-o", out)  # fmt: skip
     assert code == 0, err
     arrays, attrs = read_result(out)
     assert arrays["slice_phase"].shape == arrays["object"].shape
@@ -465,7 +492,9 @@ def test_cli_ml_slices_write_a_stack_and_depth_montage(tmp_path, capsys):
     assert attrs["slice_positions_A"] == [0.0, 2.0]
     assert attrs["slice_thicknesses_A"] == [2.0, 2.0]
     assert attrs["parameters"]["slices"] == 2
+    assert attrs["single_slice_start"]["iterations"] == 2
     assert "NCC of the ml phase" in stdout and "2 slices" in err
+    assert "single-slice start: 2 iterations" in err
     assert (tmp_path / "ms_depth.png").exists()
     single = tmp_path / "one.zarr"  # the default: one slice, no stack, no montage
     assert run(capsys, "reconstruct", data, "--method", "ml", "--iterations", "1",
@@ -520,7 +549,8 @@ def test_turned_detector_gives_slices_in_the_specimen_frame(two_layers, method):
         run, params = mepie, MepieParameters(batch_size=16, probe_update_start=100, **common)
     else:
         run = ml
-        params = MLParameters(refine_probe="none", defocus_search=0, holdout=0.0, **common)
+        params = MLParameters(refine_probe="none", defocus_search=0, holdout=0.0,
+                              single_slice_iterations=0, **common)  # fmt: skip
         cal = dataclasses.replace(cal, dose=1e4)
     results = []
     for d, c in [(data, cal), _turned(data, cal, 1, False)]:

@@ -137,7 +137,10 @@ def _multislice(method: str, slices) -> bool:
                    "falls as 1/dose) [default: 0]; 0: off.")
 @click.option("--single-slice-iterations", type=int,
               help="mepie: start the slices from this many single-slice ePIE iterations "
-                   "(each slice the S-th root of that object) [default: 0]; 0: flat.")
+                   "(each slice the S-th root of that object) [default: 0]; 0: flat. ML "
+                   "with --slices > 1: from a single-slice ML run of at most this many "
+                   "iterations (each slice φ/S, the probe's defocus moved to the entrance) "
+                   "[default: 50]; 0: flat.")
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
                    "(dimensionless; its weight against the data falls as 1/dose) "

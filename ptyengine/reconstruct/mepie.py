@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import PtyengineError
 from . import slices as sl
 from .epie import EpieParameters, EpieResult, _epie
 from .frame import present
@@ -56,10 +55,8 @@ class MepieParameters(EpieParameters):
     def __post_init__(self):
         super().__post_init__()
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
-        k = self.single_slice_iterations
-        if isinstance(k, bool) or int(k) != k or k < 0:
-            raise PtyengineError(f"--single-slice-iterations must be a whole number ≥ 0, got {k}")
-        self.single_slice_iterations = int(k)
+        self.single_slice_iterations = sl.check_single_slice_iterations(
+            self.single_slice_iterations)
 
     def thicknesses(self, recorded: float | None = None) -> tuple[float, ...]:
         """Δz_s (Å) of every slice; ``recorded``: the dataset's specimen thickness (Å)."""

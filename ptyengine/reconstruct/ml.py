@@ -82,6 +82,7 @@ engine's, and so is the result (tests/test_ml.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -143,6 +144,9 @@ class MLParameters:
         recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
     depth_smoothness: μ_z, dimensionless: the prior ½ μ_z Σ_s Σ_pixels |u_{s+1} − u_s|²
         coupling adjacent slices (module docstring, "Multislice"); 0 switches it off.
+    single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
+        this many iterations (its defocus search, refinement and stopping rule; module
+        docstring, "Multislice"); 0: flat, after a multislice defocus search.
     """
 
     iterations: int = 50
@@ -163,9 +167,12 @@ class MLParameters:
     slices: int = 1
     slice_thickness: float | tuple[float, ...] | None = None
     depth_smoothness: float = DEPTH_SMOOTHNESS
+    single_slice_iterations: int = 50
 
     def __post_init__(self):
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
+        self.single_slice_iterations = sl.check_single_slice_iterations(
+            self.single_slice_iterations)
         v = self.depth_smoothness
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise PtyengineError(f"--depth-smoothness must be a finite number ≥ 0, got {v}")
@@ -666,9 +673,45 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
             (2 * eng.n) * on.real + gp_ab, g_c)  # fmt: skip
 
 
+def _single_slice_start(ds, params, xp, data_id, memory_limit, report) -> MLResult | None:
+    """S > 1 with ``single_slice_iterations``: the single-slice ML result (reconstruction
+    frame) that starts the slices, else None."""
+    k = params.single_slice_iterations
+    if params.slices == 1 or k == 0:
+        return None
+    single = dataclasses.replace(params, slices=1, slice_thickness=None, iterations=k,
+                                 single_slice_iterations=0)  # fmt: skip
+    res = _ml(ds, single, xp, None, 0, False, None, data_id, memory_limit, report)
+    if report:
+        report(f"single-slice start: {len(res.errors)} iterations, the result of iteration "
+               f"{res.best_iteration}" + "".join(f", {n} {v:.1f} Å"
+                                                 for n, v in res.extra["refined"].items()))
+    return res
+
+
+def _start_from(eng, state, single: MLResult, xp) -> None:
+    """Slices from the single-slice result: φ_s = φ/S, a_s = a/S, and the probe's
+    coefficients, its defocus moved from the single-slice plane to the first slice's
+    entrance: C10 − z̄, z̄ the mean of the slices' entrance depths."""
+    n_s = eng.shape[0]
+    c10 = single.extra["refined"].get("C10", single.extra["start_defocus"])
+    eng.start_at(c10 - float(np.mean(eng.props.positions)))
+    c = np.array([single.extra["refined"][n] for n in eng.names], dtype=np.float64)
+    if len(c):
+        c[0] = eng.c0[0]
+    a = state.arrays
+    for name in ("coeffs", "prev_coeffs", "best_coeffs"):
+        a[name] = xp.asarray(c)
+    a["phase"][...] = xp.asarray(single.phase / n_s)
+    if eng.complex_object:
+        a["absorption"][...] = xp.asarray(-np.log(np.abs(single.object)) / n_s)
+
+
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         memory_limit, report) -> MLResult:  # fmt: skip
     cal = ds.calibration
+    single = None if resume and checkpoint else _single_slice_start(ds, params, xp, data_id,
+                                                                    memory_limit, report)
     eng = setup(ds, params, xp, memory_limit)
     geom, patterns = eng.geometry, eng.patterns
     n_pos = len(geom.corners)
@@ -680,12 +723,14 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         state = load_checkpoint(checkpoint, fp, xp)
         eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
     else:
-        if params.defocus_search > 0:
+        if params.defocus_search > 0 and single is None:
             search = search_defocus(eng, params, params.defocus_search, params.defocus_step)
             if report:
                 report(search.describe())
             eng.start_at(search.defocus)
         state = _new_state(geom, eng.c0, xp, eng.shape)
+        if single is not None:
+            _start_from(eng, state, single, xp)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
     held_counts = counts_per_pattern * n_pos * params.holdout
     total_counts = counts_per_pattern * n_pos - held_counts  # the fitted counts
@@ -716,7 +761,11 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "aberrations": refined_aberrations(cal, eng.names, coeffs),
              "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True)),
              "start_defocus": eng.start_defocus,
-             "defocus_search": search.describe() if search else None}
+             "defocus_search": (search.describe() if search else single.extra["defocus_search"]
+                                if single else None),  # fmt: skip
+             "single_slice_start": None if single is None else {
+                 "iterations": len(single.errors), "best_iteration": single.best_iteration,
+                 "refined": single.extra["refined"]}}
     phase, slice_phase = backend.to_numpy(phi).astype(np.float32), None
     if eng.props is not None:  # multislice: the projected phase, and every slice's
         slice_phase, phase = phase, phase.sum(axis=0)

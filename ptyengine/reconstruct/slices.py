@@ -45,6 +45,13 @@ def check_slices(slices, slice_thickness):
     return slices, float(values[0]) if len(values) == 1 else tuple(map(float, values))
 
 
+def check_single_slice_iterations(k) -> int:
+    """K ≥ 0, the single-slice iterations that start the slices (0: flat)."""
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise PtyengineError(f"--single-slice-iterations must be a whole number ≥ 0, got {k}")
+    return int(k)
+
+
 def thicknesses(slices: int, slice_thickness, recorded: float | None = None) -> tuple[float, ...]:
     """Δz_s (Å) of every slice; ``recorded``: the dataset's specimen thickness (Å)."""
     dz = slice_thickness
