@@ -85,8 +85,14 @@ def _preview_path(output: Path) -> Path:
 
 
 def _depth_path(output: Path) -> Path:
-    """mepie's depth montage: every slice's phase."""
+    """The depth montage of a multislice result (mepie, ML with --slices > 1): every
+    slice's phase."""
     return output.with_name(output.stem + "_depth.png")
+
+
+def _multislice(method: str, slices) -> bool:
+    """Whether a method with these --slices (None: its default) gives a slice stack."""
+    return method == "mepie" or (method == "ml" and (slices or 1) > 1)
 
 
 @click.command()
@@ -97,7 +103,8 @@ def _depth_path(output: Path) -> Path:
               help="ePIE ptychography; mepie: multislice ePIE (3PIE) for thick specimens "
                    "(S slices Δz apart); ml: Poisson maximum-likelihood "
                    "ptychography for low "
-                   "dose (counts modelled as counts, a held-out stopping rule); or a phase "
+                   "dose (counts modelled as counts, a held-out stopping rule; single- or "
+                   "multislice); or a phase "
                    "image integrated from the centre of mass (iCOM) or from a virtual "
                    "four-quadrant detector (iDPC); tcbf: tilt-corrected bright field, which "
                    "also fits C10, C12 and the rotation (an iterative run's start); ssb: "
@@ -140,14 +147,22 @@ def _depth_path(output: Path) -> Path:
 @click.option("--seed", type=int, help="ePIE: seed of the random position order; ML: of the "
                                       "held-out pixels [default: 0].")
 @click.option("--slices", type=int,
-              help="mepie: object slices S ≥ 1; S = 1 is ePIE [default: 2].")
+              help="mepie: object slices S ≥ 1; S = 1 is ePIE [default: 2]. ML: S = 1 is "
+                   "the single-slice model, S > 1 multislice ML [default: 1].")
 @click.option("--slice-thickness", callback=_slice_thickness,
-              help="mepie: Δz in Å between slices, one value or one per slice (80,1); the "
+              help="mepie/ML: Δz in Å between slices, one value or one per slice (80,1); the "
                    "wave propagates Δz_s from slice s to s + 1 [default: the dataset's "
                    "recorded specimen thickness / S].")
+@click.option("--depth-smoothness", type=float,
+              help="ML with --slices > 1: strength μ_z of the prior coupling adjacent slices, "
+                   "½ μ_z Σ |φ_{s+1} − φ_s|² (dimensionless; its weight against the data "
+                   "falls as 1/dose) [default: 0]; 0: off.")
 @click.option("--single-slice-iterations", type=int,
               help="mepie: start the slices from this many single-slice ePIE iterations "
-                   "(each slice the S-th root of that object) [default: 0]; 0: flat.")
+                   "(each slice the S-th root of that object) [default: 0]; 0: flat. ML "
+                   "with --slices > 1: from a single-slice ML run of at most this many "
+                   "iterations (each slice φ/S, the probe's defocus moved to the entrance) "
+                   "[default: 50]; 0: flat.")
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
                    "(dimensionless; its weight against the data falls as 1/dose) "
@@ -266,7 +281,8 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         # one writer per output; the result and its preview are protected alike (a resumed
         # run continues, and replaces, its own); the partial is made before any work
         if not overwrite and not (resume and _checkpoint_path(out).exists()):
-            extra = [_depth_path(out)] if method == "mepie" else []
+            extra = ([_depth_path(out)] if _multislice(method, (epie_options or {}).get(
+                "slices")) else [])  # fmt: skip
             for path in (out, _preview_path(out), *extra):
                 if path.exists():
                     raise PtyengineError(f"{path} exists; pass --overwrite to replace it")
@@ -427,7 +443,7 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     arrays = {"object": res.object.astype(np.complex64),
               "probe": res.probe.astype(np.complex64), "phase": phase}  # fmt: skip
     depth = []
-    if method == "mepie":
+    if _multislice(method, getattr(params, "slices", None)):
         arrays["slice_phase"] = res.slice_phase.astype(np.float32)
         extra.update(slice_positions_A=res.extra["slice_positions_A"],
                      slice_thicknesses_A=res.extra["slice_thicknesses_A"])  # fmt: skip

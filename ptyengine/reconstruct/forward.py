@@ -42,10 +42,11 @@ probe term, 3 + 4(S − 1) without (2 per slice boundary each way, the detector 
 probe's shift and its return); for S = 1 the same code runs today's single-slice
 arithmetic.
 
-:func:`direction_pass` is the (single-slice) forward model's derivative along a
-direction (dO, dP̂) of the object and the probe, Δ_j = F[P_j · dO[window_j] + dP_j ·
-O[window_j]] with dP_j = F⁻¹[dP̂ · ramp_j], handed to a ``reduce`` hook with Ψ_j (line
-searches).
+:func:`direction_pass` is the forward model's derivative along a direction
+(dO_0 … dO_{S−1}, dP̂) of the slices and the probe (the tangent-linear model: the exit
+wave is linear in each slice and in the probe), handed to a ``reduce`` hook with Ψ_j
+(line searches): for S = 1, Δ_j = F[P_j · dO[window_j] + dP_j · O[window_j]] with
+dP_j = F⁻¹[dP̂ · ramp_j]; for S > 1 dψ_s is carried through the slices with ψ_s.
 """
 
 from __future__ import annotations
@@ -193,15 +194,24 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
 
 
 def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
-                   d_probe_k=None) -> None:  # fmt: skip
-    """For the positions ``idx`` of ``block``: Ψ_j = F[P_j O_j] and the derivative
-    Δ_j = F[P_j dO_j + dP_j O_j] along the object direction ``d_obj`` (None: 0) and the
+                   d_probe_k=None, propagators: SlicePropagators | None = None) -> None:
+    """For the positions ``idx`` of ``block``: the detector waves Ψ_j and their derivative
+    Δ_j along the object direction ``d_obj`` (None: 0; of obj's shape) and the
     Fourier-space probe direction ``d_probe_k`` (None: 0), handed to
-    ``reduce(psi_k, d_k, local, positions, s0, s1)``; 3 FFTs per position, 4 with a
-    probe direction. One part per CPU core."""
+    ``reduce(psi_k, d_k, local, positions, s0, s1)``. One part per CPU core.
+
+    Single slice: Δ_j = F[P_j dO_j + dP_j O_j]; 3 FFTs per position, 4 with a probe
+    direction. S slices (``propagators``): the forward model and its tangent-linear model
+    side by side, dψ_0 = dP_j, dφ_s = dψ_s O_s + ψ_s dO_s, dψ_{s+1} = F⁻¹[Q_s F[dφ_s]],
+    Δ_j = F[dφ_{S−1}]: 4 more FFTs per slice boundary."""
     w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
     inv_n = 1.0 / (w0 * w1)
-    step_cpu = _chunk((w0, w1))
+    slices = obj if obj.ndim == 3 else obj[None]
+    d_slices = d_obj if d_obj is None or d_obj.ndim == 3 else d_obj[None]
+    n_s = slices.shape[0]
+    step_cpu = _chunk((w0, w1), n_s)
+    if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
+        raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
 
     def part(p):
         sel = idx[p]
@@ -220,19 +230,30 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
             dpsi = backend.fft_buffer(shape, CPLX, xp, "dpsi")
             pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
             probes.inverse()  # [1 FFT]
-            pk.exit_waves(probes.a, obj, c, psi.a, scratch)
+            # slice 0: φ_0 = P_j O_0 (psi), dφ_0 = P_j dO_0 + dP_j O_0 (dpsi)
+            pk.exit_waves(probes.a, slices[0], c, psi.a, scratch)
             if d_obj is not None:
-                pk.exit_waves(probes.a, d_obj, c, dpsi.a, scratch)
-            if d_probe_k is not None:  # dP_j · O_j, in the probes buffer (P_j is used up)
+                pk.exit_waves(probes.a, d_slices[0], c, dpsi.a, scratch)
+            if d_probe_k is not None:  # dP_j · O_0, in the probes buffer (P_j is used up)
                 pk.ramp_multiply(probes.a, d_probe_k, ry, rx, inv_n)
                 probes.inverse()  # [1 FFT]
-                pk.exit_waves(probes.a, obj, c, probes.a, scratch)
+                pk.exit_waves(probes.a, slices[0], c, probes.a, scratch)
                 if d_obj is None:
                     dpsi.a[...] = probes.a
                 else:
                     dpsi.a += probes.a
             elif d_obj is None:
                 dpsi.a[...] = 0
+            for s in range(1, n_s):  # [4 FFTs per slice boundary] on to slice s, then through it
+                for buf in (psi, dpsi):  # ψ_s, dψ_s
+                    buf.forward()
+                    wk.broadcast_multiply(buf.a, propagators.forward[s - 1])
+                    buf.inverse()
+                pk.exit_waves(dpsi.a, slices[s], c, dpsi.a, scratch)  # dψ_s O_s
+                if d_obj is not None:  # + ψ_s dO_s
+                    pk.exit_waves(psi.a, d_slices[s], c, probes.a, scratch)
+                    dpsi.a += probes.a
+                pk.exit_waves(psi.a, slices[s], c, psi.a, scratch)  # φ_s = ψ_s O_s
             psi.forward()  # [1 FFT]
             dpsi.forward()  # [1 FFT]
             reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s0 + len(sub))

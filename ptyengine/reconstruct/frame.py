@@ -104,8 +104,12 @@ def rotated_aberrations(aberrations, theta_deg: float) -> dict[str, float]:
 def resample(image, source, target, fill: float):
     """``image`` on the grid of geometry ``source`` (turned by source.rotation) resampled
     onto the grid of ``target`` (turned by target.rotation), by cubic splines; complex
-    images by their real and imaginary parts. Points outside ``source`` get ``fill``."""
+    images by their real and imaginary parts; a stack (S, Ny, Nx) slice by slice. Points
+    outside ``source`` get ``fill``."""
     from scipy import ndimage
+
+    if np.ndim(image) == 3:
+        return np.stack([resample(im, source, target, fill) for im in image])
 
     ny, nx = target.object_shape
     a, b = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
@@ -145,7 +149,8 @@ def present(result):
     if getattr(result.parameters, "phase_only", False):  # |O| = 1 again after splines
         obj /= np.abs(obj).clip(1e-12)
     changes = {"object": obj, "geometry": target}
-    if "phase" in names:
-        kept["phase"] = result.phase
-        changes["phase"] = resample(result.phase, geom, target, 0.0)
+    for name in ("phase", "slice_phase"):  # fields (ML); mepie's are properties
+        if name in names and getattr(result, name) is not None:
+            kept[name] = getattr(result, name)
+            changes[name] = resample(kept[name], geom, target, 0.0)
     return dataclasses.replace(result, **changes, reconstruction_frame=kept)

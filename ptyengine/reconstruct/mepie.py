@@ -27,25 +27,17 @@ continues from its checkpoint and skips them). ``phase_only`` holds every slice 
 phase), ``slice_phase`` each one's, and ``extra`` the entrance depth of every slice below
 the first (``slice_positions_A``) and its thickness.
 
-Band limit: the propagators keep |k| below ``fraction`` of the probe window's Nyquist
-frequency. A simulated dataset records the simulator's field pixel d_sim, whose band limit
-2/3 · 1/(2 d_sim) is matched on the reconstruction's pixel d: fraction = (2/3) d / d_sim
-(at most 1); other data keep the whole window (fraction 1: the detector's own limit).
+The slice options and the propagators' band limit: :mod:`.slices`.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 
-from ..errors import PtyengineError
+from . import slices as sl
 from .epie import EpieParameters, EpieResult, _epie
-from .forward import SlicePropagators, slice_propagators
+from .frame import present
 from .iterative import opened
-
-#: S·Δz outside this factor of the dataset's recorded thickness draws a warning.
-THICKNESS_FACTOR = 1.5
 
 
 @dataclass
@@ -62,70 +54,18 @@ class MepieParameters(EpieParameters):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.slices, bool) or int(self.slices) != self.slices or self.slices < 1:
-            raise PtyengineError(f"--slices must be a whole number ≥ 1, got {self.slices}")
-        self.slices = int(self.slices)
-        k = self.single_slice_iterations
-        if isinstance(k, bool) or int(k) != k or k < 0:
-            raise PtyengineError(f"--single-slice-iterations must be a whole number ≥ 0, got {k}")
-        self.single_slice_iterations = int(k)
-        dz = self.slice_thickness
-        if dz is None:
-            return
-        values = [dz] if isinstance(dz, (int, float)) else list(dz)
-        if len(values) not in (1, self.slices):
-            raise PtyengineError(
-                f"--slice-thickness has {len(values)} values for {self.slices} slices: give "
-                f"one (every slice) or {self.slices}")
-        for v in values:
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise PtyengineError(f"--slice-thickness must be positive Å, got {v}")
-        self.slice_thickness = float(values[0]) if len(values) == 1 else tuple(map(float, values))
+        self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
+        self.single_slice_iterations = sl.check_single_slice_iterations(
+            self.single_slice_iterations)
 
     def thicknesses(self, recorded: float | None = None) -> tuple[float, ...]:
         """Δz_s (Å) of every slice; ``recorded``: the dataset's specimen thickness (Å)."""
-        dz = self.slice_thickness
-        if dz is None:
-            if recorded is None:
-                raise PtyengineError(
-                    "the dataset records no specimen thickness: give --slice-thickness (Å)")
-            dz = recorded / self.slices
-        if isinstance(dz, tuple):
-            return dz
-        return (float(dz),) * self.slices
-
-
-def recorded_thickness(ds) -> float | None:
-    """The specimen thickness (Å) a dataset records (a simulated one does), or None."""
-    sim = (getattr(ds, "metadata", None) or {}).get("simulation") or {}
-    t = sim.get("thickness")
-    return float(t) if isinstance(t, (int, float)) and t > 0 else None
-
-
-def band_fraction(ds, sampling) -> float:
-    """The propagators' band limit as a fraction of the window's Nyquist frequency (module
-    docstring): the simulator's, where the dataset records its field pixel, else 1."""
-    d_sim = (getattr(ds, "metadata", None) or {}).get("field_sampling")
-    if not d_sim:
-        return 1.0
-    return min(1.0, (2 / 3) * max(sampling) / max(float(v) for v in d_sim))
+        return sl.thicknesses(self.slices, self.slice_thickness, recorded)
 
 
 def _slices(params: MepieParameters):
-    def build(ds, geom, xp) -> SlicePropagators:
-        recorded = recorded_thickness(ds)
-        dz = params.thicknesses(recorded)
-        total = sum(dz)
-        if recorded is not None and not (1 / THICKNESS_FACTOR <= total / recorded
-                                         <= THICKNESS_FACTOR):  # fmt: skip
-            warnings.warn(
-                f"{params.slices} slices × {total / params.slices:.4g} Å = {total:.4g} Å, but "
-                f"the dataset's specimen is {recorded:.4g} Å thick: the propagation between "
-                f"slices is off by {total / recorded:.3g}×; give --slice-thickness "
-                f"{recorded / params.slices:.4g}", stacklevel=4)  # fmt: skip
-        cal = ds.calibration
-        return slice_propagators(geom.window, geom.sampling, cal.energy, dz, xp,
-                                 band_fraction(ds, geom.sampling))  # fmt: skip
+    def build(ds, geom, xp):
+        return sl.propagators_for(ds, geom, xp, params.slices, params.slice_thickness)
 
     return build
 
@@ -146,5 +86,5 @@ def mepie(
     ePIE; arguments, streaming, checkpoints and resume as for :func:`.epie.epie`."""
     params = params or MepieParameters()
     with opened(data, device) as (ds, xp):
-        return _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                     data_id, memory_limit, _slices(params), report=report)  # fmt: skip
+        return present(_epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
+                             data_id, memory_limit, _slices(params), report=report))  # fmt: skip

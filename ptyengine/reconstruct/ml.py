@@ -79,10 +79,40 @@ deviance jitters by 0.5–2 between iterates at 100 e/Å²). Measured: benchmark
 
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
 the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4.
+
+**Multislice** (``slices`` S > 1, ``slice_thickness`` Δz_s as for mepie, :mod:`.slices`).
+The object is S slices O_s = exp(iφ_s − a_s), the wave propagated Δz_s from slice s to
+s + 1 by the simulator's Fresnel propagator (:mod:`.forward`); the probe and its refined
+coefficients are those of the wave entering slice 0 (C10: the defocus at the entrance
+surface, where the single-slice model finds the mid-plane). The gradient pass is the
+multislice :func:`.forward.exit_wave_pass`, whose adjoint gives every slice its ν_s, so
+∂L/∂φ_s = 2N Im(O_s ν_s*) and ∂L/∂a_s = 2N Re(O_s ν_s*) as above; the Newton step's Δ_j
+is the tangent-linear model along (dO_0 … dO_{S−1}, dP̂) (:func:`.forward.direction_pass`).
+The prior R applies to every slice alike (R(φ) = Σ_s R(φ_s)), and a depth prior
+R_z(u) = ½ μ_z Σ_s Σ_pixels (u_{s+1} − u_s)² (``depth_smoothness``, dimensionless, off by
+default) couples adjacent slices: Gaussian, like R, so its weight against the data falls as
+1/dose, and it enters the gradient and the Newton step's curvature exactly (it is not in
+the preconditioner). Off, because it did not help where measured: SrTiO3 100 Å thick,
+1000 e/Å², S = 4 (benchmarks/bench_ml_multislice.py's data), μ_z = 0 / 10 / 100 / 1000
+gave NCC 0.569 / 0.522 / 0.490 / 0.467 of the summed phase. The preconditioner of
+slice s takes its own illumination h_s = 4N Σ_j |ψ_{s,j}|² (ψ_s the wave incident on slice
+s, the den_s of the first pass), with one h̄ over the stack. Cost: 3 + 4(S − 1) FFTs per
+position for each pass (+1 with the probe). With S = 1 the code is the single-slice
+engine's, and so is the result (tests/test_ml.py).
+
+Start: the slices start from a single-slice ML run (``single_slice_iterations`` K, its own
+defocus search, refinement and stopping rule), φ_s = φ/S and a_s = a/S, the refined
+astigmatism kept and C10 moved from the single-slice plane to the first slice's entrance by
+the mean slice depth z̄ (C10 − z̄); K = 0 starts flat after a multislice defocus search.
+From flat, the fit finds slices that explain the data (lower deviance than one slice) but
+whose sum is far from the projected potential: noise-free SrTiO3 [001] 100 Å thick, S = 4,
+60 iterations, the probe at the entrance defocus, NCC of Σφ_s with σV_proj 0.16–0.22 from
+flat against 0.96 from 60 single-slice iterations (which alone give 0.85).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -94,6 +124,7 @@ from .. import backend, physics
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from . import frame as frm
+from . import slices as sl
 from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
@@ -115,6 +146,7 @@ PRECONDITIONER_FLOOR = 1.0
 #: returned iterate 0 or 1 on half of the runs.
 HELD_TOLERANCE = 4.0
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
+DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
 FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
 FISHER_POSITIONS = 128  # positions it is estimated from
 #: Half-deviance per iteration below which L has converged: a backstop. L can fall by
@@ -158,6 +190,15 @@ class MLParameters:
         ``defocus`` nor the calibration gives C10 (unknown), else off. The search costs
         ~35 iterations on up to 1024 positions (benchmarks/RESULTS.md).
     defocus_step: the search's grid step (Å).
+    slices: S, the object's slices along the beam (1: the single-slice model); S > 1 is
+        multislice ML (module docstring, "Multislice").
+    slice_thickness: Δz in Å between slices, one value or S of them (None: the dataset's
+        recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
+    depth_smoothness: μ_z, dimensionless: the prior ½ μ_z Σ_s Σ_pixels |u_{s+1} − u_s|²
+        coupling adjacent slices (module docstring, "Multislice"); 0 switches it off.
+    single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
+        this many iterations (its defocus search, refinement and stopping rule; module
+        docstring, "Multislice"); 0: flat, after a multislice defocus search.
     """
 
     iterations: int = 50
@@ -175,8 +216,18 @@ class MLParameters:
     defocus_step: float = 100.0
     seed: int = 0
     margin: int = 8
+    slices: int = 1
+    slice_thickness: float | tuple[float, ...] | None = None
+    depth_smoothness: float = DEPTH_SMOOTHNESS
+    single_slice_iterations: int = 50
 
     def __post_init__(self):
+        self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
+        self.single_slice_iterations = sl.check_single_slice_iterations(
+            self.single_slice_iterations)
+        v = self.depth_smoothness
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise PtyengineError(f"--depth-smoothness must be a finite number ≥ 0, got {v}")
         if self.iterations < 0 or self.batch_size < 1 or self.patience < 1:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
@@ -216,6 +267,7 @@ class MLResult:
     calibration: object
     extra: dict = field(default_factory=dict)
     reconstruction_frame: dict | None = None  # rotated data: see frame.present
+    slice_phase: np.ndarray | None = None  # multislice: φ_s (S, Ny, Nx) in rad; phase = Σ_s φ_s
 
 
 def count_scale(ds, cal, mean_sum: float) -> float:
@@ -303,8 +355,13 @@ def fingerprint(cal, params: MLParameters, data_id: str) -> str:
 class _Engine:
     """The passes over the data and the NCG step; one instance per run."""
 
-    def __init__(self, patterns, geom, params: MLParameters, cal, cscale: float, xp):
+    def __init__(self, patterns, geom, params: MLParameters, cal, cscale: float, xp,
+                 props=None):  # fmt: skip
         self.patterns, self.geom, self.params, self.xp = patterns, geom, params, xp
+        # multislice: the propagators between the S slices, and φ, a of shape (S, Ny, Nx)
+        self.props = props
+        self.shape = geom.object_shape if props is None else (props.n_slices,
+                                                                *geom.object_shape)
         self.cal = cal
         self.geometry = geom
         self.cscale = float(cscale)
@@ -321,7 +378,6 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
-        self._illumination = None
 
     def _batches(self):
         bs = self.params.batch_size
@@ -342,7 +398,6 @@ class _Engine:
         self.c0 = initial_coefficients(self.cal, self.names, defocus)
         self.start_defocus = (float(defocus) if defocus is not None else
                               float(dict(self.cal.aberrations).get("C10", 0.0)))  # fmt: skip
-        self._illumination = None
         self.set_coefficients(self.c0)
 
     def set_coefficients(self, c) -> None:
@@ -393,8 +448,8 @@ class _Engine:
         """One pass: (fitted, held-out half-deviance, ν, Σ|P_j|², probe term or None) at
         ``obj``; the probe term is ∂L/∂P̂* = −upd (see :mod:`.forward`)."""
         xp, inv_n = self.xp, 1.0 / self.n
-        nu = xp.zeros(self.geom.object_shape, dtype=np.complex64)
-        den = xp.zeros(self.geom.object_shape, dtype=np.float32)
+        nu = xp.zeros(self.shape, dtype=np.complex64)  # (S, Ny, Nx) for S slices
+        den = xp.zeros(self.shape, dtype=np.float32)
         upd_total = xp.zeros(self.probe_k.shape, dtype=np.complex64) if with_probe else None
         fit = held = 0.0
         probe_k = self.probe_k
@@ -410,9 +465,10 @@ class _Engine:
             lo, hi = self._box(idx)
             shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
             num, d, upd, _ = exit_wave_pass(obj, probe_k, block, idx, self.corners, lo,
-                                            shape, revise, with_probe, xp)  # fmt: skip
-            nu[lo[0]:hi[0], lo[1]:hi[1]] += num
-            den[lo[0]:hi[0], lo[1]:hi[1]] += d
+                                            shape, revise, with_probe, xp,
+                                            self.props)  # fmt: skip
+            nu[..., lo[0]:hi[0], lo[1]:hi[1]] += num
+            den[..., lo[0]:hi[0], lo[1]:hi[1]] += d
             if with_probe:
                 upd_total += upd
             fit += float(nll.sum())
@@ -434,20 +490,19 @@ class _Engine:
                                      self.params.holdout)  # fmt: skip
 
             direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp,
-                           d_probe_k)  # fmt: skip
+                           d_probe_k, self.props)  # fmt: skip
             s1_tot += float(d1.sum())
             s2_tot += float(d2.sum())
         return s1_tot, s2_tot
 
     def illumination(self, den):
         """(h/h̄, h̄) of the preconditioner, h = 4N Σ|P_j|² (4 × the counts through each
-        pixel), h̄ its mean over the well-lit pixels. The probe is fixed, so it is worked out
-        from the first pass's Σ|P_j|² and kept."""
-        if self._illumination is None:
-            h = 4 * self.n * den
-            h_bar = float(h[h > 0.5 * float(h.max())].mean())
-            self._illumination = (h / h_bar, h_bar)
-        return self._illumination
+        pixel; of every slice, Σ|ψ_s,j|²), h̄ its mean over the well-lit pixels, from a
+        gradient pass's ``den``. The sweep works it out at its first iteration and keeps
+        it in its state (a resumed run goes on with the same preconditioner)."""
+        h = 4 * self.n * den
+        h_bar = float(h[h > 0.5 * float(h.max())].mean())
+        return h / h_bar, h_bar
 
     # ------------------------------------------------------------------ the prior
     def prior(self, u):
@@ -455,6 +510,24 @@ class _Engine:
         xp = self.xp
         g = xp.fft.ifft2(xp.fft.fft2(u) * self.spectrum).real.astype(np.float32)
         return 0.5 * float(xp.sum(u * g)), g
+
+    def depth_prior(self, u):
+        """(R_z(u), ∂R_z/∂u) of the depth prior ½ μ_z Σ_s |u_{s+1} − u_s|² of a slice stack
+        (S, Ny, Nx); (0, None) for one slice or μ_z = 0."""
+        mu = self.params.depth_smoothness
+        if u.ndim < 3 or not mu:
+            return 0.0, None
+        diff = u[1:] - u[:-1]
+        g = self.xp.zeros_like(u)
+        g[1:] += diff
+        g[:-1] -= diff
+        return 0.5 * mu * float(self.xp.sum(diff * diff)), np.float32(mu) * g
+
+    def regulariser(self, u):
+        """(R(u), ∂R/∂u): the lateral prior of every slice, plus the depth prior."""
+        r, g = self.prior(u)
+        r_z, g_z = self.depth_prior(u)
+        return (r, g) if g_z is None else (r + r_z, g + g_z)
 
     def precondition(self, g, h_rel, h_bar):
         xp = self.xp
@@ -465,8 +538,10 @@ class _Engine:
             np.float32)
 
 
-def _new_state(geom, c0, xp) -> IterativeState:
-    z = lambda: xp.zeros(geom.object_shape, dtype=np.float32)  # noqa: E731
+def _new_state(geom, c0, xp, shape=None) -> IterativeState:
+    """A flat start; ``shape`` of φ and a: (S, Ny, Nx) for S slices (None: the object's)."""
+    shape = geom.object_shape if shape is None else shape
+    z = lambda: xp.zeros(shape, dtype=np.float32)  # noqa: E731
     zc = lambda: xp.zeros(len(c0), dtype=np.float64)  # noqa: E731
     arrays = {"phase": z(), "absorption": z(), "prev_phase": z(), "prev_absorption": z(),
               "g_phase": z(), "g_absorption": z(), "s_phase": z(), "s_absorption": z(),
@@ -503,8 +578,8 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         eng.set_coefficients(c)
         obj = obj_of(phi, ab)
         fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
-        r_phi, gp_phi = eng.prior(phi)
-        r_ab, gp_ab = eng.prior(ab) if complex_object else (0.0, None)
+        r_phi, gp_phi = eng.regulariser(phi)
+        r_ab, gp_ab = eng.regulariser(ab) if complex_object else (0.0, None)
         total = fit + r_phi + r_ab
         held_per = held / max(held_counts, 1.0)
         a["held"] = xp.concatenate([a["held"], xp.asarray([held_per])])
@@ -538,7 +613,10 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         if refine and iteration - fisher_iter >= FISHER_EVERY:
             fisher = eng.coefficient_fisher(obj)
             a["fisher_coeffs"], fisher_iter = xp.asarray(fisher), iteration
-        h_rel, h_bar = eng.illumination(den)
+        if "h_rel" not in a:  # the first pass's, kept (and checkpointed)
+            h_rel, h_bar = eng.illumination(den)
+            a["h_rel"], a["h_bar"] = h_rel, xp.asarray([h_bar], dtype=np.float64)
+        h_rel, h_bar = a["h_rel"], float(host(a["h_bar"])[0])
         s_phi = eng.precondition(g_phi, h_rel, h_bar)
         s_ab = eng.precondition(g_ab, h_rel, h_bar) if complex_object else None
         # the object's preconditioner divides by h/h̄, so its directions are h̄ × Newton
@@ -569,10 +647,10 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         d_probe = eng.probe_direction(d_c) if refine and np.any(d_c) else None
         _, d2 = eng.curvature(obj, (obj * du).astype(np.complex64), d_probe)
         d1 = float(xp.sum(g_phi * d_phi)) + float(g_c @ d_c)
-        d2 += float(xp.sum(d_phi * eng.prior(d_phi)[1]))
+        d2 += float(xp.sum(d_phi * eng.regulariser(d_phi)[1]))
         if complex_object:
             d1 += float(xp.sum(g_ab * d_ab))
-            d2 += float(xp.sum(d_ab * eng.prior(d_ab)[1]))
+            d2 += float(xp.sum(d_ab * eng.regulariser(d_ab)[1]))
         t = damping * (-d1 / d2) if d2 > 0 else 0.0
         # remember the point, its gradient and direction, then step
         a["prev_phase"][...] = phi
@@ -636,7 +714,9 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     if not mean_sum > 0:
         raise PtyengineError(f"{name}: every pattern is empty (no counts)")
     cscale = count_scale(ds, cal, mean_sum)
-    eng = _Engine(patterns, geom, params, cal, cscale, xp)
+    props = (sl.propagators_for(ds, geom, xp, params.slices, params.slice_thickness)
+             if params.slices > 1 else None)  # fmt: skip
+    eng = _Engine(patterns, geom, params, cal, cscale, xp, props)
     eng.counts_per_pattern = mean_sum * cscale
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
@@ -653,8 +733,8 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
     eng.set_coefficients(eng.c0 if coefficients is None else coefficients)
     obj = xp.exp(1j * phase - absorption).astype(np.complex64)
     fit, _, nu, _, upd = eng.gradient(obj, with_probe=len(eng.names) > 0)
-    r_phi, gp_phi = eng.prior(phase)
-    r_ab, gp_ab = eng.prior(absorption)
+    r_phi, gp_phi = eng.regulariser(phase)
+    r_ab, gp_ab = eng.regulariser(absorption)
     on = obj * nu.conj()
     g_c = eng.coefficient_gradient(upd) if len(eng.names) else np.zeros(0)
     return (fit + r_phi + r_ab, (2 * eng.n) * on.imag + gp_phi,
@@ -669,9 +749,45 @@ def converged(objective, patience: int) -> bool:
     return objective[-1 - patience] - objective[-1] < CONVERGED * patience
 
 
+def _single_slice_start(ds, params, xp, data_id, memory_limit, report) -> MLResult | None:
+    """S > 1 with ``single_slice_iterations``: the single-slice ML result (reconstruction
+    frame) that starts the slices, else None."""
+    k = params.single_slice_iterations
+    if params.slices == 1 or k == 0:
+        return None
+    single = dataclasses.replace(params, slices=1, slice_thickness=None, iterations=k,
+                                 single_slice_iterations=0)  # fmt: skip
+    res = _ml(ds, single, xp, None, 0, False, None, data_id, memory_limit, report)
+    if report:
+        report(f"single-slice start: {len(res.errors)} iterations, the result of iteration "
+               f"{res.best_iteration}" + "".join(f", {n} {v:.1f} Å"
+                                                 for n, v in res.extra["refined"].items()))
+    return res
+
+
+def _start_from(eng, state, single: MLResult, xp) -> None:
+    """Slices from the single-slice result: φ_s = φ/S, a_s = a/S, and the probe's
+    coefficients, its defocus moved from the single-slice plane to the first slice's
+    entrance: C10 − z̄, z̄ the mean of the slices' entrance depths."""
+    n_s = eng.shape[0]
+    c10 = single.extra["refined"].get("C10", single.extra["start_defocus"])
+    eng.start_at(c10 - float(np.mean(eng.props.positions)))
+    c = np.array([single.extra["refined"][n] for n in eng.names], dtype=np.float64)
+    if len(c):
+        c[0] = eng.c0[0]
+    a = state.arrays
+    for name in ("coeffs", "prev_coeffs", "best_coeffs"):
+        a[name] = xp.asarray(c)
+    a["phase"][...] = xp.asarray(single.phase / n_s)
+    if eng.complex_object:
+        a["absorption"][...] = xp.asarray(-np.log(np.abs(single.object)) / n_s)
+
+
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         memory_limit, report) -> MLResult:  # fmt: skip
     cal = ds.calibration
+    single = None if resume and checkpoint else _single_slice_start(ds, params, xp, data_id,
+                                                                    memory_limit, report)
     eng = setup(ds, params, xp, memory_limit)
     geom, patterns = eng.geometry, eng.patterns
     n_pos = len(geom.corners)
@@ -684,12 +800,14 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
     else:
         span = search_span(params.defocus_search, params.defocus, cal)
-        if span > 0:
+        if span > 0 and single is None:
             search = search_defocus(eng, params, span, params.defocus_step)
             if report:
                 report(search.describe())
             eng.start_at(search.defocus)
-        state = _new_state(geom, eng.c0, xp)
+        state = _new_state(geom, eng.c0, xp, eng.shape)
+        if single is not None:
+            _start_from(eng, state, single, xp)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
     held_counts = counts_per_pattern * n_pos * params.holdout
     total_counts = counts_per_pattern * n_pos - held_counts  # the fitted counts
@@ -723,6 +841,15 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "aberrations": refined_aberrations(cal, eng.names, coeffs),
              "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True)),
              "start_defocus": eng.start_defocus,
-             "defocus_search": search.describe() if search else None}
-    return MLResult(obj, backend.to_numpy(phi).astype(np.float32), probe,
-                    [float(e) for e in state.errors], held, best, geom, params, cal, extra)
+             "defocus_search": (search.describe() if search else single.extra["defocus_search"]
+                                if single else None),  # fmt: skip
+             "single_slice_start": None if single is None else {
+                 "iterations": len(single.errors), "best_iteration": single.best_iteration,
+                 "refined": single.extra["refined"]}}
+    phase, slice_phase = backend.to_numpy(phi).astype(np.float32), None
+    if eng.props is not None:  # multislice: the projected phase, and every slice's
+        slice_phase, phase = phase, phase.sum(axis=0)
+        extra.update(slice_positions_A=eng.props.positions,
+                     slice_thicknesses_A=list(eng.props.thicknesses))  # fmt: skip
+    return MLResult(obj, phase, probe, [float(e) for e in state.errors], held, best, geom,
+                    params, cal, extra, slice_phase=slice_phase)

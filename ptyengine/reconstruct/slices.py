@@ -1,0 +1,99 @@
+"""The specimen as S slices along the beam: the options shared by the multislice engines
+(mepie, ML with ``slices`` > 1) and the propagators they build from a dataset.
+
+``slices`` S ≥ 1; ``slice_thickness`` Δz in Å, one value for every slice or a list of S
+(None: the dataset's recorded specimen thickness / S). The wave propagates Δz_s from
+slice s to slice s + 1 (:mod:`.forward`); the last slice's thickness propagates nowhere
+but counts in S·Δz, which is checked against the dataset's recorded thickness (a warning
+outside a factor THICKNESS_FACTOR).
+
+Band limit: the propagators keep |k| below ``fraction`` of the probe window's Nyquist
+frequency. A simulated dataset records the simulator's field pixel d_sim, whose band limit
+2/3 · 1/(2 d_sim) is matched on the reconstruction's pixel d: fraction = (2/3) d / d_sim
+(at most 1); other data keep the whole window (fraction 1: the detector's own limit).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from ..errors import PtyengineError
+from .forward import SlicePropagators, slice_propagators
+
+#: S·Δz outside this factor of the dataset's recorded thickness draws a warning.
+THICKNESS_FACTOR = 1.5
+
+
+def check_slices(slices, slice_thickness):
+    """(S, Δz) checked and normalised: S an int ≥ 1; Δz None, one float, or a tuple of S
+    floats, all > 0 Å. Bad values raise one-line errors naming the option."""
+    if isinstance(slices, bool) or int(slices) != slices or slices < 1:
+        raise PtyengineError(f"--slices must be a whole number ≥ 1, got {slices}")
+    slices = int(slices)
+    dz = slice_thickness
+    if dz is None:
+        return slices, None
+    values = [dz] if isinstance(dz, (int, float)) else list(dz)
+    if len(values) not in (1, slices):
+        raise PtyengineError(
+            f"--slice-thickness has {len(values)} values for {slices} slices: give "
+            f"one (every slice) or {slices}")
+    for v in values:
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise PtyengineError(f"--slice-thickness must be positive Å, got {v}")
+    return slices, float(values[0]) if len(values) == 1 else tuple(map(float, values))
+
+
+def check_single_slice_iterations(k) -> int:
+    """K ≥ 0, the single-slice iterations that start the slices (0: flat)."""
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise PtyengineError(f"--single-slice-iterations must be a whole number ≥ 0, got {k}")
+    return int(k)
+
+
+def thicknesses(slices: int, slice_thickness, recorded: float | None = None) -> tuple[float, ...]:
+    """Δz_s (Å) of every slice; ``recorded``: the dataset's specimen thickness (Å)."""
+    dz = slice_thickness
+    if dz is None:
+        if recorded is None:
+            raise PtyengineError(
+                "the dataset records no specimen thickness: give --slice-thickness (Å)")
+        dz = recorded / slices
+    if isinstance(dz, tuple):
+        return dz
+    return (float(dz),) * slices
+
+
+def recorded_thickness(ds) -> float | None:
+    """The specimen thickness (Å) a dataset records (a simulated one does), or None."""
+    sim = (getattr(ds, "metadata", None) or {}).get("simulation") or {}
+    t = sim.get("thickness")
+    return float(t) if isinstance(t, (int, float)) and t > 0 else None
+
+
+def band_fraction(ds, sampling) -> float:
+    """The propagators' band limit as a fraction of the window's Nyquist frequency (module
+    docstring): the simulator's, where the dataset records its field pixel, else 1."""
+    d_sim = (getattr(ds, "metadata", None) or {}).get("field_sampling")
+    if not d_sim:
+        return 1.0
+    return min(1.0, (2 / 3) * max(sampling) / max(float(v) for v in d_sim))
+
+
+def propagators_for(ds, geom, xp, slices: int, slice_thickness) -> SlicePropagators:
+    """The :class:`.forward.SlicePropagators` of S slices of ``slice_thickness`` on the
+    window and pixel of ``geom`` for the dataset ``ds``; warns when S·Δz is far from the
+    dataset's recorded thickness."""
+    recorded = recorded_thickness(ds)
+    dz = thicknesses(slices, slice_thickness, recorded)
+    total = sum(dz)
+    if recorded is not None and not (1 / THICKNESS_FACTOR <= total / recorded
+                                     <= THICKNESS_FACTOR):  # fmt: skip
+        warnings.warn(
+            f"{slices} slices × {total / slices:.4g} Å = {total:.4g} Å, but "
+            f"the dataset's specimen is {recorded:.4g} Å thick: the propagation between "
+            f"slices is off by {total / recorded:.3g}×; give --slice-thickness "
+            f"{recorded / slices:.4g}", stacklevel=4)  # fmt: skip
+    return slice_propagators(geom.window, geom.sampling, ds.calibration.energy, dz, xp,
+                             band_fraction(ds, geom.sampling))  # fmt: skip
