@@ -120,10 +120,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import backend, physics
+from .. import backend
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
-from . import frame as frm
 from . import slices as sl
 from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
@@ -131,6 +130,13 @@ from .forward import direction_pass, exit_wave_pass
 from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
 from .patterns import choose_patterns
+from .priors import band_mask, prior_spectrum
+from .probe_coefficients import (
+    PROBE_COEFFICIENTS,
+    coefficient_basis,
+    initial_coefficients,
+    refined_aberrations,
+)
 
 EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
 NOISE_FREE_COUNTS = 1e6  # counts per pattern assumed for noise-free (float, no dose) data
@@ -153,9 +159,6 @@ FISHER_POSITIONS = 128  # positions it is estimated from
 #: less than 1 per iteration while the phase still improves (UiO-66 in focus at 100 e/Å²:
 #: NCC(1 Å) 0.61 → 0.70 from iteration 14 to 40), so the threshold is set well below.
 CONVERGED = 0.1
-#: Probe coefficients refined by each ``probe`` setting (Å): C12a, C12b are the Cartesian
-#: components of two-fold astigmatism, C12a = C12 cos 2φ12, C12b = C12 sin 2φ12.
-PROBE_COEFFICIENTS = {"none": (), "defocus": ("C10",), "aberrations": ("C10", "C12a", "C12b")}
 
 
 @dataclass
@@ -293,57 +296,6 @@ def count_scale(ds, cal, mean_sum: float) -> float:
 def bright_field_pixels(cal) -> float:
     """Detector pixels inside the bright-field disc, π (α/λ)² / (dk_y dk_x)."""
     return math.pi * (cal.semiangle * 1e-3 / cal.wavelength) ** 2 / (cal.dk[0] * cal.dk[1])
-
-
-def prior_spectrum(shape, sampling, smoothness: float, ridge: float, xp):
-    """Λ(k) of R (FFT order): μ_s λ_∇(k) + μ_r A_px, with
-    λ_∇ = 4 sin²(π k_y d_y) + 4 sin²(π k_x d_x)
-    the eigenvalues of the periodic discrete −Laplacian."""
-    fy = np.fft.fftfreq(shape[0])[:, None]
-    fx = np.fft.fftfreq(shape[1])[None, :]
-    lap = 4 * np.sin(np.pi * fy) ** 2 + 4 * np.sin(np.pi * fx) ** 2
-    return xp.asarray(smoothness * lap + ridge * sampling[0] * sampling[1], dtype=np.float32)
-
-
-def band_mask(shape, sampling, k_max: float, xp):
-    ky = np.fft.fftfreq(shape[0], sampling[0])[:, None]
-    kx = np.fft.fftfreq(shape[1], sampling[1])[None, :]
-    return xp.asarray(np.hypot(ky, kx) <= k_max, dtype=np.float32)
-
-
-def coefficient_basis(cal, names, xp):
-    """∂χ/∂c (rad/Å, FFT order, shape (len(names), Wy, Wx)) of the refined coefficients:
-    πλ|k|² for C10, πλ|k|² cos 2φ_k for C12a, πλ|k|² sin 2φ_k for C12b (physics' χ)."""
-    shape, dk, _ = frm.detector_axes(cal)
-    ky, kx = physics.spatial_frequencies(shape, (1 / (shape[0] * dk[0]), 1 / (shape[1] * dk[1])))
-    base = math.pi * cal.wavelength * (ky**2 + kx**2)
-    phi = np.arctan2(ky, kx)
-    rows = {"C10": base, "C12a": base * np.cos(2 * phi), "C12b": base * np.sin(2 * phi)}
-    return xp.asarray(np.stack([rows[n] for n in names]) if names else
-                      np.zeros((0,) + tuple(shape)), dtype=np.float32)  # fmt: skip
-
-
-def initial_coefficients(cal, names, defocus: float | None) -> np.ndarray:
-    """The calibration's values (Å) of the refined coefficients (C10 = ``defocus`` if given),
-    in the reconstruction frame (:mod:`.frame`: astigmatism turned with the detector)."""
-    ab = frm.rotated_aberrations(cal.aberrations, cal.rotation)
-    c12, phi12 = ab.get("C12", 0.0), ab.get("phi12", 0.0)
-    values = {"C10": ab.get("C10", 0.0) if defocus is None else float(defocus),
-              "C12a": c12 * math.cos(2 * phi12), "C12b": c12 * math.sin(2 * phi12)}
-    return np.array([values[n] for n in names], dtype=np.float64)
-
-
-def refined_aberrations(cal, names, coefficients) -> dict[str, float]:
-    """The calibration's aberrations with the refined coefficients (reconstruction frame)
-    put in (Å, rad), in the calibration's scan frame."""
-    ab = frm.rotated_aberrations(cal.aberrations, cal.rotation)
-    c = dict(zip(names, (float(v) for v in coefficients), strict=True))
-    if "C10" in c:
-        ab["C10"] = c["C10"]
-    if "C12a" in c:
-        ab["C12"] = math.hypot(c["C12a"], c["C12b"])
-        ab["phi12"] = 0.5 * math.atan2(c["C12b"], c["C12a"])
-    return frm.rotated_aberrations(ab, -cal.rotation)
 
 
 def fingerprint(cal, params: MLParameters, data_id: str) -> str:
