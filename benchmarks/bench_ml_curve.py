@@ -6,8 +6,7 @@ checkpoint (a resumed run equals an uninterrupted one), so the phase of every it
 scored against the ground truth: NCC band-limited to 2α/λ and after a 1 Å blur. The rule
 is applied as the engine applies it (MLParameters defaults: the latest iterate within
 HELD_TOLERANCE of the best held-out deviance; stop after ``patience`` iterations without
-one, or when the objective has converged), and the table shows the iterate it returns
-against the best NCC of the whole run.
+one), and the table shows the iterate it returns against the best NCC of the whole run.
 
     python benchmarks/bench_ml_curve.py [--dose 100] [--iterations 40] [--seed 0]
         [--ml ridge=2 --ml smoothness=10]
@@ -34,14 +33,14 @@ def rule(held, objective, patience: int, tolerance: float):
     """(returned iterate, iterations run) of the engine's two stopping rules on the curves
     ``held`` (held-out half-deviance totals) and ``objective`` (L), one value per iterate:
     the latest iterate within ``tolerance`` of the best held-out value is kept; the run
-    stops after ``patience`` iterations without one, or when L has converged
-    (:func:`ml.converged`)."""
+    stops after ``patience`` iterations without one (L's convergence rule applies only
+    without held-out pixels; ``objective`` is kept for reference)."""
     best_value, best = np.inf, 0
     for k, h in enumerate(held):
         best_value = min(best_value, h)
         if h <= best_value + tolerance:
             best = k
-        if k - best >= patience or mlmod.converged(np.asarray(objective[:k + 1]), patience):
+        if k - best >= patience:
             return best, k + 1
     return best, len(held)
 

@@ -94,6 +94,6 @@ def test_ml_beats_icom_at_100_e_per_A2_out_of_focus(uio66_quick):
     n0 = 100.0 * cal.scan_step[0] * cal.scan_step[1]
     counts = np.random.default_rng(1).poisson(data * n0).astype(np.uint32)
     noisy = InMemoryDataset(counts, dataclasses.replace(cal, dose=100.0))
-    res, r = _ml_result(noisy, path, iterations=15)
+    res, r = _ml_result(noisy, path, iterations=40)
     assert res.extra["object_model"] == "phase"
     assert r["ncc_lowpass"] > 0.6, r
