@@ -176,7 +176,7 @@ def _multislice(method: str, slices) -> bool:
                    "[default: 0.05]; 0: none.")
 @click.option("--patience", type=click.IntRange(min=1),
               help="ML: stop after this many iterations without a better held-out "
-                   "likelihood [default: 10].")
+                   "likelihood [default: 15].")
 @click.option("--band-limit/--no-band-limit", default=None,
               help="ML: keep phase and absorption within the data's information limit "
                    "2α/λ [default: on].")

@@ -66,9 +66,10 @@ damping 2× back towards 1.
 5 % of the detector pixels of every pattern is held out of the fit
 (:func:`kernels.poisson.holdout_hash`: the same pixels in every run and on every device);
 their half-deviance D_h is evaluated at every iterate. The engine keeps the latest iterate
-whose D_h lies within HELD_TOLERANCE (4) of the lowest seen, and stops when none has for
-``patience`` (10) iterations: the result is never an iterate the held-out data find
-significantly worse than an earlier one. (2) Without held-out pixels the run stops when
+whose D_h lies within HELD_TOLERANCE (4) of the lowest seen among the fitted iterates
+(from iteration 1: the flat start is no answer), and stops when none has for ``patience``
+(15) iterations: the result is never an iterate the held-out data find significantly worse
+than an earlier one. (2) Without held-out pixels the run stops when
 the objective L has fallen by less than CONVERGED (0.1 half-deviance per iteration) over
 ``patience`` iterations (with them this rule is off: L flattens while the phase still
 improves).
@@ -214,7 +215,7 @@ class MLParameters:
     ridge: float = 8.0
     band_limit: bool = True
     holdout: float = 0.05
-    patience: int = 10
+    patience: int = 15
     defocus: float | None = None
     refine_probe: str = "aberrations"
     probe_update_start: int = 1
@@ -539,8 +540,8 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         held_per = held / max(held_counts, 1.0)
         a["held"] = xp.concatenate([a["held"], xp.asarray([held_per])])
         a["objective"] = xp.concatenate([a["objective"], xp.asarray([total])])
-        if params.holdout:  # the latest iterate within noise (HELD_TOLERANCE) of the best
-            best_held = min(best_held, held_per)
+        if params.holdout and iteration > 0:  # the latest fitted iterate within noise
+            best_held = min(best_held, held_per)  # (HELD_TOLERANCE) of the best
             if held_per <= best_held + HELD_TOLERANCE / max(held_counts, 1.0):
                 best_iter = iteration
                 a["best_phase"][...] = phi
