@@ -29,17 +29,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import _ml_options, dataset_path, ensure_dataset  # noqa: E402
 
 
-def rule(held, objective, patience: int, tolerance: float):
-    """(returned iterate, iterations run) of the engine's two stopping rules on the curves
-    ``held`` (held-out half-deviance totals) and ``objective`` (L), one value per iterate:
-    the latest iterate within ``tolerance`` of the best held-out value is kept; the run
+def rule(held, patience: int, tolerance: float):
+    """(returned iterate, iterations run) of the engine's held-out rule on the curve
+    ``held`` (held-out half-deviance totals), one value per iterate: the latest fitted
+    iterate (from 1 on) within ``tolerance`` of the best held-out value is kept; the run
     stops after ``patience`` iterations without one (L's convergence rule applies only
-    without held-out pixels; ``objective`` is kept for reference)."""
+    without held-out pixels)."""
     best_value, best = np.inf, 0
     for k, h in enumerate(held):
-        best_value = min(best_value, h)
-        if h <= best_value + tolerance:
-            best = k
+        if k > 0:  # the flat start is no candidate
+            best_value = min(best_value, h)
+            if h <= best_value + tolerance:
+                best = k
         if k - best >= patience:
             return best, k + 1
     return best, len(held)
@@ -80,7 +81,7 @@ def main(argv=None):
                 res = mlmod.ml(path, dataclasses.replace(p, iterations=k), checkpoint=ck,
                                checkpoint_every=1, resume=k > 1)  # fmt: skip
                 with np.load(ck) as f:
-                    phase, objective = f["phase"], f["objective"]
+                    phase = f["phase"]
                 g = res.geometry
                 r = metrics.compare_to_truth(phase, g.sampling, g.object_origin, truth,
                                              attrs["sampling"], k_max=k_max, max_shift=1.0,
@@ -89,7 +90,7 @@ def main(argv=None):
                 scores.append(r["ncc_lowpass"])
             held_counts = res.extra["counts_per_pattern"] * len(g.corners) * p.holdout
             held = [h * held_counts for h in res.held_out]
-        returned, stopped = rule(held, objective, defaults.patience, mlmod.HELD_TOLERANCE)
+        returned, stopped = rule(held, defaults.patience, mlmod.HELD_TOLERANCE)
         best = int(np.argmax(scores))
         # scores[k-1] is the iterate after k iterations; held[k] was measured on it
         chosen = scores[returned - 1] if returned > 0 else float("nan")  # 0: flat start

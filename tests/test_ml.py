@@ -214,10 +214,19 @@ def test_unknown_counts_are_a_clear_error(thin):
 
 
 @pytest.mark.parametrize("bad", [dict(object_model="auto"), dict(smoothness=-1.0),
-                                 dict(holdout=0.7), dict(patience=0)])
+                                 dict(holdout=0.7), dict(patience=0),
+                                 dict(defocus_search=-5.0), dict(defocus_step=0.0)])
 def test_bad_parameters(bad):
     with pytest.raises(PtyengineError):
         MLParameters(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(defocus_search=-5.0), dict(defocus_step=0.0)])
+def test_bad_epie_defocus_search(bad):
+    from ptyengine.reconstruct.epie import EpieParameters
+
+    with pytest.raises(PtyengineError, match="defocus search"):
+        EpieParameters(**bad)
 
 
 def test_cli_ml_writes_a_result(tmp_path, capsys):

@@ -156,6 +156,14 @@ def search_defocus(eng, params, span: float, step: float, iterations: int = 5,
     return DefocusSearch(best, candidates, list(values), on_edge, used)
 
 
+def check_search(span: float | None, step: float) -> None:
+    """Refuse a search half-width that is not ≥ 0 Å (None: automatic) or a step ≤ 0 Å."""
+    width = 0.0 if span is None else span
+    if not (math.isfinite(width) and width >= 0 and math.isfinite(step) and step > 0):
+        raise PtyengineError(f"defocus search: span ({span}) must be ≥ 0 Å and step "
+                             f"({step}) > 0 Å")
+
+
 def search_span(span: float | None, defocus: float | None, cal) -> float:
     """The half-width (Å) to search: ``span`` if given, else AUTO_SPAN when neither
     ``defocus`` nor the calibration gives C10 (the defocus is unknown), else 0."""

@@ -59,7 +59,7 @@ from ..errors import PtyengineError
 from ..kernels import ptycho as pk
 from ..shift import ramps_2d
 from . import frame as frm
-from .defocus_search import estimate_defocus, search_span
+from .defocus_search import check_search, estimate_defocus, search_span
 from .forward import exit_wave_pass
 from .iterative import IterativeState, iteration_rng, load_checkpoint, opened, run
 from .patterns import choose_patterns
@@ -95,6 +95,7 @@ class EpieParameters:
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 < v <= 2):
                 raise PtyengineError(f"step size {name} must lie in (0, 2], got {v}")
+        check_search(self.defocus_search, self.defocus_step)
 
 
 @dataclass

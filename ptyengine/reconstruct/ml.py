@@ -127,7 +127,7 @@ from .. import backend
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from . import slices as sl
-from .defocus_search import search_defocus, search_span
+from .defocus_search import check_search, search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
 from .frame import present
@@ -242,11 +242,7 @@ class MLParameters:
         if self.refine_probe not in PROBE_COEFFICIENTS:
             raise PtyengineError(f"probe refinement must be one of "
                                  f"{', '.join(PROBE_COEFFICIENTS)}, got {self.refine_probe!r}")
-        span = 0.0 if self.defocus_search is None else self.defocus_search
-        if not (math.isfinite(span) and span >= 0
-                and math.isfinite(self.defocus_step) and self.defocus_step > 0):
-            raise PtyengineError(f"defocus search: span ({self.defocus_search}) must be ≥ 0 Å "
-                                 f"and step ({self.defocus_step}) > 0 Å")
+        check_search(self.defocus_search, self.defocus_step)
         if self.probe_update_start < 0:
             raise PtyengineError(f"probe update start must be ≥ 0, got "
                                  f"{self.probe_update_start}")
@@ -360,7 +356,6 @@ class _Engine:
         """Refined probe coefficients c (Å) → the probe P̂ = P̂₀ exp(−i Σ_i (c_i − c0_i) χ_i)
         (χ is linear in the coefficients, so this is exact)."""
         c = np.asarray(c, dtype=np.float64)
-        self.coefficients = c
         if len(c) == 0 or not np.any(c != self.c0):
             self.probe_k = self.probe0
             return
