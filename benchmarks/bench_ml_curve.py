@@ -26,7 +26,7 @@ from ptyengine import io, metrics, physics, presets
 from ptyengine.reconstruct import ml as mlmod
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_quality import _ml_options, dataset_path, ensure_dataset  # noqa: E402
+from bench_quality import _ml_options, dataset_path, ensure_dataset, object_border  # noqa: E402
 
 
 def rule(held, patience: int, tolerance: float):
@@ -70,6 +70,7 @@ def main(argv=None):
         with io.open_dataset(path) as ds:
             cal = ds.calibration
             pot, attrs = ds.read_array("ground_truth/potential")
+            margin = float(ds.metadata.get("scan_margin_A", 0.0))
         truth = physics.interaction_constant(cal.energy) * pot
         k_max = 2 * cal.semiangle * 1e-3 / cal.wavelength
         p = dataclasses.replace(defaults, iterations=0, seed=args.seed,
@@ -86,7 +87,7 @@ def main(argv=None):
                 r = metrics.compare_to_truth(phase, g.sampling, g.object_origin, truth,
                                              attrs["sampling"], k_max=k_max, max_shift=1.0,
                                              sigma=1.0,
-                                             border=g.window[0] // 2 + int(g.corners.min()))
+                                             border=object_border(g, margin))
                 scores.append(r["ncc_lowpass"])
             held_counts = res.extra["counts_per_pattern"] * len(g.corners) * p.holdout
             held = [h * held_counts for h in res.held_out]

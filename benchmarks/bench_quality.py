@@ -8,8 +8,10 @@ fingerprint is already in ``--out``), reconstructed with iCOM, iDPC and ePIE, an
 phase image is compared with σ·V, the ground-truth projected potential times the
 interaction constant: signed normalised cross-correlation (NCC) after band-limiting both
 to k_max = 2·semiangle/λ (the information limit of the data) and registering with
-|shift| ≤ 1 Å (metrics.compare_to_truth). For ePIE the unscanned margin of the object is
-left out (border = window//2 + min(corners) pixels); iCOM/iDPC images cover the scan only.
+|shift| ≤ 1 Å (metrics.compare_to_truth). The NCC is taken over the area that received
+the full dose: the scan less its dose margin (simulate.dose_margin, the probe's radius
+α·|C10| + 1 Å in the quick preset: the unit cell in the middle of the scan), and for ePIE
+and ML also less the unscanned margin of the object (window//2 + min(corners) pixels).
 A negative NCC means inverted contrast (e.g. iCOM out of focus). Each image is also
 compared after a Gaussian blur of σ = 1 Å applied to both (``NCC(1 Å)``: the structure a
 user looks for at low dose). With several ``--seeds`` each noisy dataset is simulated once
@@ -94,6 +96,19 @@ def ensure_dataset(params, path: Path, log) -> tuple[float, bool]:
     return time.perf_counter() - t0, False
 
 
+def dose_border(margin: float, sampling) -> int:
+    """Pixels at each edge of an image on the scan grid outside the fully dosed area
+    (``margin``: the dataset's scan_margin_A)."""
+    return int(round(margin / sampling[0]))
+
+
+def object_border(geometry, margin: float) -> int:
+    """Pixels at each edge of an ePIE/ML object outside the fully dosed area: its unscanned
+    margin (window//2 + min(corners)) and the scan's dose margin."""
+    return int(geometry.window[0] // 2 + geometry.corners.min()) + dose_border(
+        margin, geometry.sampling)
+
+
 def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log,
              ml_params: MLParameters | None = None) -> dict:  # fmt: skip
     """NCC of each method's phase with σ·V (see the module docstring)."""
@@ -105,6 +120,7 @@ def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log,
         truth_sampling = attrs["sampling"]
         truth_origin = attrs.get("origin", (0.0, 0.0))
         k_max = 2 * cal.semiangle * 1e-3 / physics.wavelength(cal.energy)
+        margin = float(ds.metadata.get("scan_margin_A", 0.0))  # Å: see the docstring
 
         def score(phase, sampling, origin, border):
             r = metrics.compare_to_truth(phase, sampling, origin, truth, truth_sampling,
@@ -117,14 +133,15 @@ def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log,
                 t0 = time.perf_counter()
                 res = fn(ds, device=device)
                 sec = time.perf_counter() - t0
-                ncc, shift, ncc1 = score(res.phase, res.sampling, res.origin, 0)
+                ncc, shift, ncc1 = score(res.phase, res.sampling, res.origin,
+                                         dose_border(margin, res.sampling))
                 out[name] = {"ncc": ncc, "ncc_1A": ncc1, "shift_A": shift, "seconds": sec}
         if "epie" in methods:
             t0 = time.perf_counter()
             res = epie(ds, epie_params, device=device)
             sec = time.perf_counter() - t0
             g = res.geometry
-            border = int(g.window[0] // 2 + g.corners.min())
+            border = object_border(res.geometry, margin)
             ncc, shift, ncc1 = score(res.phase, g.sampling, g.object_origin, border)
             out["epie"] = {
                 "ncc": ncc,
@@ -139,7 +156,7 @@ def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log,
             res = ml(ds, ml_params or MLParameters(), device=device)
             sec = time.perf_counter() - t0
             g = res.geometry
-            border = int(g.window[0] // 2 + g.corners.min())
+            border = object_border(res.geometry, margin)
             ncc, shift, ncc1 = score(res.phase, g.sampling, g.object_origin, border)
             out["ml"] = {"ncc": ncc, "ncc_1A": ncc1, "shift_A": shift, "seconds": sec,
                          "best_iteration": res.best_iteration,

@@ -15,10 +15,17 @@ structures.UIO66_STUDY_SIGMA) unless ``hydrogen=False``.
   defocus) are ptyengine's choices; the study does not state them. Meant for a GPU.
 * ``quick``: the same physics on a 2-core CPU in a few minutes: a 41 × 44 Å field
   (2 × 3 orthogonal cells), the full 3 nm thickness and all three defoci, 2 phonon
-  configurations, one unit cell scanned at 0.6 Å, a 160-px detector to 30 mrad
-  (a 52 Å real-space field of view, so even the 100 nm-defocus probe fits for
-  ptychography; the simulation's window is that 52 Å at 100 nm, and the 41 × 44 Å
-  periodic field itself at 0 and 50 nm, where the probe fits in it: multislice.window_size).
+  configurations, a 160-px detector to 30 mrad (a 52 Å real-space field of view, so even
+  the 100 nm-defocus probe fits for ptychography; the simulation's window is that 52 Å at
+  100 nm, and the 41 × 44 Å periodic field itself at 0 and 50 nm, where the probe fits in
+  it: multislice.window_size). The scan covers one unit cell (20.7 × 14.7 Å) and the
+  probe's radius α·|C10| + 1 Å beyond it on every side (simulate.dose_margin; positions
+  wrap round the periodic field), so that every point of the cell receives the dose the
+  data are labelled with: a scan of the cell alone is smaller than the 40 Å probe at
+  100 nm, and its centre would receive a quarter of it. Step 0.6 Å in focus (38 × 28
+  positions) and 1.2 Å at 50 and 100 nm (35 × 30 and 52 × 47 positions; the probe is 20
+  and 40 Å wide there): the dose per pattern is dose × step². Quality is judged on the
+  cell (benchmarks/bench_quality.py).
 """
 
 from __future__ import annotations
@@ -47,7 +54,10 @@ def uio66_defocus(variant: str = "quick") -> list[tuple[str, SimulationParameter
                                     detector_pixels=256)  # fmt: skip
     elif variant == "quick":
         base = SimulationParameters(**common, field=(41.4, 44.0), phonons=2, scan_step=0.6,
-                                    max_angle=30.0, detector_pixels=160)
+                                    max_angle=30.0, detector_pixels=160, scan_margin=None)
+        return [(defocus_label(df), dataclasses.replace(base, defocus=df,
+                                                        scan_step=0.6 if df == 0 else 1.2))
+                for df in STUDY_DEFOCI]  # fmt: skip
     else:
         raise PtyengineError(f"unknown preset {variant!r} for uio66-defocus: use quick or full")
     return [(defocus_label(df), dataclasses.replace(base, defocus=df)) for df in STUDY_DEFOCI]

@@ -27,6 +27,10 @@ from .common import DEFOCUS_HELP, _pair, _progress_bar, _zone_axis, keep_on_inte
 @click.option("--cs", type=float, help="Spherical aberration C30 in Å.")
 @click.option("--scan-step", type=float, help="Scan step in Å.")
 @click.option("--scan-size", help="Scanned area in Å: s or h,w (default: one unit cell).")
+@click.option("--scan-margin", metavar="Å|auto",
+              help="Å added to the scanned area on every side; auto: the probe's radius "
+                   "α·|C10| + 1 Å, so every point of the area gets the full dose (default 0; "
+                   "auto in the uio66-defocus quick preset).")
 @click.option("--scan-origin", help="First scan position y,x in Å in the field (default: the "
                                     "scan centred; positions wrap round the periodic field).")
 @click.option("--max-angle", type=float, help="Detector half-width in mrad.")
@@ -97,6 +101,8 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
         "double": opts["double"],
     }
     changes = {k: v for k, v in changes.items() if v is not None}
+    if opts["scan_margin"] is not None:
+        changes["scan_margin"] = _margin(opts["scan_margin"])
     jobs = [(label, dataclasses.replace(p, **changes)) for label, p in jobs]
     given = [name for name in ("max_angle", "dk", "detector_angle") if opts[name] is not None]
     if len(given) > 1:
@@ -133,6 +139,17 @@ def simulate(recipe, variant, output, device, overwrite, resume, batch_size, **o
         targets = [(p, out / f"{label}.zarr") for label, p in jobs]
     for params, path in targets:
         _run_simulation(params, path, device, overwrite, resume, batch_size)
+
+
+def _margin(text: str) -> float | None:
+    from ..errors import PtyengineError
+
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise PtyengineError(f"--scan-margin takes Å or 'auto', got {text!r}") from None
 
 
 def _sigmas(text: str) -> dict[str, float]:
