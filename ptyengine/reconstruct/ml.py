@@ -126,13 +126,14 @@ import numpy as np
 from .. import backend
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
+from . import positions as pos
 from . import slices as sl
 from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
 from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
-from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters  # noqa: F401  (re-exported)
+from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters, refines_positions  # noqa: F401
 from .patterns import choose_patterns
 from .priors import band_mask, prior_spectrum
 from .probe_coefficients import (
@@ -179,6 +180,7 @@ class MLResult:
     extra: dict = field(default_factory=dict)
     reconstruction_frame: dict | None = None  # rotated data: see frame.present
     slice_phase: np.ndarray | None = None  # multislice: φ_s (S, Ny, Nx) in rad; phase = Σ_s φ_s
+    positions: np.ndarray | None = None  # (N, 2) Å, scan frame: where the fit put each pattern
 
 
 def count_scale(ds, cal, mean_sum: float) -> float:
@@ -238,6 +240,15 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
+
+    def set_positions(self, p) -> int:
+        """Move the windows to ``p`` (N, 2) object pixels (:func:`.positions.pixel_positions`)
+        and the probe's shift ramps with them; returns how many were held at the grid's
+        edge."""
+        clipped = pos.set_pixel_positions(self.geom, p)
+        self.corners = self.xp.asarray(self.geom.corners)
+        self.patterns.refresh_ramps()
+        return clipped
 
     def _batches(self):
         bs = self.params.batch_size
@@ -412,6 +423,10 @@ def _new_state(geom, c0, xp, shape=None) -> IterativeState:
               # L_prev, damping, best held-out, best iteration, last step t, Fisher's iteration
               "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0, -BIG], dtype=np.float64),
               "held": xp.zeros(0, dtype=np.float64),  # held-out deviance per count
+              # the scan positions (object pixels, positions.pixel_positions) and the best's
+              "positions": xp.asarray(pos.pixel_positions(geom)),
+              "best_positions": xp.asarray(pos.pixel_positions(geom)),
+              "position_rms": xp.zeros(0, dtype=np.float64),  # Å: each update's rms step
               "objective": xp.zeros(0, dtype=np.float64)}  # L at each iterate  # fmt: skip
     return IterativeState(arrays)
 
@@ -422,6 +437,9 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
     along it (module docstring). The probe coefficients c join the vector from
     ``probe_update_start`` on, preconditioned by their Fisher information."""
     host = backend.to_numpy
+    positions_on = refines_positions(params, eng.counts_per_pattern)
+    max_shift = (1.0 if params.position_max_shift is None else
+                 params.position_max_shift / min(eng.geom.sampling))  # object pixels
 
     def obj_of(phi, ab):
         return xp.exp(1j * phi - ab).astype(np.complex64)
@@ -436,6 +454,12 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         c = host(a["coeffs"]).copy()
         eng.set_coefficients(c)
         obj = obj_of(phi, ab)
+        k = iteration - params.position_update_start
+        moved = positions_on and k >= 0 and k % params.position_update_every == 0
+        if moved:  # positions first, at the current object; then CG restarts (β = 0)
+            step = pos.update_positions(eng, obj, max_shift, EPS)
+            a["positions"] = xp.asarray(pos.pixel_positions(eng.geom))
+            a["position_rms"] = xp.concatenate([a["position_rms"], xp.asarray([step.rms])])
         fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
         r_phi, gp_phi = eng.regulariser(phi)
         r_ab, gp_ab = eng.regulariser(ab) if complex_object else (0.0, None)
@@ -450,7 +474,9 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
                 a["best_phase"][...] = phi
                 a["best_absorption"][...] = ab
                 a["best_coeffs"] = xp.asarray(c)
-        rejected = iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
+                a["best_positions"][...] = a["positions"]
+        # after a position update L is not comparable with l_prev: no undo
+        rejected = not moved and iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
         if rejected:  # undo the last step; restart CG from the previous gradient
             phi[...] = a["prev_phase"]
             ab[...] = a["prev_absorption"]
@@ -467,7 +493,8 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             g_phi = (2 * eng.n) * on.imag.astype(np.float32) + gp_phi
             g_ab = ((2 * eng.n) * on.real.astype(np.float32) + gp_ab) if complex_object else None
             g_c = eng.coefficient_gradient(upd) if refine else np.zeros(len(c))
-            d_prev = (a["d_phase"], a["d_absorption"], host(a["d_coeffs"])) if iteration else None
+            d_prev = ((a["d_phase"], a["d_absorption"], host(a["d_coeffs"]))
+                      if iteration and not moved else None)  # fmt: skip
         fisher = host(a["fisher_coeffs"])
         if refine and iteration - fisher_iter >= FISHER_EVERY:
             fisher = eng.coefficient_fisher(obj)
@@ -544,6 +571,7 @@ def ml(
     data_id: str = "",
     memory_limit: int | None = None,
     report=None,
+    positions=None,
 ) -> MLResult:
     """Reconstruct the object from a calibrated dataset (path, io.Dataset or
     InMemoryDataset) by Poisson maximum likelihood; see the module docstring.
@@ -551,22 +579,26 @@ def ml(
     The measured patterns are held or streamed as for ePIE (``memory_limit``);
     ``progress(iteration, error)``, ``checkpoint``/``checkpoint_every``/``resume`` as for
     :func:`.epie.epie`; ``report(line)`` receives one line on the defocus search.
+    ``positions``: measured scan positions (N, 2) Å in the scan frame, scan order, in place
+    of the calibration's grid (:meth:`.epie.PtychoGeometry.from_calibration`); refined
+    with ``params.refine_positions``, and returned in ``result.positions``.
     Returns the iterate with the best held-out likelihood.
     """
     params = params or MLParameters()
     with opened(data, device) as (ds, xp):
         return present(_ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                           data_id, memory_limit, report))  # fmt: skip
+                           data_id, memory_limit, report, positions))  # fmt: skip
 
 
 def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
-          patterns=None) -> _Engine:  # fmt: skip
-    """The engine for a dataset: geometry, pattern source (``patterns``: one already made
+          patterns=None, positions=None) -> _Engine:  # fmt: skip
+    """The engine for a dataset: geometry (of the calibration's scan grid, or of measured
+    ``positions``, Å), pattern source (``patterns``: one already made
     for the same geometry), counts scale, probe and object model
     (``eng.complex_object``, ``eng.counts_per_pattern``)."""
     cal = ds.calibration
     name = getattr(ds, "path", None) or "data"
-    geom = PtychoGeometry.from_calibration(cal, params.margin)
+    geom = PtychoGeometry.from_calibration(cal, params.margin, positions=positions)
     if patterns is None:
         patterns = choose_patterns(ds, geom, xp, memory_limit)
     mean_sum = patterns.total / len(geom.corners)
@@ -608,15 +640,16 @@ def converged(objective, patience: int) -> bool:
     return objective[-1 - patience] - objective[-1] < CONVERGED * patience
 
 
-def _single_slice_start(ds, params, xp, data_id, memory_limit, report) -> MLResult | None:
+def _single_slice_start(ds, params, xp, data_id, memory_limit, report,
+                        positions=None) -> MLResult | None:  # fmt: skip
     """S > 1 with ``single_slice_iterations``: the single-slice ML result (reconstruction
     frame) that starts the slices, else None."""
     k = params.single_slice_iterations
     if params.slices == 1 or k == 0:
         return None
     single = dataclasses.replace(params, slices=1, slice_thickness=None, iterations=k,
-                                 single_slice_iterations=0)  # fmt: skip
-    res = _ml(ds, single, xp, None, 0, False, None, data_id, memory_limit, report)
+                                 single_slice_iterations=0, refine_positions="off")  # fmt: skip
+    res = _ml(ds, single, xp, None, 0, False, None, data_id, memory_limit, report, positions)
     if report:
         report(f"single-slice start: {len(res.errors)} iterations, the result of iteration "
                f"{res.best_iteration}" + "".join(f", {n} {v:.1f} Å"
@@ -643,12 +676,15 @@ def _start_from(eng, state, single: MLResult, xp) -> None:
 
 
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-        memory_limit, report) -> MLResult:  # fmt: skip
+        memory_limit, report, positions=None) -> MLResult:  # fmt: skip
     cal = ds.calibration
-    single = None if resume and checkpoint else _single_slice_start(ds, params, xp, data_id,
-                                                                    memory_limit, report)
-    eng = setup(ds, params, xp, memory_limit)
+    single = None if resume and checkpoint else _single_slice_start(
+        ds, params, xp, data_id, memory_limit, report, positions)  # fmt: skip
+    eng = setup(ds, params, xp, memory_limit, positions=positions)
     geom, patterns = eng.geometry, eng.patterns
+    start_positions = pos.scan_positions(geom)
+    if positions is not None:  # measured positions are part of the data
+        data_id = f"{data_id}|positions={hashlib.sha256(start_positions.tobytes()).hexdigest()}"
     n_pos = len(geom.corners)
     counts_per_pattern, complex_object = eng.counts_per_pattern, eng.complex_object
     per_bf_pixel, cscale = eng.per_bf_pixel, eng.cscale
@@ -657,6 +693,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
         eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
+        eng.set_positions(backend.to_numpy(state.arrays["positions"]))
     else:
         span = search_span(params.defocus_search, params.defocus, cal)
         if span > 0 and single is None:
@@ -687,6 +724,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     ab = a["best_absorption"] if use_best else a["absorption"]
     coeffs = backend.to_numpy(a["best_coeffs"] if use_best else a["coeffs"])
     best = int(sc[3]) if use_best else state.iteration
+    eng.set_positions(backend.to_numpy(a["best_positions"] if use_best else a["positions"]))
+    refined_positions = pos.scan_positions(geom)
     obj = backend.to_numpy(xp.exp(1j * phi - ab).astype(np.complex64))
     eng.set_coefficients(coeffs)
     probe = backend.to_numpy(xp.fft.ifft2(eng.probe_k))
@@ -705,11 +744,15 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
                                 if single else None),  # fmt: skip
              "single_slice_start": None if single is None else {
                  "iterations": len(single.errors), "best_iteration": single.best_iteration,
-                 "refined": single.extra["refined"]}}
+                 "refined": single.extra["refined"]},
+             "positions": pos.summary(start_positions, refined_positions,
+                                      backend.to_numpy(a["position_rms"]),
+                                      refines_positions(params, counts_per_pattern))}
     phase, slice_phase = backend.to_numpy(phi).astype(np.float32), None
     if eng.props is not None:  # multislice: the projected phase, and every slice's
         slice_phase, phase = phase, phase.sum(axis=0)
         extra.update(slice_positions_A=eng.props.positions,
                      slice_thicknesses_A=list(eng.props.thicknesses))  # fmt: skip
     return MLResult(obj, phase, probe, [float(e) for e in state.errors], held, best, geom,
-                    params, cal, extra, slice_phase=slice_phase)
+                    params, cal, extra, slice_phase=slice_phase,
+                    positions=refined_positions)  # fmt: skip

@@ -13,6 +13,9 @@ from .defocus_search import check_search
 from .probe_coefficients import PROBE_COEFFICIENTS
 
 DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
+#: counts per pattern below which ``refine_positions="auto"`` leaves the positions alone
+#: (see :func:`refines_positions`)
+POSITION_MIN_COUNTS = 0.0
 
 
 @dataclass
@@ -53,6 +56,13 @@ class MLParameters:
         recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
     depth_smoothness: μ_z, dimensionless: the prior ½ μ_z Σ_s Σ_pixels |u_{s+1} − u_s|²
         coupling adjacent slices (module docstring, "Multislice"); 0 switches it off.
+    refine_positions: refine every scan position with the object (:mod:`.positions`):
+        "on", "off" or "auto" (on for a single slice with at least POSITION_MIN_COUNTS
+        counts per pattern; S > 1 never refines them). True / False mean on / off.
+    position_update_start: first iteration (0-based) that moves the positions; then every
+        ``position_update_every`` iterations, one extra pass (6 FFTs per position) each.
+    position_max_shift: the longest step of a position per update (Å; None: one object
+        pixel).
     single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
         this many iterations (its defocus search, refinement and stopping rule; module
         docstring, "Multislice"); 0: flat, after a multislice defocus search.
@@ -77,6 +87,10 @@ class MLParameters:
     slice_thickness: float | tuple[float, ...] | None = None
     depth_smoothness: float = DEPTH_SMOOTHNESS
     single_slice_iterations: int = 50
+    refine_positions: str = "auto"
+    position_update_start: int = 10
+    position_update_every: int = 4
+    position_max_shift: float | None = None
 
     def __post_init__(self):
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
@@ -105,3 +119,30 @@ class MLParameters:
                 raise PtyengineError(f"{name} must be a finite number ≥ 0, got {v}")
         if not 0 <= self.holdout < 0.5:
             raise PtyengineError(f"held-out fraction must lie in [0, 0.5), got {self.holdout}")
+        self._check_positions()
+
+    def _check_positions(self) -> None:
+        if self.refine_positions in (True, False):
+            self.refine_positions = "on" if self.refine_positions else "off"
+        if self.refine_positions not in ("auto", "on", "off"):
+            raise PtyengineError(f"--refine-positions must be auto, on or off, got "
+                                 f"{self.refine_positions!r}")  # fmt: skip
+        if self.refine_positions == "on" and self.slices > 1:
+            raise PtyengineError("--refine-positions on: positions are refined by the "
+                                 "single-slice model only; use --slices 1, or leave it auto")
+        if self.position_update_start < 0 or self.position_update_every < 1:
+            raise PtyengineError(
+                f"position update start ({self.position_update_start}) must be ≥ 0 and its "
+                f"interval ({self.position_update_every}) ≥ 1 iterations")
+        v = self.position_max_shift
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise PtyengineError(f"--position-max-shift must be a positive number of Å, "
+                                 f"got {v}")  # fmt: skip
+
+
+def refines_positions(params: MLParameters, counts_per_pattern: float) -> bool:
+    """Whether a run refines the scan positions: "on", or "auto" on a single slice with at
+    least POSITION_MIN_COUNTS counts per pattern."""
+    if params.refine_positions == "auto":
+        return params.slices == 1 and counts_per_pattern >= POSITION_MIN_COUNTS
+    return params.refine_positions == "on"

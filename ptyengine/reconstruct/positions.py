@@ -1,0 +1,226 @@
+"""Scan-position refinement for the Poisson ML engine (:mod:`.ml`, ``refine_positions``).
+
+A real scan does not put the probe exactly where the scan generator says: drift, flyback
+and hysteresis move positions by tenths of an Å to Å. The likelihood knows where each
+pattern was taken, so every position r_j is refined with the object.
+
+**Coordinates.** A position is held as p_j = (corner_j + W//2 + frac_j) object pixels from
+the object grid's pixel (0, 0) (:class:`.epie.PtychoGeometry`: the window's integer
+corner and the probe's sub-pixel shift frac ∈ [0, 1)); in Å, in the reconstruction frame,
+r_j = object_origin + p_j · d (d: the object pixel, Å), and in the scan frame of the
+calibration's positions (``scan_origin + (i·dy, j·dx)``) R(θ) r_j (:mod:`.frame`).
+
+**Gradient.** The probe is moved to frac_j by the Fourier ramp exp(−2πi k·frac_j) (k in
+cycles per pixel, FFT order: :func:`ptyengine.shift.ramps_2d`), so along axis a ∈ {y, x}
+
+    ∂P̂_j/∂p_a = −2πi k_a P̂_j,    ∂Ψ_j/∂p_a = F[F⁻¹[−2πi k_a P̂_j] · O_j]
+
+(Ψ_j = F[P_j · O_j], the single-slice model of :mod:`.forward`). With I = |Ψ_j|² (counts)
+and I'_a = 2 Re(Ψ_j* ∂Ψ_j/∂p_a), the Poisson objective's derivative and its Fisher
+information are, per position (fitted pixels only: held-out and masked pixels are left out
+as in the object's fit),
+
+    g_a    = ∂L/∂p_a = Σ_k (1 − n/(I + ε)) I'_a          (half-deviance per pixel)
+    F_ab   = Σ_k I'_a I'_b / (I + ε)                     (half-deviance per pixel²)
+
+both from :func:`kernels.poisson.poisson_curvature` along ∂Ψ/∂p_y, ∂Ψ/∂p_x and their sum
+(F_xy = (F(y + x) − F_yy − F_xx)/2). In Å: g/d, F/d². One pass costs 6 FFTs per position
+(the probe, its two derivatives, each there and back), against 7 for an iteration of the
+object's conjugate gradients.
+
+**Step.** A damped Newton step per position, Δp_j = −(F_j + λ 1)⁻¹ g_j, with the
+Levenberg term λ = LEVENBERG × the median over positions of tr F / 2 (a position over a
+featureless patch of object has a small F: it moves little instead of far), its length
+clipped to ``max_shift`` (object pixels per update). The positions are coupled only
+through the object, which is held fixed while they move; the object's CG restarts after
+every position update (its previous directions were for other positions).
+
+**The global translation is not in the data.** Moving every position by the same t and
+the object by t leaves every pattern unchanged, so the mean step is removed,
+Δp_j ← Δp_j − mean_j Δp; the positions' mean stays where the calibration put it. A global
+linear map of the positions (scan scale, rotation, shear) is determined by the data (the
+probe has a fixed size in Å) and is refined with the rest; :func:`affine_part` reports
+it. A position that would take its window off the object grid is held at its edge
+(``clipped``): the grid does not grow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend
+from ..kernels import poisson as pp
+from ..kernels import ptycho as pk
+from . import frame as frm
+from .forward import CPLX, REAL, _chunk
+
+#: λ / (median tr F / 2): small enough not to slow well-determined positions, large enough
+#: that a position over a flat patch (F ≪ median) takes a step ~g/λ, not g/F.
+LEVENBERG = 0.05
+
+
+@dataclass
+class PositionUpdate:
+    """What one update did: the steps applied (N, 2) in object pixels, their rms (Å), the
+    mean step removed (Å, the undetermined translation), how many positions were held at
+    the object grid's edge."""
+
+    steps: np.ndarray
+    rms: float
+    mean_removed: tuple[float, float]
+    clipped: int
+
+
+def pixel_positions(geom) -> np.ndarray:
+    """(N, 2) float64: p_j = corner_j + W//2 + frac_j, object pixels from pixel (0, 0)."""
+    half = np.array([geom.window[0] // 2, geom.window[1] // 2])
+    return geom.corners + half + geom.frac
+
+
+def set_pixel_positions(geom, p) -> int:
+    """Move the geometry's windows to ``p`` (N, 2) object pixels (as :func:`pixel_positions`
+    gives them): integer corners, frac ∈ [0, 1). A window that would leave the object grid
+    is held at its edge; returns how many were."""
+    half = np.array([geom.window[0] // 2, geom.window[1] // 2])
+    top = np.array(geom.object_shape) - np.array(geom.window)  # largest corner
+    c = np.asarray(p, dtype=np.float64) - half
+    held = np.clip(c, 0.0, top)
+    clipped = int(np.count_nonzero(np.any(held != c, axis=1)))
+    corners = np.floor(held).astype(np.int64)
+    corners = np.minimum(corners, top)
+    geom.corners[...] = corners
+    geom.frac[...] = held - corners
+    return clipped
+
+
+def scan_positions(geom) -> np.ndarray:
+    """(N, 2) positions in Å in the scan frame, as the calibration's (scan_origin + (i·dy,
+    j·dx)), of the geometry's windows."""
+    r = np.asarray(geom.object_origin) + pixel_positions(geom) * np.asarray(geom.sampling)
+    return frm.frame_to_scan(r, geom.rotation)
+
+
+def affine_part(nominal, refined) -> dict:
+    """The least-squares linear map of the refined positions' displacements (Å) on the
+    nominal positions (Å, N × 2, scan frame): u = A (r − r̄) + t; A (dimensionless: 0.01 is
+    a 1 % scan-scale error) and t (Å), and the rms (Å) of what A and t leave."""
+    r = np.asarray(nominal, np.float64)
+    u = np.asarray(refined, np.float64) - r
+    x = np.column_stack([r - r.mean(axis=0), np.ones(len(r))])
+    coef, *_ = np.linalg.lstsq(x, u, rcond=None)
+    rest = u - x @ coef
+    return {"matrix": coef[:2].T.tolist(), "translation_A": coef[2].tolist(),
+            "residual_rms_A": float(np.sqrt(np.mean(np.sum(rest**2, axis=1))))}  # fmt: skip
+
+
+def summary(start, refined, update_rms, refined_on: bool) -> dict:
+    """What a run did to the positions (Å, scan frame, N × 2 each), for result.extra:
+    whether they were refined, the rms step of every update, the rms displacement from the
+    start, and its linear part (:func:`affine_part`)."""
+    u = np.asarray(refined) - np.asarray(start)
+    return {"refined": bool(refined_on), "update_rms_A": [float(v) for v in update_rms],
+            "shift_rms_A": float(np.sqrt(np.mean(np.sum(u**2, axis=1)))),
+            "affine": affine_part(start, refined) if refined_on else None}  # fmt: skip
+
+
+def derivative_probes(probe_k, xp):
+    """(∂P̂/∂p_y, ∂P̂/∂p_x) = −2πi k_a P̂ (k in cycles per object pixel, FFT order)."""
+    w0, w1 = probe_k.shape
+    ky = xp.asarray(np.fft.fftfreq(w0).astype(np.float32))[:, None]
+    kx = xp.asarray(np.fft.fftfreq(w1).astype(np.float32))[None, :]
+    c = np.complex64(-2j * math.pi)
+    return (c * ky * probe_k).astype(CPLX), (c * kx * probe_k).astype(CPLX)
+
+
+def position_pass(obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
+    """For the positions ``idx`` (flat scan indices) of ``block``: Ψ_j and ∂Ψ_j/∂p_y,
+    ∂Ψ_j/∂p_x (single slice), handed to ``reduce(psi, d_y, d_x, local, positions, s0, s1)``
+    as :func:`.forward.direction_pass` does; one part per CPU core. 6 FFTs per position."""
+    w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
+    inv_n = 1.0 / (w0 * w1)
+    d_probes = derivative_probes(probe_k, xp)
+    step_cpu = _chunk((w0, w1), 2)
+
+    def part(p):
+        sel = idx[p]
+        idx_dev = xp.asarray(sel)
+        local_dev = idx_dev - block.first
+        ramp_y, ramp_x = block.ramps
+        step = step_cpu if xp is np else len(sel)
+        scratch = xp.zeros((w0, w1), dtype=REAL)
+        for s0 in range(0, len(sel), step):
+            sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
+            c = corners_dev[sub]
+            ry, rx = ramp_y[loc], ramp_x[loc]
+            shape = (len(sub), w0, w1)
+            bufs = [backend.fft_buffer(shape, CPLX, xp, slot)
+                    for slot in ("probes", "psi", "dpsi")]  # fmt: skip
+            for buf, wave in zip(bufs, (probe_k, *d_probes), strict=True):
+                pk.ramp_multiply(buf.a, wave, ry, rx, inv_n)
+                buf.inverse()  # [3 FFTs] P_j, ∂P_j/∂p_y, ∂P_j/∂p_x
+                pk.exit_waves(buf.a, obj, c, buf.a, scratch)  # times O_j
+                buf.forward()  # [3 FFTs]
+            psi, d_y, d_x = (b.a for b in bufs)
+            reduce(psi, d_y, d_x, loc, sub, p.start + s0, p.start + s0 + len(sub))
+
+    backend.split_map(part, len(idx), xp)
+
+
+def gradient_and_fisher(eng, obj, eps: float):
+    """(g (N, 2), F (N, 2, 2)) of every scan position (object pixels; module docstring) at
+    the single-slice object ``obj`` and the engine's probe, from one pass over the data
+    (the engine's batches, held-out pixels and detector mask)."""
+    xp, n_pos = eng.xp, len(eng.geom.corners)
+    g = np.zeros((n_pos, 2))
+    fisher = np.zeros((n_pos, 2, 2))
+    for block, idx in eng._batches():
+        sums = xp.zeros((3, 2, len(idx)), dtype=np.float64)  # (y, x, y + x) × (d1, d2)
+
+        def reduce(psi, d_y, d_x, loc, sub, s0, s1, block=block, sums=sums):
+            for i, d in enumerate((d_y, d_x)):
+                pp.poisson_curvature(psi, d, block.amplitudes, loc, sub, eng.mask,
+                                     sums[i, 0, s0:s1], sums[i, 1, s0:s1], eng.cscale,
+                                     eps, eng.seed, eng.params.holdout)  # fmt: skip
+            d_x += d_y  # ∂Ψ/∂p_y + ∂Ψ/∂p_x: the cross term
+            pp.poisson_curvature(psi, d_x, block.amplitudes, loc, sub, eng.mask,
+                                 sums[2, 0, s0:s1], sums[2, 1, s0:s1], eng.cscale, eps,
+                                 eng.seed, eng.params.holdout)  # fmt: skip
+
+        position_pass(obj, eng.probe_k, block, idx, eng.corners, reduce, xp)
+        s = backend.to_numpy(sums)
+        g[idx, 0], g[idx, 1] = s[0, 0], s[1, 0]
+        fisher[idx, 0, 0], fisher[idx, 1, 1] = s[0, 1], s[1, 1]
+        fisher[idx, 0, 1] = fisher[idx, 1, 0] = 0.5 * (s[2, 1] - s[0, 1] - s[1, 1])
+    return g, fisher
+
+
+def newton_steps(g, fisher, max_shift: float):
+    """Δp_j = −(F_j + λ1)⁻¹ g_j (object pixels; module docstring), each no longer than
+    ``max_shift`` pixels, before the mean is removed."""
+    half_trace = 0.5 * (fisher[:, 0, 0] + fisher[:, 1, 1])
+    lam = LEVENBERG * float(np.median(half_trace)) if len(half_trace) else 0.0
+    lam = max(lam, 1e-12)
+    a = fisher + lam * np.eye(2)
+    steps = -np.linalg.solve(a, g[..., None])[..., 0]
+    length = np.hypot(steps[:, 0], steps[:, 1])
+    over = length > max_shift
+    steps[over] *= (max_shift / length[over])[:, None]
+    return steps
+
+
+def update_positions(eng, obj, max_shift: float, eps: float) -> PositionUpdate:
+    """One position update at ``obj``: a pass for g and F, the Newton steps, their mean
+    removed, the windows moved (``eng.set_positions``: :func:`set_pixel_positions` and the
+    probe's shift ramps)."""
+    g, fisher = gradient_and_fisher(eng, obj, eps)
+    steps = newton_steps(g, fisher, max_shift)
+    mean = steps.mean(axis=0)
+    steps -= mean
+    geom = eng.geom
+    clipped = eng.set_positions(pixel_positions(geom) + steps)
+    d = np.asarray(geom.sampling)
+    rms = float(np.sqrt(np.mean(np.sum((steps * d) ** 2, axis=1))))
+    return PositionUpdate(steps, rms, tuple(float(v) for v in mean * d), clipped)
