@@ -428,19 +428,36 @@ def test_positions_off_the_grid_are_held_at_its_edge(thin):
 
 def test_position_refinement_recovers_displaced_positions(thin):
     """Noise-free data on the regular grid, reconstructed from positions displaced by
-    0.3 Å rms: refinement brings them back (rms error, global translation removed, falls
+    0.3 Å rms: refinement (auto) brings them back (rms error, global translation removed, falls
     ≥ 3×; measured 0.29 → 0.04 Å) and the phase agrees better with the ground truth than
     the same run with the positions fixed (NCC 0.83 → 0.94 measured)."""
     path, data, cal = thin
     truth, start = _displaced(cal)
     runs = {mode: ml(path, MLParameters(iterations=40, refine_positions=mode), positions=start)
-            for mode in ("off", "on")}  # fmt: skip
+            for mode in ("off", "auto")}  # fmt: skip
     err0 = _position_error(start, truth)
     assert _position_error(runs["off"].positions, truth) == pytest.approx(err0)
-    assert _position_error(runs["on"].positions, truth) < err0 / 3
-    assert runs["on"].extra["positions"]["refined"]
+    assert _position_error(runs["auto"].positions, truth) < err0 / 3
+    summary = runs["auto"].extra["positions"]
+    assert summary["refined"] and all(summary["own_offsets"])  # noise-free: bound ≪ σ
     ncc = {m: _ncc(r.phase, r.geometry, path) for m, r in runs.items()}
-    assert ncc["on"] > ncc["off"] + 0.05, ncc
+    assert ncc["auto"] > ncc["off"] + 0.05, ncc
+
+
+def test_auto_keeps_own_offsets_at_low_counts(thin):
+    """At ~3 counts per pattern one pattern cannot locate its position (Cramér–Rao bound
+    ≫ the prior's σ): "auto" moves only the global linear map, "on" every position."""
+    _, _, cal = thin
+    _, start = _displaced(cal, seed=3)
+    ds = _counts(thin, 20.0)
+    params = MLParameters(iterations=6, position_update_start=2, position_update_every=2,
+                          holdout=0.0)  # fmt: skip
+    auto = ml(ds, params, positions=start).extra["positions"]
+    assert auto["own_offsets"] == [False, False] and min(auto["cramer_rao_A"]) > 0.3
+    assert auto["affine"]["residual_rms_A"] < 1e-6  # a linear map alone
+    on = ml(ds, dataclasses.replace(params, refine_positions="on"), positions=start)
+    assert on.extra["positions"]["own_offsets"] == [True, True]
+    assert on.extra["positions"]["affine"]["residual_rms_A"] > 1e-3
 
 
 def test_position_refinement_survives_checkpoint_resume(thin, tmp_path):

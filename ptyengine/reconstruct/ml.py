@@ -426,7 +426,10 @@ def _new_state(geom, c0, xp, shape=None) -> IterativeState:
               # the scan positions (object pixels, positions.pixel_positions) and the best's
               "positions": xp.asarray(pos.pixel_positions(geom)),
               "best_positions": xp.asarray(pos.pixel_positions(geom)),
-              "position_rms": xp.zeros(0, dtype=np.float64),  # Å: each update's rms step
+              "start_positions": xp.asarray(pos.pixel_positions(geom)),
+              "position_affine": xp.zeros(4, dtype=np.float64),  # A of positions.py
+              # each update's rms step (Å), median Cramér–Rao bound (Å), own offsets moved (1)
+              "position_log": xp.zeros((0, 3), dtype=np.float64),
               "objective": xp.zeros(0, dtype=np.float64)}  # L at each iterate  # fmt: skip
     return IterativeState(arrays)
 
@@ -437,9 +440,10 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
     along it (module docstring). The probe coefficients c join the vector from
     ``probe_update_start`` on, preconditioned by their Fisher information."""
     host = backend.to_numpy
-    positions_on = refines_positions(params, eng.counts_per_pattern)
-    max_shift = (1.0 if params.position_max_shift is None else
-                 params.position_max_shift / min(eng.geom.sampling))  # object pixels
+    positions_on = refines_positions(params)
+    d_min = min(eng.geom.sampling)
+    max_shift = 1.0 if params.position_max_shift is None else params.position_max_shift / d_min
+    sigma = None if params.position_sigma is None else params.position_sigma / d_min  # px
 
     def obj_of(phi, ab):
         return xp.exp(1j * phi - ab).astype(np.complex64)
@@ -457,9 +461,13 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         k = iteration - params.position_update_start
         moved = positions_on and k >= 0 and k % params.position_update_every == 0
         if moved:  # positions first, at the current object; then CG restarts (β = 0)
-            step = pos.update_positions(eng, obj, max_shift, EPS)
+            step, affine = pos.update_positions(
+                eng, obj, max_shift, EPS, host(a["start_positions"]), host(a["position_affine"]),
+                sigma, params.position_affine, params.refine_positions == "on")  # fmt: skip
+            a["position_affine"] = xp.asarray(affine)
             a["positions"] = xp.asarray(pos.pixel_positions(eng.geom))
-            a["position_rms"] = xp.concatenate([a["position_rms"], xp.asarray([step.rms])])
+            a["position_log"] = xp.concatenate([a["position_log"], xp.asarray(
+                [[step.rms, step.crb, float(step.own)]])])  # fmt: skip
         fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
         r_phi, gp_phi = eng.regulariser(phi)
         r_ab, gp_ab = eng.regulariser(ab) if complex_object else (0.0, None)
@@ -746,8 +754,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
                  "iterations": len(single.errors), "best_iteration": single.best_iteration,
                  "refined": single.extra["refined"]},
              "positions": pos.summary(start_positions, refined_positions,
-                                      backend.to_numpy(a["position_rms"]),
-                                      refines_positions(params, counts_per_pattern))}
+                                      backend.to_numpy(a["position_log"]),
+                                      refines_positions(params))}
     phase, slice_phase = backend.to_numpy(phi).astype(np.float32), None
     if eng.props is not None:  # multislice: the projected phase, and every slice's
         slice_phase, phase = phase, phase.sum(axis=0)

@@ -13,9 +13,6 @@ from .defocus_search import check_search
 from .probe_coefficients import PROBE_COEFFICIENTS
 
 DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
-#: counts per pattern below which ``refine_positions="auto"`` leaves the positions alone
-#: (see :func:`refines_positions`)
-POSITION_MIN_COUNTS = 0.0
 
 
 @dataclass
@@ -56,13 +53,19 @@ class MLParameters:
         recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
     depth_smoothness: μ_z, dimensionless: the prior ½ μ_z Σ_s Σ_pixels |u_{s+1} − u_s|²
         coupling adjacent slices (module docstring, "Multislice"); 0 switches it off.
-    refine_positions: refine every scan position with the object (:mod:`.positions`):
-        "on", "off" or "auto" (on for a single slice with at least POSITION_MIN_COUNTS
-        counts per pattern; S > 1 never refines them). True / False mean on / off.
+    refine_positions: refine the scan positions with the object (:mod:`.positions`):
+        "on" (the linear map and every position's own offset), "off", or "auto" (single
+        slice: the linear map always, the own offsets where the data locate a position
+        better than ``position_sigma``: their Cramér–Rao bound ≤ CRB_FRACTION σ; S > 1
+        refines none). True / False mean on / off.
     position_update_start: first iteration (0-based) that moves the positions; then every
         ``position_update_every`` iterations, one extra pass (6 FFTs per position) each.
     position_max_shift: the longest step of a position per update (Å; None: one object
         pixel).
+    position_sigma: the rms error (Å) expected of each measured position beyond the scan's
+        linear distortion: a Gaussian prior on each position's own offset (None: none).
+    position_affine: refine a global linear map of the positions (scale, rotation, shear)
+        too, from all positions together.
     single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
         this many iterations (its defocus search, refinement and stopping rule; module
         docstring, "Multislice"); 0: flat, after a multislice defocus search.
@@ -91,6 +94,8 @@ class MLParameters:
     position_update_start: int = 10
     position_update_every: int = 4
     position_max_shift: float | None = None
+    position_sigma: float | None = 0.3
+    position_affine: bool = True
 
     def __post_init__(self):
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
@@ -134,15 +139,15 @@ class MLParameters:
             raise PtyengineError(
                 f"position update start ({self.position_update_start}) must be ≥ 0 and its "
                 f"interval ({self.position_update_every}) ≥ 1 iterations")
-        v = self.position_max_shift
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise PtyengineError(f"--position-max-shift must be a positive number of Å, "
-                                 f"got {v}")  # fmt: skip
+        for name in ("position_max_shift", "position_sigma"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                flag = "--" + name.replace("_", "-")
+                raise PtyengineError(f"{flag} must be a positive number of Å, got {v}")
 
 
-def refines_positions(params: MLParameters, counts_per_pattern: float) -> bool:
-    """Whether a run refines the scan positions: "on", or "auto" on a single slice with at
-    least POSITION_MIN_COUNTS counts per pattern."""
+def refines_positions(params: MLParameters) -> bool:
+    """Whether a run moves the scan positions at all: "on", or "auto" on a single slice."""
     if params.refine_positions == "auto":
-        return params.slices == 1 and counts_per_pattern >= POSITION_MIN_COUNTS
+        return params.slices == 1
     return params.refine_positions == "on"
