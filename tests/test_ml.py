@@ -446,15 +446,23 @@ def test_position_refinement_recovers_displaced_positions(thin):
 
 def test_auto_keeps_own_offsets_at_low_counts(thin):
     """At ~3 counts per pattern one pattern cannot locate its position (Cramér–Rao bound
-    ≫ the prior's σ): "auto" moves only the global linear map, "on" every position."""
+    ≫ the prior's σ): "auto" leaves the positions, and the result is the "off" run's bit
+    for bit; with ``position_affine`` it moves a global linear map only; "on" moves every
+    position."""
     _, _, cal = thin
     _, start = _displaced(cal, seed=3)
     ds = _counts(thin, 20.0)
     params = MLParameters(iterations=6, position_update_start=2, position_update_every=2,
                           holdout=0.0)  # fmt: skip
-    auto = ml(ds, params, positions=start).extra["positions"]
-    assert auto["own_offsets"] == [False, False] and min(auto["cramer_rao_A"]) > 0.3
-    assert auto["affine"]["residual_rms_A"] < 1e-6  # a linear map alone
+    auto = ml(ds, params, positions=start)
+    off = ml(ds, dataclasses.replace(params, refine_positions="off"), positions=start)
+    summary = auto.extra["positions"]
+    assert summary["own_offsets"] == [False, False] and min(summary["cramer_rao_A"]) > 0.3
+    assert summary["shift_rms_A"] == 0.0
+    np.testing.assert_array_equal(auto.phase, off.phase)
+    affine = ml(ds, dataclasses.replace(params, position_affine=True), positions=start)
+    summary = affine.extra["positions"]
+    assert summary["shift_rms_A"] > 1e-3 and summary["affine"]["residual_rms_A"] < 1e-6
     on = ml(ds, dataclasses.replace(params, refine_positions="on"), positions=start)
     assert on.extra["positions"]["own_offsets"] == [True, True]
     assert on.extra["positions"]["affine"]["residual_rms_A"] > 1e-3

@@ -183,9 +183,10 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--object-model", type=click.Choice(["phase", "complex"]),
               help="ML: refine the phase only, or phase and absorption [default: phase].")
 @click.option("--refine-positions", type=click.Choice(["auto", "on", "off"]),
-              help="ML: refine every scan position with the object (Poisson Newton steps, "
-                   "the global translation held; single slice); auto: on where the counts "
-                   "allow [default: auto].")
+              help="ML: refine the scan positions with the object (Poisson Newton steps, "
+                   "the global translation held; single slice): on: every position; auto: "
+                   "every position where one pattern locates it (Cramér–Rao bound ≤ σ/2 of "
+                   "--position-sigma), else none [default: auto].")
 @click.option("--position-update-start", type=int,
               help="ML: first iteration (0-based) that moves the positions [default: 10].")
 @click.option("--position-update-every", type=int,
@@ -194,6 +195,13 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--position-max-shift", type=float,
               help="ML: the longest step of a position per update, in Å [default: one "
                    "object pixel].")
+@click.option("--position-sigma", type=float,
+              help="ML: rms error in Å expected of each measured position beyond the scan's "
+                   "linear distortion (the prior on its own offset) [default: 0.3].")
+@click.option("--position-affine/--no-position-affine", default=None,
+              help="ML: refine a global linear map of the positions (scale, rotation, "
+                   "shear); nearly degenerate with the object's scale and rotation "
+                   "[default: off].")
 @click.option("--bin", type=click.IntRange(min=1),
               help="tcbf/ssb: bright-field pixels grouped in bin × bin tiles [default: "
                    "tcbf: the smallest bin with ≤ 4096 groups; ssb: 1].")

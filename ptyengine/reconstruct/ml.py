@@ -465,6 +465,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
                 eng, obj, max_shift, EPS, host(a["start_positions"]), host(a["position_affine"]),
                 sigma, params.position_affine, params.refine_positions == "on")  # fmt: skip
             a["position_affine"] = xp.asarray(affine)
+            moved = bool(np.any(step.steps))  # unmoved: CG goes on as without the update
             a["positions"] = xp.asarray(pos.pixel_positions(eng.geom))
             a["position_log"] = xp.concatenate([a["position_log"], xp.asarray(
                 [[step.rms, step.crb, float(step.own)]])])  # fmt: skip
