@@ -508,3 +508,23 @@ def test_cli_ml_writes_refined_positions(tmp_path, capsys):
     assert len(attrs["positions"]["update_rms_A"]) == 2
     assert attrs["parameters"]["refine_positions"] == "on"
     assert "positions refined (2 updates" in stdout + err
+
+
+def test_position_refinement_streamed_equals_resident(thin, tmp_path):
+    """Streamed blocks take their shift ramps from the moved positions as resident ones
+    do: the same positions and phase."""
+    ds = _counts(thin, 2000.0)
+    data, cal = ds.read_rows(0, ds.shape[0]), ds.calibration
+    path = tmp_path / "chunked.zarr"
+    with io.create_dataset(path, cal, data.dtype, rows_per_chunk=3) as w:
+        for r0 in range(0, data.shape[0], 3):
+            w.write_rows(r0, data[r0:r0 + 3])
+    _, start = _displaced(cal, seed=4)
+    params = MLParameters(iterations=5, refine_positions="on", position_update_start=1,
+                          position_update_every=2, holdout=0.0)  # fmt: skip
+    resident = ml(path, params, positions=start)
+    streamed = ml(path, params, positions=start, memory_limit=8 * data[:3].nbytes)
+    assert not resident.extra["streamed"] and streamed.extra["streamed"]
+    np.testing.assert_array_equal(streamed.positions, resident.positions)
+    np.testing.assert_array_equal(streamed.phase, resident.phase)
+    assert np.abs(resident.positions - start).max() > 1e-3

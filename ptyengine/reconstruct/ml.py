@@ -83,6 +83,18 @@ deviance jitters by 0.5–2 between iterates at 100 e/Å²). Measured: benchmark
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
 the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4.
 
+**Scan positions** (``refine_positions``, single slice; :mod:`.positions` has the
+equations). From iteration ``position_update_start`` on, every ``position_update_every``
+iterations, one more pass (6 FFTs per position) gives each position's Poisson gradient and
+2 × 2 Fisher information at the current object; a Newton step with a Gaussian prior
+(``position_sigma``) on its offset from the measured position moves it, the mean step
+removed (a common translation is not in the data). This happens before the gradient pass;
+when positions moved, the CG restarts (β = 0) and the step is not judged against the
+previous L (the positions changed). "auto" moves them only where the data can locate a
+position (Cramér–Rao bound ≤ σ/2): on the UiO-66 data at ≤ 100 e/Å² that is never, and
+the run equals ``refine_positions="off"``. The held-out rule's best iterate keeps its
+positions (``result.positions``, Å, scan frame).
+
 **Multislice** (``slices`` S > 1, ``slice_thickness`` Δz_s as for mepie, :mod:`.slices`).
 The object is S slices O_s = exp(iφ_s − a_s), the wave propagated Δz_s from slice s to
 s + 1 by the simulator's Fresnel propagator (:mod:`.forward`); the probe and its refined
