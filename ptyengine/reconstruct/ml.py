@@ -258,9 +258,15 @@ class _Engine:
         and the probe's shift ramps with them; returns how many were held at the grid's
         edge."""
         clipped = pos.set_pixel_positions(self.geom, p)
+        self.restore_positions(self.geom.corners, self.geom.frac)
+        return clipped
+
+    def restore_positions(self, corners, frac) -> None:
+        """Put the windows back at ``corners`` (int) and ``frac`` exactly."""
+        self.geom.corners[...] = corners
+        self.geom.frac[...] = frac
         self.corners = self.xp.asarray(self.geom.corners)
         self.patterns.refresh_ramps()
-        return clipped
 
     def _batches(self):
         bs = self.params.batch_size
@@ -456,6 +462,9 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
     d_min = min(eng.geom.sampling)
     max_shift = 1.0 if params.position_max_shift is None else params.position_max_shift / d_min
     sigma = None if params.position_sigma is None else params.position_sigma / d_min  # px
+    # auto keeps a position update only if the held-out likelihood, at the same object,
+    # is no worse after it (exact positions moved by noise: worse)
+    judge = params.refine_positions == "auto" and params.holdout > 0
 
     def obj_of(phi, ab):
         return xp.exp(1j * phi - ab).astype(np.complex64)
@@ -471,17 +480,24 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         eng.set_coefficients(c)
         obj = obj_of(phi, ab)
         k = iteration - params.position_update_start
-        moved = positions_on and k >= 0 and k % params.position_update_every == 0
-        if moved:  # positions first, at the current object; then CG restarts (β = 0)
+        due = positions_on and k >= 0 and k % params.position_update_every == 0
+        moved = False
+        if due:  # positions first, at the current object; then CG restarts (β = 0)
             step, affine = pos.update_positions(
                 eng, obj, max_shift, EPS, host(a["start_positions"]), host(a["position_affine"]),
                 sigma, params.position_affine, params.refine_positions == "on")  # fmt: skip
-            a["position_affine"] = xp.asarray(affine)
             moved = bool(np.any(step.steps))  # unmoved: CG goes on as without the update
-            a["positions"] = xp.asarray(pos.pixel_positions(eng.geom))
-            a["position_log"] = xp.concatenate([a["position_log"], xp.asarray(
-                [[step.rms, step.crb, float(step.own)]])])  # fmt: skip
         fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
+        if moved and judge and held > step.held_before:  # the held-out pixels say: back
+            eng.restore_positions(*step.before)
+            moved = False
+            fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
+        if due:
+            if moved:
+                a["position_affine"] = xp.asarray(affine)
+                a["positions"] = xp.asarray(pos.pixel_positions(eng.geom))
+            a["position_log"] = xp.concatenate([a["position_log"], xp.asarray(
+                [[step.rms if moved else 0.0, step.crb, float(moved)]])])  # fmt: skip
         r_phi, gp_phi = eng.regulariser(phi)
         r_ab, gp_ab = eng.regulariser(ab) if complex_object else (0.0, None)
         total = fit + r_phi + r_ab

@@ -99,8 +99,9 @@ CRB_FRACTION = 0.5
 class PositionUpdate:
     """What one update did: the steps applied (N, 2) in object pixels, their rms (Å), the
     mean step removed (Å, the undetermined translation), how many positions were held at
-    the object grid's edge, the median Cramér–Rao bound √tr F⁻¹ of one position (Å), and
-    whether the positions' own offsets moved (``own``)."""
+    the object grid's edge, the median Cramér–Rao bound √tr F⁻¹ of one position (Å),
+    whether the positions' own offsets moved (``own``), the held-out half-deviance at the
+    positions before (``held_before``) and the geometry's (corners, frac) before."""
 
     steps: np.ndarray
     rms: float
@@ -108,6 +109,8 @@ class PositionUpdate:
     clipped: int
     crb: float
     own: bool
+    held_before: float
+    before: tuple
 
 
 def pixel_positions(geom) -> np.ndarray:
@@ -210,16 +213,19 @@ def position_pass(obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
 
 
 def gradient_and_fisher(eng, obj, eps: float):
-    """(g (N, 2), F (N, 2, 2)) of every scan position (object pixels; module docstring) at
-    the single-slice object ``obj`` and the engine's probe, from one pass over the data
-    (the engine's batches, held-out pixels and detector mask)."""
+    """(g (N, 2), F (N, 2, 2), D_h) of every scan position (object pixels; module
+    docstring) at the single-slice object ``obj`` and the engine's probe, from one pass
+    over the data (the engine's batches, held-out pixels and detector mask); D_h: the
+    held-out half-deviance there (:func:`kernels.poisson.poisson_ratio`)."""
     xp, n_pos = eng.xp, len(eng.geom.corners)
     g = np.zeros((n_pos, 2))
     fisher = np.zeros((n_pos, 2, 2))
+    held = 0.0
     for block, idx in eng._batches():
         sums = xp.zeros((3, 2, len(idx)), dtype=np.float64)  # (y, x, y + x) × (d1, d2)
+        dev = xp.zeros((2, len(idx)), dtype=np.float64)  # fitted, held-out
 
-        def reduce(psi, d_y, d_x, loc, sub, s0, s1, block=block, sums=sums):
+        def reduce(psi, d_y, d_x, loc, sub, s0, s1, block=block, sums=sums, dev=dev):
             for i, d in enumerate((d_y, d_x)):
                 pp.poisson_curvature(psi, d, block.amplitudes, loc, sub, eng.mask,
                                      sums[i, 0, s0:s1], sums[i, 1, s0:s1], eng.cscale,
@@ -228,13 +234,17 @@ def gradient_and_fisher(eng, obj, eps: float):
             pp.poisson_curvature(psi, d_x, block.amplitudes, loc, sub, eng.mask,
                                  sums[2, 0, s0:s1], sums[2, 1, s0:s1], eng.cscale, eps,
                                  eng.seed, eng.params.holdout)  # fmt: skip
+            pp.poisson_ratio(psi, block.amplitudes, loc, sub, eng.mask, dev[0, s0:s1],
+                             dev[1, s0:s1], eng.cscale, eps, 1.0, eng.seed,
+                             eng.params.holdout)  # fmt: skip
 
         position_pass(obj, eng.probe_k, block, idx, eng.corners, reduce, xp)
+        held += float(dev[1].sum())
         s = backend.to_numpy(sums)
         g[idx, 0], g[idx, 1] = s[0, 0], s[1, 0]
         fisher[idx, 0, 0], fisher[idx, 1, 1] = s[0, 1], s[1, 1]
         fisher[idx, 0, 1] = fisher[idx, 1, 0] = 0.5 * (s[2, 1] - s[0, 1] - s[1, 1])
-    return g, fisher
+    return g, fisher, held
 
 
 def _clip(steps, max_shift: float):
@@ -295,8 +305,9 @@ def update_positions(eng, obj, max_shift: float, eps: float, measured, affine,
     ``sigma`` (object pixels; None: none), its mean removed — always with ``own``, else
     where the median Cramér–Rao bound is ≤ CRB_FRACTION σ; the windows moved
     (``eng.set_positions``). Returns (:class:`PositionUpdate`, the new A (4,))."""
-    g, fisher = gradient_and_fisher(eng, obj, eps)
+    g, fisher, held = gradient_and_fisher(eng, obj, eps)
     geom = eng.geom
+    before = (geom.corners.copy(), geom.frac.copy())
     p = pixel_positions(geom)
     jac = affine_jacobian(measured)
     affine = np.asarray(affine, dtype=np.float64)
@@ -318,4 +329,4 @@ def update_positions(eng, obj, max_shift: float, eps: float, measured, affine,
     d = np.asarray(geom.sampling)
     rms = float(np.sqrt(np.mean(np.sum((steps * d) ** 2, axis=1))))
     return PositionUpdate(steps, rms, tuple(float(v) for v in mean * d), clipped,
-                          crb * float(d.min()), bool(own)), affine  # fmt: skip
+                          crb * float(d.min()), bool(own), held, before), affine  # fmt: skip
