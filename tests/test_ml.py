@@ -529,3 +529,20 @@ def test_position_refinement_streamed_equals_resident(thin, tmp_path):
     np.testing.assert_array_equal(streamed.positions, resident.positions)
     np.testing.assert_array_equal(streamed.phase, resident.phase)
     assert np.abs(resident.positions - start).max() > 1e-3
+
+
+def test_auto_keeps_exact_positions_the_held_out_pixels_vouch_for(thin):
+    """Exact positions and counts enough to pass the Cramér–Rao rule (~3200 per pattern):
+    each update only moves them by noise, the held-out likelihood says so, and "auto"
+    puts them back — the result is the "off" run's bit for bit."""
+    from ptyengine.reconstruct.epie import scan_grid
+
+    ds = _counts(thin, 2e4)
+    grid = scan_grid(ds.calibration)
+    params = MLParameters(iterations=14, position_update_start=2, position_update_every=3)
+    auto = ml(ds, params, positions=grid)
+    off = ml(ds, dataclasses.replace(params, refine_positions="off"), positions=grid)
+    summary = auto.extra["positions"]
+    assert max(summary["cramer_rao_A"]) < 0.5 * params.position_sigma
+    assert not any(summary["own_offsets"]) and summary["shift_rms_A"] == 0.0
+    np.testing.assert_array_equal(auto.phase, off.phase)

@@ -91,9 +91,10 @@ iterations, one more pass (6 FFTs per position) gives each position's Poisson gr
 removed (a common translation is not in the data). This happens before the gradient pass;
 when positions moved, the CG restarts (β = 0) and the step is not judged against the
 previous L (the positions changed). "auto" moves them only where the data can locate a
-position (Cramér–Rao bound ≤ σ/2): on the UiO-66 data at ≤ 100 e/Å² that is never, and
-the run equals ``refine_positions="off"``. The held-out rule's best iterate keeps its
-positions (``result.positions``, Å, scan frame).
+position (Cramér–Rao bound ≤ σ/2; on the UiO-66 data at ≤ 100 e/Å² that is never, and
+the run equals ``refine_positions="off"``) and keeps a move only if the held-out
+likelihood at the same object is no worse (one more gradient pass when it is). The
+held-out rule's best iterate keeps its positions (``result.positions``, Å, scan frame).
 
 **Multislice** (``slices`` S > 1, ``slice_thickness`` Δz_s as for mepie, :mod:`.slices`).
 The object is S slices O_s = exp(iφ_s − a_s), the wave propagated Δz_s from slice s to

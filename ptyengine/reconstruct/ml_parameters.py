@@ -56,8 +56,9 @@ class MLParameters:
     refine_positions: refine the scan positions with the object (:mod:`.positions`):
         "on" (every position's own offset), "off", or "auto" (single slice: the own
         offsets at the updates where the data locate a position better than
-        ``position_sigma``, their median Cramér–Rao bound ≤ CRB_FRACTION σ; S > 1 refines
-        none). True / False mean on / off.
+        ``position_sigma``, their median Cramér–Rao bound ≤ CRB_FRACTION σ, and only if
+        the held-out likelihood is no worse after the move; S > 1 refines none).
+        True / False mean on / off.
     position_update_start: first iteration (0-based) that moves the positions; then every
         ``position_update_every`` iterations, one extra pass (6 FFTs per position) each.
     position_max_shift: the longest step of a position per update (Å; None: one object

@@ -50,7 +50,10 @@ each position's own offset (object pixels). One update, at a fixed object, takes
 
 "auto" takes step 2 only at the updates where the median Cramér–Rao bound of one
 position, √tr F⁻¹, is at most CRB_FRACTION σ, else it moves nothing (and the object's CG
-is not restarted); "on" always.
+is not restarted); and it keeps an update only if the held-out half-deviance D_h at the
+same object is no higher at the new positions than at the old (the position pass gives
+the old, the engine's next gradient pass the new; else the windows go back exactly and
+that pass is made again). "on" always moves them.
 
 The prior and this rule are what make refinement safe at low dose. The bound, measured on
 the UiO-66 quick data at 50 nm defocus at the converged object: 0.003 Å noise-free,
