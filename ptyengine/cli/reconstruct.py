@@ -185,8 +185,9 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--refine-positions", type=click.Choice(["auto", "on", "off"]),
               help="ML: refine the scan positions with the object (Poisson Newton steps, "
                    "the global translation held; single slice): on: every position; auto: "
-                   "every position where one pattern locates it (Cramér–Rao bound ≤ σ/2 of "
-                   "--position-sigma), else none [default: auto].")
+                   "every position where one pattern locates it (Cramér–Rao bound ≤ half "
+                   "the position sigma) and the held-out likelihood agrees, else none "
+                   "[default: auto].")
 @click.option("--position-update-start", type=int,
               help="ML: first iteration (0-based) that moves the positions [default: 10].")
 @click.option("--position-update-every", type=int,
