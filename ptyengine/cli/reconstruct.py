@@ -182,6 +182,27 @@ def _multislice(method: str, slices) -> bool:
                    "2α/λ [default: on].")
 @click.option("--object-model", type=click.Choice(["phase", "complex"]),
               help="ML: refine the phase only, or phase and absorption [default: phase].")
+@click.option("--refine-positions", type=click.Choice(["auto", "on", "off"]),
+              help="ML: refine the scan positions with the object (Poisson Newton steps, "
+                   "the global translation held; single slice): on: every position; auto: "
+                   "every position where one pattern locates it (Cramér–Rao bound ≤ half "
+                   "the position sigma) and the held-out likelihood agrees, else none "
+                   "[default: auto].")
+@click.option("--position-update-start", type=int,
+              help="ML: first iteration (0-based) that moves the positions [default: 10].")
+@click.option("--position-update-every", type=int,
+              help="ML: iterations between position updates (one extra pass each) "
+                   "[default: 4].")
+@click.option("--position-max-shift", type=float,
+              help="ML: the longest step of a position per update, in Å [default: one "
+                   "object pixel].")
+@click.option("--position-sigma", type=float,
+              help="ML: rms error in Å expected of each measured position beyond the scan's "
+                   "linear distortion (the prior on its own offset) [default: 0.3].")
+@click.option("--position-affine/--no-position-affine", default=None,
+              help="ML: refine a global linear map of the positions (scale, rotation, "
+                   "shear); nearly degenerate with the object's scale and rotation "
+                   "[default: off].")
 @click.option("--bin", type=click.IntRange(min=1),
               help="tcbf/ssb: bright-field pixels grouped in bin × bin tiles [default: "
                    "tcbf: the smallest bin with ≤ 4096 groups; ssb: 1].")
@@ -435,6 +456,10 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
                                               for k, v in res.extra["refined"].items())
         extra.update({k: v for k, v in res.extra.items() if k != "streamed"},
                      held_out=res.held_out, best_iteration=res.best_iteration)  # fmt: skip
+        moved = res.extra["positions"]["update_rms_A"]
+        if moved:
+            summary += (f", positions refined ({len(moved)} updates, "
+                        f"{res.extra['positions']['shift_rms_A']:.3g} Å rms)")  # fmt: skip
         if res.held_out:
             panels.append(("held-out deviance per count vs iteration",
                            np.asarray(res.held_out)))  # fmt: skip
@@ -442,6 +467,8 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
         panels.append(("error vs iteration", np.asarray(errors)))
     arrays = {"object": res.object.astype(np.complex64),
               "probe": res.probe.astype(np.complex64), "phase": phase}  # fmt: skip
+    if method == "ml" and res.extra["positions"]["update_rms_A"]:  # Å, scan frame, (N, 2)
+        arrays["positions"] = np.asarray(res.positions, dtype=np.float64)
     depth = []
     if _multislice(method, getattr(params, "slices", None)):
         arrays["slice_phase"] = res.slice_phase.astype(np.float32)

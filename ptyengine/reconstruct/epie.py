@@ -118,17 +118,21 @@ class PtychoGeometry:
     rotation: float = 0.0  # degrees: the scan positions were turned by −rotation
 
     @classmethod
-    def from_calibration(cls, cal: Calibration, margin: int = 8,
-                         frame: str = "reconstruction") -> PtychoGeometry:  # fmt: skip
+    def from_calibration(cls, cal: Calibration, margin: int = 8, frame: str = "reconstruction",
+                         positions=None) -> PtychoGeometry:  # fmt: skip
+        """The geometry of the calibration's scan grid, or of measured ``positions``
+        ((N, 2) Å, scan frame, row-major scan order, as the grid's scan_origin +
+        (i·dy, j·dx)): the object grid then holds those positions with the same margin."""
         if frame not in ("reconstruction", "specimen"):
             raise ValueError(f"frame must be 'reconstruction' or 'specimen', not {frame!r}")
         w, dk, _ = frm.detector_axes(cal)
         d = (1 / (w[0] * dk[0]), 1 / (w[1] * dk[1]))
         theta = float(cal.rotation) if frame == "reconstruction" else 0.0
-        iy, ix = np.meshgrid(np.arange(cal.scan_shape[0]), np.arange(cal.scan_shape[1]),
-                             indexing="ij")  # fmt: skip
-        pos = np.stack([iy.ravel() * cal.scan_step[0], ix.ravel() * cal.scan_step[1]], axis=1)
-        pos = frm.scan_to_frame(pos, theta)  # relative to the first position
+        if positions is None:  # relative to the first position
+            pos = scan_grid(cal, relative=True)
+        else:
+            pos = check_positions(positions, cal) - np.asarray(cal.scan_origin)
+        pos = frm.scan_to_frame(pos, theta)
         base = pos.min(axis=0)
         # object pixel (0, 0) lies margin + W//2 pixels before the lowest position
         lead = np.array([margin + w[0] // 2, margin + w[1] // 2])
@@ -139,6 +143,28 @@ class PtychoGeometry:
         start = frm.scan_to_frame(np.asarray(cal.scan_origin, dtype=np.float64), theta) + base
         origin = (float(start[0] - lead[0] * d[0]), float(start[1] - lead[1] * d[1]))
         return cls(tuple(w), d, shape, origin, corners, frac, theta)
+
+
+def scan_grid(cal: Calibration, relative: bool = False) -> np.ndarray:
+    """(N, 2) positions in Å (scan frame, row-major) of the calibration's regular scan:
+    scan_origin + (i·dy, j·dx); ``relative``: without scan_origin."""
+    iy, ix = np.meshgrid(np.arange(cal.scan_shape[0]), np.arange(cal.scan_shape[1]),
+                         indexing="ij")  # fmt: skip
+    pos = np.stack([iy.ravel() * cal.scan_step[0], ix.ravel() * cal.scan_step[1]], axis=1)
+    return pos if relative else pos + np.asarray(cal.scan_origin)
+
+
+def check_positions(positions, cal: Calibration) -> np.ndarray:
+    """Measured positions as float64 (N, 2), or one error naming what is wrong."""
+    pos = np.asarray(positions, dtype=np.float64)
+    n = cal.scan_shape[0] * cal.scan_shape[1]
+    if pos.shape != (n, 2):
+        raise PtyengineError(f"positions: shape {pos.shape}, but the scan has "
+                             f"{cal.scan_shape[0]} × {cal.scan_shape[1]} = {n} positions: "
+                             f"give ({n}, 2) (y, x) in Å, in scan order")  # fmt: skip
+    if not np.isfinite(pos).all():
+        raise PtyengineError("positions: NaN or inf among them; give finite (y, x) in Å")
+    return pos
 
 
 @dataclass

@@ -83,6 +83,19 @@ deviance jitters by 0.5–2 between iterates at 100 e/Å²). Measured: benchmark
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
 the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4.
 
+**Scan positions** (``refine_positions``, single slice; :mod:`.positions` has the
+equations). From iteration ``position_update_start`` on, every ``position_update_every``
+iterations, one more pass (6 FFTs per position) gives each position's Poisson gradient and
+2 × 2 Fisher information at the current object; a Newton step with a Gaussian prior
+(``position_sigma``) on its offset from the measured position moves it, the mean step
+removed (a common translation is not in the data). This happens before the gradient pass;
+when positions moved, the CG restarts (β = 0) and the step is not judged against the
+previous L (the positions changed). "auto" moves them only where the data can locate a
+position (Cramér–Rao bound ≤ σ/2; on the UiO-66 data at ≤ 100 e/Å² that is never, and
+the run equals ``refine_positions="off"``) and keeps a move only if the held-out
+likelihood at the same object is no worse (one more gradient pass when it is). The
+held-out rule's best iterate keeps its positions (``result.positions``, Å, scan frame).
+
 **Multislice** (``slices`` S > 1, ``slice_thickness`` Δz_s as for mepie, :mod:`.slices`).
 The object is S slices O_s = exp(iφ_s − a_s), the wave propagated Δz_s from slice s to
 s + 1 by the simulator's Fresnel propagator (:mod:`.forward`); the probe and its refined
@@ -126,12 +139,14 @@ import numpy as np
 from .. import backend
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
+from . import positions as pos
 from . import slices as sl
-from .defocus_search import check_search, search_defocus, search_span
+from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
 from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
+from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters, refines_positions  # noqa: F401
 from .patterns import choose_patterns
 from .priors import band_mask, prior_spectrum
 from .probe_coefficients import (
@@ -155,7 +170,6 @@ PRECONDITIONER_FLOOR = 1.0
 #: returned iterate 0 or 1 on half of the runs.
 HELD_TOLERANCE = 4.0
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
-DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
 FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
 FISHER_POSITIONS = 128  # positions it is estimated from
 #: Half-deviance per iteration below which L has converged; used only without held-out
@@ -163,98 +177,6 @@ FISHER_POSITIONS = 128  # positions it is estimated from
 #: (UiO-66 at 100 e/Å², 100 nm: the rule stopped at iteration 15, NCC(1 Å) 0.68, which
 #: reached 0.73 by 38), so with held-out pixels their rule and the limit stop the run.
 CONVERGED = 0.1
-
-
-@dataclass
-class MLParameters:
-    """Options of the Poisson ML engine (see the module docstring for the equations).
-
-    iterations: the most iterations; the held-out rule usually stops earlier.
-    object_model: "phase" (a = 0) or "complex" (phase and absorption). Phase is the default:
-        on the UiO-66 study's noise-free data it gave NCC 0.96 where the complex model gave
-        0.95, and on one-cell SrTiO3 0.82 against 0.74 (the absorption takes up part of
-        the single-slice model's mismatch and of the noise, not specimen structure).
-    smoothness: μ_s, dimensionless; 0 switches it off.
-    ridge: μ_r in 1/Å²; 0 switches it off. The defaults (3, 8) make the converged result
-        the answer: on the UiO-66 quick data at 100 e/Å² weaker priors (ridge 0.5–2) reach
-        NCC(1 Å) 0.72–0.75 after ~20 iterations and fall to 0.55–0.69 by 60, while (3, 8)
-        rises to 0.72 / 0.69 (50 / 100 nm) and stays (0.65 at 100 nm and 20 e/Å²); ridge 20
-        gives 0.69 / 0.63, smoothness 10 or 30 no better (benchmarks/RESULTS.md).
-    band_limit: band-limit the search directions to 2α/λ.
-    holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
-        stops at ``iterations`` or when the objective has converged).
-    patience: iterations without a better held-out likelihood (or, without held-out pixels,
-        over which L has fallen by less than CONVERGED per iteration) before stopping.
-    defocus: C10 in Å of the initial probe (None: the calibration's).
-    refine_probe: which probe parameters are refined with the object: "none", "defocus"
-        (C10) or "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian
-        components).
-    probe_update_start: first iteration (0-based) that refines them: the object must hold
-        some contrast before the data say anything about the probe.
-    defocus_search: half-width (Å) of the likelihood search for the global defocus made
-        before the reconstruction, around ``defocus`` or the calibration's C10
-        (:mod:`.defocus_search`); 0 switches it off; None (default): 300 Å when neither
-        ``defocus`` nor the calibration gives C10 (unknown), else off. The search costs
-        ~35 iterations on up to 1024 positions (benchmarks/RESULTS.md).
-    defocus_step: the search's grid step (Å).
-    slices: S, the object's slices along the beam (1: the single-slice model); S > 1 is
-        multislice ML (module docstring, "Multislice").
-    slice_thickness: Δz in Å between slices, one value or S of them (None: the dataset's
-        recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
-    depth_smoothness: μ_z, dimensionless: the prior ½ μ_z Σ_s Σ_pixels |u_{s+1} − u_s|²
-        coupling adjacent slices (module docstring, "Multislice"); 0 switches it off.
-    single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
-        this many iterations (its defocus search, refinement and stopping rule; module
-        docstring, "Multislice"); 0: flat, after a multislice defocus search.
-    """
-
-    iterations: int = 50
-    batch_size: int = 64
-    object_model: str = "phase"
-    smoothness: float = 3.0
-    ridge: float = 8.0
-    band_limit: bool = True
-    holdout: float = 0.05
-    patience: int = 15
-    defocus: float | None = None
-    refine_probe: str = "aberrations"
-    probe_update_start: int = 1
-    defocus_search: float | None = None
-    defocus_step: float = 100.0
-    seed: int = 0
-    margin: int = 8
-    slices: int = 1
-    slice_thickness: float | tuple[float, ...] | None = None
-    depth_smoothness: float = DEPTH_SMOOTHNESS
-    single_slice_iterations: int = 50
-
-    def __post_init__(self):
-        self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
-        self.single_slice_iterations = sl.check_single_slice_iterations(
-            self.single_slice_iterations)
-        v = self.depth_smoothness
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise PtyengineError(f"--depth-smoothness must be a finite number ≥ 0, got {v}")
-        if self.iterations < 0 or self.batch_size < 1 or self.patience < 1:
-            raise PtyengineError(
-                f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
-                f"and patience ({self.patience}) ≥ 1")
-        if self.refine_probe not in PROBE_COEFFICIENTS:
-            raise PtyengineError(f"probe refinement must be one of "
-                                 f"{', '.join(PROBE_COEFFICIENTS)}, got {self.refine_probe!r}")
-        check_search(self.defocus_search, self.defocus_step)
-        if self.probe_update_start < 0:
-            raise PtyengineError(f"probe update start must be ≥ 0, got "
-                                 f"{self.probe_update_start}")
-        if self.object_model not in ("phase", "complex"):
-            raise PtyengineError(f"object model must be phase or complex, got "
-                                 f"{self.object_model!r}")  # fmt: skip
-        for name in ("smoothness", "ridge"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise PtyengineError(f"{name} must be a finite number ≥ 0, got {v}")
-        if not 0 <= self.holdout < 0.5:
-            raise PtyengineError(f"held-out fraction must lie in [0, 0.5), got {self.holdout}")
 
 
 @dataclass
@@ -271,6 +193,7 @@ class MLResult:
     extra: dict = field(default_factory=dict)
     reconstruction_frame: dict | None = None  # rotated data: see frame.present
     slice_phase: np.ndarray | None = None  # multislice: φ_s (S, Ny, Nx) in rad; phase = Σ_s φ_s
+    positions: np.ndarray | None = None  # (N, 2) Å, scan frame: where the fit put each pattern
 
 
 def count_scale(ds, cal, mean_sum: float) -> float:
@@ -330,6 +253,21 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
+
+    def set_positions(self, p) -> int:
+        """Move the windows to ``p`` (N, 2) object pixels (:func:`.positions.pixel_positions`)
+        and the probe's shift ramps with them; returns how many were held at the grid's
+        edge."""
+        clipped = pos.set_pixel_positions(self.geom, p)
+        self.restore_positions(self.geom.corners, self.geom.frac)
+        return clipped
+
+    def restore_positions(self, corners, frac) -> None:
+        """Put the windows back at ``corners`` (int) and ``frac`` exactly."""
+        self.geom.corners[...] = corners
+        self.geom.frac[...] = frac
+        self.corners = self.xp.asarray(self.geom.corners)
+        self.patterns.refresh_ramps()
 
     def _batches(self):
         bs = self.params.batch_size
@@ -504,6 +442,13 @@ def _new_state(geom, c0, xp, shape=None) -> IterativeState:
               # L_prev, damping, best held-out, best iteration, last step t, Fisher's iteration
               "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0, -BIG], dtype=np.float64),
               "held": xp.zeros(0, dtype=np.float64),  # held-out deviance per count
+              # the scan positions (object pixels, positions.pixel_positions) and the best's
+              "positions": xp.asarray(pos.pixel_positions(geom)),
+              "best_positions": xp.asarray(pos.pixel_positions(geom)),
+              "start_positions": xp.asarray(pos.pixel_positions(geom)),
+              "position_affine": xp.zeros(4, dtype=np.float64),  # A of positions.py
+              # each update's rms step (Å), median Cramér–Rao bound (Å), own offsets moved (1)
+              "position_log": xp.zeros((0, 3), dtype=np.float64),
               "objective": xp.zeros(0, dtype=np.float64)}  # L at each iterate  # fmt: skip
     return IterativeState(arrays)
 
@@ -514,6 +459,13 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
     along it (module docstring). The probe coefficients c join the vector from
     ``probe_update_start`` on, preconditioned by their Fisher information."""
     host = backend.to_numpy
+    positions_on = refines_positions(params)
+    d_min = min(eng.geom.sampling)
+    max_shift = 1.0 if params.position_max_shift is None else params.position_max_shift / d_min
+    sigma = None if params.position_sigma is None else params.position_sigma / d_min  # px
+    # auto keeps a position update only if the held-out likelihood, at the same object,
+    # is no worse after it (exact positions moved by noise: worse)
+    judge = params.refine_positions == "auto" and params.holdout > 0
 
     def obj_of(phi, ab):
         return xp.exp(1j * phi - ab).astype(np.complex64)
@@ -528,7 +480,25 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         c = host(a["coeffs"]).copy()
         eng.set_coefficients(c)
         obj = obj_of(phi, ab)
+        k = iteration - params.position_update_start
+        due = positions_on and k >= 0 and k % params.position_update_every == 0
+        moved = False
+        if due:  # positions first, at the current object; then CG restarts (β = 0)
+            step, affine = pos.update_positions(
+                eng, obj, max_shift, EPS, host(a["start_positions"]), host(a["position_affine"]),
+                sigma, params.position_affine, params.refine_positions == "on")  # fmt: skip
+            moved = bool(np.any(step.steps))  # unmoved: CG goes on as without the update
         fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
+        if moved and judge and held > step.held_before:  # the held-out pixels say: back
+            eng.restore_positions(*step.before)
+            moved = False
+            fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
+        if due:
+            if moved:
+                a["position_affine"] = xp.asarray(affine)
+                a["positions"] = xp.asarray(pos.pixel_positions(eng.geom))
+            a["position_log"] = xp.concatenate([a["position_log"], xp.asarray(
+                [[step.rms if moved else 0.0, step.crb, float(moved)]])])  # fmt: skip
         r_phi, gp_phi = eng.regulariser(phi)
         r_ab, gp_ab = eng.regulariser(ab) if complex_object else (0.0, None)
         total = fit + r_phi + r_ab
@@ -542,7 +512,9 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
                 a["best_phase"][...] = phi
                 a["best_absorption"][...] = ab
                 a["best_coeffs"] = xp.asarray(c)
-        rejected = iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
+                a["best_positions"][...] = a["positions"]
+        # after a position update L is not comparable with l_prev: no undo
+        rejected = not moved and iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
         if rejected:  # undo the last step; restart CG from the previous gradient
             phi[...] = a["prev_phase"]
             ab[...] = a["prev_absorption"]
@@ -559,7 +531,8 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             g_phi = (2 * eng.n) * on.imag.astype(np.float32) + gp_phi
             g_ab = ((2 * eng.n) * on.real.astype(np.float32) + gp_ab) if complex_object else None
             g_c = eng.coefficient_gradient(upd) if refine else np.zeros(len(c))
-            d_prev = (a["d_phase"], a["d_absorption"], host(a["d_coeffs"])) if iteration else None
+            d_prev = ((a["d_phase"], a["d_absorption"], host(a["d_coeffs"]))
+                      if iteration and not moved else None)  # fmt: skip
         fisher = host(a["fisher_coeffs"])
         if refine and iteration - fisher_iter >= FISHER_EVERY:
             fisher = eng.coefficient_fisher(obj)
@@ -636,6 +609,7 @@ def ml(
     data_id: str = "",
     memory_limit: int | None = None,
     report=None,
+    positions=None,
 ) -> MLResult:
     """Reconstruct the object from a calibrated dataset (path, io.Dataset or
     InMemoryDataset) by Poisson maximum likelihood; see the module docstring.
@@ -643,22 +617,26 @@ def ml(
     The measured patterns are held or streamed as for ePIE (``memory_limit``);
     ``progress(iteration, error)``, ``checkpoint``/``checkpoint_every``/``resume`` as for
     :func:`.epie.epie`; ``report(line)`` receives one line on the defocus search.
+    ``positions``: measured scan positions (N, 2) Å in the scan frame, scan order, in place
+    of the calibration's grid (:meth:`.epie.PtychoGeometry.from_calibration`); refined
+    with ``params.refine_positions``, and returned in ``result.positions``.
     Returns the iterate with the best held-out likelihood.
     """
     params = params or MLParameters()
     with opened(data, device) as (ds, xp):
         return present(_ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                           data_id, memory_limit, report))  # fmt: skip
+                           data_id, memory_limit, report, positions))  # fmt: skip
 
 
 def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
-          patterns=None) -> _Engine:  # fmt: skip
-    """The engine for a dataset: geometry, pattern source (``patterns``: one already made
+          patterns=None, positions=None) -> _Engine:  # fmt: skip
+    """The engine for a dataset: geometry (of the calibration's scan grid, or of measured
+    ``positions``, Å), pattern source (``patterns``: one already made
     for the same geometry), counts scale, probe and object model
     (``eng.complex_object``, ``eng.counts_per_pattern``)."""
     cal = ds.calibration
     name = getattr(ds, "path", None) or "data"
-    geom = PtychoGeometry.from_calibration(cal, params.margin)
+    geom = PtychoGeometry.from_calibration(cal, params.margin, positions=positions)
     if patterns is None:
         patterns = choose_patterns(ds, geom, xp, memory_limit)
     mean_sum = patterns.total / len(geom.corners)
@@ -700,15 +678,16 @@ def converged(objective, patience: int) -> bool:
     return objective[-1 - patience] - objective[-1] < CONVERGED * patience
 
 
-def _single_slice_start(ds, params, xp, data_id, memory_limit, report) -> MLResult | None:
+def _single_slice_start(ds, params, xp, data_id, memory_limit, report,
+                        positions=None) -> MLResult | None:  # fmt: skip
     """S > 1 with ``single_slice_iterations``: the single-slice ML result (reconstruction
     frame) that starts the slices, else None."""
     k = params.single_slice_iterations
     if params.slices == 1 or k == 0:
         return None
     single = dataclasses.replace(params, slices=1, slice_thickness=None, iterations=k,
-                                 single_slice_iterations=0)  # fmt: skip
-    res = _ml(ds, single, xp, None, 0, False, None, data_id, memory_limit, report)
+                                 single_slice_iterations=0, refine_positions="off")  # fmt: skip
+    res = _ml(ds, single, xp, None, 0, False, None, data_id, memory_limit, report, positions)
     if report:
         report(f"single-slice start: {len(res.errors)} iterations, the result of iteration "
                f"{res.best_iteration}" + "".join(f", {n} {v:.1f} Å"
@@ -735,12 +714,15 @@ def _start_from(eng, state, single: MLResult, xp) -> None:
 
 
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-        memory_limit, report) -> MLResult:  # fmt: skip
+        memory_limit, report, positions=None) -> MLResult:  # fmt: skip
     cal = ds.calibration
-    single = None if resume and checkpoint else _single_slice_start(ds, params, xp, data_id,
-                                                                    memory_limit, report)
-    eng = setup(ds, params, xp, memory_limit)
+    single = None if resume and checkpoint else _single_slice_start(
+        ds, params, xp, data_id, memory_limit, report, positions)  # fmt: skip
+    eng = setup(ds, params, xp, memory_limit, positions=positions)
     geom, patterns = eng.geometry, eng.patterns
+    start_positions = pos.scan_positions(geom)
+    if positions is not None:  # measured positions are part of the data
+        data_id = f"{data_id}|positions={hashlib.sha256(start_positions.tobytes()).hexdigest()}"
     n_pos = len(geom.corners)
     counts_per_pattern, complex_object = eng.counts_per_pattern, eng.complex_object
     per_bf_pixel, cscale = eng.per_bf_pixel, eng.cscale
@@ -749,6 +731,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
         eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
+        eng.set_positions(backend.to_numpy(state.arrays["positions"]))
     else:
         span = search_span(params.defocus_search, params.defocus, cal)
         if span > 0 and single is None:
@@ -779,6 +762,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     ab = a["best_absorption"] if use_best else a["absorption"]
     coeffs = backend.to_numpy(a["best_coeffs"] if use_best else a["coeffs"])
     best = int(sc[3]) if use_best else state.iteration
+    eng.set_positions(backend.to_numpy(a["best_positions"] if use_best else a["positions"]))
+    refined_positions = pos.scan_positions(geom)
     obj = backend.to_numpy(xp.exp(1j * phi - ab).astype(np.complex64))
     eng.set_coefficients(coeffs)
     probe = backend.to_numpy(xp.fft.ifft2(eng.probe_k))
@@ -797,11 +782,15 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
                                 if single else None),  # fmt: skip
              "single_slice_start": None if single is None else {
                  "iterations": len(single.errors), "best_iteration": single.best_iteration,
-                 "refined": single.extra["refined"]}}
+                 "refined": single.extra["refined"]},
+             "positions": pos.summary(start_positions, refined_positions,
+                                      backend.to_numpy(a["position_log"]),
+                                      refines_positions(params))}
     phase, slice_phase = backend.to_numpy(phi).astype(np.float32), None
     if eng.props is not None:  # multislice: the projected phase, and every slice's
         slice_phase, phase = phase, phase.sum(axis=0)
         extra.update(slice_positions_A=eng.props.positions,
                      slice_thicknesses_A=list(eng.props.thicknesses))  # fmt: skip
     return MLResult(obj, phase, probe, [float(e) for e in state.errors], held, best, geom,
-                    params, cal, extra, slice_phase=slice_phase)
+                    params, cal, extra, slice_phase=slice_phase,
+                    positions=refined_positions)  # fmt: skip

@@ -192,6 +192,14 @@ class ResidentPatterns(_Source):
         for b, positions in order:
             yield self.blocks[b], positions
 
+    def refresh_ramps(self) -> None:
+        """Shift ramps from the geometry's ``frac`` again (the positions moved)."""
+        sx = self.scan_shape[1]
+        for block in self.blocks:
+            r0, r1 = block.rows.start, block.rows.stop
+            ry, rx = ramps_2d(self.geom.frac[r0 * sx:r1 * sx], self.geom.window, np)
+            block.ramps = (self.xp.asarray(ry), self.xp.asarray(rx))
+
 
 class StreamedPatterns(_Source):
     """Blocks read again every iteration, ``prefetch`` ahead in a background thread; a
@@ -214,6 +222,9 @@ class StreamedPatterns(_Source):
 
         for item, _ in self._stream(order, to_device):
             yield item
+
+    def refresh_ramps(self) -> None:
+        """Nothing to do: each block's ramps are made from the geometry when it is read."""
 
 
 def resident_bytes(cal) -> int:

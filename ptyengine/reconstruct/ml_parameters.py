@@ -1,0 +1,157 @@
+"""The options of the Poisson ML engine (:mod:`.ml`) and their checks, in one place: the
+engine, the CLI (``ptyengine reconstruct --method ml``) and the benchmarks take their
+defaults from :class:`MLParameters`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import PtyengineError
+from . import slices as sl
+from .defocus_search import check_search
+from .probe_coefficients import PROBE_COEFFICIENTS
+
+DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
+
+
+@dataclass
+class MLParameters:
+    """Options of the Poisson ML engine (see the module docstring for the equations).
+
+    iterations: the most iterations; the held-out rule usually stops earlier.
+    object_model: "phase" (a = 0) or "complex" (phase and absorption). Phase is the default:
+        on the UiO-66 study's noise-free data it gave NCC 0.96 where the complex model gave
+        0.95, and on one-cell SrTiO3 0.82 against 0.74 (the absorption takes up part of
+        the single-slice model's mismatch and of the noise, not specimen structure).
+    smoothness: μ_s, dimensionless; 0 switches it off.
+    ridge: μ_r in 1/Å²; 0 switches it off. The defaults (3, 8) make the converged result
+        the answer: on the UiO-66 quick data at 100 e/Å² weaker priors (ridge 0.5–2) reach
+        NCC(1 Å) 0.72–0.75 after ~20 iterations and fall to 0.55–0.69 by 60, while (3, 8)
+        rises to 0.72 / 0.69 (50 / 100 nm) and stays (0.65 at 100 nm and 20 e/Å²); ridge 20
+        gives 0.69 / 0.63, smoothness 10 or 30 no better (benchmarks/RESULTS.md).
+    band_limit: band-limit the search directions to 2α/λ.
+    holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
+        stops at ``iterations`` or when the objective has converged).
+    patience: iterations without a better held-out likelihood (or, without held-out pixels,
+        over which L has fallen by less than CONVERGED per iteration) before stopping.
+    defocus: C10 in Å of the initial probe (None: the calibration's).
+    refine_probe: which probe parameters are refined with the object: "none", "defocus"
+        (C10) or "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian
+        components).
+    probe_update_start: first iteration (0-based) that refines them: the object must hold
+        some contrast before the data say anything about the probe.
+    defocus_search: half-width (Å) of the likelihood search for the global defocus made
+        before the reconstruction, around ``defocus`` or the calibration's C10
+        (:mod:`.defocus_search`); 0 switches it off; None (default): 300 Å when neither
+        ``defocus`` nor the calibration gives C10 (unknown), else off. The search costs
+        ~35 iterations on up to 1024 positions (benchmarks/RESULTS.md).
+    defocus_step: the search's grid step (Å).
+    slices: S, the object's slices along the beam (1: the single-slice model); S > 1 is
+        multislice ML (module docstring, "Multislice").
+    slice_thickness: Δz in Å between slices, one value or S of them (None: the dataset's
+        recorded specimen thickness / S); checked as for mepie (:mod:`.slices`).
+    depth_smoothness: μ_z, dimensionless: the prior ½ μ_z Σ_s Σ_pixels |u_{s+1} − u_s|²
+        coupling adjacent slices (module docstring, "Multislice"); 0 switches it off.
+    refine_positions: refine the scan positions with the object (:mod:`.positions`):
+        "on" (every position's own offset), "off", or "auto" (single slice: the own
+        offsets at the updates where the data locate a position better than
+        ``position_sigma``, their median Cramér–Rao bound ≤ CRB_FRACTION σ, and only if
+        the held-out likelihood is no worse after the move; S > 1 refines none).
+        True / False mean on / off.
+    position_update_start: first iteration (0-based) that moves the positions; then every
+        ``position_update_every`` iterations, one extra pass (6 FFTs per position) each.
+    position_max_shift: the longest step of a position per update (Å; None: one object
+        pixel).
+    position_sigma: the rms error (Å) expected of each measured position beyond the scan's
+        linear distortion: a Gaussian prior on each position's own offset (None: none).
+    position_affine: refine a global linear map of the positions (scale, rotation, shear)
+        too, from all positions together (with "on" or "auto"). Off: it is nearly
+        degenerate with the object's own scale and rotation (a round probe), and on the
+        UiO-66 quick data (50 nm) at 20 e/Å² it moved exact positions by 0.20 Å rms and
+        lowered NCC(1 Å) from 0.686 to 0.662 (0.10 Å, no change at 100 e/Å²).
+    single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
+        this many iterations (its defocus search, refinement and stopping rule; module
+        docstring, "Multislice"); 0: flat, after a multislice defocus search.
+    """
+
+    iterations: int = 50
+    batch_size: int = 64
+    object_model: str = "phase"
+    smoothness: float = 3.0
+    ridge: float = 8.0
+    band_limit: bool = True
+    holdout: float = 0.05
+    patience: int = 15
+    defocus: float | None = None
+    refine_probe: str = "aberrations"
+    probe_update_start: int = 1
+    defocus_search: float | None = None
+    defocus_step: float = 100.0
+    seed: int = 0
+    margin: int = 8
+    slices: int = 1
+    slice_thickness: float | tuple[float, ...] | None = None
+    depth_smoothness: float = DEPTH_SMOOTHNESS
+    single_slice_iterations: int = 50
+    refine_positions: str = "auto"
+    position_update_start: int = 10
+    position_update_every: int = 4
+    position_max_shift: float | None = None
+    position_sigma: float | None = 0.3
+    position_affine: bool = False
+
+    def __post_init__(self):
+        self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
+        self.single_slice_iterations = sl.check_single_slice_iterations(
+            self.single_slice_iterations)
+        v = self.depth_smoothness
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise PtyengineError(f"--depth-smoothness must be a finite number ≥ 0, got {v}")
+        if self.iterations < 0 or self.batch_size < 1 or self.patience < 1:
+            raise PtyengineError(
+                f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
+                f"and patience ({self.patience}) ≥ 1")
+        if self.refine_probe not in PROBE_COEFFICIENTS:
+            raise PtyengineError(f"probe refinement must be one of "
+                                 f"{', '.join(PROBE_COEFFICIENTS)}, got {self.refine_probe!r}")
+        check_search(self.defocus_search, self.defocus_step)
+        if self.probe_update_start < 0:
+            raise PtyengineError(f"probe update start must be ≥ 0, got "
+                                 f"{self.probe_update_start}")
+        if self.object_model not in ("phase", "complex"):
+            raise PtyengineError(f"object model must be phase or complex, got "
+                                 f"{self.object_model!r}")  # fmt: skip
+        for name in ("smoothness", "ridge"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise PtyengineError(f"{name} must be a finite number ≥ 0, got {v}")
+        if not 0 <= self.holdout < 0.5:
+            raise PtyengineError(f"held-out fraction must lie in [0, 0.5), got {self.holdout}")
+        self._check_positions()
+
+    def _check_positions(self) -> None:
+        if self.refine_positions in (True, False):
+            self.refine_positions = "on" if self.refine_positions else "off"
+        if self.refine_positions not in ("auto", "on", "off"):
+            raise PtyengineError(f"--refine-positions must be auto, on or off, got "
+                                 f"{self.refine_positions!r}")  # fmt: skip
+        if self.refine_positions == "on" and self.slices > 1:
+            raise PtyengineError("--refine-positions on: positions are refined by the "
+                                 "single-slice model only; use --slices 1, or leave it auto")
+        if self.position_update_start < 0 or self.position_update_every < 1:
+            raise PtyengineError(
+                f"position update start ({self.position_update_start}) must be ≥ 0 and its "
+                f"interval ({self.position_update_every}) ≥ 1 iterations")
+        for name in ("position_max_shift", "position_sigma"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                flag = "--" + name.replace("_", "-")
+                raise PtyengineError(f"{flag} must be a positive number of Å, got {v}")
+
+
+def refines_positions(params: MLParameters) -> bool:
+    """Whether a run moves the scan positions at all: "on", or "auto" on a single slice."""
+    if params.refine_positions == "auto":
+        return params.slices == 1
+    return params.refine_positions == "on"
