@@ -364,10 +364,22 @@ def split_object(obj, n_slices: int, root: bool, xp):
     return xp.repeat(obj[None].astype(np.complex64), n_slices, axis=0)  # a copy
 
 
+def _constrained(sweep, apply):
+    """``sweep`` followed by ``apply(object, iteration)``."""
+    def constrained(state: IterativeState, iteration: int) -> float:
+        err = sweep(state, iteration)
+        apply(state.arrays["object"], iteration)
+        return err
+
+    return constrained
+
+
 def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-          memory_limit, slices=None, report=None) -> EpieResult:  # fmt: skip
+          memory_limit, slices=None, report=None, regulariser=None) -> EpieResult:  # fmt: skip
     """ePIE, or with ``slices(ds, geom, xp)`` -> :class:`.forward.SlicePropagators` the
-    multislice ePIE of :mod:`.mepie` (an object of S slices)."""
+    multislice ePIE of :mod:`.mepie` (an object of S slices); ``regulariser(geom, props,
+    xp)`` -> ``apply(object, iteration)``: a constraint on the object after every
+    iteration (mepie's k_z filter)."""
     cal = ds.calibration
     geom = PtychoGeometry.from_calibration(cal, params.margin)
     props = slices(ds, geom, xp) if slices is not None else None
@@ -396,6 +408,8 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
                                                            props.n_slices, bool(pre), xp),
                                     "probe_k": state.arrays["probe_k"]})  # fmt: skip
     sweep = _sweep_factory(patterns, geom, params, xp, props)
+    if regulariser is not None:
+        sweep = _constrained(sweep, regulariser(geom, props, xp))
     run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress)
     probe = backend.to_numpy(xp.fft.ifft2(state.arrays["probe_k"]))
     extra = {"streamed": patterns.streamed}

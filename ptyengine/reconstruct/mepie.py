@@ -22,7 +22,9 @@ Slices start flat (O_s = 1), or (``single_slice_iterations`` K > 0) from K itera
 single-slice ePIE: O_s = |O|^(1/S) exp(i arg(O)/S), the probe as it left them (the K
 iterations are not counted in ``iterations`` nor in the error history; a resumed run
 continues from its checkpoint and skips them). ``phase_only`` holds every slice to
-|O_s| = 1. The result's
+|O_s| = 1. ``kz_filter`` β > 0 applies the k_z (missing-wedge) filter of
+:mod:`.depth_filter` to the slices after every ``kz_every``-th iteration: a depth
+regulariser that keeps the projected phase. The result's
 ``object`` is (S, Ny, Nx); its ``phase`` the sum of the slices' phases (the projected
 phase), ``slice_phase`` each one's, and ``extra`` the entrance depth of every slice below
 the first (``slice_positions_A``) and its thickness.
@@ -35,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import slices as sl
+from .depth_filter import check_kz_filter, kz_filter
 from .epie import EpieParameters, EpieResult, _epie
 from .frame import present
 from .iterative import opened
@@ -46,17 +49,22 @@ class MepieParameters(EpieParameters):
     one value for every slice or a list of S (None: the dataset's recorded specimen
     thickness / S); ``single_slice_iterations`` K: the slices start flat (K = 0), or as
     the S-th root of the object of K single-slice ePIE iterations (same parameters),
-    which also give the starting probe."""
+    which also give the starting probe; ``kz_filter`` β ≥ 0 (dimensionless, 0: off): the
+    k_z (missing-wedge) filter of :mod:`.depth_filter` applied to the slices after every
+    ``kz_every``-th iteration."""
 
     slices: int = 2
     slice_thickness: float | tuple[float, ...] | None = None
     single_slice_iterations: int = 0  # ePIE iterations whose object starts the slices
+    kz_filter: float = 0.0  # β of the k_z filter; 0: off
+    kz_every: int = 1  # iterations between applications of the k_z filter
 
     def __post_init__(self):
         super().__post_init__()
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
         self.single_slice_iterations = sl.check_single_slice_iterations(
             self.single_slice_iterations)
+        self.kz_filter, self.kz_every = check_kz_filter(self.kz_filter, self.kz_every)
 
     def thicknesses(self, recorded: float | None = None) -> tuple[float, ...]:
         """Δz_s (Å) of every slice; ``recorded``: the dataset's specimen thickness (Å)."""
@@ -68,6 +76,24 @@ def _slices(params: MepieParameters):
         return sl.propagators_for(ds, geom, xp, params.slices, params.slice_thickness)
 
     return build
+
+
+def _regulariser(params: MepieParameters):
+    """After iteration k (0-based) with (k + 1) a multiple of ``kz_every``: the k_z filter
+    on the slices (None when off)."""
+    if params.kz_filter == 0:
+        return None
+
+    def make(geom, props, xp):
+        positions = props.positions
+
+        def apply(obj, iteration):
+            if (iteration + 1) % params.kz_every == 0:
+                kz_filter(obj, positions, geom.sampling, params.kz_filter, xp)
+
+        return apply
+
+    return make
 
 
 def mepie(
@@ -87,4 +113,5 @@ def mepie(
     params = params or MepieParameters()
     with opened(data, device) as (ds, xp):
         return present(_epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress,
-                             data_id, memory_limit, _slices(params), report=report))  # fmt: skip
+                             data_id, memory_limit, _slices(params), report=report,
+                             regulariser=_regulariser(params)))  # fmt: skip
