@@ -639,3 +639,29 @@ def test_mepie_with_kz_filter_still_separates_the_layers(two_layers, tmp_path):
     mepie(path, MepieParameters(**short), checkpoint=ck, checkpoint_every=1)
     with pytest.raises(PtyengineError, match="written for other data or parameters"):
         mepie(path, MepieParameters(kz_filter=10.0, **short), checkpoint=ck, resume=True)
+
+
+def test_cli_mepie_kz_filter(two_layers, tmp_path, capsys):
+    """--kz-filter / --kz-every reach mepie (recorded in the result's parameters); a bad β
+    is one line on stderr, exit status 2, nothing written; not an option of ePIE."""
+    from cli_helpers import run
+
+    from ptyengine.results import read_result
+
+    out = tmp_path / "kz.zarr"
+    code, _, err = run(capsys, "reconstruct", two_layers[0], "--method", "mepie", "--slices",
+                       "2", "--slice-thickness", "80,1", "--iterations", "2", "--batch-size",
+                       "16", "--kz-filter", "10", "--kz-every", "2", "-o", out)  # fmt: skip
+    assert code == 0, err
+    _, attrs = read_result(out)
+    assert attrs["parameters"]["kz_filter"] == 10.0 and attrs["parameters"]["kz_every"] == 2
+    for args, message in [(("--kz-filter", "-1"), "--kz-filter must be a finite number ≥ 0"),
+                          (("--kz-filter", "nan"), "got nan"),
+                          (("--kz-every", "0"), "--kz-every must be a whole number ≥ 1")]:
+        code, _, err = run(capsys, "reconstruct", two_layers[0], "--method", "mepie",
+                           "--iterations", "1", "-o", tmp_path / "bad.zarr", *args)  # fmt: skip
+        assert code == 2 and err.strip().count("\n") == 0 and message in err, err
+        assert not (tmp_path / "bad.zarr").exists()
+    code, _, err = run(capsys, "reconstruct", two_layers[0], "--kz-filter", "5", "-o",
+                       tmp_path / "e.zarr")  # fmt: skip
+    assert code == 2 and "--kz-filter: not an option of --method epie" in err

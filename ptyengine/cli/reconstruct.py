@@ -163,6 +163,13 @@ def _multislice(method: str, slices) -> bool:
                    "with --slices > 1: from a single-slice ML run of at most this many "
                    "iterations (each slice φ/S, the probe's defocus moved to the entrance) "
                    "[default: 50]; 0: flat.")
+@click.option("--kz-filter", type=float,
+              help="mepie: strength β of the k_z (missing-wedge) depth filter on the slices, "
+                   "W = 1 − (2/π) arctan(β² k_z²/k_r²) on their 3-D spectrum (dimensionless; "
+                   "≈ 1/α for the probe's information limit; keeps the summed phase) "
+                   "[default: 0]; 0: off.")
+@click.option("--kz-every", type=int,
+              help="mepie: apply the k_z filter after every N-th iteration [default: 1].")
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
                    "(dimensionless; its weight against the data falls as 1/dose) "
