@@ -90,6 +90,8 @@ def _regulariser(params: MepieParameters):
         def apply(obj, iteration):
             if (iteration + 1) % params.kz_every == 0:
                 kz_filter(obj, positions, geom.sampling, params.kz_filter, xp)
+                if params.phase_only:  # |O| = 1 to float precision, as the steps leave it
+                    obj /= xp.abs(obj).clip(1e-12)
 
         return apply
 
