@@ -196,6 +196,27 @@ def check_mask(mask, cal, source: str = "mask") -> np.ndarray:
     return m
 
 
+def load_positions(path) -> np.ndarray:
+    """Measured scan positions from a .npy file ((N, 2) array) or a text file (.csv, .txt:
+    two columns y, x, comma- or space-separated, '#' comments), in Å, scan frame, scan
+    order; checked against a calibration later (:func:`.reconstruct.epie.check_positions`),
+    or a PtyengineError naming the file."""
+    hint = "give a .npy (N, 2) array or a text file of two columns y, x in Å, in scan order"
+    try:
+        if str(path).lower().endswith(".npy"):
+            pos = np.load(path, allow_pickle=False)
+        else:
+            with open(path) as f:
+                text = f.read().replace(",", " ")
+            pos = np.loadtxt(text.splitlines(), ndmin=2)
+    except (OSError, ValueError, EOFError) as exc:
+        raise PtyengineError(f"cannot read the positions {path}: {exc} ({hint})") from None
+    if not isinstance(pos, np.ndarray):  # an .npz archive
+        pos.close()
+        raise PtyengineError(f"cannot read the positions {path}: an .npz archive ({hint})")
+    return pos
+
+
 def load_mask(path) -> np.ndarray:
     """A detector mask from a .npy file (booleans or 0/1; checked by :func:`check_mask`
     against a calibration later), or a PtyengineError naming the file."""

@@ -546,3 +546,37 @@ def test_auto_keeps_exact_positions_the_held_out_pixels_vouch_for(thin):
     assert max(summary["cramer_rao_A"]) < 0.5 * params.position_sigma
     assert not any(summary["own_offsets"]) and summary["shift_rms_A"] == 0.0
     np.testing.assert_array_equal(auto.phase, off.phase)
+
+
+def test_cli_ml_reads_measured_positions(tmp_path, capsys):
+    """``--positions FILE`` (CSV or .npy, Å, scan frame, scan order) replaces the
+    calibration's grid: with refinement off the result holds them unchanged. A file with
+    the wrong number of positions, or --positions with another method, is a one-line error
+    and nothing is written."""
+    from cli_helpers import TINY_SIMULATION, run
+
+    from ptyengine.reconstruct.epie import scan_grid
+    from ptyengine.results import read_result
+
+    data = tmp_path / "tiny.zarr"
+    assert run(capsys, *TINY_SIMULATION, "--dose", "5000", "-o", data)[0] == 0
+    with io.open_dataset(data) as ds:
+        grid = scan_grid(ds.calibration)
+    measured = grid + np.random.default_rng(3).normal(0, 0.1, grid.shape)
+    csv = tmp_path / "pos.csv"
+    np.savetxt(csv, measured, delimiter=",", header="y_A, x_A")
+    out = tmp_path / "r.zarr"
+    code, _, err = run(capsys, "reconstruct", data, "--method", "ml", "--iterations", 2,
+                       "--refine-positions", "off", "--positions", csv, "-o", out)
+    assert code == 0, err
+    arrays, _ = read_result(out)
+    np.testing.assert_allclose(arrays["positions"], measured, atol=1e-6)
+    np.save(tmp_path / "short.npy", measured[:-1])
+    bad = tmp_path / "bad.zarr"
+    code, _, err = run(capsys, "reconstruct", data, "--method", "ml",
+                       "--positions", tmp_path / "short.npy", "-o", bad)
+    assert code == 2 and "short.npy" in err and "positions" in err and len(
+        err.strip().splitlines()) == 1, err
+    assert not bad.exists()
+    code, _, err = run(capsys, "reconstruct", data, "--method", "epie", "--positions", csv)
+    assert code == 2 and "--positions: for --method ml only" in err

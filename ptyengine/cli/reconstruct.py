@@ -240,6 +240,10 @@ def _multislice(method: str, slices) -> bool:
                    "to leave out (ML: out of the likelihood; ePIE: the model keeps its own "
                    "modulus there; iCOM/iDPC: out of the sums) [default: the mask stored "
                    "with the data by convert --mask, else none].")
+@click.option("--positions", type=click.Path(), metavar="FILE",
+              help="ML: measured scan positions in place of the calibration's grid: a .npy "
+                   "(N, 2) array or a text/CSV file of two columns y, x in Å, scan frame, "
+                   "in scan order (refined by --refine-positions; the result holds them).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing result.")
 def reconstruct(data, method, output, device, checkpoint_every, resume, keep_checkpoint,
                 rotation, mask, overwrite, **epie_opts):  # fmt: skip
@@ -261,6 +265,9 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
       ptyengine reconstruct scan.zarr --method ml --mask bad_pixels.npy
     """
     memory_limit = epie_opts.pop("memory_limit")
+    positions = epie_opts.pop("positions")
+    if positions is not None and method != "ml":
+        raise click.UsageError(f"--positions: for --method ml only, not {method}")
     given = {k: v for k, v in epie_opts.items() if v is not None}
     if method in DIRECT:
         _check_direct(method, given, rotation, checkpoint_every, resume, keep_checkpoint)
@@ -283,19 +290,21 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
                  overwrite=overwrite, epie_options=given, rotation=rotation,
                  checkpoint_every=checkpoint_every, resume=resume,
                  keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
-                 mask=mask)  # fmt: skip
+                 mask=mask, positions=positions)  # fmt: skip
 
 
 def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
                  overwrite: bool = False, epie_options: dict | None = None, rotation=None,
                  checkpoint_every: int = 0, resume: bool = False,
-                 keep_checkpoint: bool = False, memory_limit=None, mask=None) -> dict:  # fmt: skip
+                 keep_checkpoint: bool = False, memory_limit=None, mask=None,
+                 positions=None) -> dict:  # fmt: skip
     """Run one reconstruction, write its result and preview; returns what was done
     (``crop``: the phase over the scanned area, ``ncc``: the comparison or None).
-    ``mask``: a .npy detector mask overriding the dataset's (checked before anything is
-    written)."""
+    ``mask``: a .npy detector mask overriding the dataset's; ``positions``: a file of
+    measured scan positions (ML; both checked before anything is written)."""
     from .. import io
-    from ..dataset import check_mask, detector_mask, load_mask
+    from ..dataset import check_mask, detector_mask, load_mask, load_positions
+    from ..reconstruct.epie import check_positions
     from ..results import begin_result, discard_result
 
     out = output or _default_output(data, method)
@@ -306,6 +315,13 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         if given_mask is not None:
             ds.mask = check_mask(given_mask, ds.calibration, f"mask {mask}")
         detector_mask(ds)  # a stored mask is checked before anything is written
+        measured = None
+        if positions is not None:
+            loaded = load_positions(positions)  # its errors name the file
+            try:
+                measured = check_positions(loaded, ds.calibration)
+            except PtyengineError as exc:
+                raise PtyengineError(f"{positions}: {exc}") from None
         # one writer per output; the result and its preview are protected alike (a resumed
         # run continues, and replaces, its own); the partial is made before any work
         if not overwrite and not (resume and _checkpoint_path(out).exists()):
@@ -320,7 +336,7 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         try:
             return _reconstruct_into(ds, data, out, method, device, epie_options, rotation,
                                      checkpoint_every, resume, keep_checkpoint,
-                                     memory_limit)  # fmt: skip
+                                     memory_limit, measured)  # fmt: skip
         finally:
             discard_result(out)  # nothing, after a successful rename
 
@@ -344,7 +360,8 @@ def _locked(out: Path, default: bool):
 
 
 def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_options, rotation,
-                      checkpoint_every, resume, keep_checkpoint, memory_limit) -> dict:  # fmt: skip
+                      checkpoint_every, resume, keep_checkpoint, memory_limit,
+                      positions=None) -> dict:  # fmt: skip
     import time
 
     import numpy as np
@@ -356,7 +373,7 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
     try:
         if method in ITERATIVE:
             rec = _run_iterative(ds, data, out, method, device, epie_options or {},
-                                 checkpoint_every, resume, memory_limit)  # fmt: skip
+                                 checkpoint_every, resume, memory_limit, positions)  # fmt: skip
         elif method in DIRECT:
             rec = _run_direct(ds, method, device, epie_options or {}, memory_limit)
         else:
@@ -400,7 +417,7 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
 
 
 def _run_iterative(ds, data: Path, out: Path, method: str, device, options, checkpoint_every,
-                   resume, memory_limit=None) -> dict:  # fmt: skip
+                   resume, memory_limit=None, positions=None) -> dict:  # fmt: skip
     """ePIE, mepie or ML: parameters, warnings, progress, checkpoint, and what is written."""
     import numpy as np
     from tqdm import tqdm
@@ -432,6 +449,8 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
 
     try:
         more = {"report": lambda line: click.echo(line, err=True)}  # the defocus search
+        if positions is not None:  # measured (ML only: checked by reconstruct())
+            more["positions"] = positions
         res = run(ds, params, device=device, checkpoint=str(use_ck) if use_ck else None,
                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                   data_id=str(data.resolve()), memory_limit=memory_limit, **more)  # fmt: skip
@@ -474,7 +493,7 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
         panels.append(("error vs iteration", np.asarray(errors)))
     arrays = {"object": res.object.astype(np.complex64),
               "probe": res.probe.astype(np.complex64), "phase": phase}  # fmt: skip
-    if method == "ml" and res.extra["positions"]["update_rms_A"]:  # Å, scan frame, (N, 2)
+    if method == "ml" and (res.extra["positions"]["update_rms_A"] or positions is not None):
         arrays["positions"] = np.asarray(res.positions, dtype=np.float64)
     depth = []
     if _multislice(method, getattr(params, "slices", None)):
