@@ -580,3 +580,26 @@ def test_cli_ml_reads_measured_positions(tmp_path, capsys):
     assert not bad.exists()
     code, _, err = run(capsys, "reconstruct", data, "--method", "epie", "--positions", csv)
     assert code == 2 and "--positions: for --method ml only" in err
+
+
+def test_wave_cache_gives_the_same_result_and_is_used(thin, monkeypatch):
+    """The gradient pass's P_j and Ψ_j, kept for the step's pass (3 → 1 FFT per position
+    there), change nothing: the same phase, errors and coefficients bit for bit as when the
+    step's pass makes them again; the step passes of accepted iterations read them."""
+    ds = _counts(thin, 300.0, seed=5)
+    params = MLParameters(iterations=6, defocus_search=0)
+    reads = []
+    real = mlmod.direction_pass
+
+    def spy(*args, **kw):
+        reads.append(args[10] is not None)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mlmod, "direction_pass", spy)
+    cached = ml(ds, params)
+    # a rejected step's iteration restores the previous object: its pass makes them anew
+    assert reads and sum(reads) >= 0.8 * len(reads), reads
+    monkeypatch.setattr(mlmod, "wave_cache", lambda *a, **k: None)
+    plain = ml(ds, params)
+    np.testing.assert_array_equal(cached.phase, plain.phase)
+    assert cached.errors == plain.errors and cached.extra["refined"] == plain.extra["refined"]

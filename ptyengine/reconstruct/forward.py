@@ -58,6 +58,7 @@ import numpy as np
 from .. import backend, physics
 from ..kernels import ptycho as pk
 from ..kernels import windows as wk
+from .patterns import resident_bytes
 
 REAL, CPLX = np.float32, np.complex64
 
@@ -109,7 +110,8 @@ def slice_propagators(window, sampling, energy, thicknesses, xp, fraction=1.0):
 
 
 def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
-                   with_probe: bool, xp, propagators: SlicePropagators | None = None):  # fmt: skip
+                   with_probe: bool, xp, propagators: SlicePropagators | None = None,
+                   keep=None):  # fmt: skip
     """(num, den, upd or None, o_weight) of the positions ``idx`` (flat scan indices, a
     host array) of ``block``, one part per CPU core, summed over the parts.
 
@@ -121,7 +123,10 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     space, B × W × W) in place and multiplies it by 1/N (the inverse FFT that follows is
     unnormalised); ``local`` indexes the block's arrays, ``positions`` are the flat scan
     indices (both device arrays), [s0, s1) the members' places in ``idx``.
-    o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation)."""
+    o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation).
+    ``keep(probes, psi_k, positions)`` (single slice only) sees each batch's shifted probes
+    P_j (real space) and detector waves Ψ_j before ``revise``: the ML engine keeps them for
+    its :func:`direction_pass` at the same object and probe (``cached``)."""
     w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
     inv_n = 1.0 / (w0 * w1)
     slices = obj if obj.ndim == 3 else obj[None]
@@ -129,6 +134,8 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     step_cpu = _chunk((w0, w1), n_s)
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
+    if keep is not None and n_s > 1:
+        raise ValueError("keep: single slice only")
     last = n_s - 1
 
     def part(p):
@@ -165,6 +172,8 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
             pk.exit_waves(waves[last].a, slices[last], c, psi.a,
                           o_weight if last == 0 else scratch)  # fmt: skip
             psi.forward()  # [1 FFT]
+            if keep is not None:
+                keep(probes.a, psi.a, sub)
             revise(psi.a, loc, sub, offset + s0, offset + s0 + len(sub))
             psi.inverse()  # [1 FFT] revised exit waves
             # Δφ feeds the last slice's overlap sums and conj(O)Δφ in one pass
@@ -194,7 +203,8 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
 
 
 def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
-                   d_probe_k=None, propagators: SlicePropagators | None = None) -> None:
+                   d_probe_k=None, propagators: SlicePropagators | None = None,
+                   cached=None) -> None:
     """For the positions ``idx`` of ``block``: the detector waves Ψ_j and their derivative
     Δ_j along the object direction ``d_obj`` (None: 0; of obj's shape) and the
     Fourier-space probe direction ``d_probe_k`` (None: 0), handed to
@@ -203,7 +213,10 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
     Single slice: Δ_j = F[P_j dO_j + dP_j O_j]; 3 FFTs per position, 4 with a probe
     direction. S slices (``propagators``): the forward model and its tangent-linear model
     side by side, dψ_0 = dP_j, dφ_s = dψ_s O_s + ψ_s dO_s, dψ_{s+1} = F⁻¹[Q_s F[dφ_s]],
-    Δ_j = F[dφ_{S−1}]: 4 more FFTs per slice boundary."""
+    Δ_j = F[dφ_{S−1}]: 4 more FFTs per slice boundary. ``cached`` (single slice): the
+    (probes, detector waves) arrays of all positions, (N, W, W) each, kept by
+    :func:`exit_wave_pass` at the same object and probe: then P_j and Ψ_j are read, not
+    computed, and a position costs 1 FFT (2 with a probe direction)."""
     w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
     inv_n = 1.0 / (w0 * w1)
     slices = obj if obj.ndim == 3 else obj[None]
@@ -212,6 +225,8 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
     step_cpu = _chunk((w0, w1), n_s)
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
+    if cached is not None and n_s > 1:
+        raise ValueError("cached: single slice only")
 
     def part(p):
         sel = idx[p]
@@ -228,10 +243,14 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
             probes = backend.fft_buffer(shape, CPLX, xp, "probes")
             psi = backend.fft_buffer(shape, CPLX, xp, "psi")
             dpsi = backend.fft_buffer(shape, CPLX, xp, "dpsi")
-            pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
-            probes.inverse()  # [1 FFT]
-            # slice 0: φ_0 = P_j O_0 (psi), dφ_0 = P_j dO_0 + dP_j O_0 (dpsi)
-            pk.exit_waves(probes.a, slices[0], c, psi.a, scratch)
+            if cached is None:
+                pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
+                probes.inverse()  # [1 FFT]
+                # slice 0: φ_0 = P_j O_0 (psi), dφ_0 = P_j dO_0 + dP_j O_0 (dpsi)
+                pk.exit_waves(probes.a, slices[0], c, psi.a, scratch)
+            else:  # P_j and Ψ_j = F[P_j O_0] as the gradient pass made them
+                probes.a[...] = cached[0][sub]
+                psi.a[...] = cached[1][sub]
             if d_obj is not None:
                 pk.exit_waves(probes.a, d_slices[0], c, dpsi.a, scratch)
             if d_probe_k is not None:  # dP_j · O_0, in the probes buffer (P_j is used up)
@@ -254,8 +273,23 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
                     pk.exit_waves(psi.a, d_slices[s], c, probes.a, scratch)
                     dpsi.a += probes.a
                 pk.exit_waves(psi.a, slices[s], c, psi.a, scratch)  # φ_s = ψ_s O_s
-            psi.forward()  # [1 FFT]
+            if cached is None:
+                psi.forward()  # [1 FFT]
             dpsi.forward()  # [1 FFT]
             reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s0 + len(sub))
 
     backend.split_map(part, len(idx), xp)
+
+
+def wave_cache(geom, patterns, props, memory_limit, xp):
+    """(probes, waves), (N, W, W) complex64 each, where the gradient pass keeps P_j and Ψ_j
+    for the step's pass (3 → 1 FFT per position there), or None: single slice, patterns
+    held in memory, and the amplitudes and the two arrays within half the memory limit
+    (:func:`.patterns.choose_patterns`'s budget); else the step's pass makes them again."""
+    if props is not None or patterns.streamed:
+        return None
+    n, w = len(geom.corners), geom.window
+    need = 2 * n * w[0] * w[1] * np.dtype(np.complex64).itemsize
+    if need + resident_bytes(patterns.cal) > backend.memory_limit(memory_limit, xp) // 2:
+        return None
+    return (xp.empty((n, *w), dtype=np.complex64), xp.empty((n, *w), dtype=np.complex64))

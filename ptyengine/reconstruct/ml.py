@@ -74,14 +74,13 @@ the objective L has fallen by less than CONVERGED (0.1 half-deviance per iterati
 ``patience`` iterations (with them this rule is off: L flattens while the phase still
 improves).
 The prior (smoothness 3, ridge 8) and the preconditioner's floor are chosen so that the
-converged result is the answer rather than an early iterate: with weaker priors NCC
-with the truth peaked after ~20 iterations and then fell by up to 0.2 while D_h stayed
-within its noise, which no held-out rule on 5 % of ~30,000 counts can see (the held-out
-deviance jitters by 0.5–2 between iterates at 100 e/Å²). Measured: benchmarks/RESULTS.md
-(bench_ml_curve.py).
+converged result is the answer rather than an early iterate (with weaker priors NCC peaked
+early and fell while D_h stayed within its noise; benchmarks/RESULTS.md).
 
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
-the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4.
+the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4; 1 (2)
+for the step when the memory limit holds every P_j and Ψ_j of the gradient pass
+(:func:`.forward.wave_cache`), which the step's pass then reads.
 
 **Scan positions** (``refine_positions``, single slice; :mod:`.positions` has the
 equations). From iteration ``position_update_start`` on, every ``position_update_every``
@@ -108,9 +107,8 @@ The prior R applies to every slice alike (R(φ) = Σ_s R(φ_s)), and a depth pri
 R_z(u) = ½ μ_z Σ_s Σ_pixels (u_{s+1} − u_s)² (``depth_smoothness``, dimensionless, off by
 default) couples adjacent slices: Gaussian, like R, so its weight against the data falls as
 1/dose, and it enters the gradient and the Newton step's curvature exactly (it is not in
-the preconditioner). Off, because it did not help where measured: SrTiO3 100 Å thick,
-1000 e/Å², S = 4 (benchmarks/bench_ml_multislice.py's data), μ_z = 0 / 10 / 100 / 1000
-gave NCC 0.569 / 0.522 / 0.490 / 0.467 of the summed phase. The preconditioner of
+the preconditioner). Off: it did not help where measured (benchmarks/RESULTS.md,
+"Multislice ML on thick SrTiO3"). The preconditioner of
 slice s takes its own illumination h_s = 4N Σ_j |ψ_{s,j}|² (ψ_s the wave incident on slice
 s, the den_s of the first pass), with one h̄ over the stack. Cost: 3 + 4(S − 1) FFTs per
 position for each pass (+1 with the probe). With S = 1 the code is the single-slice
@@ -119,11 +117,9 @@ engine's, and so is the result (tests/test_ml.py).
 Start: the slices start from a single-slice ML run (``single_slice_iterations`` K, its own
 defocus search, refinement and stopping rule), φ_s = φ/S and a_s = a/S, the refined
 astigmatism kept and C10 moved from the single-slice plane to the first slice's entrance by
-the mean slice depth z̄ (C10 − z̄); K = 0 starts flat after a multislice defocus search.
-From flat, the fit finds slices that explain the data (lower deviance than one slice) but
-whose sum is far from the projected potential: noise-free SrTiO3 [001] 100 Å thick, S = 4,
-60 iterations, the probe at the entrance defocus, NCC of Σφ_s with σV_proj 0.16–0.22 from
-flat against 0.96 from 60 single-slice iterations (which alone give 0.85).
+the mean slice depth z̄ (C10 − z̄); K = 0 starts flat after a multislice defocus search
+(from flat the slices explain the data but their sum is far from the projected potential:
+NCC 0.16–0.22 against 0.96 on noise-free SrTiO3 100 Å thick, S = 4; RESULTS.md).
 """
 
 from __future__ import annotations
@@ -143,7 +139,7 @@ from . import positions as pos
 from . import slices as sl
 from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
-from .forward import direction_pass, exit_wave_pass
+from .forward import direction_pass, exit_wave_pass, wave_cache
 from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
 from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters, refines_positions  # noqa: F401
@@ -158,24 +154,17 @@ from .probe_coefficients import (
 
 EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
 NOISE_FREE_COUNTS = 1e6  # counts per pattern assumed for noise-free (float, no dose) data
-#: δ: a pixel's step is at most 1/δ of a mean-lit pixel's. With δ = 0.1 the weakly lit
-#: margin round the scan took large steps along directions the data barely constrain, and
-#: the phase drifted: noise-free UiO-66 at 100 nm reached NCC(1 Å) 0.999 after 10
-#: iterations and fell to 0.76 by 50 (0.50 with the probe fixed); δ = 1 keeps 0.95.
+#: δ: a pixel's step is at most 1/δ of a mean-lit pixel's (δ = 0.1 let the weakly lit margin
+#: drift: noise-free UiO-66 at 100 nm fell from NCC(1 Å) 0.999 to 0.76; RESULTS.md).
 PRECONDITIONER_FLOOR = 1.0
-#: Half-deviance: held-out changes smaller than this are noise. Measured on the UiO-66 quick
-#: data at 100 e/Å² (5 % held out, ~1500 counts): the held-out deviance jitters by 0.5–2
-#: between successive iterates, rises by up to ~5 in the first CG steps and then falls to
-#: a lower minimum, while NCC(1 Å) rises throughout; with a tolerance of 1 the rule
-#: returned iterate 0 or 1 on half of the runs.
+#: Half-deviance: held-out changes smaller than this are noise (at 100 e/Å² it jitters by
+#: 0.5–2 between iterates and rises by up to ~5 in the first CG steps; RESULTS.md).
 HELD_TOLERANCE = 4.0
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
 FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
 FISHER_POSITIONS = 128  # positions it is estimated from
 #: Half-deviance per iteration below which L has converged; used only without held-out
-#: pixels. L can fall by less than 0.1 per iteration while the phase still improves
-#: (UiO-66 at 100 e/Å², 100 nm: the rule stopped at iteration 15, NCC(1 Å) 0.68, which
-#: reached 0.73 by 38), so with held-out pixels their rule and the limit stop the run.
+#: pixels (L can flatten while the phase still improves).
 CONVERGED = 0.1
 
 
@@ -253,6 +242,7 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
+        self.cache, self.cached_for = None, None  # see wave_cache and _keeper
 
     def set_positions(self, p) -> int:
         """Move the windows to ``p`` (N, 2) object pixels (:func:`.positions.pixel_positions`)
@@ -264,6 +254,7 @@ class _Engine:
 
     def restore_positions(self, corners, frac) -> None:
         """Put the windows back at ``corners`` (int) and ``frac`` exactly."""
+        self.cached_for = None  # the kept waves were made at the old positions
         self.geom.corners[...] = corners
         self.geom.frac[...] = frac
         self.corners = self.xp.asarray(self.geom.corners)
@@ -342,6 +333,7 @@ class _Engine:
         upd_total = xp.zeros(self.probe_k.shape, dtype=np.complex64) if with_probe else None
         fit = held = 0.0
         probe_k = self.probe_k
+        keep = self._keeper()
         for block, idx in self._batches():
             nll = xp.zeros(len(idx), dtype=np.float64)
             hold = xp.zeros(len(idx), dtype=np.float64)
@@ -354,21 +346,41 @@ class _Engine:
             lo, hi = self._box(idx)
             shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
             num, d, upd, _ = exit_wave_pass(obj, probe_k, block, idx, self.corners, lo,
-                                            shape, revise, with_probe, xp,
-                                            self.props)  # fmt: skip
+                                            shape, revise, with_probe, xp, self.props,
+                                            keep)  # fmt: skip
             nu[..., lo[0]:hi[0], lo[1]:hi[1]] += num
             den[..., lo[0]:hi[0], lo[1]:hi[1]] += d
             if with_probe:
                 upd_total += upd
             fit += float(nll.sum())
             held += float(hold.sum())
+        if keep is not None:  # every position's P_j, Ψ_j now belong to (obj, probe)
+            self.cached_for = (obj, probe_k)
         return fit, held, nu, den, upd_total
+
+    def _keeper(self):
+        """The hook that keeps P_j and Ψ_j of the gradient pass for the step's pass
+        (``self.cache``: (probes, waves), (N, W, W) complex64 each; None: not kept), or
+        None. Invalid until the pass has seen every position."""
+        self.cached_for = None
+        if self.cache is None:
+            return None
+        probes_all, waves_all = self.cache
+
+        def keep(probes, psi, positions):
+            probes_all[positions] = probes
+            waves_all[positions] = psi
+
+        return keep
 
     def curvature(self, obj, d_obj, d_probe_k=None) -> tuple[float, float]:
         """One pass: dL/dt and the Fisher d²L/dt² of the likelihood along the object
         direction d_obj and the probe direction d_probe_k (either may be None)."""
         xp = self.xp
         s1_tot = s2_tot = 0.0
+        held = self.cached_for  # the gradient pass's P_j, Ψ_j, if made at obj and probe
+        cached = (self.cache if held is not None and held[0] is obj
+                  and held[1] is self.probe_k else None)  # fmt: skip
         for block, idx in self._batches():
             d1 = xp.zeros(len(idx), dtype=np.float64)
             d2 = xp.zeros(len(idx), dtype=np.float64)
@@ -379,7 +391,7 @@ class _Engine:
                                      self.params.holdout)  # fmt: skip
 
             direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp,
-                           d_probe_k, self.props)  # fmt: skip
+                           d_probe_k, self.props, cached)  # fmt: skip
             s1_tot += float(d1.sum())
             s2_tot += float(d2.sum())
         return s1_tot, s2_tot
@@ -652,6 +664,7 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     eng.names = PROBE_COEFFICIENTS[params.refine_probe]
     eng.basis = coefficient_basis(cal, eng.names, xp)
     eng.start_at(params.defocus)
+    eng.cache = wave_cache(geom, patterns, props, memory_limit, xp)
     return eng
 
 
