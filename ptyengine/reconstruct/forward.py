@@ -281,12 +281,16 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
     backend.split_map(part, len(idx), xp)
 
 
-def wave_cache(geom, patterns, props, memory_limit, xp):
+def wave_cache(geom, patterns, props, memory_limit, xp, probe_fixed: bool = True):
     """(probes, waves), (N, W, W) complex64 each, where the gradient pass keeps P_j and Ψ_j
     for the step's pass (3 → 1 FFT per position there), or None: single slice, patterns
     held in memory, and the amplitudes and the two arrays within half the memory limit
-    (:func:`.patterns.choose_patterns`'s budget); else the step's pass makes them again."""
-    if props is not None or patterns.streamed:
+    (:func:`.patterns.choose_patterns`'s budget); else the step's pass makes them again.
+    Only with the probe fixed: measured on the UiO-66 quick data (1116 positions, 160², 2
+    cores; benchmarks/bench_ml.py) the cache made an iteration 9 % faster with the probe
+    fixed but 17 % slower with it refined (copying 0.9 GB a pass costs more there than
+    the FFTs it saves; not understood yet)."""
+    if props is not None or patterns.streamed or not probe_fixed:
         return None
     n, w = len(geom.corners), geom.window
     need = 2 * n * w[0] * w[1] * np.dtype(np.complex64).itemsize

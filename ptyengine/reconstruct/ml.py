@@ -79,8 +79,8 @@ early and fell while D_h stayed within its noise; benchmarks/RESULTS.md).
 
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
 the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4; 1 (2)
-for the step when the memory limit holds every P_j and Ψ_j of the gradient pass
-(:func:`.forward.wave_cache`), which the step's pass then reads.
+for the step with the probe fixed when the memory limit holds every P_j and Ψ_j of the
+gradient pass (:func:`.forward.wave_cache`), which the step's pass then reads.
 
 **Scan positions** (``refine_positions``, single slice; :mod:`.positions` has the
 equations). From iteration ``position_update_start`` on, every ``position_update_every``
@@ -664,7 +664,8 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     eng.names = PROBE_COEFFICIENTS[params.refine_probe]
     eng.basis = coefficient_basis(cal, eng.names, xp)
     eng.start_at(params.defocus)
-    eng.cache = wave_cache(geom, patterns, props, memory_limit, xp)
+    eng.cache = wave_cache(geom, patterns, props, memory_limit, xp,
+                           probe_fixed=not eng.names)
     return eng
 
 
