@@ -202,30 +202,29 @@ def load_positions(path) -> np.ndarray:
     order; checked against a calibration later (:func:`.reconstruct.epie.check_positions`),
     or a PtyengineError naming the file."""
     hint = "give a .npy (N, 2) array or a text file of two columns y, x in Å, in scan order"
+    if str(path).lower().endswith(".npy"):
+        return _load_npy(path, "positions", hint)
     try:
-        if str(path).lower().endswith(".npy"):
-            pos = np.load(path, allow_pickle=False)
-        else:
-            with open(path) as f:
-                text = f.read().replace(",", " ")
-            pos = np.loadtxt(text.splitlines(), ndmin=2)
-    except (OSError, ValueError, EOFError) as exc:
+        with open(path) as f:
+            text = f.read().replace(",", " ")
+        return np.loadtxt(text.splitlines(), ndmin=2)
+    except (OSError, ValueError) as exc:
         raise PtyengineError(f"cannot read the positions {path}: {exc} ({hint})") from None
-    if not isinstance(pos, np.ndarray):  # an .npz archive
-        pos.close()
-        raise PtyengineError(f"cannot read the positions {path}: an .npz archive ({hint})")
-    return pos
+
+
+def _load_npy(path, what: str, hint: str) -> np.ndarray:
+    """One array from a .npy file, or a PtyengineError naming the file and ``what``."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise PtyengineError(f"cannot read the {what} {path}: {exc} ({hint})") from None
+    if not isinstance(a, np.ndarray):  # an .npz archive
+        a.close()
+        raise PtyengineError(f"cannot read the {what} {path}: an .npz archive ({hint})")
+    return a
 
 
 def load_mask(path) -> np.ndarray:
     """A detector mask from a .npy file (booleans or 0/1; checked by :func:`check_mask`
     against a calibration later), or a PtyengineError naming the file."""
-    hint = "give a .npy file of booleans or 0/1, the detector's shape"
-    try:
-        m = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise PtyengineError(f"cannot read the mask {path}: {exc} ({hint})") from None
-    if not isinstance(m, np.ndarray):  # an .npz archive
-        m.close()
-        raise PtyengineError(f"cannot read the mask {path}: an .npz archive ({hint})")
-    return m
+    return _load_npy(path, "mask", "give a .npy file of booleans or 0/1, the detector's shape")
