@@ -74,63 +74,73 @@ def _saturated(n):
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def poisson_ratio_cpu(psi_k, amplitude, index, positions, mask, nll, held, count_scale, eps,
-                      scale, seed, thr):  # fmt: skip
-    """psi_k (B, W, W) complex: Ψ → Ψ · n / (|Ψ|² + ε) · scale on fitted pixels, Ψ · scale
-    on held-out and masked ones. n = count_scale · amplitude[index[b]]². nll[b], held[b]
-    (float64) += the half-deviance of the fitted / held-out pixels."""
-    nb, w0, w1 = psi_k.shape
+                      scale, seed, thr, n_modes):  # fmt: skip
+    """psi_k (M·B, W, W) complex, M = ``n_modes`` incoherent probe modes, mode-major (mode m
+    of pattern b at m·B + b): Ψ_m → Ψ_m · n / (I + ε) · scale on fitted pixels, Ψ_m · scale
+    on held-out and masked ones, with I = Σ_m |Ψ_m|² and n = count_scale ·
+    amplitude[index[b]]². nll[b], held[b] (float64) += the half-deviance of the fitted /
+    held-out pixels."""
+    nb = psi_k.shape[0] // n_modes
+    w0, w1 = psi_k.shape[1], psi_k.shape[2]
     for b in range(nb):
         acc = 0.0
         acc_h = 0.0
         pos = positions[b]
         for i in range(w0):
-            row = psi_k[b, i]
             amp = amplitude[index[b], i]
             for j in range(w1):
-                v = row[j]
                 if mask[i, j] == 0:
-                    row[j] = v * scale
+                    for m in range(n_modes):
+                        psi_k[m * nb + b, i, j] *= scale
                     continue
+                inten = 0.0
+                for m in range(n_modes):
+                    v = psi_k[m * nb + b, i, j]
+                    inten += v.real * v.real + v.imag * v.imag
                 a = amp[j]
                 n = count_scale * a * a
-                inten = v.real * v.real + v.imag * v.imag
                 # most pixels hold no counts at low dose: no logarithms for them
                 term = inten - n * math.log(inten + eps) - _saturated(n) if n > 0 else inten
                 if thr > 0 and holdout_hash(pos, i * w1 + j, seed) < thr:
                     acc_h += term
-                    row[j] = v * scale
+                    factor = scale
                 else:
                     acc += term
-                    row[j] = v * (n / (inten + eps) * scale) if n > 0 else 0j
+                    factor = n / (inten + eps) * scale if n > 0 else 0.0
+                for m in range(n_modes):
+                    psi_k[m * nb + b, i, j] *= factor
         nll[b] += acc
         held[b] += acc_h
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def poisson_curvature_cpu(psi_k, d_k, amplitude, index, positions, mask, d1, d2, count_scale,
-                          eps, seed, thr):  # fmt: skip
+                          eps, seed, thr, n_modes):  # fmt: skip
     """d1[b] += Σ (1 − n/(I + ε)) I', d2[b] += Σ I'² / (I + ε) over the fitted pixels of
-    pattern b, with I = |Ψ|², I' = 2 Re(Ψ* D)."""
-    nb, w0, w1 = psi_k.shape
+    pattern b, with I = Σ_m |Ψ_m|², I' = 2 Σ_m Re(Ψ_m* D_m) (layout as
+    :func:`poisson_ratio_cpu`'s)."""
+    nb = psi_k.shape[0] // n_modes
+    w0, w1 = psi_k.shape[1], psi_k.shape[2]
     for b in range(nb):
         a1 = 0.0
         a2 = 0.0
         pos = positions[b]
         for i in range(w0):
-            row = psi_k[b, i]
-            drow = d_k[b, i]
             amp = amplitude[index[b], i]
             for j in range(w1):
                 if mask[i, j] == 0:
                     continue
                 if thr > 0 and holdout_hash(pos, i * w1 + j, seed) < thr:
                     continue
-                v = row[j]
-                d = drow[j]
+                inten = eps
+                ip = 0.0
+                for m in range(n_modes):
+                    v = psi_k[m * nb + b, i, j]
+                    d = d_k[m * nb + b, i, j]
+                    inten += v.real * v.real + v.imag * v.imag
+                    ip += 2.0 * (v.real * d.real + v.imag * d.imag)
                 a = amp[j]
                 n = count_scale * a * a
-                inten = v.real * v.real + v.imag * v.imag + eps
-                ip = 2.0 * (v.real * d.real + v.imag * d.imag)
                 a1 += (1.0 - n / inten) * ip
                 a2 += ip * ip / inten
         d1[b] += a1
@@ -145,30 +155,32 @@ def _cuda():
 
 def poisson_ratio_cuda(psi_k, *args):
     """GPU twin of :func:`poisson_ratio_cpu` (device arrays, the same arguments)."""
-    blocks, threads = grid(psi_k.shape)
+    n_modes = int(args[-1])
+    blocks, threads = grid((psi_k.shape[0] // n_modes, *psi_k.shape[1:]))
     _cuda().poisson_ratio_gpu[blocks, threads](psi_k, *args)
 
 
 def poisson_curvature_cuda(psi_k, *args):
     """GPU twin of :func:`poisson_curvature_cpu`."""
-    blocks, threads = grid(psi_k.shape)
+    n_modes = int(args[-1])
+    blocks, threads = grid((psi_k.shape[0] // n_modes, *psi_k.shape[1:]))
     _cuda().poisson_curvature_gpu[blocks, threads](psi_k, *args)
 
 
 def poisson_ratio(psi_k, amplitude, index, positions, mask, nll, held, count_scale, eps,
-                  scale=1.0, seed=0, fraction=0.0):  # fmt: skip
+                  scale=1.0, seed=0, fraction=0.0, n_modes=1):  # fmt: skip
     """See :func:`poisson_ratio_cpu`; ``fraction`` of the pixels is held out."""
     real = psi_k.real.dtype.type
     args = (psi_k, amplitude, index, positions, mask, nll, held, real(count_scale), real(eps),
-            real(scale), np.uint64(seed), np.uint64(threshold(fraction)))  # fmt: skip
+            real(scale), np.uint64(seed), np.uint64(threshold(fraction)), np.int64(n_modes))
     (poisson_ratio_cpu if on_host(psi_k) else poisson_ratio_cuda)(*args)
     return psi_k
 
 
 def poisson_curvature(psi_k, d_k, amplitude, index, positions, mask, d1, d2, count_scale, eps,
-                      seed=0, fraction=0.0):  # fmt: skip
+                      seed=0, fraction=0.0, n_modes=1):  # fmt: skip
     """See :func:`poisson_curvature_cpu`."""
     real = psi_k.real.dtype.type
     args = (psi_k, d_k, amplitude, index, positions, mask, d1, d2, real(count_scale),
-            real(eps), np.uint64(seed), np.uint64(threshold(fraction)))  # fmt: skip
+            real(eps), np.uint64(seed), np.uint64(threshold(fraction)), np.int64(n_modes))
     (poisson_curvature_cpu if on_host(psi_k) else poisson_curvature_cuda)(*args)

@@ -19,44 +19,55 @@ def holdout_hash(position, pixel, seed):
 
 @cuda.jit
 def poisson_ratio_gpu(psi_k, amplitude, index, positions, mask, nll, held, count_scale, eps,
-                      scale, seed, thr):  # fmt: skip
-    """One thread per element; the half-deviance is summed with atomics."""
+                      scale, seed, thr, n_modes):  # fmt: skip
+    """One thread per pattern and pixel, looping over the modes (mode-major layout, as the
+    CPU twin); the half-deviance is summed with atomics."""
     b, i, j = cuda.grid(3)
-    if b < psi_k.shape[0] and i < psi_k.shape[1] and j < psi_k.shape[2]:
-        v = psi_k[b, i, j]
+    nb = psi_k.shape[0] // n_modes
+    if b < nb and i < psi_k.shape[1] and j < psi_k.shape[2]:
         if mask[i, j] == 0:
-            psi_k[b, i, j] = v * scale
+            for m in range(n_modes):
+                psi_k[m * nb + b, i, j] *= scale
             return
+        inten = 0.0
+        for m in range(n_modes):
+            v = psi_k[m * nb + b, i, j]
+            inten += v.real * v.real + v.imag * v.imag
         a = amplitude[index[b], i, j]
         n = count_scale * a * a
-        inten = v.real * v.real + v.imag * v.imag
         term = inten
         if n > 0:
             term = inten - n * math.log(inten + eps) - (n - n * math.log(n))
         w1 = psi_k.shape[2]
         if thr > 0 and holdout_hash(positions[b], i * w1 + j, seed) < thr:
             cuda.atomic.add(held, b, term)
-            psi_k[b, i, j] = v * scale
+            factor = scale
         else:
             cuda.atomic.add(nll, b, term)
-            psi_k[b, i, j] = v * (n / (inten + eps) * scale)
+            factor = n / (inten + eps) * scale
+        for m in range(n_modes):
+            psi_k[m * nb + b, i, j] *= factor
 
 
 @cuda.jit
 def poisson_curvature_gpu(psi_k, d_k, amplitude, index, positions, mask, d1, d2, count_scale,
-                          eps, seed, thr):  # fmt: skip
+                          eps, seed, thr, n_modes):  # fmt: skip
     b, i, j = cuda.grid(3)
-    if b < psi_k.shape[0] and i < psi_k.shape[1] and j < psi_k.shape[2]:
+    nb = psi_k.shape[0] // n_modes
+    if b < nb and i < psi_k.shape[1] and j < psi_k.shape[2]:
         if mask[i, j] == 0:
             return
         w1 = psi_k.shape[2]
         if thr > 0 and holdout_hash(positions[b], i * w1 + j, seed) < thr:
             return
-        v = psi_k[b, i, j]
-        d = d_k[b, i, j]
+        inten = eps
+        ip = 0.0
+        for m in range(n_modes):
+            v = psi_k[m * nb + b, i, j]
+            d = d_k[m * nb + b, i, j]
+            inten += v.real * v.real + v.imag * v.imag
+            ip += 2.0 * (v.real * d.real + v.imag * d.imag)
         a = amplitude[index[b], i, j]
         n = count_scale * a * a
-        inten = v.real * v.real + v.imag * v.imag + eps
-        ip = 2.0 * (v.real * d.real + v.imag * d.imag)
         cuda.atomic.add(d1, b, (1.0 - n / inten) * ip)
         cuda.atomic.add(d2, b, ip * ip / inten)

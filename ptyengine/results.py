@@ -8,6 +8,8 @@ Layout of ``NAME.zarr`` (one per reconstruction)::
     phase        (ny, nx) float32, rad        (all methods)
     object       (ny, nx) complex64           (ptychography; (S, ny, nx) for mepie)
     probe        (wy, wx) complex64           (ptychography, real space, centred)
+    probe_modes  (M, wy, wx) complex64        (ML with M > 1 incoherent pixel modes,
+                                              strongest first; ``probe`` is mode 0)
     slice_phase  (S, ny, nx) float32, rad     (mepie: every slice; ``phase`` is their sum;
                                               attrs slice_positions_A, slice_thicknesses_A)
     com_y, com_x (ny, nx) float32, 1/Å        (iCOM)

@@ -225,45 +225,52 @@ def _poisson_inputs(rng, nb=3, w=(6, 5)):
 
 # the CUDA simulator runs the hash in numpy scalars, which warn where uint64 wraps (wanted)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_poisson_kernels_twins():
+@pytest.mark.parametrize("modes", [1, 3])
+def test_poisson_kernels_twins(modes):
     """The Poisson ratio and curvature kernels: CPU twin = numpy reference = CUDA kernel,
-    with a dead pixel and 30 % of the pixels held out."""
+    with a dead pixel, 30 % of the pixels held out, and M incoherent probe modes (waves
+    mode-major: I = Σ_m |Ψ_m|², every mode revised by the same n/(I + ε))."""
     from ptyengine.kernels import poisson
 
     rng = np.random.default_rng(5)
-    psi, amp, index, positions, mask = _poisson_inputs(rng)
+    _, amp, index, positions, mask = _poisson_inputs(rng)
+    psi = _waves(rng, (modes * 3, *amp.shape[1:]))
     d_k = _waves(rng, psi.shape)
     cscale, eps, scale, seed, frac = 2.0, 1e-3, 0.25, 11, 0.3
     held = poisson.holdout_mask(positions, psi.shape[1:], seed, frac) & (mask[None] > 0)
     fitted = ~held & (mask[None] > 0)
     n = cscale * amp[index].astype(np.float64) ** 2
-    inten = np.abs(psi.astype(np.complex128)) ** 2
+    by_mode = psi.astype(np.complex128).reshape(modes, 3, *psi.shape[1:])
+    inten = (np.abs(by_mode) ** 2).sum(axis=0)
     sat = np.where(n > 0, n - n * np.log(np.where(n > 0, n, 1)), 0)
     term = inten - n * np.log(inten + eps) - sat
-    ref_psi = np.where(fitted, psi * (n / (inten + eps)), psi) * scale
+    ref_psi = (np.where(fitted, by_mode * (n / (inten + eps)), by_mode) * scale).reshape(
+        psi.shape)
     ref_nll = (term * fitted).sum(axis=(1, 2))
     ref_held = (term * held).sum(axis=(1, 2))
-    ip = 2 * (psi.conj() * d_k).real
+    ip = 2 * (by_mode.conj() * d_k.reshape(by_mode.shape)).real.sum(axis=0)
     ref_d1 = ((1 - n / (inten + eps)) * ip * fitted).sum(axis=(1, 2))
     ref_d2 = (ip**2 / (inten + eps) * fitted).sum(axis=(1, 2))
     thr = np.uint64(poisson.threshold(frac))
+    m = np.int64(modes)
     args = (amp, index, positions, mask)
     cpu = [psi.copy(), np.zeros(3), np.zeros(3)]
     poisson.poisson_ratio_cpu(cpu[0], *args, cpu[1], cpu[2], np.float32(cscale),
-                              np.float32(eps), np.float32(scale), np.uint64(seed), thr)
+                              np.float32(eps), np.float32(scale), np.uint64(seed), thr, m)
     gpu = _gpu_outputs(poisson.poisson_ratio_cuda,
                        [psi.copy(), *args, np.zeros(3), np.zeros(3), np.float32(cscale),
-                        np.float32(eps), np.float32(scale), np.uint64(seed), thr], [0, 5, 6])
+                        np.float32(eps), np.float32(scale), np.uint64(seed), thr, m],
+                       [0, 5, 6])  # fmt: skip
     for got in (cpu, gpu):
         np.testing.assert_allclose(got[0], ref_psi, rtol=2e-4, atol=1e-6)
         np.testing.assert_allclose(got[1], ref_nll, rtol=1e-4)
         np.testing.assert_allclose(got[2], ref_held, rtol=1e-4)
     cpu = [np.zeros(3), np.zeros(3)]
     poisson.poisson_curvature_cpu(psi, d_k, *args, *cpu, np.float32(cscale), np.float32(eps),
-                                  np.uint64(seed), thr)
+                                  np.uint64(seed), thr, m)
     gpu = _gpu_outputs(poisson.poisson_curvature_cuda,
                        [psi, d_k, *args, np.zeros(3), np.zeros(3), np.float32(cscale),
-                        np.float32(eps), np.uint64(seed), thr], [6, 7])
+                        np.float32(eps), np.uint64(seed), thr, m], [6, 7])
     for got in (cpu, gpu):
         np.testing.assert_allclose(got[0], ref_d1, rtol=1e-4)
         np.testing.assert_allclose(got[1], ref_d2, rtol=1e-4)

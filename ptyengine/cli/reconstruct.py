@@ -131,9 +131,16 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--probe-update-start", type=click.IntRange(min=0),
               help="ePIE/ML: first iteration (0-based) that refines the probe "
                    "[default: 1].")
-@click.option("--refine-probe", type=click.Choice(["none", "defocus", "aberrations"]),
-              help="ML: probe parameters refined with the object: none, the defocus C10, or "
-                   "C10 and the two-fold astigmatism C12 [default: aberrations].")
+@click.option("--refine-probe",
+              type=click.Choice(["none", "defocus", "aberrations", "pixels"]),
+              help="ML: probe parameters refined with the object: none, the defocus C10, "
+                   "C10 and the two-fold astigmatism C12, or every probe pixel inside the "
+                   "aperture (for high counts: ≳ 3 per bright-field pixel and pattern) "
+                   "[default: aberrations].")
+@click.option("--probe-modes", type=int,
+              help="ML with --refine-probe pixels: incoherent probe modes (partial "
+                   "coherence: source size, focal spread), kept orthogonal; the result "
+                   "holds them as probe_modes [default: 1].")
 @click.option("--defocus-search", type=float,
               help="ePIE/mepie/ML: before reconstructing, search the global defocus within ± "
                    "this many Å of --defocus (or the calibration's) on the held-out Poisson "
@@ -493,6 +500,10 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
         panels.append(("error vs iteration", np.asarray(errors)))
     arrays = {"object": res.object.astype(np.complex64),
               "probe": res.probe.astype(np.complex64), "phase": phase}  # fmt: skip
+    if method == "ml" and res.probe_modes is not None and len(res.probe_modes) > 1:
+        arrays["probe_modes"] = res.probe_modes.astype(np.complex64)
+        summary += ", probe modes " + " / ".join(
+            f"{p:.0%}" for p in res.extra["probe_mode_powers"])
     if method == "ml" and (res.extra["positions"]["update_rms_A"] or positions is not None):
         arrays["positions"] = np.asarray(res.positions, dtype=np.float64)
     depth = []

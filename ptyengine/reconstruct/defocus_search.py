@@ -141,7 +141,7 @@ def search_defocus(eng, params, span: float, step: float, iterations: int = 5,
     try:
         for c10 in candidates:
             eng.start_at(c10)
-            state = mlmod._new_state(eng.geometry, eng.c0, xp, eng.shape)
+            state = mlmod._new_state(eng.geometry, eng.pm.initial(), xp, eng.shape)
             sweep = mlmod._sweep_factory(eng, quick, eng.complex_object, total_counts,
                                          total_counts * holdout, xp)  # fmt: skip
             run(state, sweep, iterations, xp)

@@ -63,13 +63,23 @@ from .patterns import resident_bytes
 REAL, CPLX = np.float32, np.complex64
 
 
-def _chunk(window, n_slices: int = 1) -> int:
+def _modes(probe_k):
+    """The probe as (M, Wy, Wx) incoherent modes (a 2-D probe is one mode)."""
+    return probe_k[None] if probe_k.ndim == 2 else probe_k
+
+
+def _tiled(corners, n_modes: int, xp):
+    """The batch's window corners repeated for every mode (mode-major)."""
+    return corners if n_modes == 1 else xp.concatenate([corners] * n_modes)
+
+
+def _chunk(window, n_slices: int = 1, n_modes: int = 1) -> int:
     """Positions per cache-sized sub-chunk on the CPU: ~2 MB of waves over the S + 1
     arrays a pass holds (1 MB per array for a single slice); for S > 1 at least 4
     positions (if 1 MB per array holds them), so that the ~8 calls per slice boundary
     are shared (measured at 128², S = 8 / 16: 1.62 / 1.40× the FFTs' CPU time against
     1.72 / 1.83× with one position per sub-chunk, benchmarks/bench_mepie.py)."""
-    per_position = window[0] * window[1] * 8
+    per_position = window[0] * window[1] * 8 * n_modes
     n = (2 << 20) // (per_position * (n_slices + 1))
     if n_slices > 1:
         n = max(n, min(4, (1 << 20) // per_position))
@@ -124,18 +134,21 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     unnormalised); ``local`` indexes the block's arrays, ``positions`` are the flat scan
     indices (both device arrays), [s0, s1) the members' places in ``idx``.
     o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation).
+    ``probe_k`` (M, W, W): M incoherent probe modes (see the module docstring); the
+    batch then holds M·B waves, mode-major, and upd has the modes' axis.
     ``keep(probes, psi_k, positions)`` (single slice only) sees each batch's shifted probes
     P_j (real space) and detector waves Ψ_j before ``revise``: the ML engine keeps them for
     its :func:`direction_pass` at the same object and probe (``cached``)."""
-    w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
+    modes = _modes(probe_k)
+    n_m, w0, w1 = modes.shape
     inv_n = 1.0 / (w0 * w1)
     slices = obj if obj.ndim == 3 else obj[None]
     n_s = slices.shape[0]
-    step_cpu = _chunk((w0, w1), n_s)
+    step_cpu = _chunk((w0, w1), n_s, n_m)
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
-    if keep is not None and n_s > 1:
-        raise ValueError("keep: single slice only")
+    if keep is not None and (n_s > 1 or n_m > 1):
+        raise ValueError("keep: single slice and one probe mode only")
     last = n_s - 1
 
     def part(p):
@@ -145,7 +158,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
         den = xp.zeros((n_s, *box_shape), dtype=REAL)
         o_weight = xp.zeros((w0, w1), dtype=REAL)
         scratch = xp.zeros((w0, w1), dtype=REAL) if n_s > 1 else None  # Σ|O_s|², s > 0
-        upd = xp.zeros((w0, w1), dtype=CPLX) if with_probe else None
+        upd = xp.zeros((n_m, w0, w1), dtype=CPLX) if with_probe else None
         lo_dev = xp.asarray(lo)
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
@@ -153,15 +166,17 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
         step = step_cpu if xp is np else len(sel)
         for s0 in range(0, len(sel), step):
             sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
-            c = corners_dev[sub]
+            nb = len(sub)
+            c = _tiled(corners_dev[sub], n_m, xp)
             ry, rx = ramp_y[loc], ramp_x[loc]
-            shape = (len(sub), w0, w1)
+            shape = (n_m * nb, w0, w1)
             probes = backend.fft_buffer(shape, CPLX, xp, "probes")
             psi = backend.fft_buffer(shape, CPLX, xp, "psi")
             # the waves incident on every slice (kept for the adjoint); ψ_0 = the probes
             waves = [probes] + [backend.fft_buffer(shape, CPLX, xp, f"slice{s}")
                                 for s in range(1, n_s)]  # fmt: skip
-            pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
+            for m in range(n_m):
+                pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], modes[m], ry, rx, inv_n)
             probes.inverse()  # [1 FFT] probes shifted to their sub-pixel positions
             for s in range(last):  # [2 FFTs per slice boundary] ψ_{s+1} = F⁻¹[Q_s F[ψ_s O_s]]
                 nxt = waves[s + 1]
@@ -186,7 +201,8 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
                 pk.slice_updates(num[s], den[s], waves[s].a, slices[s], psi.a, c, lo_dev)
             if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
                 psi.forward()  # [1 FFT]
-                pk.ramp_reduce(upd, psi.a, ry.conj(), rx.conj())
+                for m in range(n_m):
+                    pk.ramp_reduce(upd[m], psi.a[m * nb:(m + 1) * nb], ry.conj(), rx.conj())
         return num, den, upd, o_weight
 
     parts = backend.split_map(part, len(idx), xp)
@@ -199,6 +215,8 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
             upd += p[2]
     if obj.ndim == 2:
         num, den = num[0], den[0]
+    if with_probe and probe_k.ndim == 2:
+        upd = upd[0]
     return num, den, upd, o_weight
 
 
@@ -217,16 +235,18 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
     (probes, detector waves) arrays of all positions, (N, W, W) each, kept by
     :func:`exit_wave_pass` at the same object and probe: then P_j and Ψ_j are read, not
     computed, and a position costs 1 FFT (2 with a probe direction)."""
-    w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
+    modes = _modes(probe_k)
+    d_modes = None if d_probe_k is None else _modes(d_probe_k)
+    n_m, w0, w1 = modes.shape
     inv_n = 1.0 / (w0 * w1)
     slices = obj if obj.ndim == 3 else obj[None]
     d_slices = d_obj if d_obj is None or d_obj.ndim == 3 else d_obj[None]
     n_s = slices.shape[0]
-    step_cpu = _chunk((w0, w1), n_s)
+    step_cpu = _chunk((w0, w1), n_s, n_m)
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
-    if cached is not None and n_s > 1:
-        raise ValueError("cached: single slice only")
+    if cached is not None and (n_s > 1 or n_m > 1):
+        raise ValueError("cached: single slice and one probe mode only")
 
     def part(p):
         sel = idx[p]
@@ -237,14 +257,16 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
         scratch = xp.zeros((w0, w1), dtype=REAL)
         for s0 in range(0, len(sel), step):
             sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
-            c = corners_dev[sub]
+            nb = len(sub)
+            c = _tiled(corners_dev[sub], n_m, xp)
             ry, rx = ramp_y[loc], ramp_x[loc]
-            shape = (len(sub), w0, w1)
+            shape = (n_m * nb, w0, w1)
             probes = backend.fft_buffer(shape, CPLX, xp, "probes")
             psi = backend.fft_buffer(shape, CPLX, xp, "psi")
             dpsi = backend.fft_buffer(shape, CPLX, xp, "dpsi")
             if cached is None:
-                pk.ramp_multiply(probes.a, probe_k, ry, rx, inv_n)
+                for m in range(n_m):
+                    pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], modes[m], ry, rx, inv_n)
                 probes.inverse()  # [1 FFT]
                 # slice 0: φ_0 = P_j O_0 (psi), dφ_0 = P_j dO_0 + dP_j O_0 (dpsi)
                 pk.exit_waves(probes.a, slices[0], c, psi.a, scratch)
@@ -254,7 +276,8 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
             if d_obj is not None:
                 pk.exit_waves(probes.a, d_slices[0], c, dpsi.a, scratch)
             if d_probe_k is not None:  # dP_j · O_0, in the probes buffer (P_j is used up)
-                pk.ramp_multiply(probes.a, d_probe_k, ry, rx, inv_n)
+                for m in range(n_m):
+                    pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], d_modes[m], ry, rx, inv_n)
                 probes.inverse()  # [1 FFT]
                 pk.exit_waves(probes.a, slices[0], c, probes.a, scratch)
                 if d_obj is None:

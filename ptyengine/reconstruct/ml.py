@@ -12,8 +12,10 @@ probe P̂ = A exp(−iχ) comes from the calibration (aperture and aberrations),
 its pattern holds the mean measured counts. At low counts the pixels of a free probe
 cannot be determined, so only a few aberration coefficients c are refined with the object
 (``refine_probe``): the defocus C10 and the two-fold astigmatism as Cartesian components
-C12a = C12 cos 2φ12, C12b = C12 sin 2φ12 (Å). χ is linear in them,
-χ = χ₀ + Σ_i (c_i − c0_i) χ_i with χ_i = πλ|k|² × (1, cos 2φ_k, sin 2φ_k). Before the
+C12a, C12b (Å), for which χ is linear. Where the counts allow, ``refine_probe="pixels"``
+frees every probe pixel inside the aperture, in ``probe_modes`` M incoherent modes, I_j =
+Σ_m |F[P_m,j O_j]|² (partial coherence). :mod:`.probe_model` holds both models' equations;
+below, c stands for either parameter vector. Before the
 reconstruction a likelihood search on a C10 grid (:mod:`.defocus_search`) moves the start
 to the data's defocus when the calibration's is far off.
 
@@ -36,20 +38,17 @@ the object grid, ∂L/∂O* = −N ν (N pixels per pattern), hence
 
     ∂L/∂φ = 2N Im(O ν*),   ∂L/∂a = 2N Re(O ν*)    (+ the prior's gradient)
 
-and, from ∂L/∂P̂* = −upd (:func:`.forward.exit_wave_pass`'s probe term) and
-∂P̂/∂c_i = −iχ_i P̂,
-
-    ∂L/∂c_i = 2 Re Σ_k i χ_i P̂ conj(upd)
-
-(tests/test_ml.py checks all three against finite differences).
+and ∂L/∂c from ∂L/∂P̂* = −upd (:func:`.forward.exit_wave_pass`'s probe term;
+:mod:`.probe_model`). tests/test_ml.py and test_ml_probe.py check them against finite
+differences.
 
 **Search.** Polak–Ribière⁺ nonlinear conjugate gradients on (φ, a, c), preconditioned by
 the diagonal of the curvature. For c (from iteration ``probe_update_start`` on) that is
-its Fisher information F_i = Σ I'²/(I + ε) along each χ_i (every 8 iterations, from ~128
-positions), s_c = h̄ g_c / F (the object's directions below are h̄ × Newton steps, so the
-two blocks share one step length). For (φ, a) it is the likelihood's, h = 4 × counts
-through each pixel (4N Σ|P_j|²), normalised to its mean h̄ over the scan, and the prior's
-in Fourier space:
+its Fisher information F = Σ I'²/(I + ε) (every 8 iterations, from ~128 positions; per
+coefficient, or along the gradient for the pixels), s_c = h̄ g_c / F (the object's
+directions below are h̄ × Newton steps, so the two blocks share one step length). For
+(φ, a) it is the likelihood's, h = 4 × counts through each pixel (4N Σ|P_j|²), normalised
+to its mean h̄ over the scan, and the prior's in Fourier space:
 
     s = F⁻¹[ B(k) · F[g / (h/h̄ + δ)] / (1 + (μ_s λ_∇(k) + μ_r A_px) / h̄) ]
 
@@ -127,7 +126,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,6 +135,7 @@ from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from . import positions as pos
 from . import slices as sl
+from .counts import NOISE_FREE_COUNTS, bright_field_pixels, count_scale  # noqa: F401
 from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass, wave_cache
@@ -151,9 +150,9 @@ from .probe_coefficients import (
     initial_coefficients,
     refined_aberrations,
 )
+from .probe_model import probe_model
 
 EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
-NOISE_FREE_COUNTS = 1e6  # counts per pattern assumed for noise-free (float, no dose) data
 #: δ: a pixel's step is at most 1/δ of a mean-lit pixel's (δ = 0.1 let the weakly lit margin
 #: drift: noise-free UiO-66 at 100 nm fell from NCC(1 Å) 0.999 to 0.76; RESULTS.md).
 PRECONDITIONER_FLOOR = 1.0
@@ -183,31 +182,7 @@ class MLResult:
     reconstruction_frame: dict | None = None  # rotated data: see frame.present
     slice_phase: np.ndarray | None = None  # multislice: φ_s (S, Ny, Nx) in rad; phase = Σ_s φ_s
     positions: np.ndarray | None = None  # (N, 2) Å, scan frame: where the fit put each pattern
-
-
-def count_scale(ds, cal, mean_sum: float) -> float:
-    """Factor from stored values to electron counts: 1 for integer data (counts as
-    measured), dose × step² / mean pattern sum for real-valued data with a dose, and
-    10⁶ / mean pattern sum for the noise-free intensities of a ptyengine simulation (see
-    the module docstring). Real-valued data with neither are refused: their counts are
-    unknown, and the likelihood of counts needs them."""
-    if np.dtype(ds.dtype).kind in "iu":
-        return 1.0
-    if cal.dose is not None:
-        return cal.dose * cal.scan_step[0] * cal.scan_step[1] / mean_sum
-    simulation = (getattr(ds, "metadata", None) or {}).get("simulation") or {}
-    if "dose" in simulation and simulation["dose"] is None:
-        return NOISE_FREE_COUNTS / mean_sum
-    name = getattr(ds, "path", None) or "data"
-    raise PtyengineError(
-        f"{name}: ML models electron counts, but the data are {np.dtype(ds.dtype)} "
-        f"(not counts) and the calibration records no dose; give the dose in e/Å² "
-        f"(ptyengine convert ... --dose D), or store the counts as integers")
-
-
-def bright_field_pixels(cal) -> float:
-    """Detector pixels inside the bright-field disc, π (α/λ)² / (dk_y dk_x)."""
-    return math.pi * (cal.semiangle * 1e-3 / cal.wavelength) ** 2 / (cal.dk[0] * cal.dk[1])
+    probe_modes: np.ndarray | None = None  # pixel probe: (M, Wy, Wx) complex, real space
 
 
 def fingerprint(cal, params: MLParameters, data_id: str) -> str:
@@ -274,55 +249,43 @@ class _Engine:
 
     def start_at(self, defocus: float | None) -> None:
         """Take the probe of the calibration with C10 = ``defocus`` (None: the
-        calibration's) as the start and reference of the refined coefficients."""
+        calibration's) as the start and reference of the refined probe (``self.pm``)."""
         self.probe0 = initial_probe(self.cal, defocus, self.counts_per_pattern, self.xp)
         self.c0 = initial_coefficients(self.cal, self.names, defocus)
+        self.pm.start(self.probe0, self.c0)
         self.start_defocus = (float(defocus) if defocus is not None else
                               float(dict(self.cal.aberrations).get("C10", 0.0)))  # fmt: skip
-        self.set_coefficients(self.c0)
+        self.set_coefficients(self.pm.initial())
 
-    def set_coefficients(self, c) -> None:
-        """Refined probe coefficients c (Å) → the probe P̂ = P̂₀ exp(−i Σ_i (c_i − c0_i) χ_i)
-        (χ is linear in the coefficients, so this is exact)."""
-        c = np.asarray(c, dtype=np.float64)
-        if len(c) == 0 or not np.any(c != self.c0):
-            self.probe_k = self.probe0
-            return
-        xp = self.xp
-        dchi = xp.tensordot(xp.asarray((c - self.c0).astype(np.float32)), self.basis, axes=1)
-        self.probe_k = (self.probe0 * xp.exp(-1j * dchi)).astype(np.complex64)
+    def set_coefficients(self, v) -> None:
+        """The refined probe parameters v (:mod:`.probe_model`: coefficients c in Å, or the
+        pixel modes) → the probe ``self.probe_k``."""
+        self.probe_k = self.pm.probe(v)
 
-    def coefficient_gradient(self, upd) -> np.ndarray:
-        """∂L/∂c_i = 2 Re Σ_k i χ_i P̂ conj(upd), from ∂L/∂P̂* = −upd (exit_wave_pass's
-        probe term) and ∂P̂/∂c_i = −i χ_i P̂."""
-        xp = self.xp
-        w = (1j * self.probe_k * upd.conj()).real
-        return np.array([2 * float(xp.sum(w * b)) for b in self.basis], dtype=np.float64)
+    def coefficient_gradient(self, upd):
+        """∂L/∂v of the probe's parameters from ∂L/∂P̂* = −upd (exit_wave_pass's probe
+        term; :mod:`.probe_model`)."""
+        return self.pm.gradient(self.probe_k, upd)
 
-    def probe_direction(self, d_c):
-        """dP̂ = −i Σ_i d_c,i χ_i P̂ along the coefficient direction d_c (Å)."""
-        xp = self.xp
-        dchi = xp.tensordot(xp.asarray(np.asarray(d_c, np.float32)), self.basis, axes=1)
-        return (-1j * dchi * self.probe_k).astype(np.complex64)
+    def probe_direction(self, d):
+        """dP̂ along the direction d of the probe's parameters."""
+        return self.pm.direction(self.probe_k, d)
 
-    def coefficient_fisher(self, obj) -> np.ndarray:
-        """Fisher information d²L/dc_i² of each refined coefficient (1/Å²), estimated from
-        every k-th position (about FISHER_POSITIONS of them) and scaled to all: it only sets
-        the coefficients' preconditioner, the step length comes from the exact curvature."""
+    def coefficient_fisher(self, obj, g=None):
+        """The probe parameters' Fisher information for their preconditioner
+        (:mod:`.probe_model`), estimated from every k-th position (about FISHER_POSITIONS
+        of them) and scaled to all: it only preconditions, the step length comes from the
+        exact curvature."""
         full = self.order
         total = sum(len(p) for _, p in full)
         stride = max(1, total // FISHER_POSITIONS)
         self.order = [(b, p[::stride]) for b, p in full if len(p[::stride])]
         used = sum(len(p) for _, p in self.order)
-        out = []
         try:
-            for i in range(len(self.basis)):
-                unit = np.zeros(len(self.basis))
-                unit[i] = 1.0
-                out.append(self.curvature(obj, None, self.probe_direction(unit))[1])
+            f = self.pm.fisher(lambda d: self.curvature(obj, None, d)[1], self.probe_k, g)
         finally:
             self.order = full
-        return np.array(out, dtype=np.float64) * (total / used)
+        return np.atleast_1d(np.asarray(f, dtype=np.float64)) * (total / used)
 
     def gradient(self, obj, with_probe: bool = False):
         """One pass: (fitted, held-out half-deviance, ν, Σ|P_j|², probe term or None) at
@@ -341,7 +304,7 @@ class _Engine:
             def revise(psi, loc, sub, s0, s1, block=block, nll=nll, hold=hold):
                 pp.poisson_ratio(psi, block.amplitudes, loc, sub, self.mask, nll[s0:s1],
                                  hold[s0:s1], self.cscale, EPS, inv_n, self.seed,
-                                 self.params.holdout)  # fmt: skip
+                                 self.params.holdout, self.pm.n_modes)  # fmt: skip
 
             lo, hi = self._box(idx)
             shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
@@ -388,7 +351,7 @@ class _Engine:
             def reduce(psi, dpsi, loc, sub, s0, s1, block=block, d1=d1, d2=d2):
                 pp.poisson_curvature(psi, dpsi, block.amplitudes, loc, sub, self.mask,
                                      d1[s0:s1], d2[s0:s1], self.cscale, EPS, self.seed,
-                                     self.params.holdout)  # fmt: skip
+                                     self.params.holdout, self.pm.n_modes)  # fmt: skip
 
             direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp,
                            d_probe_k, self.props, cached)  # fmt: skip
@@ -439,18 +402,21 @@ class _Engine:
             np.float32)
 
 
-def _new_state(geom, c0, xp, shape=None) -> IterativeState:
-    """A flat start; ``shape`` of φ and a: (S, Ny, Nx) for S slices (None: the object's)."""
+def _new_state(geom, v0, xp, shape=None) -> IterativeState:
+    """A flat start; ``shape`` of φ and a: (S, Ny, Nx) for S slices (None: the object's);
+    ``v0`` the probe's parameters (:mod:`.probe_model`)."""
     shape = geom.object_shape if shape is None else shape
+    v0 = xp.asarray(v0)
     z = lambda: xp.zeros(shape, dtype=np.float32)  # noqa: E731
-    zc = lambda: xp.zeros(len(c0), dtype=np.float64)  # noqa: E731
+    zc = lambda: xp.zeros_like(v0)  # noqa: E731
     arrays = {"phase": z(), "absorption": z(), "prev_phase": z(), "prev_absorption": z(),
               "g_phase": z(), "g_absorption": z(), "s_phase": z(), "s_absorption": z(),
               "d_phase": z(), "d_absorption": z(), "best_phase": z(), "best_absorption": z(),
               # the refined probe coefficients (Å) and their CG vectors, Fisher information
-              "coeffs": xp.asarray(c0), "prev_coeffs": xp.asarray(c0),
-              "best_coeffs": xp.asarray(c0), "g_coeffs": zc(), "s_coeffs": zc(),
-              "d_coeffs": zc(), "fisher_coeffs": zc(),
+              "coeffs": v0.copy(), "prev_coeffs": v0.copy(),
+              "best_coeffs": v0.copy(), "g_coeffs": zc(), "s_coeffs": zc(),
+              "d_coeffs": zc(),
+              "fisher_coeffs": xp.zeros(len(v0) if v0.ndim == 1 else 1, dtype=np.float64),
               # L_prev, damping, best held-out, best iteration, last step t, Fisher's iteration
               "scalars": xp.asarray([BIG, 1.0, BIG, 0.0, 0.0, -BIG], dtype=np.float64),
               "held": xp.zeros(0, dtype=np.float64),  # held-out deviance per count
@@ -471,6 +437,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
     along it (module docstring). The probe coefficients c join the vector from
     ``probe_update_start`` on, preconditioned by their Fisher information."""
     host = backend.to_numpy
+    pm = eng.pm
     positions_on = refines_positions(params)
     d_min = min(eng.geom.sampling)
     max_shift = 1.0 if params.position_max_shift is None else params.position_max_shift / d_min
@@ -487,9 +454,10 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         sc = host(a["scalars"]).copy()
         l_prev, damping, best_held, best_iter = sc[0], sc[1], sc[2], int(sc[3])
         fisher_iter = sc[5]
-        refine = len(eng.names) > 0 and iteration >= params.probe_update_start
+        refine = pm.refines and iteration >= params.probe_update_start
         phi, ab = a["phase"], a["absorption"]
-        c = host(a["coeffs"]).copy()
+        pm.orthogonalise(a, ("coeffs", "prev_coeffs", "g_coeffs", "s_coeffs", "d_coeffs"))
+        c = pm.value(a["coeffs"])
         eng.set_coefficients(c)
         obj = obj_of(phi, ab)
         k = iteration - params.position_update_start
@@ -523,18 +491,18 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
                 best_iter = iteration
                 a["best_phase"][...] = phi
                 a["best_absorption"][...] = ab
-                a["best_coeffs"] = xp.asarray(c)
+                a["best_coeffs"] = xp.asarray(c).copy()
                 a["best_positions"][...] = a["positions"]
         # after a position update L is not comparable with l_prev: no undo
         rejected = not moved and iteration > 0 and total > l_prev + 1e-9 * abs(l_prev)
         if rejected:  # undo the last step; restart CG from the previous gradient
             phi[...] = a["prev_phase"]
             ab[...] = a["prev_absorption"]
-            c = host(a["prev_coeffs"]).copy()
+            c = pm.value(a["prev_coeffs"])
             eng.set_coefficients(c)
             obj = obj_of(phi, ab)
             damping *= 0.25
-            g_phi, g_ab, g_c = a["g_phase"], a["g_absorption"], host(a["g_coeffs"])
+            g_phi, g_ab, g_c = a["g_phase"], a["g_absorption"], pm.value(a["g_coeffs"])
             d_prev = None
             total = l_prev
         else:
@@ -542,12 +510,12 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             on = obj * nu.conj()
             g_phi = (2 * eng.n) * on.imag.astype(np.float32) + gp_phi
             g_ab = ((2 * eng.n) * on.real.astype(np.float32) + gp_ab) if complex_object else None
-            g_c = eng.coefficient_gradient(upd) if refine else np.zeros(len(c))
-            d_prev = ((a["d_phase"], a["d_absorption"], host(a["d_coeffs"]))
+            g_c = eng.coefficient_gradient(upd) if refine else pm.zeros()
+            d_prev = ((a["d_phase"], a["d_absorption"], pm.value(a["d_coeffs"]))
                       if iteration and not moved else None)  # fmt: skip
         fisher = host(a["fisher_coeffs"])
         if refine and iteration - fisher_iter >= FISHER_EVERY:
-            fisher = eng.coefficient_fisher(obj)
+            fisher = eng.coefficient_fisher(obj, g_c)
             a["fisher_coeffs"], fisher_iter = xp.asarray(fisher), iteration
         if "h_rel" not in a:  # the first pass's, kept (and checkpointed)
             h_rel, h_bar = eng.illumination(den)
@@ -557,14 +525,13 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         s_ab = eng.precondition(g_ab, h_rel, h_bar) if complex_object else None
         # the object's preconditioner divides by h/h̄, so its directions are h̄ × Newton
         # steps: the coefficients' (g/F, Newton) are scaled alike
-        s_c = np.where(fisher > 0, h_bar * g_c / np.where(fisher > 0, fisher, 1.0), 0.0) \
-            if refine else np.zeros(len(c))  # fmt: skip
+        s_c = pm.precondition(g_c, fisher, h_bar) if refine else pm.zeros()
         d_phi, d_ab, d_c = -s_phi, (-s_ab if complex_object else None), -s_c
         if d_prev is not None:  # Polak-Ribière+
-            num = float(xp.sum(s_phi * (g_phi - a["g_phase"]))) + float(
-                s_c @ (g_c - host(a["g_coeffs"])))
-            den_b = float(xp.sum(a["s_phase"] * a["g_phase"])) + float(
-                host(a["s_coeffs"]) @ host(a["g_coeffs"]))
+            num = float(xp.sum(s_phi * (g_phi - a["g_phase"]))) + pm.dot(
+                s_c, g_c - pm.value(a["g_coeffs"]))
+            den_b = float(xp.sum(a["s_phase"] * a["g_phase"])) + pm.dot(
+                pm.value(a["s_coeffs"]), pm.value(a["g_coeffs"]))
             if complex_object:
                 num += float(xp.sum(s_ab * (g_ab - a["g_absorption"])))
                 den_b += float(xp.sum(a["s_absorption"] * a["g_absorption"]))
@@ -573,16 +540,16 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             d_c = d_c + beta * d_prev[2]
             if complex_object:
                 d_ab = d_ab + beta * d_prev[1]
-            slope = float(xp.sum(d_phi * g_phi)) + float(d_c @ g_c) + (
+            slope = float(xp.sum(d_phi * g_phi)) + pm.dot(d_c, g_c) + (
                 float(xp.sum(d_ab * g_ab)) if complex_object else 0.0)  # fmt: skip
             if slope >= 0:  # not a descent direction: steepest descent
                 d_phi, d_ab, d_c = -s_phi, (-s_ab if complex_object else None), -s_c
         # Newton step along d: L' = g·d exactly, L'' = the likelihood's Fisher curvature
         # (one pass) plus the prior's d·Λd
         du = 1j * d_phi - (d_ab if complex_object else 0)
-        d_probe = eng.probe_direction(d_c) if refine and np.any(d_c) else None
+        d_probe = eng.probe_direction(d_c) if refine and pm.dot(d_c, d_c) > 0 else None
         _, d2 = eng.curvature(obj, (obj * du).astype(np.complex64), d_probe)
-        d1 = float(xp.sum(g_phi * d_phi)) + float(g_c @ d_c)
+        d1 = float(xp.sum(g_phi * d_phi)) + pm.dot(g_c, d_c)
         d2 += float(xp.sum(d_phi * eng.regulariser(d_phi)[1]))
         if complex_object:
             d1 += float(xp.sum(g_ab * d_ab))
@@ -591,7 +558,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         # remember the point, its gradient and direction, then step
         a["prev_phase"][...] = phi
         a["prev_absorption"][...] = ab
-        a["prev_coeffs"] = xp.asarray(c)
+        a["prev_coeffs"] = xp.asarray(c).copy()
         a["g_phase"][...] = g_phi
         a["s_phase"][...] = s_phi
         a["d_phase"][...] = d_phi
@@ -602,7 +569,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             a["d_absorption"][...] = d_ab
             ab += np.float32(t) * d_ab
         phi += np.float32(t) * d_phi
-        a["coeffs"] = xp.asarray(c + t * d_c)
+        a["coeffs"] = xp.asarray(c + np.float32(t) * d_c)
         a["scalars"] = xp.asarray([total, damping, best_held, best_iter, t, fisher_iter],
                                   dtype=np.float64)  # fmt: skip
         return fit / max(total_counts, 1.0)
@@ -661,11 +628,11 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     eng.counts_per_pattern = mean_sum * cscale
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
-    eng.names = PROBE_COEFFICIENTS[params.refine_probe]
-    eng.basis = coefficient_basis(cal, eng.names, xp)
+    eng.names = PROBE_COEFFICIENTS.get(params.refine_probe, ())
+    eng.pm = probe_model(cal, params, eng.names, xp)
     eng.start_at(params.defocus)
     eng.cache = wave_cache(geom, patterns, props, memory_limit, xp,
-                           probe_fixed=not eng.names)
+                           probe_fixed=not eng.pm.refines)
     return eng
 
 
@@ -673,13 +640,13 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
     """(L, ∂L/∂φ, ∂L/∂a, ∂L/∂c) of the module docstring at (φ, a) and the probe
     coefficients c (Å; None: the initial ones), fitted pixels only."""
     xp = eng.xp
-    eng.set_coefficients(eng.c0 if coefficients is None else coefficients)
+    eng.set_coefficients(eng.pm.initial() if coefficients is None else coefficients)
     obj = xp.exp(1j * phase - absorption).astype(np.complex64)
-    fit, _, nu, _, upd = eng.gradient(obj, with_probe=len(eng.names) > 0)
+    fit, _, nu, _, upd = eng.gradient(obj, with_probe=eng.pm.refines)
     r_phi, gp_phi = eng.regulariser(phase)
     r_ab, gp_ab = eng.regulariser(absorption)
     on = obj * nu.conj()
-    g_c = eng.coefficient_gradient(upd) if len(eng.names) else np.zeros(0)
+    g_c = eng.coefficient_gradient(upd) if eng.pm.refines else np.zeros(0)
     return (fit + r_phi + r_ab, (2 * eng.n) * on.imag + gp_phi,
             (2 * eng.n) * on.real + gp_ab, g_c)  # fmt: skip
 
@@ -716,12 +683,17 @@ def _start_from(eng, state, single: MLResult, xp) -> None:
     n_s = eng.shape[0]
     c10 = single.extra["refined"].get("C10", single.extra["start_defocus"])
     eng.start_at(c10 - float(np.mean(eng.props.positions)))
-    c = np.array([single.extra["refined"][n] for n in eng.names], dtype=np.float64)
-    if len(c):
-        c[0] = eng.c0[0]
+    if eng.pm.kind == "pixels":  # the modes, propagated from the mid-plane up by z̄
+        dchi = coefficient_basis(eng.cal, ("C10",), xp)[0]
+        c = (xp.fft.fft2(xp.asarray(single.probe_modes)) *
+             xp.exp(1j * float(np.mean(eng.props.positions)) * dchi)).astype(np.complex64)
+    else:
+        c = np.array([single.extra["refined"][n] for n in eng.names], dtype=np.float64)
+        if len(c):
+            c[0] = eng.c0[0]
     a = state.arrays
     for name in ("coeffs", "prev_coeffs", "best_coeffs"):
-        a[name] = xp.asarray(c)
+        a[name] = xp.asarray(c).copy()
     a["phase"][...] = xp.asarray(single.phase / n_s)
     if eng.complex_object:
         a["absorption"][...] = xp.asarray(-np.log(np.abs(single.object)) / n_s)
@@ -753,7 +725,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
             if report:
                 report(search.describe())
             eng.start_at(search.defocus)
-        state = _new_state(geom, eng.c0, xp, eng.shape)
+        state = _new_state(geom, eng.pm.initial(), xp, eng.shape)
         if single is not None:
             _start_from(eng, state, single, xp)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
@@ -774,13 +746,18 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     use_best = bool(params.holdout) and sc[2] < BIG
     phi = a["best_phase"] if use_best else a["phase"]
     ab = a["best_absorption"] if use_best else a["absorption"]
-    coeffs = backend.to_numpy(a["best_coeffs"] if use_best else a["coeffs"])
+    v = a["best_coeffs"] if use_best else a["coeffs"]
+    coeffs = backend.to_numpy(v) if eng.pm.kind == "coefficients" else np.zeros(0)
     best = int(sc[3]) if use_best else state.iteration
     eng.set_positions(backend.to_numpy(a["best_positions"] if use_best else a["positions"]))
     refined_positions = pos.scan_positions(geom)
     obj = backend.to_numpy(xp.exp(1j * phi - ab).astype(np.complex64))
-    eng.set_coefficients(coeffs)
+    eng.set_coefficients(coeffs if eng.pm.kind == "coefficients" else v)
     probe = backend.to_numpy(xp.fft.ifft2(eng.probe_k))
+    probe_modes = None
+    if eng.pm.kind == "pixels":  # the modes, strongest first; ``probe`` is the strongest
+        probe_modes = backend.to_numpy(xp.fft.ifft2(v)).astype(np.complex64)
+        probe = probe_modes[0]
     held = [float(v) for v in backend.to_numpy(a["held"])]
     stopped = "iteration limit"
     if state.iteration < params.iterations:
@@ -791,7 +768,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "stopped_by": stopped, "iterations_run": state.iteration,
              "aberrations": refined_aberrations(cal, eng.names, coeffs),
              "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True)),
-             "start_defocus": eng.start_defocus,
+             "start_defocus": eng.start_defocus, "probe_model": eng.pm.kind,
+             "probe_mode_powers": eng.pm.powers(v) if eng.pm.kind == "pixels" else [1.0],
              "defocus_search": (search.describe() if search else single.extra["defocus_search"]
                                 if single else None),  # fmt: skip
              "single_slice_start": None if single is None else {
@@ -807,4 +785,4 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
                      slice_thicknesses_A=list(eng.props.thicknesses))  # fmt: skip
     return MLResult(obj, phase, probe, [float(e) for e in state.errors], held, best, geom,
                     params, cal, extra, slice_phase=slice_phase,
-                    positions=refined_positions)  # fmt: skip
+                    positions=refined_positions, probe_modes=probe_modes)  # fmt: skip

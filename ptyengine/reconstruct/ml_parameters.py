@@ -13,6 +13,7 @@ from .defocus_search import check_search
 from .probe_coefficients import PROBE_COEFFICIENTS
 
 DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
+MAX_MODES = 8  # incoherent probe modes at most
 
 
 @dataclass
@@ -37,8 +38,10 @@ class MLParameters:
         over which L has fallen by less than CONVERGED per iteration) before stopping.
     defocus: C10 in Å of the initial probe (None: the calibration's).
     refine_probe: which probe parameters are refined with the object: "none", "defocus"
-        (C10) or "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian
-        components).
+        (C10), "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian
+        components) or "pixels" (every probe pixel inside the aperture, in ``probe_modes``
+        incoherent modes; :mod:`.probe_model`): for counts that determine them.
+    probe_modes: M, the incoherent probe modes of the "pixels" probe (1 to MAX_MODES).
     probe_update_start: first iteration (0-based) that refines them: the object must hold
         some contrast before the data say anything about the probe.
     defocus_search: half-width (Å) of the likelihood search for the global defocus made
@@ -85,6 +88,7 @@ class MLParameters:
     patience: int = 15
     defocus: float | None = None
     refine_probe: str = "aberrations"
+    probe_modes: int = 1
     probe_update_start: int = 1
     defocus_search: float | None = None
     defocus_step: float = 100.0
@@ -112,9 +116,20 @@ class MLParameters:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
                 f"and patience ({self.patience}) ≥ 1")
-        if self.refine_probe not in PROBE_COEFFICIENTS:
-            raise PtyengineError(f"probe refinement must be one of "
-                                 f"{', '.join(PROBE_COEFFICIENTS)}, got {self.refine_probe!r}")
+        kinds = (*PROBE_COEFFICIENTS, "pixels")
+        if self.refine_probe not in kinds:
+            raise PtyengineError(f"probe refinement must be one of {', '.join(kinds)}, got "
+                                 f"{self.refine_probe!r}")  # fmt: skip
+        if not (isinstance(self.probe_modes, int) and 1 <= self.probe_modes <= MAX_MODES):
+            raise PtyengineError(f"--probe-modes must be an integer from 1 to {MAX_MODES}, "
+                                 f"got {self.probe_modes!r}")  # fmt: skip
+        if self.probe_modes > 1 and self.refine_probe != "pixels":
+            raise PtyengineError(f"--probe-modes {self.probe_modes}: incoherent modes are "
+                                 f"free pixels; use --refine-probe pixels (got "
+                                 f"{self.refine_probe})")  # fmt: skip
+        if self.probe_modes > 1 and self.refine_positions == "on":
+            raise PtyengineError("--refine-positions on: positions are refined with one "
+                                 "probe mode only; use --probe-modes 1, or leave it auto")
         check_search(self.defocus_search, self.defocus_step)
         if self.probe_update_start < 0:
             raise PtyengineError(f"probe update start must be ≥ 0, got "
@@ -153,5 +168,5 @@ class MLParameters:
 def refines_positions(params: MLParameters) -> bool:
     """Whether a run moves the scan positions at all: "on", or "auto" on a single slice."""
     if params.refine_positions == "auto":
-        return params.slices == 1
+        return params.slices == 1 and params.probe_modes == 1
     return params.refine_positions == "on"
