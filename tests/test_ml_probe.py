@@ -150,3 +150,18 @@ def test_cli_writes_probe_modes_and_resumes(tmp_path, capsys):
     assert code == 0, err
     resumed, _ = read_result(ck)
     np.testing.assert_allclose(resumed["phase"], arrays["phase"], atol=1e-4)
+
+
+def test_pixel_probe_starts_from_an_aberration_run(thin):
+    """The pixels alone hardly move a wrong defocus; started from a short aberration run
+    (the default) they report the C10 that run finds, from 30 Å either side."""
+    path, data, cal = thin
+    ds = InMemoryDataset(data, cal)
+    ds.metadata = {"simulation": {"dose": None}}
+    ref = ml(ds, MLParameters(iterations=20, defocus=150.0)).extra["refined"]["C10"]
+    for start in (120.0, 180.0):
+        res = ml(ds, MLParameters(iterations=20, defocus=start, refine_probe="pixels"))
+        assert res.extra["refined"]["C10"] == pytest.approx(ref, abs=3.0), (start, ref)
+        alone = ml(ds, MLParameters(iterations=20, defocus=start, refine_probe="pixels",
+                                    pixel_start_iterations=0))  # fmt: skip
+        assert abs(alone.extra["refined"]["C10"] - ref) > 10.0

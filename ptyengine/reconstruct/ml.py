@@ -123,7 +123,6 @@ NCC 0.16–0.22 against 0.96 on noise-free SrTiO3 100 Å thick, S = 4; RESULTS.m
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -133,6 +132,7 @@ import numpy as np
 from .. import backend
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
+from . import ml_starts as starts
 from . import positions as pos
 from . import slices as sl
 from .counts import NOISE_FREE_COUNTS, bright_field_pixels, count_scale  # noqa: F401
@@ -146,7 +146,6 @@ from .patterns import choose_patterns
 from .priors import band_mask, prior_spectrum
 from .probe_coefficients import (
     PROBE_COEFFICIENTS,
-    coefficient_basis,
     initial_coefficients,
     refined_aberrations,
 )
@@ -252,7 +251,7 @@ class _Engine:
         calibration's) as the start and reference of the refined probe (``self.pm``)."""
         self.probe0 = initial_probe(self.cal, defocus, self.counts_per_pattern, self.xp)
         self.c0 = initial_coefficients(self.cal, self.names, defocus)
-        self.pm.start(self.probe0, self.c0)
+        self.pm.start(self.probe0, self.c0, defocus)
         self.start_defocus = (float(defocus) if defocus is not None else
                               float(dict(self.cal.aberrations).get("C10", 0.0)))  # fmt: skip
         self.set_coefficients(self.pm.initial())
@@ -659,51 +658,15 @@ def converged(objective, patience: int) -> bool:
     return objective[-1 - patience] - objective[-1] < CONVERGED * patience
 
 
-def _single_slice_start(ds, params, xp, data_id, memory_limit, report,
-                        positions=None) -> MLResult | None:  # fmt: skip
-    """S > 1 with ``single_slice_iterations``: the single-slice ML result (reconstruction
-    frame) that starts the slices, else None."""
-    k = params.single_slice_iterations
-    if params.slices == 1 or k == 0:
-        return None
-    single = dataclasses.replace(params, slices=1, slice_thickness=None, iterations=k,
-                                 single_slice_iterations=0, refine_positions="off")  # fmt: skip
-    res = _ml(ds, single, xp, None, 0, False, None, data_id, memory_limit, report, positions)
-    if report:
-        report(f"single-slice start: {len(res.errors)} iterations, the result of iteration "
-               f"{res.best_iteration}" + "".join(f", {n} {v:.1f} Å"
-                                                 for n, v in res.extra["refined"].items()))
-    return res
-
-
-def _start_from(eng, state, single: MLResult, xp) -> None:
-    """Slices from the single-slice result: φ_s = φ/S, a_s = a/S, and the probe's
-    coefficients, its defocus moved from the single-slice plane to the first slice's
-    entrance: C10 − z̄, z̄ the mean of the slices' entrance depths."""
-    n_s = eng.shape[0]
-    c10 = single.extra["refined"].get("C10", single.extra["start_defocus"])
-    eng.start_at(c10 - float(np.mean(eng.props.positions)))
-    if eng.pm.kind == "pixels":  # the modes, propagated from the mid-plane up by z̄
-        dchi = coefficient_basis(eng.cal, ("C10",), xp)[0]
-        c = (xp.fft.fft2(xp.asarray(single.probe_modes)) *
-             xp.exp(1j * float(np.mean(eng.props.positions)) * dchi)).astype(np.complex64)
-    else:
-        c = np.array([single.extra["refined"][n] for n in eng.names], dtype=np.float64)
-        if len(c):
-            c[0] = eng.c0[0]
-    a = state.arrays
-    for name in ("coeffs", "prev_coeffs", "best_coeffs"):
-        a[name] = xp.asarray(c).copy()
-    a["phase"][...] = xp.asarray(single.phase / n_s)
-    if eng.complex_object:
-        a["absorption"][...] = xp.asarray(-np.log(np.abs(single.object)) / n_s)
-
-
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         memory_limit, report, positions=None) -> MLResult:  # fmt: skip
     cal = ds.calibration
-    single = None if resume and checkpoint else _single_slice_start(
-        ds, params, xp, data_id, memory_limit, report, positions)  # fmt: skip
+    single = first = None
+    if not (resume and checkpoint):
+        single = starts.single_slice_start(_ml, ds, params, xp, data_id, memory_limit,
+                                           report, positions)  # fmt: skip
+        first = starts.coefficient_start(_ml, ds, params, xp, data_id, memory_limit, report,
+                                         positions)  # fmt: skip
     eng = setup(ds, params, xp, memory_limit, positions=positions)
     geom, patterns = eng.geometry, eng.patterns
     start_positions = pos.scan_positions(geom)
@@ -720,14 +683,16 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         eng.set_positions(backend.to_numpy(state.arrays["positions"]))
     else:
         span = search_span(params.defocus_search, params.defocus, cal)
-        if span > 0 and single is None:
+        if span > 0 and single is None and first is None:
             search = search_defocus(eng, params, span, params.defocus_step)
             if report:
                 report(search.describe())
             eng.start_at(search.defocus)
         state = _new_state(geom, eng.pm.initial(), xp, eng.shape)
         if single is not None:
-            _start_from(eng, state, single, xp)
+            starts.start_from_single(eng, state, single, xp)
+        if first is not None:
+            starts.start_pixels_from(eng, state, first, xp)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
     held_counts = counts_per_pattern * n_pos * params.holdout
     total_counts = counts_per_pattern * n_pos - held_counts  # the fitted counts
@@ -754,7 +719,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     obj = backend.to_numpy(xp.exp(1j * phi - ab).astype(np.complex64))
     eng.set_coefficients(coeffs if eng.pm.kind == "coefficients" else v)
     probe = backend.to_numpy(xp.fft.ifft2(eng.probe_k))
-    probe_modes = None
+    probe_modes, refined = None, eng.pm.refined(coeffs if eng.pm.kind == "coefficients" else v)
     if eng.pm.kind == "pixels":  # the modes, strongest first; ``probe`` is the strongest
         probe_modes = backend.to_numpy(xp.fft.ifft2(v)).astype(np.complex64)
         probe = probe_modes[0]
@@ -766,8 +731,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "counts_per_bright_field_pixel": per_bf_pixel, "count_scale": cscale,
              "object_model": "complex" if complex_object else "phase",
              "stopped_by": stopped, "iterations_run": state.iteration,
-             "aberrations": refined_aberrations(cal, eng.names, coeffs),
-             "refined": dict(zip(eng.names, (float(v) for v in coeffs), strict=True)),
+             "aberrations": refined_aberrations(cal, tuple(refined), list(refined.values())),
+             "refined": refined,
              "start_defocus": eng.start_defocus, "probe_model": eng.pm.kind,
              "probe_mode_powers": eng.pm.powers(v) if eng.pm.kind == "pixels" else [1.0],
              "defocus_search": (search.describe() if search else single.extra["defocus_search"]

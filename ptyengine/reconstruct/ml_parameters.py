@@ -42,6 +42,9 @@ class MLParameters:
         components) or "pixels" (every probe pixel inside the aperture, in ``probe_modes``
         incoherent modes; :mod:`.probe_model`): for counts that determine them.
     probe_modes: M, the incoherent probe modes of the "pixels" probe (1 to MAX_MODES).
+    pixel_start_iterations: "pixels" on one slice: the pixels start from the object and
+        probe of a run of at most this many iterations that refines C10 and C12 (it moves
+        the defocus, the pixels hardly do); 0: from the calibration's probe.
     probe_update_start: first iteration (0-based) that refines them: the object must hold
         some contrast before the data say anything about the probe.
     defocus_search: half-width (Å) of the likelihood search for the global defocus made
@@ -89,6 +92,7 @@ class MLParameters:
     defocus: float | None = None
     refine_probe: str = "aberrations"
     probe_modes: int = 1
+    pixel_start_iterations: int = 20
     probe_update_start: int = 1
     defocus_search: float | None = None
     defocus_step: float = 100.0
@@ -127,6 +131,10 @@ class MLParameters:
             raise PtyengineError(f"--probe-modes {self.probe_modes}: incoherent modes are "
                                  f"free pixels; use --refine-probe pixels (got "
                                  f"{self.refine_probe})")  # fmt: skip
+        if not (isinstance(self.pixel_start_iterations, int)
+                and self.pixel_start_iterations >= 0):
+            raise PtyengineError(f"--pixel-start-iterations must be an integer ≥ 0, got "
+                                 f"{self.pixel_start_iterations!r}")  # fmt: skip
         if self.probe_modes > 1 and self.refine_positions == "on":
             raise PtyengineError("--refine-positions on: positions are refined with one "
                                  "probe mode only; use --probe-modes 1, or leave it auto")

@@ -42,8 +42,9 @@ import numpy as np
 
 from .. import backend, physics
 from . import frame as frm
-from .probe_coefficients import coefficient_basis
+from .probe_coefficients import PROBE_COEFFICIENTS, coefficient_basis, initial_coefficients
 
+FITTED = PROBE_COEFFICIENTS["aberrations"]  # what the pixel probe reports: C10, C12a, C12b
 SUPPORT_MARGIN = 1.5  # detector pixels beyond the aperture's edge a mode may hold
 EXTRA_MODE_POWER = 0.05  # fraction of the counts each further mode starts with
 
@@ -62,8 +63,12 @@ class Coefficients:
     def refines(self) -> bool:
         return len(self.names) > 0
 
-    def start(self, probe0, c0) -> None:
+    def start(self, probe0, c0, defocus=None) -> None:
         self.probe0, self.c0 = probe0, np.asarray(c0, dtype=np.float64)
+
+    def refined(self, c) -> dict[str, float]:
+        """The refined coefficients by name (Å)."""
+        return dict(zip(self.names, (float(x) for x in c), strict=True))
 
     def initial(self):
         return self.xp.asarray(self.c0)
@@ -130,11 +135,38 @@ class Pixels:
         k = [ky / k_ap, kx / k_ap]  # the low-order functions the further modes start from
         self._shapes = [k[0], k[1], k[0] ** 2 + k[1] ** 2, k[0] * k[1], k[0] ** 2 - k[1] ** 2]
         self.c0 = np.zeros(0)
+        self.cal = cal
+        self.basis = coefficient_basis(cal, FITTED, xp)  # ∂χ/∂c of the reported fit
+        self.inner = xp.asarray((ky**2 + kx**2 <= (k_ap / 2) ** 2).astype(np.float32))
 
     refines = True
 
-    def start(self, probe0, c0) -> None:
+    def start(self, probe0, c0, defocus=None, reference=None) -> None:
+        """Start from ``probe0`` whose coefficients are ``reference`` (Å; None: the
+        calibration's with C10 = ``defocus``)."""
         self.probe0 = probe0
+        self.reference = (np.asarray(reference, dtype=np.float64) if reference is not None
+                          else initial_coefficients(self.cal, FITTED, defocus))  # fmt: skip
+
+    def refined(self, v) -> dict[str, float]:
+        """C10, C12a, C12b (Å) of the strongest mode, for the report and for runs that
+        start from this one: the start's values plus the weighted least-squares fit
+        Σ_i Δc_i χ_i = −arg(P̂ conj(P̂₀)) (weights |P̂ P̂₀|), first inside α/2 (where a
+        defocus change of ≲ 4 × 25 Å stays within ±π at 300 kV, 20 mrad), then over the
+        aperture after removing that fit."""
+        xp = self.xp
+        p = v[0] * self.probe0.conj()
+        dc = np.zeros(len(FITTED))
+        for region in (self.inner, self.support):
+            dchi = xp.tensordot(xp.asarray(dc.astype(np.float32)), self.basis, axes=1)
+            r = p * xp.exp(1j * dchi)  # what the fit so far leaves
+            w = (xp.abs(r) * region).reshape(-1)
+            a = (self.basis.reshape(len(FITTED), -1) * w).T
+            b = -xp.angle(r).reshape(-1) * w
+            sol = np.linalg.lstsq(backend.to_numpy(a).astype(np.float64),
+                                  backend.to_numpy(b).astype(np.float64), rcond=None)[0]
+            dc = dc + sol
+        return dict(zip(FITTED, (float(x) for x in self.reference + dc), strict=True))
 
     def initial(self):
         """(M, Wy, Wx) complex64: the calibration's probe and M − 1 weak further modes."""
