@@ -433,7 +433,8 @@ def test_position_refinement_recovers_displaced_positions(thin):
     the same run with the positions fixed (NCC 0.83 → 0.94 measured)."""
     path, data, cal = thin
     truth, start = _displaced(cal)
-    runs = {mode: ml(path, MLParameters(iterations=40, refine_positions=mode), positions=start)
+    runs = {mode: ml(path, MLParameters(iterations=40, refine_positions=mode,
+                                        refine_probe="aberrations"), positions=start)
             for mode in ("off", "auto")}  # fmt: skip
     err0 = _position_error(start, truth)
     assert _position_error(runs["off"].positions, truth) == pytest.approx(err0)

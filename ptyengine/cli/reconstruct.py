@@ -132,15 +132,20 @@ def _multislice(method: str, slices) -> bool:
               help="ePIE/ML: first iteration (0-based) that refines the probe "
                    "[default: 1].")
 @click.option("--refine-probe",
-              type=click.Choice(["none", "defocus", "aberrations", "pixels"]),
+              type=click.Choice(["auto", "none", "defocus", "aberrations", "pixels"]),
               help="ML: probe parameters refined with the object: none, the defocus C10, "
                    "C10 and the two-fold astigmatism C12, or every probe pixel inside the "
-                   "aperture (for high counts: ≳ 3 per bright-field pixel and pattern) "
-                   "[default: aberrations].")
+                   "aperture (after a short run that refines C10 and C12); auto: pixels on "
+                   "one slice where a pattern holds ≥ 3 counts per bright-field pixel, "
+                   "else aberrations [default: auto].")
+@click.option("--pixel-start-iterations", type=int,
+              help="ML, pixel probe: the pixels start from a run of at most this many "
+                   "iterations that refines C10 and C12; 0: from the calibration's probe "
+                   "[default: 20].")
 @click.option("--probe-modes", type=int,
-              help="ML with --refine-probe pixels: incoherent probe modes (partial "
-                   "coherence: source size, focal spread), kept orthogonal; the result "
-                   "holds them as probe_modes [default: 1].")
+              help="ML, --refine-probe pixels: incoherent probe modes (partial coherence: "
+                   "source size, focal spread), kept orthogonal; the result holds them "
+                   "(probe_modes) [default: 1].")
 @click.option("--defocus-search", type=float,
               help="ePIE/mepie/ML: before reconstructing, search the global defocus within ± "
                    "this many Å of --defocus (or the calibration's) on the held-out Poisson "

@@ -149,7 +149,7 @@ from .probe_coefficients import (
     initial_coefficients,
     refined_aberrations,
 )
-from .probe_model import probe_model
+from .probe_model import probe_kind, probe_model
 
 EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
 #: δ: a pixel's step is at most 1/δ of a mean-lit pixel's (δ = 0.1 let the weakly lit margin
@@ -627,8 +627,9 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     eng.counts_per_pattern = mean_sum * cscale
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
-    eng.names = PROBE_COEFFICIENTS.get(params.refine_probe, ())
-    eng.pm = probe_model(cal, params, eng.names, xp)
+    eng.probe_kind = probe_kind(params, eng.per_bf_pixel)
+    eng.names = PROBE_COEFFICIENTS.get(eng.probe_kind, ())
+    eng.pm = probe_model(cal, eng.probe_kind, params.probe_modes, eng.names, xp)
     eng.start_at(params.defocus)
     eng.cache = wave_cache(geom, patterns, props, memory_limit, xp,
                            probe_fixed=not eng.pm.refines)
@@ -665,9 +666,10 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     if not (resume and checkpoint):
         single = starts.single_slice_start(_ml, ds, params, xp, data_id, memory_limit,
                                            report, positions)  # fmt: skip
+    eng = setup(ds, params, xp, memory_limit, positions=positions)
+    if not (resume and checkpoint) and eng.pm.kind == "pixels":
         first = starts.coefficient_start(_ml, ds, params, xp, data_id, memory_limit, report,
                                          positions)  # fmt: skip
-    eng = setup(ds, params, xp, memory_limit, positions=positions)
     geom, patterns = eng.geometry, eng.patterns
     start_positions = pos.scan_positions(geom)
     if positions is not None:  # measured positions are part of the data
@@ -680,6 +682,9 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     if resume and checkpoint:
         state = load_checkpoint(checkpoint, fp, xp)
         eng.start_at(float(backend.to_numpy(state.arrays["start_defocus"])[0]))
+        if "probe_reference" in state.arrays:  # the pixels' start, for their C10/C12 fit
+            eng.pm.start(state.arrays["probe_reference"], None, None,
+                         reference=backend.to_numpy(state.arrays["reference_coeffs"]))
         eng.set_positions(backend.to_numpy(state.arrays["positions"]))
     else:
         span = search_span(params.defocus_search, params.defocus, cal)
@@ -694,6 +699,9 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         if first is not None:
             starts.start_pixels_from(eng, state, first, xp)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
+        if eng.pm.kind == "pixels":
+            state.arrays["probe_reference"] = eng.pm.probe0
+            state.arrays["reference_coeffs"] = xp.asarray(eng.pm.reference)
     held_counts = counts_per_pattern * n_pos * params.holdout
     total_counts = counts_per_pattern * n_pos - held_counts  # the fitted counts
     sweep = _sweep_factory(eng, params, complex_object, total_counts, held_counts, xp)

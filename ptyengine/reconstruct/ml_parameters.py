@@ -40,7 +40,9 @@ class MLParameters:
     refine_probe: which probe parameters are refined with the object: "none", "defocus"
         (C10), "aberrations" (C10 and the two-fold astigmatism C12, as Cartesian
         components) or "pixels" (every probe pixel inside the aperture, in ``probe_modes``
-        incoherent modes; :mod:`.probe_model`): for counts that determine them.
+        incoherent modes; :mod:`.probe_model`): for counts that determine them; "auto":
+        "pixels" on one slice where a pattern holds ≥ 3 counts per bright-field pixel
+        (probe_model.PIXEL_COUNTS), else "aberrations".
     probe_modes: M, the incoherent probe modes of the "pixels" probe (1 to MAX_MODES).
     pixel_start_iterations: "pixels" on one slice: the pixels start from the object and
         probe of a run of at most this many iterations that refines C10 and C12 (it moves
@@ -90,7 +92,7 @@ class MLParameters:
     holdout: float = 0.05
     patience: int = 15
     defocus: float | None = None
-    refine_probe: str = "aberrations"
+    refine_probe: str = "auto"
     probe_modes: int = 1
     pixel_start_iterations: int = 20
     probe_update_start: int = 1
@@ -120,7 +122,7 @@ class MLParameters:
             raise PtyengineError(
                 f"iterations ({self.iterations}) must be ≥ 0, batch size ({self.batch_size}) "
                 f"and patience ({self.patience}) ≥ 1")
-        kinds = (*PROBE_COEFFICIENTS, "pixels")
+        kinds = ("auto", *PROBE_COEFFICIENTS, "pixels")
         if self.refine_probe not in kinds:
             raise PtyengineError(f"probe refinement must be one of {', '.join(kinds)}, got "
                                  f"{self.refine_probe!r}")  # fmt: skip

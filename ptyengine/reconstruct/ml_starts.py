@@ -55,12 +55,12 @@ def start_from_single(eng, state, single, xp) -> None:
 
 def coefficient_start(run_ml, ds, params, xp, data_id, memory_limit, report,
                       positions=None):  # fmt: skip
-    """``refine_probe="pixels"`` with ``pixel_start_iterations`` K > 0 on one slice: the
+    """The pixel probe with ``pixel_start_iterations`` K > 0 on one slice: the
     result of a run of at most K iterations that refines C10 and C12 instead (it moves a
     wrong defocus in a few iterations, which the pixels alone do not: from 30 Å off they
     stayed within 3 Å of the start in 30 iterations), else None."""
     k = params.pixel_start_iterations
-    if params.refine_probe != "pixels" or params.slices > 1 or k == 0:
+    if params.slices > 1 or k == 0:
         return None
     first = dataclasses.replace(params, refine_probe="aberrations", probe_modes=1,
                                 iterations=k, pixel_start_iterations=0)  # fmt: skip

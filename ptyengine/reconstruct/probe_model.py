@@ -45,6 +45,10 @@ from . import frame as frm
 from .probe_coefficients import PROBE_COEFFICIENTS, coefficient_basis, initial_coefficients
 
 FITTED = PROBE_COEFFICIENTS["aberrations"]  # what the pixel probe reports: C10, C12a, C12b
+#: counts per bright-field pixel and pattern from which "auto" frees the probe's pixels: on
+#: one-cell SrTiO3 with a focal spread they beat the aberration probe at 3.5 (NCC 0.77
+#: against 0.73) and stopped at their start at 0.35 (benchmarks/RESULTS.md)
+PIXEL_COUNTS = 3.0
 SUPPORT_MARGIN = 1.5  # detector pixels beyond the aperture's edge a mode may hold
 EXTRA_MODE_POWER = 0.05  # fraction of the counts each further mode starts with
 
@@ -249,9 +253,18 @@ def _orthonormal(v, xp):
     return xp.stack(out)
 
 
-def probe_model(cal, params, names, xp):
-    """The model ``params.refine_probe`` names: :class:`Pixels` for "pixels", else
+def probe_kind(params, counts_per_bf_pixel: float) -> str:
+    """What ``params.refine_probe`` refines on these data: "auto" is "pixels" on one slice
+    where a pattern holds ≥ PIXEL_COUNTS counts per bright-field pixel, else "aberrations"."""
+    if params.refine_probe != "auto":
+        return params.refine_probe
+    pixels = params.slices == 1 and counts_per_bf_pixel >= PIXEL_COUNTS
+    return "pixels" if pixels else "aberrations"
+
+
+def probe_model(cal, kind: str, n_modes: int, names, xp):
+    """The model of ``kind`` (:func:`probe_kind`): :class:`Pixels` in ``n_modes`` modes, or
     :class:`Coefficients` of ``names``."""
-    if params.refine_probe == "pixels":
-        return Pixels(cal, params.probe_modes, xp)
+    if kind == "pixels":
+        return Pixels(cal, n_modes, xp)
     return Coefficients(cal, names, xp)
