@@ -71,7 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import physics
-from ..backend import get_xp, to_numpy
+from ..backend import fft2, get_xp, to_numpy
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
@@ -277,28 +277,36 @@ def wdd_from_stack(buf, bf, cal, params: WddParameters, device: str = "cpu",
     else:
         eps_rel = default_epsilon(counts)
     edge = max(cal.dk) * bf.bin
-    kby, kbx = xp.asarray(box.ky), xp.asarray(box.kx)
-    measured = np.zeros(n_box)
-    measured[box.index] = 1.0  # the model is what the stack holds: G there, 0 elsewhere
-    p0 = probe_spectrum(kby, kbx, cal, ab, edge, xp) * xp.asarray(measured)
+    # the model is what the stack holds: the groups' pixels (G there, 0 elsewhere)
+    kgy, kgx = xp.asarray(box.ky[box.index]), xp.asarray(box.kx[box.index])
+    p0 = probe_spectrum(kgy, kgx, cal, ab, edge, xp)
     eps = eps_rel * float(xp.sum(xp.abs(p0) ** 2)) ** 2
     weight = xp.asarray((1.0 / (i0 * bf.size)).astype(np.float32))
     index = xp.asarray(box.index)
     qy_all = np.fft.fftfreq(sy, cal.scan_step[0])
     qx_all = np.fft.fftfreq(sx, cal.scan_step[1])
+    # beyond 2α/λ (and an edge) no pixel has both k and k ± Q in the disc: Φ̂ = 0 there
+    reach = (2 * k_a + 2 * edge) ** 2
     block = params.block or max(1, int(limit / 4 // (n_box * Q_BYTES)))
     rows = max(1, block // sx)
     phi = np.zeros((sy, sx), np.complex128)
     transfer = np.zeros((sy, sx))
     for r0 in range(0, sy, rows):
         r1 = min(r0 + rows, sy)
-        g = xp.asarray(spectrum_rows(spec, r0, r1, sx).reshape(n, -1).T) * weight
-        qy = xp.asarray(np.repeat(qy_all[r0:r1], sx))[:, None]
-        qx = xp.asarray(np.tile(qx_all, r1 - r0))[:, None]
-        d, t = deconvolve(g, index, box.shape, p0, kby, kbx, qy, qx, cal, ab, edge, eps, xp)
-        est = 1j * d * xp.conj(t) / (xp.abs(t) ** 2 + TRANSFER_FLOOR**2)
-        phi[r0:r1] = to_numpy(est).reshape(r1 - r0, sx)
-        transfer[r0:r1] = to_numpy(xp.abs(t)).reshape(r1 - r0, sx)
+        qy = np.repeat(qy_all[r0:r1], sx)
+        qx = np.tile(qx_all, r1 - r0)
+        live = np.flatnonzero(qy**2 + qx**2 < reach)
+        if not len(live):
+            continue
+        g = xp.asarray(spectrum_rows(spec, r0, r1, sx).reshape(n, -1)[:, live].T) * weight
+        q = (xp.asarray(qy[live])[:, None], xp.asarray(qx[live])[:, None])
+        d, t = deconvolve(g, index, box.shape, p0, kgy, kgx, q, cal, ab, edge, eps, xp)
+        est = np.zeros((r1 - r0) * sx, np.complex128)
+        est[live] = to_numpy(1j * d * xp.conj(t) / (xp.abs(t) ** 2 + TRANSFER_FLOOR**2))
+        phi[r0:r1] = est.reshape(r1 - r0, sx)
+        mag = np.zeros((r1 - r0) * sx)
+        mag[live] = to_numpy(xp.abs(t))
+        transfer[r0:r1] = mag.reshape(r1 - r0, sx)
     phi[0, 0] = 0
     phase = np.fft.ifft2(phi).real.astype(np.float32)
     return WddResult(phase, ab, float(cal.rotation), bool(cal.transpose),
@@ -306,21 +314,26 @@ def wdd_from_stack(buf, bf, cal, params: WddParameters, device: str = "cpu",
                      kind, counts, transfer.astype(np.float32))  # fmt: skip
 
 
-def deconvolve(g, index, shape, p0, kby, kbx, qy, qx, cal, ab, edge, eps, xp):
+def deconvolve(g, index, shape, p0, kgy, kgx, q, cal, ab, edge, eps, xp):
     """(D, T), each (nq,): the u = 0 slice of the Wiener-deconvolved object Wigner
     distribution and the weak-phase transfer (module docstring) for the scan frequencies
-    (qy, qx) (nq, 1) 1/Å, from G/I₀ ``g`` (nq, n) of the groups at box ``index``."""
+    ``q`` = (qy, qx), each (nq, 1) 1/Å, from G/I₀ ``g`` (nq, n) of the groups at box
+    ``index`` (scan-frame k (kgy, kgx), P̃ there ``p0``).
+
+    Two box FFTs per frequency: χ_P = FFT f_Q gives the filter W = χ_P*/(|χ_P|² + ε), and
+    ⟨FFT(x)·W⟩_ρ = Σ_k x(k) w(k) with w = FFT(W)/N_box, so D = Σ_k G w and
+    T = Σ_k (f_Q(k) − f_Q(k − Q)) w, over the stack's pixels."""
     nq = g.shape[0]
     n_box = shape[0] * shape[1]
-    gbox = xp.zeros((nq, n_box), np.complex128)
-    gbox[:, index] = g
-    plus = probe_spectrum(kby + qy, kbx + qx, cal, ab, edge, xp)  # P̃(k + Q)
-    minus = probe_spectrum(kby - qy, kbx - qx, cal, ab, edge, xp)  # P̃(k − Q)
-    f = (p0 * xp.conj(plus)).reshape(nq, *shape)  # p0: zero off the stack's pixels
-    f_q = (minus * xp.conj(p0)).reshape(nq, *shape)
-    chi_p = xp.fft.fft2(f)
-    wiener = xp.conj(chi_p) / (xp.abs(chi_p) ** 2 + eps)
-    h = xp.fft.fft2(gbox.reshape(nq, *shape))
-    d = (h * wiener).mean(axis=(1, 2))
-    t = ((chi_p - xp.fft.fft2(f_q)) * wiener).mean(axis=(1, 2))
+    plus = probe_spectrum(kgy + q[0], kgx + q[1], cal, ab, edge, xp)  # P̃(k + Q)
+    minus = probe_spectrum(kgy - q[0], kgx - q[1], cal, ab, edge, xp)  # P̃(k − Q)
+    f = (p0 * xp.conj(plus)).astype(np.complex64)
+    f_q = (minus * xp.conj(p0)).astype(np.complex64)
+    fbox = xp.zeros((nq, n_box), np.complex64)
+    fbox[:, index] = f
+    chi_p = fft2(fbox.reshape(nq, *shape))
+    wiener = xp.conj(chi_p) / (xp.abs(chi_p) ** 2 + np.float32(eps))
+    w = fft2(wiener).reshape(nq, n_box)[:, index] / n_box
+    d = (g * w).sum(axis=1, dtype=np.complex128)
+    t = ((f - f_q) * w).sum(axis=1, dtype=np.complex128)
     return d, t
