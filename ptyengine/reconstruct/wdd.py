@@ -288,7 +288,8 @@ def wdd_from_stack(buf, bf, cal, params: WddParameters, device: str = "cpu",
     # beyond 2α/λ (and an edge) no pixel has both k and k ± Q in the disc: Φ̂ = 0 there
     reach = (2 * k_a + 2 * edge) ** 2
     block = params.block or max(1, int(limit / 4 // (n_box * Q_BYTES)))
-    rows = max(1, block // sx)
+    rows = max(1, min(sy, block // sx))
+    chunk = min(block, rows * sx)  # one FFT shape (one FFTW plan): short chunks padded
     phi = np.zeros((sy, sx), np.complex128)
     transfer = np.zeros((sy, sx))
     for r0 in range(0, sy, rows):
@@ -298,14 +299,19 @@ def wdd_from_stack(buf, bf, cal, params: WddParameters, device: str = "cpu",
         live = np.flatnonzero(qy**2 + qx**2 < reach)
         if not len(live):
             continue
-        g = xp.asarray(spectrum_rows(spec, r0, r1, sx).reshape(n, -1)[:, live].T) * weight
-        q = (xp.asarray(qy[live])[:, None], xp.asarray(qx[live])[:, None])
-        d, t = deconvolve(g, index, box.shape, p0, kgy, kgx, q, cal, ab, edge, eps, xp)
+        part = spectrum_rows(spec, r0, r1, sx).reshape(n, -1)
         est = np.zeros((r1 - r0) * sx, np.complex128)
-        est[live] = to_numpy(1j * d * xp.conj(t) / (xp.abs(t) ** 2 + TRANSFER_FLOOR**2))
-        phi[r0:r1] = est.reshape(r1 - r0, sx)
         mag = np.zeros((r1 - r0) * sx)
-        mag[live] = to_numpy(xp.abs(t))
+        for c0 in range(0, len(live), chunk):
+            sel = live[c0:c0 + chunk]
+            pad = np.concatenate([sel, np.full(chunk - len(sel), sel[-1])])
+            g = xp.asarray(part[:, pad].T) * weight
+            q = (xp.asarray(qy[pad])[:, None], xp.asarray(qx[pad])[:, None])
+            d, t = deconvolve(g, index, box.shape, p0, kgy, kgx, q, cal, ab, edge, eps, xp)
+            d, t = d[:len(sel)], t[:len(sel)]
+            est[sel] = to_numpy(1j * d * xp.conj(t) / (xp.abs(t) ** 2 + TRANSFER_FLOOR**2))
+            mag[sel] = to_numpy(xp.abs(t))
+        phi[r0:r1] = est.reshape(r1 - r0, sx)
         transfer[r0:r1] = mag.reshape(r1 - r0, sx)
     phi[0, 0] = 0
     phase = np.fft.ifft2(phi).real.astype(np.float32)
