@@ -136,8 +136,8 @@ def _multislice(method: str, slices) -> bool:
                    "keep a GPU busy [default: 1]. ML: positions per pass of the kernels "
                    "(memory, not the result) [default: 64].")
 @click.option("--defocus", type=float,
-              help=f"ePIE/ML: C10 in Å of the initial probe; ssb/wdd: of the probe "
-                   f"corrected [default: the calibration's]. {DEFOCUS_SIGN}")
+              help=f"ePIE/ML: C10 in Å of the initial probe [default: the calibration's]. "
+                   f"{DEFOCUS_SIGN} ssb/wdd: the C10 corrected (deconvolved).")
 @click.option("--probe-from", type=click.Path(), metavar="RESULT",
               help="ePIE/mepie/ML: start from the aberrations (C10, C12, …) and the "
                    "scan–detector rotation/transpose recorded in a result .zarr (tcbf's fit; "
