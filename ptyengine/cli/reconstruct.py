@@ -230,7 +230,7 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--epsilon", type=float,
               help="wdd: the Wiener constant ε relative to max|χ_P|² (the probe's Wigner "
                    "distribution) [default: 1/(2 C σ²), C counts per pattern, σ = 0.1 rad, at "
-                   "least 1e-4; 1e-4 for noise-free data].")
+                   "least 1e-4; 1e-4 for floats without a dose, taken as noise-free].")
 @click.option("--upsample", type=click.IntRange(min=1, max=8),
               help="tcbf: the image's grid is the scan step / N [default: 1].")
 @click.option("--memory-limit",

@@ -42,7 +42,9 @@ Wiener constant. The noise of H is flat in ρ: var H = n·SQ/I₀ for n bright-f
 and SQ positions; the object's Wigner distribution has power ≈ 2·SQ·σ² (σ the phase's rms,
 :data:`PHASE_RMS`). Their ratio gives ε/max|χ_P|² = 1/(2 C σ²), C = n·I₀ the counts per
 pattern: measured for integer data, dose × step² for data with a dose. Noise-free data
-(floats without a dose) get :data:`EPSILON_FLOOR`, the floor of every default.
+(floats without a dose) get :data:`EPSILON_FLOOR`, the floor of every default; measured
+intensities stored as floats without a dose are taken for noise-free too (their counts are
+unknown): give them a dose (``convert --dose``) or ``epsilon``.
 
 Frames. G and the ρ transform live on the detector's pixel grid; χ_P is sampled on it:
 pixel k_d (detector frame) has k_s = R(θ) S k_d in the scan frame (:func:`.icom.to_scan_frame`,
