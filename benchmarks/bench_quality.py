@@ -1,5 +1,5 @@
-"""Reconstruction quality against dose and defocus: iCOM, iDPC, tcBF, SSB, ePIE and ML on the
-UiO-66 study.
+"""Reconstruction quality against dose and defocus: iCOM, iDPC, tcBF, SSB, WDD, ePIE and ML on
+the UiO-66 study.
 
 For every dose and each of the three defocus values of the quick UiO-66 preset
 (C10 = 0, 500, 1000 Å: crossover at the entrance surface, 50 nm and 100 nm above it), the
@@ -19,7 +19,7 @@ per seed (same specimen and intensities, other Poisson noise; ePIE's position or
 ML's held-out pixels follow the seed too) and the table shows mean and range.
 
     python benchmarks/bench_quality.py [--doses none,100,20] [--iterations 30]
-        [--alpha 1 --beta 1] [--methods icom,idpc,tcbf,ssb,epie,ml] [--seeds 0,1,2]
+        [--alpha 1 --beta 1] [--methods icom,idpc,tcbf,ssb,wdd,epie,ml] [--seeds 0,1,2]
         [--ml smoothness=3] [--out /tmp/ptyengine-quality]
 
 Doses are in e/Å² ("none" = noise-free). Prints a Markdown table (rows dose × defocus) with
@@ -47,11 +47,12 @@ from ptyengine.reconstruct.icom import icom, idpc
 from ptyengine.reconstruct.ml import MLParameters, ml
 from ptyengine.reconstruct.ssb import ssb
 from ptyengine.reconstruct.tcbf import tcbf
+from ptyengine.reconstruct.wdd import wdd
 from ptyengine.simulate import simulate
 
-METHODS = ("icom", "idpc", "tcbf", "ssb", "epie", "ml")
-NAMES = {"icom": "iCOM", "idpc": "iDPC", "tcbf": "tcBF", "ssb": "SSB", "epie": "ePIE",
-         "ml": "ML"}  # fmt: skip
+METHODS = ("icom", "idpc", "tcbf", "ssb", "wdd", "epie", "ml")
+NAMES = {"icom": "iCOM", "idpc": "iDPC", "tcbf": "tcBF", "ssb": "SSB", "wdd": "WDD",
+         "epie": "ePIE", "ml": "ML"}  # fmt: skip
 
 
 def parse_doses(text: str) -> list[float | None]:
@@ -128,7 +129,8 @@ def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log,
                                          border=border, sigma=1.0)  # fmt: skip
             return r["ncc"], r["shift_A"], r["ncc_lowpass"]
 
-        for name, fn in (("icom", icom), ("idpc", idpc), ("tcbf", tcbf), ("ssb", ssb)):
+        for name, fn in (("icom", icom), ("idpc", idpc), ("tcbf", tcbf), ("ssb", ssb),
+                         ("wdd", wdd)):
             if name in methods:
                 t0 = time.perf_counter()
                 res = fn(ds, device=device)

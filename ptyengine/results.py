@@ -116,6 +116,39 @@ def read_result(path) -> tuple[dict, dict]:
     return {name: np.asarray(a[...]) for name, a in root.arrays()}, attrs
 
 
+def probe_start(path) -> dict:
+    """The probe a result recorded, as an iterative run's start: {"aberrations" (Å, rad,
+    scan frame, physics' sign), "rotation_deg", "transpose", "method"} from the attributes
+    tcbf/ssb/wdd write (``aberrations``, ``rotation_deg``, ``transpose``) or ML's
+    (``aberrations``, the rotation and transpose of its calibration). A missing or bad
+    field: one :class:`PtyengineError` naming the file and the field."""
+    from .physics import check_aberrations
+
+    path = Path(path)
+    _, attrs = read_result(path)
+    cal = attrs.get("calibration") or {}
+    ab = attrs.get("aberrations")
+    if not isinstance(ab, dict):
+        raise PtyengineError(f"{path}: the {attrs.get('method')} result records no "
+                             "'aberrations' to start a probe from (tcbf, ssb, wdd and ml "
+                             "results do)")  # fmt: skip
+    if "C10" not in ab:
+        raise PtyengineError(f"{path}: its 'aberrations' hold no C10 (defocus): {ab}")
+    rotation = attrs.get("rotation_deg", cal.get("rotation"))
+    if rotation is None:
+        raise PtyengineError(f"{path}: the result records no 'rotation_deg' (nor a "
+                             "calibration's rotation)")  # fmt: skip
+    try:
+        ab = check_aberrations(ab)
+        rotation = float(rotation)
+    except (PtyengineError, TypeError, ValueError) as exc:
+        raise PtyengineError(f"{path}: 'aberrations'/'rotation_deg': {exc}") from None
+    transpose = attrs.get("transpose", cal.get("transpose"))
+    return {"aberrations": ab, "rotation_deg": rotation,
+            "transpose": None if transpose is None else bool(transpose),
+            "method": attrs.get("method")}  # fmt: skip
+
+
 def is_result(path) -> bool:
     """Whether ``path`` holds a result written by :func:`write_result` (not a dataset)."""
     try:

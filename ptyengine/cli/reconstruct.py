@@ -43,12 +43,18 @@ def _ssb_parameters():
     return SsbParameters
 
 
+def _wdd_parameters():
+    from ..reconstruct.wdd import WddParameters
+
+    return WddParameters
+
+
 #: the iterative methods and (lazily) their parameter dataclasses: a method takes exactly
 #: the options named after the fields of its dataclass
 ITERATIVE = {"epie": _epie_parameters, "mepie": _mepie_parameters, "ml": _ml_parameters}
 NAMES = {"epie": "ePIE", "mepie": "mepie", "ml": "ML"}
 #: the direct methods (one pass over the bright-field stack), likewise
-DIRECT = {"tcbf": _tcbf_parameters, "ssb": _ssb_parameters}
+DIRECT = {"tcbf": _tcbf_parameters, "ssb": _ssb_parameters, "wdd": _wdd_parameters}
 
 
 def _rotation_option(ctx, param, value):
@@ -98,7 +104,7 @@ def _multislice(method: str, slices) -> bool:
 @click.command()
 @click.argument("data", type=click.Path())
 @click.option("--method", type=click.Choice(["epie", "mepie", "ml", "icom", "idpc", "tcbf",
-                                            "ssb"]),
+                                            "ssb", "wdd"]),
               default="epie", show_default=True,
               help="ePIE ptychography; mepie: multislice ePIE (3PIE) for thick specimens "
                    "(S slices Δz apart); ml: Poisson maximum-likelihood "
@@ -109,10 +115,14 @@ def _multislice(method: str, slices) -> bool:
                    "four-quadrant detector (iDPC); tcbf: tilt-corrected bright field, which "
                    "also fits C10, C12 and the rotation (an iterative run's start); ssb: "
                    "single-sideband ptychography correcting the probe's aberrations "
-                   "(the calibration's, C10 from --defocus). tcbf/ssb read the data once "
+                   "(the calibration's, C10 from --defocus); wdd: Wigner-distribution "
+                   "deconvolution by the probe's Wigner distribution (same aberrations; "
+                   "Wiener constant --epsilon). tcbf/ssb/wdd read the data once "
                    "and hold scan positions × bright-field pixel groups (tcbf: ×4 bytes; "
-                   "ssb: ×4 bytes, on disk beyond half of --memory-limit, plus "
-                   "scan × block ×16 bytes in memory).")
+                   "ssb: ×4 bytes, wdd: ×(Sx + 2)/Sx × 4 bytes, on disk beyond half of "
+                   "--memory-limit; plus, in memory, ssb: scan × block × 96 bytes, wdd: "
+                   "block × box × 200 bytes, box ≈ (2α/λ/dk + 3)² detector pixels; the "
+                   "block from --memory-limit).")
 @click.option("-o", "--output", type=click.Path(),
               help="Result .zarr [default: <DATA stem>_<method>.zarr next to DATA]; the "
                    "preview <output stem>_preview.png goes next to it.")
@@ -127,7 +137,11 @@ def _multislice(method: str, slices) -> bool:
                    "(memory, not the result) [default: 64].")
 @click.option("--defocus", type=float,
               help=f"ePIE/ML: C10 in Å of the initial probe [default: the calibration's]. "
-                   f"{DEFOCUS_SIGN}")
+                   f"{DEFOCUS_SIGN} ssb/wdd: the C10 corrected (deconvolved).")
+@click.option("--probe-from", type=click.Path(), metavar="RESULT",
+              help="ePIE/mepie/ML: start from the aberrations (C10, C12, …) and the "
+                   "scan–detector rotation/transpose recorded in a result .zarr (tcbf's fit; "
+                   "ssb, wdd or ML results too) in place of the calibration's.")
 @click.option("--probe-update-start", type=click.IntRange(min=0),
               help="ePIE/ML: first iteration (0-based) that refines the probe "
                    "[default: 1].")
@@ -223,8 +237,12 @@ def _multislice(method: str, slices) -> bool:
                    "shear); nearly degenerate with the object's scale and rotation "
                    "[default: off].")
 @click.option("--bin", type=click.IntRange(min=1),
-              help="tcbf/ssb: bright-field pixels grouped in bin × bin tiles [default: "
-                   "tcbf: the smallest bin with ≤ 4096 groups; ssb: 1].")
+              help="tcbf/ssb/wdd: bright-field pixels grouped in bin × bin tiles [default: "
+                   "tcbf: the smallest bin with ≤ 4096 groups; ssb, wdd: 1].")
+@click.option("--epsilon", type=float,
+              help="wdd: the Wiener constant ε relative to max|χ_P|² (the probe's Wigner "
+                   "distribution) [default: 1/(2 C σ²), C counts per pattern, σ = 0.1 rad, at "
+                   "least 1e-4; 1e-4 for floats without a dose, taken as noise-free].")
 @click.option("--upsample", type=click.IntRange(min=1, max=8),
               help="tcbf: the image's grid is the scan step / N [default: 1].")
 @click.option("--memory-limit",
@@ -232,7 +250,8 @@ def _multislice(method: str, slices) -> bool:
                    "more than half of it are streamed from disk every iteration, a stored "
                    "chunk at a time (same result) [default: half the memory this process "
                    "may use; on a GPU also at most its free memory]. iCOM/iDPC: fewer "
-                   "reading threads when their blocks would not fit.")
+                   "reading threads when their blocks would not fit. tcbf/ssb/wdd: the "
+                   "block; ssb/wdd put the stack on disk beyond half of it.")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
@@ -278,8 +297,14 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
     """
     memory_limit = epie_opts.pop("memory_limit")
     positions = epie_opts.pop("positions")
+    probe_from = epie_opts.pop("probe_from")
     if positions is not None and method != "ml":
         raise click.UsageError(f"--positions: for --method ml only, not {method}")
+    if probe_from is not None and method not in ITERATIVE:
+        raise click.UsageError(f"--probe-from: for --method epie/mepie/ml only, not {method}")
+    if probe_from is not None and epie_opts.get("defocus") is not None:
+        raise click.UsageError("--defocus and --probe-from both set the probe's C10: give "
+                               "one")  # fmt: skip
     given = {k: v for k, v in epie_opts.items() if v is not None}
     if method in DIRECT:
         _check_direct(method, given, rotation, checkpoint_every, resume, keep_checkpoint)
@@ -302,28 +327,32 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
                  overwrite=overwrite, epie_options=given, rotation=rotation,
                  checkpoint_every=checkpoint_every, resume=resume,
                  keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
-                 mask=mask, positions=positions)  # fmt: skip
+                 mask=mask, positions=positions, probe_from=probe_from)  # fmt: skip
 
 
 def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
                  overwrite: bool = False, epie_options: dict | None = None, rotation=None,
                  checkpoint_every: int = 0, resume: bool = False,
                  keep_checkpoint: bool = False, memory_limit=None, mask=None,
-                 positions=None) -> dict:  # fmt: skip
+                 positions=None, probe_from=None) -> dict:  # fmt: skip
     """Run one reconstruction, write its result and preview; returns what was done
     (``crop``: the phase over the scanned area, ``ncc``: the comparison or None).
     ``mask``: a .npy detector mask overriding the dataset's; ``positions``: a file of
-    measured scan positions (ML; both checked before anything is written)."""
+    measured scan positions (ML); ``probe_from``: a result whose aberrations and rotation
+    replace the calibration's (all checked before anything is written)."""
     from .. import io
     from ..dataset import check_mask, detector_mask, load_mask, load_positions
     from ..reconstruct.epie import check_positions
-    from ..results import begin_result, discard_result
+    from ..results import begin_result, discard_result, probe_start
 
     out = output or _default_output(data, method)
     if out.suffix != ".zarr":
         raise PtyengineError(f"{out}: a result is a Zarr store; name it *.zarr")
     given_mask = None if mask is None else load_mask(mask)
+    start = None if probe_from is None else probe_start(probe_from)
     with io.open_dataset(data) as ds, _locked(out, default=output is None):
+        if start is not None:
+            _start_probe_from(ds, probe_from, start)
         if given_mask is not None:
             ds.mask = check_mask(given_mask, ds.calibration, f"mask {mask}")
         detector_mask(ds)  # a stored mask is checked before anything is written
@@ -348,9 +377,31 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         try:
             return _reconstruct_into(ds, data, out, method, device, epie_options, rotation,
                                      checkpoint_every, resume, keep_checkpoint,
-                                     memory_limit, measured)  # fmt: skip
+                                     memory_limit, measured, probe_from)  # fmt: skip
         finally:
             discard_result(out)  # nothing, after a successful rename
+
+
+def _start_probe_from(ds, source, start: dict) -> None:
+    """Replace the dataset's aberrations and rotation/transpose by a result's (``start``
+    from :func:`results.probe_start`) and say so in one line."""
+    from ..reconstruct.tcbf import signed_deg
+
+    cal = ds.calibration
+    transpose = cal.transpose if start["transpose"] is None else start["transpose"]
+    try:
+        ds.calibration = cal.replace(aberrations=start["aberrations"],
+                                     rotation=start["rotation_deg"], transpose=transpose)
+    except PtyengineError as exc:
+        raise PtyengineError(f"{source}: its probe does not fit {ds.path}: {exc}") from None
+    ab = start["aberrations"]
+    astig = f", C12 {ab['C12']:.0f} Å at φ12 {ab.get('phi12', 0.0):.2f} rad" if ab.get(
+        "C12") else ""  # fmt: skip
+    click.echo(f"probe from {source} ({start['method']}): C10 {ab['C10']:.0f} Å{astig}, "
+               f"rotation {signed_deg(start['rotation_deg']):.2f}°"
+               f"{', transposed' if transpose else ''} (the calibration had C10 "
+               f"{cal.aberrations.get('C10', 0.0):.0f} Å, rotation "
+               f"{signed_deg(cal.rotation):.2f}°)", err=True)  # fmt: skip
 
 
 @contextmanager
@@ -373,7 +424,7 @@ def _locked(out: Path, default: bool):
 
 def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_options, rotation,
                       checkpoint_every, resume, keep_checkpoint, memory_limit,
-                      positions=None) -> dict:  # fmt: skip
+                      positions=None, probe_from=None) -> dict:  # fmt: skip
     import time
 
     import numpy as np
@@ -405,6 +456,8 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
     m = detector_mask(ds)
     extra = {"source": str(data), "seconds": round(seconds, 3), **rec["extra"],
              "masked_pixels": 0 if m is None else int((m == 0).sum())}  # fmt: skip
+    if probe_from is not None:
+        extra["probe_from"] = str(probe_from)
     if ncc is not None:
         extra.update(ncc_to_truth=ncc["ncc"], ncc_shift_A=list(ncc["shift_A"]),
                      ncc_k_max=ncc["k_max"])  # fmt: skip
@@ -604,15 +657,17 @@ def _check_direct(method, given, rotation, checkpoint_every, resume, keep_checkp
 
 
 def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
-    """tcBF or SSB: run, and what is written (arrays, attributes, preview panels)."""
+    """tcBF, SSB or WDD: run, and what is written (arrays, attributes, preview panels)."""
     import numpy as np
 
     params = DIRECT[method]()(**options)
     if method == "tcbf":
         from ..reconstruct.tcbf import signed_deg
         from ..reconstruct.tcbf import tcbf as run
-    else:
+    elif method == "ssb":
         from ..reconstruct.ssb import ssb as run
+    else:
+        from ..reconstruct.wdd import wdd as run
     r = run(ds, params, device=device, memory_limit=memory_limit)
     phase = r.phase.astype(np.float32)
     parameters = {**dataclasses.asdict(params), "device": device}
@@ -630,6 +685,16 @@ def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
                   ("aligned bright field (relative contrast)", r.bright_field)]
         summary = (f"tcBF, C10 {ab['C10']:.0f} Å, C12 {ab['C12']:.0f} Å, rotation "
                    f"{signed_deg(r.rotation_deg):.2f}°")  # fmt: skip
+    elif method == "wdd":
+        arrays = {"phase": phase, "transfer": r.transfer}
+        extra = {"aberrations": r.aberrations, "rotation_deg": r.rotation_deg,
+                 "transpose": r.transpose, "bin": r.bin, "units": "rad",
+                 "epsilon": r.epsilon, "epsilon_from": r.epsilon_from,
+                 "counts_per_pattern": r.counts_per_pattern,
+                 "stack_on_disk": r.stack_on_disk}  # fmt: skip
+        panels = [("WDD phase (rad)", phase)]
+        summary = (f"WDD, C10 {r.aberrations.get('C10', 0.0):.0f} Å deconvolved, ε "
+                   f"{r.epsilon:.3g} ({r.epsilon_from})")  # fmt: skip
     else:
         arrays = {"phase": phase}
         extra = {"aberrations": r.aberrations, "rotation_deg": r.rotation_deg,

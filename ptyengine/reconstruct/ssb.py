@@ -96,8 +96,9 @@ class SsbResult:
     stack_on_disk: bool = False
 
 
-def check_trotters(cal) -> None:
-    """Raise when no non-zero frequency of the scan lies below 2α/λ (no trotter)."""
+def check_trotters(cal, method: str = "SSB") -> None:
+    """Raise when no non-zero frequency of the scan lies below 2α/λ (no trotter: nothing
+    for ``method`` to transfer)."""
     k_a = cal.semiangle * 1e-3 / cal.wavelength
     sy, sx = cal.scan_shape
     q_min = min(1 / (sy * cal.scan_step[0]) if sy > 1 else math.inf,
@@ -106,7 +107,7 @@ def check_trotters(cal) -> None:
         field = 1 / (2 * k_a)
         raise PtyengineError(
             f"the scan of {sy} × {sx} positions at {cal.scan_step[0]:g} Å is too small for "
-            f"SSB's trotters: its lowest frequency {q_min:.3g} 1/Å is not below 2α/λ = "
+            f"{method}'s trotters: its lowest frequency {q_min:.3g} 1/Å is not below 2α/λ = "
             f"{2 * k_a:.3g} 1/Å; scan a field larger than {field:.3g} Å along both axes")
 
 

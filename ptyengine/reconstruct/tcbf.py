@@ -172,7 +172,7 @@ class TcbfResult:
                 f"{signed_deg(self.rotation_deg):.2f}° (fit rms {self.residual_A:.2f} Å, "
                 f"{int(self.used.sum())}/{len(self.used)} groups): start an iterative run "
                 f"from --defocus {c10:.0f} and the rotation {signed_deg(self.rotation_deg):.2f}° "
-                "(convert --rotation)")  # fmt: skip
+                "(convert --rotation), or give it this result: --probe-from")  # fmt: skip
 
 
 def signed_deg(deg: float) -> float:
