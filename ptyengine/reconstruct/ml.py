@@ -699,6 +699,9 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         if first is not None:
             starts.start_pixels_from(eng, state, first, xp)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
+        # where the whole run started (the pixels' C10/C12 run, if any)
+        origin = first.extra["start_defocus"] if first is not None else eng.start_defocus
+        state.arrays["origin_defocus"] = xp.asarray([origin], dtype=np.float64)
         if eng.pm.kind == "pixels":
             state.arrays["probe_reference"] = eng.pm.probe0
             state.arrays["reference_coeffs"] = xp.asarray(eng.pm.reference)
@@ -741,7 +744,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "stopped_by": stopped, "iterations_run": state.iteration,
              "aberrations": refined_aberrations(cal, tuple(refined), list(refined.values())),
              "refined": refined,
-             "start_defocus": eng.start_defocus, "probe_model": eng.pm.kind,
+             "start_defocus": float(backend.to_numpy(a["origin_defocus"])[0]),
+             "probe_model": eng.pm.kind,
              "probe_mode_powers": eng.pm.powers(v) if eng.pm.kind == "pixels" else [1.0],
              "defocus_search": (search.describe() if search else single.extra["defocus_search"]
                                 if single else None),  # fmt: skip
