@@ -27,6 +27,27 @@ ATOM_STYLE = {"Zr": (26, "#00d5ff"), "O": (5, "#ff3030"), "C": (4, "#ffd000"),
               "Sr": (26, "#00d5ff"), "Ti": (18, "#7cff4d")}  # fmt: skip
 
 
+def _save_png(fig, path: Path, dpi: int = 110) -> Path:
+    """``fig`` as a 256-colour PNG: the greys and the marks' colours (grey images with a
+    few coloured marks lose nothing visible; ~3/4 of the bytes of an RGBA PNG), written
+    atomically."""
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    buf.seek(0)
+    marks = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for _, c in ATOM_STYLE.values()]
+    marks = list(dict.fromkeys([*marks, (255, 140, 0), (31, 119, 180)]))  # other elements
+    greys = [(v, v, v) for v in np.linspace(0, 255, 256 - len(marks)).round().astype(int)]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([int(v) for rgb in greys + marks for v in rgb])
+    image = Image.open(buf).convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE)
+    with atomic_file(path, ".tmp.png") as tmp:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp, format="PNG", optimize=True)
+    return Path(path)
+
+
 def _write_text(path: Path, text: str) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
@@ -135,7 +156,6 @@ def study_figure(path, rows: list[StudyRow], methods, title: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    from .preview import save_figure
     from .results import read_result
 
     defoci = sorted({r.defocus for r in rows})
@@ -191,7 +211,7 @@ def study_figure(path, rows: list[StudyRow], methods, title: str) -> Path:
                    title="structure model (projected; on the first panel)",
                    title_fontsize=7)  # fmt: skip
     fig.suptitle(title, fontsize=8)
-    out = save_figure(fig, path)
+    out = _save_png(fig, path)
     plt.close(fig)
     return out
 
@@ -205,8 +225,6 @@ def truth_outputs(dataset, out: Path, title: str) -> tuple[Path, Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .preview import save_figure
 
     with io.open_dataset(dataset) as ds:
         truth = Truth.from_dataset(ds)
@@ -233,6 +251,6 @@ def truth_outputs(dataset, out: Path, title: str) -> tuple[Path, Path]:
         ax.legend(loc="upper right", fontsize=6, framealpha=0.6, markerscale=1.5)
     fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02).set_label("σ·V (rad)", fontsize=7)
     ax.set_title(title, fontsize=8)
-    png = save_figure(fig, out / "ground_truth.png")
+    png = _save_png(fig, out / "ground_truth.png")
     plt.close(fig)
     return npy, png

@@ -51,7 +51,7 @@ def _methods(values) -> list[str]:
 @click.argument("name", metavar="STUDY")
 @click.option("--preset", default="quick", show_default=True,
               help="quick: the scaled study on a 2-core CPU (~15 min noise-free); full: the "
-                   "published parameters (GPU-sized; on a 2-core CPU ~weeks); tiny: seconds, "
+                   "published parameters (GPU-sized; ~1 day on a 2-core CPU); tiny: seconds, "
                    "for tests.")
 @click.option("--dose", "doses", multiple=True, metavar="D",
               help="Add rows at dose D e/Å² (Poisson noise, seeded by --seed); repeat or "
@@ -86,7 +86,8 @@ def study(name, preset, doses, methods, seed, output, device):
     Presets (ptyengine/presets.py):
       full   the published parameters: a 150 × 150 × 30 Å model, 15 frozen phonons, a
              60 × 60 Å scan at 0.4 Å (22,500 patterns of 256²), ePIE 300 iterations.
-             GPU-sized: on the 2-core CPU simulation alone is ~3 days and ePIE ~5 days.
+             GPU-sized; on the 2-core CPU about a day noise-free (estimated from the
+             measured throughputs, not run: simulation ~8 h, ePIE ~6 h, ML ~4 h).
       quick  the same physics scaled: a 41 × 44 Å model (2 × 3 cells, full 3 nm
              thickness), 2 phonons, a 160-px detector to 30 mrad, the scan one unit cell
              plus the probe's radius (0.6 Å step in focus, 1.2 Å out of focus), ePIE 30
