@@ -39,9 +39,14 @@ def _save_png(fig, path: Path, dpi: int = 110) -> Path:
     marks = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for _, c in ATOM_STYLE.values()]
     marks = list(dict.fromkeys([*marks, (255, 140, 0), (31, 119, 180)]))  # other elements
     greys = [(v, v, v) for v in np.linspace(0, 255, 256 - len(marks)).round().astype(int)]
-    palette = Image.new("P", (1, 1))
-    palette.putpalette([int(v) for rgb in greys + marks for v in rgb])
-    image = Image.open(buf).convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE)
+    palette = np.array(greys + marks, dtype=np.int32)
+    rgb = np.asarray(Image.open(buf).convert("RGB"), dtype=np.int32)
+    index = np.empty(rgb.shape[:2], dtype=np.uint8)
+    for r0 in range(0, rgb.shape[0], 64):  # the nearest palette colour, 64 rows at a time
+        d = ((rgb[r0:r0 + 64, :, None, :] - palette[None, None]) ** 2).sum(axis=-1)
+        index[r0:r0 + 64] = d.argmin(axis=-1)
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(palette.astype(np.uint8).ravel().tolist())
     with atomic_file(path, ".tmp.png") as tmp:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         image.save(tmp, format="PNG", optimize=True)
@@ -116,11 +121,14 @@ def structure_model(ds, area) -> dict[str, np.ndarray]:
 
 
 def _crop(image, sampling, origin, area):
-    """The part of ``image`` inside ``area`` and its imshow extent (Å)."""
+    """The pixels of ``image`` that overlap ``area`` (so that they cover it) and their
+    imshow extent (Å), less their mean."""
     (dy, dx), (oy, ox) = sampling, origin
     y0, y1, x0, x1 = area
-    i0, i1 = max(0, math.ceil((y0 - oy) / dy - 1e-6)), math.floor((y1 - oy) / dy + 1e-6) + 1
-    j0, j1 = max(0, math.ceil((x0 - ox) / dx - 1e-6)), math.floor((x1 - ox) / dx + 1e-6) + 1
+    i0 = max(0, math.floor((y0 - oy) / dy + 0.5))
+    i1 = max(i0 + 1, math.ceil((y1 - oy) / dy - 0.5) + 1)
+    j0 = max(0, math.floor((x0 - ox) / dx + 0.5))
+    j1 = max(j0 + 1, math.ceil((x1 - ox) / dx - 0.5) + 1)
     sub = np.asarray(image, dtype=np.float64)[i0:i1, j0:j1]
     extent = (ox + (j0 - 0.5) * dx, ox + (j1 - 0.5) * dx, oy + (i1 - 0.5) * dy,
               oy + (i0 - 0.5) * dy)  # fmt: skip
@@ -211,7 +219,7 @@ def study_figure(path, rows: list[StudyRow], methods, title: str) -> Path:
                    title="structure model (projected; on the first panel)",
                    title_fontsize=7)  # fmt: skip
     fig.suptitle(title, fontsize=8)
-    out = _save_png(fig, path)
+    out = _save_png(fig, path, dpi=100)
     plt.close(fig)
     return out
 

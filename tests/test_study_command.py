@@ -132,3 +132,26 @@ def test_unknown_study_is_one_line(tmp_path, capsys):
     code, _, err = run(capsys, "study", "uio67", "-o", tmp_path / "s")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "unknown study 'uio67'" in err and "uio66-defocus" in err
+
+
+def test_interrupted_simulation_is_continued(tiny_study, tmp_path):
+    """A dataset's .partial of the same parameters is continued (here: all its rows were
+    written), one of other parameters is simulated afresh; finished ones are reused."""
+    src, out = tiny_study[0] / "datasets" / "noise-free", tmp_path / "s"
+    dst = out / "datasets" / "noise-free"
+    dst.mkdir(parents=True)
+    for label in ("df50nm", "df100nm"):
+        shutil.copytree(src / f"{label}.zarr", dst / f"{label}.zarr")
+    shutil.copytree(src / "df0nm.zarr", dst / "df0nm.zarr.partial")
+    expected = _ncc(_table(tiny_study[0]), "icom", 0.0)
+    r = _study(out, "--methods", "icom")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and r.stderr.count("simulating") == 1, r.stderr
+    assert _ncc(_table(out), "icom", 0.0) == expected
+    shutil.rmtree(dst / "df0nm.zarr")
+    shutil.copytree(src / "df50nm.zarr", dst / "df0nm.zarr.partial")  # other parameters
+    r = _study(out, "--methods", "icom")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" not in r.stderr and r.stderr.count("simulating") == 1, r.stderr
+    assert _ncc(_table(out), "icom", 0.0) == expected
+    assert not (dst / "df0nm.zarr.partial").exists()

@@ -67,7 +67,11 @@ def _methods(values) -> list[str]:
                    "already (same parameters) is reused.")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True)
-def study(name, preset, doses, methods, seed, output, device):
+@click.option("--resume/--restart", default=True, show_default=True,
+              help="Continue a dataset whose simulation was interrupted (its .partial, same "
+                   "parameters), or simulate it afresh. Finished datasets and results are "
+                   "reused either way.")
+def study(name, preset, doses, methods, seed, output, device, resume):
     """Run a published study end to end. STUDY: uio66-defocus — UiO-66 [110], 300 kV,
     20 mrad, the probe's crossover on the entrance surface, 50 nm and 100 nm above it.
 
@@ -102,6 +106,7 @@ def study(name, preset, doses, methods, seed, output, device):
     """
     from .. import study as lib
     from ..errors import PtyengineError
+    from ..simulate import check_resumable
     from ..study_report import study_figure, truth_outputs, write_tables
     from .simulate import _run_simulation
 
@@ -120,7 +125,13 @@ def study(name, preset, doses, methods, seed, output, device):
         click.echo(msg, err=True)
 
     def simulate(params, path):
-        _run_simulation(params, path, device, overwrite=True, resume=False, batch_size=None)
+        go_on = resume and Path(f"{path}.partial").exists()
+        if go_on:
+            try:
+                check_resumable(params, path)
+            except PtyengineError:  # a partial of other parameters: nothing to continue
+                go_on = False
+        _run_simulation(params, path, device, overwrite=True, resume=go_on, batch_size=None)
 
     rows = lib.run_study(out, preset, dose_list, method_list, seed, device, log, simulate)
     total = time.perf_counter() - t0
@@ -146,5 +157,5 @@ def study(name, preset, doses, methods, seed, output, device):
     for path in written:
         log(f"wrote {path}")
     click.echo(Path(out / "ncc.md").read_text())
-    log(f"study done in {total:.1f} s ({sum(r.reused for r in rows)} of {len(rows)} "
-        "reconstructions reused)")
+    log(f"study done in {time.perf_counter() - t0:.1f} s ({sum(r.reused for r in rows)} of "
+        f"{len(rows)} reconstructions reused)")
