@@ -100,12 +100,19 @@ def test_dose_adds_noisy_rows(tiny_study, tmp_path):
     both, a figure per dose."""
     out = tmp_path / "s"
     shutil.copytree(tiny_study[0] / "datasets", out / "datasets")
-    r = _study(out, "--methods", "icom", "--dose", "1000", "--seed", "3")
+    r = _study(out, "--methods", "icom,epie", "--dose", "1000", "--seed", "3")
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("simulating") == 3, r.stderr  # the noisy ones only
     rows = _table(out)
-    assert sorted((r["dose"], r["method"]) for r in rows) == [("1000", "icom")] * 3 + [
-        ("none", "icom")] * 3
+    assert sorted((r["dose"], r["method"]) for r in rows) == sorted(
+        [(d, m) for d in ("1000", "none") for m in ("icom", "epie")] * 3)
+    # ePIE: plain noise-free, the low-dose recipe (|O| = 1, calibrated probe) with a dose
+    _, plain = read_result(out / "results" / "noise-free" / "df50nm_epie.zarr")
+    _, low = read_result(out / "results" / "dose1000" / "df50nm_epie.zarr")
+    assert plain["parameters"]["alpha"] == 1.0 and not plain["parameters"]["phase_only"]
+    assert low["parameters"]["alpha"] == 0.1 and low["parameters"]["phase_only"]
+    assert low["parameters"]["probe_update_start"] >= low["parameters"]["iterations"]
+    assert low["parameters"]["seed"] == 3 and plain["parameters"]["seed"] == 0
     assert (out / "figure_dose1000.png").exists() and (out / "figure_noise-free.png").exists()
     with io.open_dataset(out / "datasets" / "dose1000" / "df50nm.zarr") as ds:
         assert ds.calibration.dose == 1000.0 and ds.metadata["simulation"]["seed"] == 3

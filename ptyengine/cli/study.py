@@ -50,7 +50,7 @@ def _methods(values) -> list[str]:
 @click.command()
 @click.argument("name", metavar="STUDY")
 @click.option("--preset", default="quick", show_default=True,
-              help="quick: the scaled study on a 2-core CPU (~15 min noise-free); full: the "
+              help="quick: the scaled study on a 2-core CPU (~14 min noise-free); full: the "
                    "published parameters (GPU-sized; ~1 day on a 2-core CPU); tiny: seconds, "
                    "for tests.")
 @click.option("--dose", "doses", multiple=True, metavar="D",
@@ -92,10 +92,11 @@ def study(name, preset, doses, methods, seed, output, device, resume):
              60 × 60 Å scan at 0.4 Å (22,500 patterns of 256²), ePIE 300 iterations.
              GPU-sized; on the 2-core CPU about a day noise-free (estimated from the
              measured throughputs, not run: simulation ~8 h, ePIE ~6 h, ML ~4 h).
-      quick  the same physics scaled: a 41 × 44 Å model (2 × 3 cells, full 3 nm
-             thickness), 2 phonons, a 160-px detector to 30 mrad, the scan one unit cell
-             plus the probe's radius (0.6 Å step in focus, 1.2 Å out of focus), ePIE 30
-             iterations: ~15 min noise-free on a 2-core CPU.
+      quick  the same physics, scaled: kept are 300 kV, 20 mrad, the three defoci, the
+             3 nm thickness in 2 Å slices and the thermal σ; scaled are the model (41 ×
+             44 Å, 2 × 3 cells), the phonons (2), the detector (160 px to 30 mrad), the
+             scan (one unit cell plus the probe's radius; 0.6 Å step in focus, 1.2 Å out
+             of focus) and ePIE's iterations (30): ~14 min noise-free on a 2-core CPU.
       tiny   one cell, 14.65 Å thick, static lattice, 128 px to 24 mrad, no dose margin:
              ~30 s; for tests.
 
