@@ -336,8 +336,8 @@ def run_study(out, preset: str = "quick", doses: Sequence[float] = (),
                     else:
                         log(f"  {NAMES[method]}: reconstructing ...")
                         run = run_method(ds, method, device, epie_p, ml_p, truth.margin)
-                        s = truth.score(run.phase, run.sampling, run.origin, run.border)
-                        record = {"key": key, **s, "seconds": run.seconds,
+                        scores = truth.score(run.phase, run.sampling, run.origin, run.border)
+                        record = {"key": key, **scores, "seconds": run.seconds,
                                   "border": run.border, "units": run.units,
                                   "dose": dose, "defocus_A": params.defocus,
                                   "dataset_fingerprint": fingerprint, **run.extra}  # fmt: skip

@@ -11,6 +11,7 @@ the field frame, Å): the area the NCC is taken over.
 from __future__ import annotations
 
 import csv
+import functools
 import io as _io
 import math
 from pathlib import Path
@@ -41,10 +42,13 @@ def _save_png(fig, path: Path, dpi: int = 110) -> Path:
     greys = [(v, v, v) for v in np.linspace(0, 255, 256 - len(marks)).round().astype(int)]
     palette = np.array(greys + marks, dtype=np.int32)
     rgb = np.asarray(Image.open(buf).convert("RGB"), dtype=np.int32)
-    index = np.empty(rgb.shape[:2], dtype=np.uint8)
-    for r0 in range(0, rgb.shape[0], 64):  # the nearest palette colour, 64 rows at a time
-        d = ((rgb[r0:r0 + 64, :, None, :] - palette[None, None]) ** 2).sum(axis=-1)
-        index[r0:r0 + 64] = d.argmin(axis=-1)
+    # grey pixels: the nearest grey level directly; the few others: the nearest colour
+    index = np.rint(rgb[..., 0] * (len(greys) - 1) / 255).astype(np.uint8)
+    other = np.flatnonzero(~((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])))
+    flat, pixels = index.reshape(-1), rgb.reshape(-1, 3)
+    for b0 in range(0, other.size, 8192):
+        sel = other[b0:b0 + 8192]
+        flat[sel] = ((pixels[sel, None, :] - palette[None]) ** 2).sum(axis=-1).argmin(axis=-1)
     image = Image.fromarray(index, mode="P")
     image.putpalette(palette.astype(np.uint8).ravel().tolist())
     with atomic_file(path, ".tmp.png") as tmp:
@@ -89,18 +93,23 @@ def dosed_area(ds) -> tuple[float, float, float, float]:
     return oy + m, oy + (ny - 1) * sy - m, ox + m, ox + (nx - 1) * sx - m
 
 
+@functools.lru_cache(maxsize=4)
+def _slab(structure: str, zone_axis, field, thickness: float):
+    """The simulated slab without H (structures.build_specimen), built once per process."""
+    from . import structures
+
+    return structures.build_specimen(structures.load_structure(structure), zone_axis,
+                                     size=field, thickness=thickness, hydrogen=False)
+
+
 def structure_model(ds, area) -> dict[str, np.ndarray]:
     """{element: (N, 2) projected (y, x) Å} of the simulated specimen's atoms inside
     ``area`` (periodic images included), from the dataset's simulation parameters; H
     left out. Empty when the dataset does not record them."""
-    from . import structures
-
     sim = ds.metadata.get("simulation") or {}
     try:
-        atoms = structures.load_structure(sim["structure"])
-        slab = structures.build_specimen(atoms, tuple(sim["zone_axis"]), size=tuple(sim["field"]),
-                                         thickness=float(sim["thickness"]),
-                                         hydrogen=False)  # fmt: skip
+        slab = _slab(str(sim["structure"]), tuple(sim["zone_axis"]), tuple(sim["field"]),
+                     float(sim["thickness"]))
     except (KeyError, TypeError):
         return {}
     ly, lx = float(slab.cell.array[1, 1]), float(slab.cell.array[0, 0])

@@ -20,9 +20,17 @@ DEFOCI_NM = (0.0, 50.0, 100.0)
 
 
 def _study(out, *options):
+    """The tiny study as a real subprocess (the fixture's run)."""
     return subprocess.run([sys.executable, "-m", "ptyengine", "study", "uio66-defocus",
                            "--preset", "tiny", "-o", str(out), *options],
                           capture_output=True, text=True)  # fmt: skip
+
+
+def _study_here(capsys, out, *options):
+    """(exit status, stderr) of the tiny study run in this process (no interpreter start)."""
+    code, _, err = run(capsys, "study", "uio66-defocus", "--preset", "tiny", "-o", out,
+                       *options)  # fmt: skip
+    return code, err
 
 
 @pytest.fixture(scope="module")
@@ -84,25 +92,27 @@ def test_study_reproduces_the_finding(tiny_study):
         assert _ncc(rows, "ssb", df) > 0.8, df
 
 
-def test_rerun_reuses_everything(tiny_study):
+def test_rerun_reuses_everything(tiny_study, capsys):
     out, _ = tiny_study
     result = out / "results" / "noise-free" / "df0nm_ml.zarr"
     before = (result / "zarr.json").stat().st_mtime_ns, _table(out)
-    r = _study(out)
-    assert r.returncode == 0, r.stderr
-    assert "simulating" not in r.stderr and "reconstructing" not in r.stderr, r.stderr
-    assert r.stderr.count("reused") >= 3 + 3 * len(METHODS)
+    code, err = _study_here(capsys, out)
+    assert code == 0, err
+    assert "simulating" not in err and "reconstructing" not in err, err
+    assert err.count("reused") >= 3 + 3 * len(METHODS)
     assert ((result / "zarr.json").stat().st_mtime_ns, _table(out)) == before
 
 
-def test_dose_adds_noisy_rows(tiny_study, tmp_path):
+def test_dose_adds_noisy_rows(tiny_study, tmp_path, capsys):
     """--dose D: Poisson datasets beside the noise-free ones (those reused), rows for
     both, a figure per dose."""
     out = tmp_path / "s"
-    shutil.copytree(tiny_study[0] / "datasets", out / "datasets")
-    r = _study(out, "--methods", "icom,epie", "--dose", "1000", "--seed", "3")
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count("simulating") == 3, r.stderr  # the noisy ones only
+    shutil.copytree(tiny_study[0], out)
+    code, err = _study_here(capsys, out, "--methods", "icom,epie", "--dose", "1000",
+                            "--seed", "3")  # fmt: skip
+    assert code == 0, err
+    assert err.count("simulating") == 3, err  # the noisy ones only
+    assert err.count("reconstructing") == 6, err
     rows = _table(out)
     assert sorted((r["dose"], r["method"]) for r in rows) == sorted(
         [(d, m) for d in ("1000", "none") for m in ("icom", "epie")] * 3)
@@ -141,7 +151,7 @@ def test_unknown_study_is_one_line(tmp_path, capsys):
     assert "unknown study 'uio67'" in err and "uio66-defocus" in err
 
 
-def test_interrupted_simulation_is_continued(tiny_study, tmp_path):
+def test_interrupted_simulation_is_continued(tiny_study, tmp_path, capsys):
     """A dataset's .partial of the same parameters is continued (here: all its rows were
     written), one of other parameters is simulated afresh; finished ones are reused."""
     src, out = tiny_study[0] / "datasets" / "noise-free", tmp_path / "s"
@@ -151,14 +161,14 @@ def test_interrupted_simulation_is_continued(tiny_study, tmp_path):
         shutil.copytree(src / f"{label}.zarr", dst / f"{label}.zarr")
     shutil.copytree(src / "df0nm.zarr", dst / "df0nm.zarr.partial")
     expected = _ncc(_table(tiny_study[0]), "icom", 0.0)
-    r = _study(out, "--methods", "icom")
-    assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stderr and r.stderr.count("simulating") == 1, r.stderr
+    code, err = _study_here(capsys, out, "--methods", "icom")
+    assert code == 0, err
+    assert "resuming" in err and err.count("simulating") == 1, err
     assert _ncc(_table(out), "icom", 0.0) == expected
     shutil.rmtree(dst / "df0nm.zarr")
     shutil.copytree(src / "df50nm.zarr", dst / "df0nm.zarr.partial")  # other parameters
-    r = _study(out, "--methods", "icom")
-    assert r.returncode == 0, r.stderr
-    assert "resuming" not in r.stderr and r.stderr.count("simulating") == 1, r.stderr
+    code, err = _study_here(capsys, out, "--methods", "icom")
+    assert code == 0, err
+    assert "resuming" not in err and err.count("simulating") == 1, err
     assert _ncc(_table(out), "icom", 0.0) == expected
     assert not (dst / "df0nm.zarr.partial").exists()
