@@ -1,5 +1,5 @@
-"""Reconstruction quality against dose and defocus: iCOM, iDPC, tcBF, SSB, WDD, ePIE and ML on
-the UiO-66 study.
+"""Reconstruction quality against dose and defocus: iCOM, iDPC, tcBF, SSB, WDD, ePIE and ML
+on the UiO-66 study.
 
 For every dose and each of the three defocus values of the quick UiO-66 preset
 (C10 = 0, 500, 1000 Å: crossover at the entrance surface, 50 nm and 100 nm above it), the
@@ -24,7 +24,8 @@ ML's held-out pixels follow the seed too) and the table shows mean and range.
 
 Doses are in e/Å² ("none" = noise-free). Prints a Markdown table (rows dose × defocus) with
 the machine and the command line; writes the numbers to
-``<out>/results_d<doses>_a<α>_b<β>_i<iterations>.json`` too.
+``<out>/results_d<doses>_a<α>_b<β>_i<iterations>.json`` too. Running and scoring the methods
+is ptyengine/study.py's (one implementation with ``ptyengine study``).
 """
 
 from __future__ import annotations
@@ -40,19 +41,15 @@ import sys
 import time
 from pathlib import Path
 
-from ptyengine import backend, io, metrics, physics, presets
-from ptyengine.errors import PtyengineError
-from ptyengine.reconstruct.epie import EpieParameters, epie
-from ptyengine.reconstruct.icom import icom, idpc
-from ptyengine.reconstruct.ml import MLParameters, ml
-from ptyengine.reconstruct.ssb import ssb
-from ptyengine.reconstruct.tcbf import tcbf
-from ptyengine.reconstruct.wdd import wdd
-from ptyengine.simulate import simulate
+from ptyengine import backend, presets
+from ptyengine.reconstruct.epie import EpieParameters
+from ptyengine.reconstruct.ml import MLParameters
+
+# the running and scoring of every method: one implementation, shared with ``ptyengine
+# study`` (bench_ml_curve.py and bench_ml_positions.py import these names from here)
+from ptyengine.study import NAMES, dose_border, ensure_dataset, evaluate, object_border  # noqa: F401
 
 METHODS = ("icom", "idpc", "tcbf", "ssb", "wdd", "epie", "ml")
-NAMES = {"icom": "iCOM", "idpc": "iDPC", "tcbf": "tcBF", "ssb": "SSB", "wdd": "WDD",
-         "epie": "ePIE", "ml": "ML"}  # fmt: skip
 
 
 def parse_doses(text: str) -> list[float | None]:
@@ -76,100 +73,6 @@ def dose_label(dose: float | None) -> str:
 def dataset_path(out: Path, dose: float | None, label: str, seed: int = 0) -> Path:
     sub = "dose_none" if dose is None else f"dose_{dose:g}" + (f"_seed{seed}" if seed else "")
     return out / sub / f"{label}.zarr"
-
-
-def ensure_dataset(params, path: Path, log) -> tuple[float, bool]:
-    """Simulate ``params`` into ``path`` unless a complete dataset with the same parameter
-    fingerprint is there already. Returns (seconds spent, reused?)."""
-    if path.exists():
-        try:
-            with io.open_dataset(path) as ds:
-                same = ds.metadata.get("fingerprint") == params.fingerprint()
-        except PtyengineError as exc:
-            log(f"  {path}: cannot reuse ({exc}); simulating again")
-            same = False
-        if same:
-            return 0.0, True
-        log(f"  {path}: parameters differ; simulating again")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    simulate(params, str(path), overwrite=True)
-    return time.perf_counter() - t0, False
-
-
-def dose_border(margin: float, sampling) -> int:
-    """Pixels at each edge of an image on the scan grid outside the fully dosed area
-    (``margin``: the dataset's scan_margin_A)."""
-    return int(round(margin / sampling[0]))
-
-
-def object_border(geometry, margin: float) -> int:
-    """Pixels at each edge of an ePIE/ML object outside the fully dosed area: its unscanned
-    margin (window//2 + min(corners)) and the scan's dose margin."""
-    return int(geometry.window[0] // 2 + geometry.corners.min()) + dose_border(
-        margin, geometry.sampling)
-
-
-def evaluate(path: Path, methods, epie_params: EpieParameters, device: str, log,
-             ml_params: MLParameters | None = None) -> dict:  # fmt: skip
-    """NCC of each method's phase with σ·V (see the module docstring)."""
-    out = {}
-    with io.open_dataset(path) as ds:
-        cal = ds.calibration
-        pot, attrs = ds.read_array("ground_truth/potential")
-        truth = physics.interaction_constant(cal.energy) * pot
-        truth_sampling = attrs["sampling"]
-        truth_origin = attrs.get("origin", (0.0, 0.0))
-        k_max = 2 * cal.semiangle * 1e-3 / physics.wavelength(cal.energy)
-        margin = float(ds.metadata.get("scan_margin_A", 0.0))  # Å: see the docstring
-
-        def score(phase, sampling, origin, border):
-            r = metrics.compare_to_truth(phase, sampling, origin, truth, truth_sampling,
-                                         truth_origin, k_max=k_max, max_shift=1.0,
-                                         border=border, sigma=1.0)  # fmt: skip
-            return r["ncc"], r["shift_A"], r["ncc_lowpass"]
-
-        for name, fn in (("icom", icom), ("idpc", idpc), ("tcbf", tcbf), ("ssb", ssb),
-                         ("wdd", wdd)):
-            if name in methods:
-                t0 = time.perf_counter()
-                res = fn(ds, device=device)
-                sec = time.perf_counter() - t0
-                ncc, shift, ncc1 = score(res.phase, res.sampling, res.origin,
-                                         dose_border(margin, res.sampling))
-                out[name] = {"ncc": ncc, "ncc_1A": ncc1, "shift_A": shift, "seconds": sec}
-        if "epie" in methods:
-            t0 = time.perf_counter()
-            res = epie(ds, epie_params, device=device)
-            sec = time.perf_counter() - t0
-            g = res.geometry
-            border = object_border(res.geometry, margin)
-            ncc, shift, ncc1 = score(res.phase, g.sampling, g.object_origin, border)
-            out["epie"] = {
-                "ncc": ncc,
-                "ncc_1A": ncc1,
-                "shift_A": shift,
-                "seconds": sec,
-                "border": border,
-                "final_error": res.errors[-1] if res.errors else None,
-            }
-        if "ml" in methods:
-            t0 = time.perf_counter()
-            res = ml(ds, ml_params or MLParameters(), device=device)
-            sec = time.perf_counter() - t0
-            g = res.geometry
-            border = object_border(res.geometry, margin)
-            ncc, shift, ncc1 = score(res.phase, g.sampling, g.object_origin, border)
-            out["ml"] = {"ncc": ncc, "ncc_1A": ncc1, "shift_A": shift, "seconds": sec,
-                         "best_iteration": res.best_iteration,
-                         "iterations_run": res.extra["iterations_run"],
-                         "held_out": res.held_out, "errors": res.errors}  # fmt: skip
-    for name, r in out.items():
-        log(
-            f"  {name}: NCC {r['ncc']:+.3f}, NCC(1 Å) {r['ncc_1A']:+.3f}, shift "
-            f"({r['shift_A'][0]:+.2f}, {r['shift_A'][1]:+.2f}) Å, {r['seconds']:.1f} s"
-        )
-    return out
 
 
 def _ml_options(items) -> dict:

@@ -26,6 +26,11 @@ structures.UIO66_STUDY_SIGMA) unless ``hydrogen=False``.
   positions) and 1.2 Å at 50 and 100 nm (35 × 30 and 52 × 47 positions; the probe is 20
   and 40 Å wide there): the dose per pattern is dose × step². Quality is judged on the
   cell (benchmarks/bench_quality.py).
+* ``tiny``: for tests (seconds): one orthogonal cell (20.7 × 14.7 Å) as the periodic
+  field, one [110] repeat thick (14.65 Å), a static lattice, a 128-px detector to 24 mrad
+  (a 52 Å real-space field of view: the 100 nm probe still fits), the cell alone scanned
+  (no dose margin) at 0.8 Å in focus and 1.2 Å out of focus. iCOM still inverts and ePIE
+  still holds out of focus (tests/test_study_command.py).
 """
 
 from __future__ import annotations
@@ -58,8 +63,16 @@ def uio66_defocus(variant: str = "quick") -> list[tuple[str, SimulationParameter
         return [(defocus_label(df), dataclasses.replace(base, defocus=df,
                                                         scan_step=0.6 if df == 0 else 1.2))
                 for df in STUDY_DEFOCI]  # fmt: skip
+    elif variant == "tiny":
+        base = SimulationParameters(**{**common, "thickness": 14.65}, field=(20.72, 14.65),
+                                    phonons=0, max_angle=24.0, detector_pixels=128,
+                                    scan_margin=0.0)  # fmt: skip
+        return [(defocus_label(df), dataclasses.replace(base, defocus=df,
+                                                        scan_step=0.8 if df == 0 else 1.2))
+                for df in STUDY_DEFOCI]  # fmt: skip
     else:
-        raise PtyengineError(f"unknown preset {variant!r} for uio66-defocus: use quick or full")
+        raise PtyengineError(f"unknown preset {variant!r} for uio66-defocus: use quick, full "
+                             "or tiny")
     return [(defocus_label(df), dataclasses.replace(base, defocus=df)) for df in STUDY_DEFOCI]
 
 

@@ -1,5 +1,6 @@
 """The ``ptyengine`` command line: parses, calls the library, reports progress, writes
-files. One module per command (simulate, info, convert, reconstruct, demo, doctor).
+files. One module per command (simulate, info, convert, reconstruct, demo, doctor,
+study).
 
 User errors (bad input, missing files, impossible parameters) end with one line on stderr
 and exit status 2, never a traceback (``PTYENGINE_DEBUG=1``, ``true`` or ``yes`` shows it);
@@ -22,6 +23,7 @@ from .doctor import doctor
 from .info import info
 from .reconstruct import reconstruct
 from .simulate import simulate
+from .study import study
 
 
 @click.group()
@@ -34,7 +36,7 @@ def cli():
 
 
 
-for _command in (convert, demo, doctor, info, reconstruct, simulate):
+for _command in (convert, demo, doctor, info, reconstruct, simulate, study):
     cli.add_command(_command)
 
 

@@ -13,7 +13,8 @@ from .common import DEFOCUS_HELP, _pair, _progress_bar, _zone_axis, keep_on_inte
 @click.command()
 @click.argument("recipe", required=False)
 @click.option("--preset", "variant", default="quick", show_default=True,
-              help="Variant of the recipe: quick (2-core CPU, minutes) or full (the study).")
+              help="Variant of the recipe: quick (2-core CPU, minutes), full (the study) or, "
+                   "for uio66-defocus, tiny (tests, seconds).")
 @click.option("-o", "--output", type=click.Path(), required=True,
               help="Output .zarr/.h5 for one dataset, or a directory for several.")
 @click.option("--structure", help="Builtin structure (uio66, srtio3, mos2) or a CIF file.")
