@@ -198,11 +198,12 @@ def _multislice(method: str, slices) -> bool:
               help="mepie: apply the k_z filter after every N-th iteration [default: 1].")
 @click.option("--smoothness", type=float,
               help="ML: strength μ_s of the smoothness prior on phase and absorption "
-                   "(dimensionless; its weight against the data falls as 1/dose) "
-                   "[default: 3]; 0: off.")
+                   "(dimensionless) [default: from the dose: 3 from 100 e/Å² up, in "
+                   "proportion to the dose below]; 0: off.")
 @click.option("--ridge", type=float,
               help="ML: strength μ_r of the prior pulling phase and absorption to 0, in "
-                   "1/Å² [default: 8]; 0: off.")
+                   "1/Å² [default: from the dose: 8 from 100 e/Å² up, in proportion "
+                   "below]; 0: off.")
 @click.option("--holdout", type=float,
               help="ML: fraction of the detector pixels held out of the fit; the run keeps "
                    "the latest iterate where their likelihood is within noise of the best "

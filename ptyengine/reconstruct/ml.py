@@ -123,6 +123,7 @@ NCC 0.16–0.22 against 0.96 on noise-free SrTiO3 100 Å thick, S = 4; RESULTS.m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
 from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters, refines_positions  # noqa: F401
 from .patterns import choose_patterns
-from .priors import band_mask, prior_spectrum
+from .priors import band_mask, prior_spectrum, prior_strengths
 from .probe_coefficients import (
     PROBE_COEFFICIENTS,
     initial_coefficients,
@@ -623,8 +624,12 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     cscale = count_scale(ds, cal, mean_sum)
     props = (sl.propagators_for(ds, geom, xp, params.slices, params.slice_thickness)
              if params.slices > 1 else None)  # fmt: skip
+    counts = mean_sum * cscale
+    strengths = prior_strengths(counts / (cal.scan_step[0] * cal.scan_step[1]),
+                                params.smoothness, params.ridge)  # fmt: skip
+    params = dataclasses.replace(params, smoothness=strengths[0], ridge=strengths[1])
     eng = _Engine(patterns, geom, params, cal, cscale, xp, props)
-    eng.counts_per_pattern = mean_sum * cscale
+    eng.counts_per_pattern = counts
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
     eng.probe_kind = probe_kind(params, eng.per_bf_pixel)
@@ -745,6 +750,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "aberrations": refined_aberrations(cal, tuple(refined), list(refined.values())),
              "refined": refined,
              "start_defocus": float(backend.to_numpy(a["origin_defocus"])[0]),
+             "prior": {"smoothness": eng.params.smoothness, "ridge": eng.params.ridge},
              "probe_model": eng.pm.kind,
              "probe_mode_powers": eng.pm.powers(v) if eng.pm.kind == "pixels" else [1.0],
              "defocus_search": (search.describe() if search else single.extra["defocus_search"]

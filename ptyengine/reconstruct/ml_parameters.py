@@ -26,11 +26,12 @@ class MLParameters:
         0.95, and on one-cell SrTiO3 0.82 against 0.74 (the absorption takes up part of
         the single-slice model's mismatch and of the noise, not specimen structure).
     smoothness: μ_s, dimensionless; 0 switches it off.
-    ridge: μ_r in 1/Å²; 0 switches it off. The defaults (3, 8) make the converged result
-        the answer: on the UiO-66 quick data at 100 e/Å² weaker priors (ridge 0.5–2) reach
-        NCC(1 Å) 0.72–0.75 after ~20 iterations and fall to 0.55–0.69 by 60, while (3, 8)
-        rises to 0.72 / 0.69 (50 / 100 nm) and stays (0.65 at 100 nm and 20 e/Å²); ridge 20
-        gives 0.69 / 0.63, smoothness 10 or 30 no better (benchmarks/RESULTS.md).
+    ridge: μ_r in 1/Å²; 0 switches it off. None (default): from the dose
+        (:func:`.priors.prior_strengths`): (3, 8) from 100 e/Å² up, in proportion to the
+        dose below. (3, 8) makes the converged result the answer at 100 e/Å²: there weaker
+        priors (ridge 0.5–2) reach NCC(1 Å) 0.72–0.75 after ~20 iterations and fall to
+        0.55–0.69 by 60; at 20 e/Å² (3, 8) holds the phase back (50 nm: 0.46 against 0.57
+        with (0.6, 1.6); benchmarks/RESULTS.md).
     band_limit: band-limit the search directions to 2α/λ.
     holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
         stops at ``iterations`` or when the objective has converged).
@@ -86,8 +87,8 @@ class MLParameters:
     iterations: int = 50
     batch_size: int = 64
     object_model: str = "phase"
-    smoothness: float = 3.0
-    ridge: float = 8.0
+    smoothness: float | None = None
+    ridge: float | None = None
     band_limit: bool = True
     holdout: float = 0.05
     patience: int = 15
@@ -149,7 +150,7 @@ class MLParameters:
                                  f"{self.object_model!r}")  # fmt: skip
         for name in ("smoothness", "ridge"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
+            if v is not None and not (math.isfinite(v) and v >= 0):
                 raise PtyengineError(f"{name} must be a finite number ≥ 0, got {v}")
         if not 0 <= self.holdout < 0.5:
             raise PtyengineError(f"held-out fraction must lie in [0, 0.5), got {self.holdout}")

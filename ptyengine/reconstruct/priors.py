@@ -10,6 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
+#: (μ_s, μ_r in 1/Å²) from FULL_PRIOR_DOSE e/Å² up (and for noise-free data)
+FULL_PRIOR = (3.0, 8.0)
+#: e/Å²: below it the strengths fall in proportion to the dose, which keeps the prior's weight
+#: against the likelihood at its weight there (measured on the UiO-66 quick study at
+#: 20 e/Å², benchmarks/RESULTS.md; at 100 e/Å² weaker strengths peaked early)
+FULL_PRIOR_DOSE = 100.0
+
+
+def prior_strengths(dose: float, smoothness=None, ridge=None) -> tuple[float, float]:
+    """(μ_s, μ_r): the given ones, or for ``None`` FULL_PRIOR × min(1, dose /
+    FULL_PRIOR_DOSE), ``dose`` in e/Å² (counts per pattern / scan-step area)."""
+    f = min(1.0, max(dose, 0.0) / FULL_PRIOR_DOSE)
+    return (FULL_PRIOR[0] * f if smoothness is None else float(smoothness),
+            FULL_PRIOR[1] * f if ridge is None else float(ridge))
+
 
 def prior_spectrum(shape, sampling, smoothness: float, ridge: float, xp):
     """Λ(k) of R (FFT order): μ_s λ_∇(k) + μ_r A_px, with
