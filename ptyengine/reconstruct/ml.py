@@ -26,9 +26,11 @@ to the data's defocus when the calibration's is far off.
 
 Zero counts are data: they pull I down. R is a Gaussian prior on the specimen: smooth
 (μ_s, dimensionless in 2-D: the same at every pixel size) and weak (μ_r in 1/Å², A_px the
-pixel area in Å²). Its strengths are absolute, so its weight against the likelihood, which
-grows with the counts, falls as 1/dose: at 1000 e/Å² the prior is ten times weaker than at
-100 e/Å², and noise-free data (treated as 10⁶ counts per pattern) are fitted as measured.
+pixel area in Å²). From 100 e/Å² up its strengths are fixed (3, 8), so its weight
+against the likelihood, which grows with the counts, falls as 1/dose: at 1000 e/Å² the
+prior is ten times weaker than at 100 e/Å², and noise-free data (treated as 10⁶ counts per
+pattern) are fitted as measured. Below 100 e/Å² the strengths fall in proportion to the
+dose (:func:`.priors.prior_strengths`), which keeps the weight at its 100 e/Å² value.
 Besides R, the search directions are band-limited to |k| ≤ 2α/λ, the information limit of
 the data, so φ and a hold nothing beyond it.
 
@@ -72,9 +74,9 @@ than an earlier one. (2) Without held-out pixels the run stops when
 the objective L has fallen by less than CONVERGED (0.1 half-deviance per iteration) over
 ``patience`` iterations (with them this rule is off: L flattens while the phase still
 improves).
-The prior (smoothness 3, ridge 8) and the preconditioner's floor are chosen so that the
-converged result is the answer rather than an early iterate (with weaker priors NCC peaked
-early and fell while D_h stayed within its noise; benchmarks/RESULTS.md).
+The prior (smoothness 3, ridge 8 at 100 e/Å²) and the preconditioner's floor are chosen so
+that the converged result is the answer rather than an early iterate (with weaker priors
+NCC peaked early and fell while D_h stayed within its noise; benchmarks/RESULTS.md).
 
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
 the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4; 1 (2)
