@@ -12,8 +12,9 @@ Methods (all from the calibration's defocus, probe refined):
   ML    S slices, started from exactly that mepie run (``mepie_start_iterations`` K), then
         at most ``--ml-iterations`` Poisson-ML iterations (library defaults otherwise:
         C10/C12 refined, held-out stopping).
-S: ``--slices`` (comma list: a sweep) or the rule S = ceil(t / Δz_rule), Δz_rule =
-``--dz`` Å (default 25 Å ≈ λ/(2α²), half the depth of field λ/α² at 300 kV, 20 mrad).
+S: ``--slices`` (comma list: a sweep) or ("rule") S = round(t / Δz_rule), Δz_rule =
+λ/(2α²) (24.6 Å at 300 kV, 20 mrad: a quarter of the depth of field 2λ/α²; RESULTS.md,
+"Thick specimens", has the sweep that chose it).
 The NCC is the CLI's: summed phase against σ·V_proj band-limited to 2α/λ, scanned area.
 
     python benchmarks/bench_thick.py [--thicknesses 200,400] [--defoci 0,100]
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import tempfile
 import time
@@ -75,7 +75,6 @@ def main():
     ap.add_argument("--defoci", default="0,100")
     ap.add_argument("--doses", default="none,1000")
     ap.add_argument("--slices", default="rule")
-    ap.add_argument("--dz", type=float, default=25.0)
     ap.add_argument("--methods", default="epie,mepie,ml")
     ap.add_argument("--epie-iterations", type=int, default=30)
     ap.add_argument("--mepie-iterations", type=int, default=30)
@@ -91,7 +90,8 @@ def main():
         for z in (float(v) for v in args.defoci.split(",")):
             data, cal, meta, truth, t_sampling = _simulate(t, z, tmp)
             k_max = 2 * cal.semiangle * 1e-3 / cal.wavelength
-            s_list = ([math.ceil(t / args.dz)] if args.slices == "rule"
+            dz_rule = cal.wavelength / (2 * (cal.semiangle * 1e-3) ** 2)
+            s_list = ([max(1, round(t / dz_rule))] if args.slices == "rule"
                       else [int(v) for v in args.slices.split(",")])  # fmt: skip
             for dose_s in args.doses.split(","):
                 mem = _dataset(data, cal, meta, None if dose_s == "none" else float(dose_s))
@@ -100,7 +100,8 @@ def main():
                     t0 = time.perf_counter()
                     res = epie(mem, EpieParameters(iterations=args.epie_iterations,
                                                    batch_size=16))  # fmt: skip
-                    e_sec, e_ncc = time.perf_counter() - t0, f"{_ncc(res, truth, t_sampling, k_max):.3f}"
+                    e_sec = time.perf_counter() - t0
+                    e_ncc = f"{_ncc(res, truth, t_sampling, k_max):.3f}"
                 for s in s_list:
                     m_ncc = l_ncc = best = c10 = "–"
                     m_sec = l_sec = 0.0

@@ -118,7 +118,11 @@ defocus search, refinement and stopping rule), φ_s = φ/S and a_s = a/S, the re
 astigmatism kept and C10 moved from the single-slice plane to the first slice's entrance by
 the mean slice depth z̄ (C10 − z̄); K = 0 starts flat after a multislice defocus search
 (from flat the slices explain the data but their sum is far from the projected potential:
-NCC 0.16–0.22 against 0.96 on noise-free SrTiO3 100 Å thick, S = 4; RESULTS.md).
+NCC 0.16–0.22 against 0.96 on noise-free SrTiO3 100 Å thick, S = 4; RESULTS.md). On
+strongly scattering specimens (SrTiO3 200 Å) neither start works, and
+``mepie_start_iterations`` K > 0 starts from K mepie iterations on the same slices instead
+(:func:`.ml_starts.mepie_start`: φ_s = arg O_s, C10/C12 fitted to mepie's refined probe),
+which ML then keeps or improves (RESULTS.md, "Thick specimens").
 """
 
 from __future__ import annotations
