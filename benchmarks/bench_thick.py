@@ -11,7 +11,8 @@ Methods (all from the calibration's defocus, probe refined):
   mepie S slices of Δz = t / S, ``--mepie-iterations`` K iterations, batch 16, flat start;
   ML    S slices, started from exactly that mepie run (``mepie_start_iterations`` K), then
         at most ``--ml-iterations`` Poisson-ML iterations (library defaults otherwise:
-        C10/C12 refined, held-out stopping).
+        C10/C12 refined, held-out stopping; ``--ml-object-model``: phase, or complex:
+        a_s = −log|O_s| of mepie's slices kept and refined).
 S: ``--slices`` (comma list: a sweep) or ("rule") S = round(t / Δz_rule), Δz_rule =
 λ/(2α²) (24.6 Å at 300 kV, 20 mrad: a quarter of the depth of field 2λ/α²; RESULTS.md,
 "Thick specimens", has the sweep that chose it).
@@ -79,6 +80,7 @@ def main():
     ap.add_argument("--epie-iterations", type=int, default=30)
     ap.add_argument("--mepie-iterations", type=int, default=30)
     ap.add_argument("--ml-iterations", type=int, default=40)
+    ap.add_argument("--ml-object-model", default="phase", help="phase or complex")
     args = ap.parse_args()
     methods = args.methods.split(",")
     tmp = tempfile.mkdtemp()
@@ -116,7 +118,8 @@ def main():
                         t0 = time.perf_counter()
                         res = ml(mem, MLParameters(
                             slices=s, slice_thickness=t / s, iterations=args.ml_iterations,
-                            mepie_start_iterations=args.mepie_iterations))  # fmt: skip
+                            mepie_start_iterations=args.mepie_iterations,
+                            object_model=args.ml_object_model))  # fmt: skip
                         l_sec, l_ncc = (time.perf_counter() - t0,
                                         f"{_ncc(res, truth, t_sampling, k_max):.3f}")
                         best = f"{res.best_iteration} of {len(res.errors)}"

@@ -38,15 +38,17 @@ def test_ml_starts_from_mepie_slices_and_probe(two_layers):
 
 
 def test_ml_from_mepie_keeps_mepie_ncc(two_layers):
-    """10 mepie iterations, then 15 ML ones: each slice correlates with its own layer no
-    worse than mepie's slices did (margin 0.01) and not with the other."""
+    """10 mepie iterations, then 15 ML ones: each slice correlates with its own layer
+    better than mepie's slices did (measured: 0.999 / 0.999 against mepie's 0.941 / 0.939;
+    −0.12 / −0.11 off the diagonal against ML's 0.01 / 0.03; C10 −40.0 Å, the data's)."""
     mem = _ml_data(two_layers)
     ref = _layer_ncc(_mepie_of(mem, 10), two_layers[1])
     res = ml(mem, MLParameters(iterations=15, mepie_start_iterations=10, defocus_search=0,
                                **SLICES))  # fmt: skip
     ncc = _layer_ncc(res, two_layers[1])
-    assert ncc[0, 0] > ref[0, 0] - 0.01 and ncc[1, 1] > ref[1, 1] - 0.01, (ncc, ref)
-    assert abs(ncc[0, 1]) < 0.15 and abs(ncc[1, 0]) < 0.15, ncc
+    assert ncc[0, 0] > ref[0, 0] + 0.03 and ncc[1, 1] > ref[1, 1] + 0.03, (ncc, ref)
+    assert abs(ncc[0, 1]) < 0.1 and abs(ncc[1, 0]) < 0.1, ncc
+    assert abs(res.extra["refined"]["C10"] + 40.0) < 1.0, res.extra["refined"]
 
 
 def test_ml_resume_after_mepie_start(two_layers, tmp_path):
