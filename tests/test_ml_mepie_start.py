@@ -73,6 +73,13 @@ def test_bad_mepie_start_iterations(value):
     assert "\n" not in str(exc.value)
 
 
+def test_mepie_start_needs_slices():
+    with pytest.raises(PtyengineError, match="--mepie-start-iterations 5 starts the slices "
+                                             "of --slices > 1, got 1") as exc:  # fmt: skip
+        MLParameters(mepie_start_iterations=5)
+    assert "\n" not in str(exc.value)
+
+
 def test_mepie_start_with_measured_positions_is_an_error(two_layers):
     mem = _ml_data(two_layers)
     cal = mem.calibration

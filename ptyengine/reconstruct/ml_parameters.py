@@ -123,6 +123,9 @@ class MLParameters:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise PtyengineError(f"--mepie-start-iterations must be a whole number ≥ 0, "
                                  f"got {k!r}")  # fmt: skip
+        if k and self.slices == 1:
+            raise PtyengineError(f"--mepie-start-iterations {k} starts the slices of "
+                                 f"--slices > 1, got 1; leave it 0 for one slice")
         v = self.depth_smoothness
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise PtyengineError(f"--depth-smoothness must be a finite number ≥ 0, got {v}")
