@@ -189,6 +189,10 @@ def _multislice(method: str, slices) -> bool:
                    "with --slices > 1: from a single-slice ML run of at most this many "
                    "iterations (each slice φ/S, the probe's defocus moved to the entrance) "
                    "[default: 50]; 0: flat.")
+@click.option("--mepie-start-iterations", type=int,
+              help="ML with --slices > 1: start the slices and the probe from this many "
+                   "mepie iterations on the same slices (batch 16; replaces the "
+                   "single-slice start) [default: 0]; 0: off.")
 @click.option("--kz-filter", type=float,
               help="mepie: strength β of the k_z (missing-wedge) depth filter on the slices, "
                    "W = 1 − (2/π) arctan(β² k_z²/k_r²) on their 3-D spectrum (dimensionless; "

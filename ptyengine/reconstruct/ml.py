@@ -120,7 +120,11 @@ defocus search, refinement and stopping rule), φ_s = φ/S and a_s = a/S, the re
 astigmatism kept and C10 moved from the single-slice plane to the first slice's entrance by
 the mean slice depth z̄ (C10 − z̄); K = 0 starts flat after a multislice defocus search
 (from flat the slices explain the data but their sum is far from the projected potential:
-NCC 0.16–0.22 against 0.96 on noise-free SrTiO3 100 Å thick, S = 4; RESULTS.md).
+NCC 0.16–0.22 against 0.96 on noise-free SrTiO3 100 Å thick, S = 4; RESULTS.md). On
+strongly scattering specimens (SrTiO3 200 Å) neither start works, and
+``mepie_start_iterations`` K > 0 starts from K mepie iterations on the same slices instead
+(:func:`.ml_starts.mepie_start`: φ_s = arg O_s, C10/C12 fitted to mepie's refined probe),
+which ML then keeps or improves (RESULTS.md, "Thick specimens").
 """
 
 from __future__ import annotations
@@ -669,11 +673,13 @@ def converged(objective, patience: int) -> bool:
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         memory_limit, report, positions=None) -> MLResult:  # fmt: skip
     cal = ds.calibration
-    single = first = None
+    single = first = mep = None
     if not (resume and checkpoint):
         single = starts.single_slice_start(_ml, ds, params, xp, data_id, memory_limit,
                                            report, positions)  # fmt: skip
     eng = setup(ds, params, xp, memory_limit, positions=positions)
+    if not (resume and checkpoint):  # after setup: the data's errors come first
+        mep = starts.mepie_start(ds, params, xp, data_id, memory_limit, report, positions)
     if not (resume and checkpoint) and eng.pm.kind == "pixels":
         first = starts.coefficient_start(_ml, ds, params, xp, data_id, memory_limit, report,
                                          positions)  # fmt: skip
@@ -695,7 +701,7 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         eng.set_positions(backend.to_numpy(state.arrays["positions"]))
     else:
         span = search_span(params.defocus_search, params.defocus, cal)
-        if span > 0 and single is None and first is None:
+        if span > 0 and single is None and first is None and mep is None:
             search = search_defocus(eng, params, span, params.defocus_step)
             if report:
                 report(search.describe())
@@ -705,6 +711,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
             starts.start_from_single(eng, state, single, xp)
         if first is not None:
             starts.start_pixels_from(eng, state, first, xp)
+        if mep is not None:
+            starts.start_from_mepie(eng, state, mep, xp)
         state.arrays["start_defocus"] = xp.asarray([eng.start_defocus], dtype=np.float64)
         # where the whole run started (the pixels' C10/C12 run, if any)
         origin = first.extra["start_defocus"] if first is not None else eng.start_defocus
@@ -757,6 +765,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
              "probe_mode_powers": eng.pm.powers(v) if eng.pm.kind == "pixels" else [1.0],
              "defocus_search": (search.describe() if search else single.extra["defocus_search"]
                                 if single else None),  # fmt: skip
+             "mepie_start": None if mep is None else {
+                 "iterations": len(mep.errors), "fitted": getattr(eng, "mepie_fit", None)},
              "single_slice_start": None if single is None else {
                  "iterations": len(single.errors), "best_iteration": single.best_iteration,
                  "refined": single.extra["refined"]},

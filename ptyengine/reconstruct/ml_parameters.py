@@ -82,6 +82,9 @@ class MLParameters:
     single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
         this many iterations (its defocus search, refinement and stopping rule; module
         docstring, "Multislice"); 0: flat, after a multislice defocus search.
+    mepie_start_iterations: S > 1: K > 0 starts the slices and the probe from K iterations
+        of mepie on the same slices instead (:func:`.ml_starts.mepie_start`; it replaces
+        the single-slice start); 0 (default): off.
     """
 
     iterations: int = 50
@@ -105,6 +108,7 @@ class MLParameters:
     slice_thickness: float | tuple[float, ...] | None = None
     depth_smoothness: float = DEPTH_SMOOTHNESS
     single_slice_iterations: int = 50
+    mepie_start_iterations: int = 0
     refine_positions: str = "auto"
     position_update_start: int = 10
     position_update_every: int = 4
@@ -116,6 +120,13 @@ class MLParameters:
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
         self.single_slice_iterations = sl.check_single_slice_iterations(
             self.single_slice_iterations)
+        k = self.mepie_start_iterations
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise PtyengineError(f"--mepie-start-iterations must be a whole number ≥ 0, "
+                                 f"got {k!r}")  # fmt: skip
+        if k and self.slices == 1:
+            raise PtyengineError(f"--mepie-start-iterations {k} starts the slices of "
+                                 f"--slices > 1, got 1; leave it 0 for one slice")
         v = self.depth_smoothness
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise PtyengineError(f"--depth-smoothness must be a finite number ≥ 0, got {v}")

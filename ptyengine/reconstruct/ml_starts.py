@@ -1,17 +1,25 @@
-"""Where an ML run starts (:mod:`.ml`): the slices from a single-slice run, and the free
-pixel probe from a run that refines its aberration coefficients.
+"""Where an ML run starts (:mod:`.ml`): the slices from a single-slice run or from a
+mepie run, and the free pixel probe from a run that refines its aberration coefficients.
 
-Both are short ML runs of their own (their own defocus search, refinement and held-out
-stopping rule) in the reconstruction frame, whose object and probe become the start.
+The single-slice and coefficient starts are short ML runs of their own (their own defocus
+search, refinement and held-out stopping rule), the mepie start K iterations of
+:mod:`.mepie` on the same slices; all in the reconstruction frame, whose object and probe
+become the start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
+from ..errors import PtyengineError
 from .probe_coefficients import coefficient_basis
+from .probe_model import Pixels
+
+#: mepie's batch for the start: the setting measured on thick SrTiO3 (benchmarks/RESULTS.md)
+MEPIE_START_BATCH = 16
 
 
 def single_slice_start(run_ml, ds, params, xp, data_id, memory_limit, report,
@@ -19,7 +27,7 @@ def single_slice_start(run_ml, ds, params, xp, data_id, memory_limit, report,
     """S > 1 with ``single_slice_iterations``: the single-slice ML result (reconstruction
     frame; ``run_ml`` is :func:`.ml._ml`) that starts the slices, else None."""
     k = params.single_slice_iterations
-    if params.slices == 1 or k == 0:
+    if params.slices == 1 or k == 0 or params.mepie_start_iterations:
         return None
     single = dataclasses.replace(params, slices=1, slice_thickness=None, iterations=k,
                                  single_slice_iterations=0, refine_positions="off")  # fmt: skip
@@ -51,6 +59,60 @@ def start_from_single(eng, state, single, xp) -> None:
             c[0] = eng.c0[0]
     _take(eng, state, xp, c, single.phase / n_s,
           -np.log(np.abs(single.object)) / n_s if eng.complex_object else None)
+
+
+def mepie_start(ds, params, xp, data_id, memory_limit, report, positions=None):
+    """S > 1 with ``mepie_start_iterations`` K > 0: the result of K mepie iterations on the
+    same slices (batch MEPIE_START_BATCH, the probe's pixels refined, the defocus search and
+    seed of ``params``; reconstruction frame), else None."""
+    k = params.mepie_start_iterations
+    if params.slices == 1 or k == 0:
+        return None
+    if positions is not None:
+        raise PtyengineError("--mepie-start-iterations: mepie takes the calibration's scan "
+                             "grid, not measured --positions; use --single-slice-iterations")
+    from .epie import _epie
+    from .mepie import MepieParameters, _slices
+
+    mp = MepieParameters(iterations=k, batch_size=MEPIE_START_BATCH, defocus=params.defocus,
+                         defocus_search=params.defocus_search,
+                         defocus_step=params.defocus_step, seed=params.seed,
+                         margin=params.margin, slices=params.slices,
+                         slice_thickness=params.slice_thickness)  # fmt: skip
+    with warnings.catch_warnings():  # ePIE's low-count bias: ML's likelihood follows
+        warnings.filterwarnings("ignore", message="only .* counts per bright-field pixel")
+        res = _epie(ds, mp, xp, None, 0, False, None, data_id, memory_limit, _slices(mp),
+                    report=report)  # fmt: skip
+    if report:
+        report(f"mepie start: {k} iterations, error {res.errors[-1]:.3g}" if res.errors
+               else "mepie start: 0 iterations")  # fmt: skip
+    return res
+
+
+def start_from_mepie(eng, state, run, xp) -> None:
+    """Slices and probe from the mepie result ``run``: φ_s = arg O_s (a_s = −log|O_s| for
+    the complex model), the probe of the wave entering slice 0 as ML's. The coefficient
+    probe takes C10 and C12 fitted to mepie's refined pixel probe (the weighted
+    least-squares phase fit of :meth:`.probe_model.Pixels.refined`, from mepie's starting
+    defocus); the pixel probe takes mepie's probe itself, scaled from data units to
+    counts."""
+    cal = eng.cal
+    d0 = run.extra.get("start_defocus", run.parameters.defocus)
+    eng.start_at(d0)
+    mepie_k = xp.fft.fft2(xp.asarray(run.probe)) * np.float32(np.sqrt(eng.cscale))
+    fit = Pixels(cal, 1, xp)
+    fit.start(eng.probe0, None, eng.start_defocus)
+    fitted = fit.refined(mepie_k[None])
+    eng.mepie_fit = fitted
+    if eng.pm.kind == "pixels":
+        eng.pm.start(mepie_k.astype(np.complex64), None, None,
+                     reference=list(fitted.values()))  # fmt: skip
+        c = eng.pm.initial()
+    else:
+        c = np.array([fitted.get(n, 0.0) for n in eng.names], dtype=np.float64)
+    obj = xp.asarray(run.object)
+    _take(eng, state, xp, c, xp.angle(obj),
+          -xp.log(xp.abs(obj).clip(1e-6)) if eng.complex_object else None)
 
 
 def coefficient_start(run_ml, ds, params, xp, data_id, memory_limit, report,
