@@ -79,38 +79,51 @@ def poisson_ratio_cpu(psi_k, amplitude, index, positions, mask, nll, held, count
     of pattern b at m·B + b): Ψ_m → Ψ_m · n / (I + ε) · scale on fitted pixels, Ψ_m · scale
     on held-out and masked ones, with I = Σ_m |Ψ_m|² and n = count_scale ·
     amplitude[index[b]]². nll[b], held[b] (float64) += the half-deviance of the fitted /
-    held-out pixels."""
+    held-out pixels. Row by row: the modes' intensities, then one factor per pixel, then
+    every mode's row scaled (contiguous inner loops)."""
     nb = psi_k.shape[0] // n_modes
     w0, w1 = psi_k.shape[1], psi_k.shape[2]
+    inten = np.empty(w1, dtype=np.float32)
+    factor = np.empty(w1, dtype=np.float32)
     for b in range(nb):
         acc = 0.0
         acc_h = 0.0
         pos = positions[b]
         for i in range(w0):
+            _row_intensity(psi_k, nb, b, i, n_modes, inten)
             amp = amplitude[index[b], i]
             for j in range(w1):
                 if mask[i, j] == 0:
-                    for m in range(n_modes):
-                        psi_k[m * nb + b, i, j] *= scale
+                    factor[j] = scale
                     continue
-                inten = 0.0
-                for m in range(n_modes):
-                    v = psi_k[m * nb + b, i, j]
-                    inten += v.real * v.real + v.imag * v.imag
                 a = amp[j]
                 n = count_scale * a * a
+                v = inten[j]
                 # most pixels hold no counts at low dose: no logarithms for them
-                term = inten - n * math.log(inten + eps) - _saturated(n) if n > 0 else inten
+                term = v - n * math.log(v + eps) - _saturated(n) if n > 0 else v
                 if thr > 0 and holdout_hash(pos, i * w1 + j, seed) < thr:
                     acc_h += term
-                    factor = scale
+                    factor[j] = scale
                 else:
                     acc += term
-                    factor = n / (inten + eps) * scale if n > 0 else 0.0
-                for m in range(n_modes):
-                    psi_k[m * nb + b, i, j] *= factor
+                    factor[j] = n / (v + eps) * scale if n > 0 else 0.0
+            for m in range(n_modes):
+                row = psi_k[m * nb + b, i]
+                for j in range(w1):
+                    row[j] *= factor[j]
         nll[b] += acc
         held[b] += acc_h
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _row_intensity(psi_k, nb, b, i, n_modes, out):
+    """out[j] = Σ_m |Ψ_m[i, j]|² of pattern b's row i."""
+    out[:] = 0.0
+    for m in range(n_modes):
+        row = psi_k[m * nb + b, i]
+        for j in range(out.shape[0]):
+            v = row[j]
+            out[j] += v.real * v.real + v.imag * v.imag
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
@@ -121,28 +134,34 @@ def poisson_curvature_cpu(psi_k, d_k, amplitude, index, positions, mask, d1, d2,
     :func:`poisson_ratio_cpu`'s)."""
     nb = psi_k.shape[0] // n_modes
     w0, w1 = psi_k.shape[1], psi_k.shape[2]
+    inten = np.empty(w1, dtype=np.float32)
+    slope = np.empty(w1, dtype=np.float32)
     for b in range(nb):
         a1 = 0.0
         a2 = 0.0
         pos = positions[b]
         for i in range(w0):
+            _row_intensity(psi_k, nb, b, i, n_modes, inten)
+            slope[:] = 0.0
+            for m in range(n_modes):
+                row = psi_k[m * nb + b, i]
+                drow = d_k[m * nb + b, i]
+                for j in range(w1):
+                    v = row[j]
+                    d = drow[j]
+                    slope[j] += 2.0 * (v.real * d.real + v.imag * d.imag)
             amp = amplitude[index[b], i]
             for j in range(w1):
                 if mask[i, j] == 0:
                     continue
                 if thr > 0 and holdout_hash(pos, i * w1 + j, seed) < thr:
                     continue
-                inten = eps
-                ip = 0.0
-                for m in range(n_modes):
-                    v = psi_k[m * nb + b, i, j]
-                    d = d_k[m * nb + b, i, j]
-                    inten += v.real * v.real + v.imag * v.imag
-                    ip += 2.0 * (v.real * d.real + v.imag * d.imag)
                 a = amp[j]
                 n = count_scale * a * a
-                a1 += (1.0 - n / inten) * ip
-                a2 += ip * ip / inten
+                v = inten[j] + eps
+                ip = slope[j]
+                a1 += (1.0 - n / v) * ip
+                a2 += ip * ip / v
         d1[b] += a1
         d2[b] += a2
 
