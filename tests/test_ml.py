@@ -606,3 +606,20 @@ def test_wave_cache_gives_the_same_result_and_is_used(thin, monkeypatch):
     np.testing.assert_array_equal(cached.phase, plain.phase)
     assert cached.errors == plain.errors
     assert mlmod.setup(ds, MLParameters(), np).cache is None  # not with the probe refined
+
+
+def test_prior_strengths_follow_the_dose(thin):
+    """(3, 8) from 100 e/Å² up and for noise-free data, in proportion to the dose below
+    (the prior's weight against the likelihood held at its 100 e/Å² value); given strengths
+    are kept; the run records the ones it used."""
+    from ptyengine.reconstruct.priors import prior_strengths
+
+    assert prior_strengths(1000.0) == (3.0, 8.0) and prior_strengths(100.0) == (3.0, 8.0)
+    assert prior_strengths(20.0) == pytest.approx((0.6, 1.6))
+    assert prior_strengths(20.0, smoothness=2.0, ridge=0.0) == (2.0, 0.0)
+    path, _, _ = thin
+    for dose, expected in ((20.0, (0.6, 1.6)), (400.0, (3.0, 8.0))):
+        eng = mlmod.setup(_counts(thin, dose), MLParameters(), np)
+        assert (eng.params.smoothness, eng.params.ridge) == pytest.approx(expected), dose
+    noise_free = ml(path, MLParameters(iterations=1, refine_probe="aberrations"))
+    assert noise_free.extra["prior"] == {"smoothness": 3.0, "ridge": 8.0}

@@ -631,8 +631,8 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     props = (sl.propagators_for(ds, geom, xp, params.slices, params.slice_thickness)
              if params.slices > 1 else None)  # fmt: skip
     counts = mean_sum * cscale
-    strengths = prior_strengths(counts / (cal.scan_step[0] * cal.scan_step[1]),
-                                params.smoothness, params.ridge)  # fmt: skip
+    dose = cal.dose or counts / (cal.scan_step[0] * cal.scan_step[1])  # e/Å²
+    strengths = prior_strengths(dose, params.smoothness, params.ridge)
     params = dataclasses.replace(params, smoothness=strengths[0], ridge=strengths[1])
     eng = _Engine(patterns, geom, params, cal, cscale, xp, props)
     eng.counts_per_pattern = counts

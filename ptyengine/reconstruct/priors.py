@@ -20,7 +20,8 @@ FULL_PRIOR_DOSE = 100.0
 
 def prior_strengths(dose: float, smoothness=None, ridge=None) -> tuple[float, float]:
     """(μ_s, μ_r): the given ones, or for ``None`` FULL_PRIOR × min(1, dose /
-    FULL_PRIOR_DOSE), ``dose`` in e/Å² (counts per pattern / scan-step area)."""
+    FULL_PRIOR_DOSE), ``dose`` in e/Å² (the calibration's, else counts per pattern /
+    scan-step area)."""
     f = min(1.0, max(dose, 0.0) / FULL_PRIOR_DOSE)
     return (FULL_PRIOR[0] * f if smoothness is None else float(smoothness),
             FULL_PRIOR[1] * f if ridge is None else float(ridge))
