@@ -28,6 +28,19 @@ from ptyengine.reconstruct.ml import MLParameters, ml
 from ptyengine.simulate import SimulationParameters, simulate
 
 
+def memory_dataset(data, cal, meta, dose):
+    """The intensities ``data`` in memory, noise-free (``dose`` None) or as Poisson counts
+    at ``dose`` e/Å² (noise seed 0), with the dataset's ``meta``data."""
+    if dose is None:
+        mem = InMemoryDataset(data, cal)
+    else:
+        n0 = dose * cal.scan_step[0] * cal.scan_step[1]
+        counts = np.random.default_rng(0).poisson(data.astype(np.float64) * n0)
+        mem = InMemoryDataset(counts.astype(np.uint32), dataclasses.replace(cal, dose=dose))
+    mem.metadata = meta
+    return mem
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--thickness", type=float, default=200.0)
@@ -54,13 +67,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for dose_s in args.doses.split(","):
         dose = None if dose_s == "none" else float(dose_s)
-        if dose is None:
-            mem = InMemoryDataset(data, cal)
-        else:
-            n0 = dose * cal.scan_step[0] * cal.scan_step[1]
-            counts = np.random.default_rng(0).poisson(data.astype(np.float64) * n0)
-            mem = InMemoryDataset(counts.astype(np.uint32), dataclasses.replace(cal, dose=dose))
-        mem.metadata = meta
+        mem = memory_dataset(data, cal, meta, dose)
         for s in (int(v) for v in args.slices.split(",")):
             params = MLParameters(iterations=args.iterations, slices=s,
                                   slice_thickness=args.thickness / s)

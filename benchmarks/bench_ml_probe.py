@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_ml_multislice import memory_dataset
 from bench_quality import parse_doses
 
 from ptyengine import io, metrics, physics
-from ptyengine.dataset import InMemoryDataset
 from ptyengine.reconstruct.ml import MLParameters, ml
 from ptyengine.simulate import SimulationParameters, simulate
 
@@ -72,13 +72,8 @@ def main(argv=None):
     print("| dose (e/Å²) | probe | NCC | fitted D/count | held-out D/count | result / run "
           "| mode shares | s | counts per BF pixel |\n|---|---|---|---|---|---|---|---|---|")
     for dose in parse_doses(args.doses):
-        if dose is None:
-            ds = InMemoryDataset(mean.astype(np.float32), cal)
-            ds.metadata = {"simulation": {"dose": None}}
-        else:
-            counts = np.random.default_rng(0).poisson(
-                mean * dose * cal.scan_step[0] * cal.scan_step[1])
-            ds = InMemoryDataset(counts.astype(np.uint32), dataclasses.replace(cal, dose=dose))
+        ds = memory_dataset(mean if dose else mean.astype(np.float32), cal,
+                            {"simulation": {"dose": None}}, dose)  # fmt: skip
         for name in args.models.split(","):
             t0 = time.perf_counter()
             res = ml(ds, MLParameters(iterations=args.iterations, **MODELS[name]))

@@ -25,15 +25,13 @@ The NCC is the CLI's: summed phase against σ·V_proj band-limited to 2α/λ, sc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
 
-import numpy as np
+from bench_ml_multislice import memory_dataset
 
 from ptyengine import io, metrics, physics
-from ptyengine.dataset import InMemoryDataset
 from ptyengine.reconstruct.epie import EpieParameters, epie
 from ptyengine.reconstruct.mepie import MepieParameters, mepie
 from ptyengine.reconstruct.ml import MLParameters, ml
@@ -50,17 +48,6 @@ def _simulate(thickness, defocus, tmp):
         data, cal, meta = ds.read_rows(0, ds.shape[0]), ds.calibration, ds.metadata
         pot, attrs = ds.read_array("ground_truth/potential")
     return data, cal, meta, physics.interaction_constant(cal.energy) * pot, attrs["sampling"]
-
-
-def _dataset(data, cal, meta, dose):
-    if dose is None:
-        mem = InMemoryDataset(data, cal)
-    else:
-        n0 = dose * cal.scan_step[0] * cal.scan_step[1]
-        counts = np.random.default_rng(0).poisson(data.astype(np.float64) * n0)
-        mem = InMemoryDataset(counts.astype(np.uint32), dataclasses.replace(cal, dose=dose))
-    mem.metadata = meta
-    return mem
 
 
 def _ncc(res, truth, t_sampling, k_max):
@@ -96,7 +83,7 @@ def main():
             s_list = ([max(1, round(t / dz_rule))] if args.slices == "rule"
                       else [int(v) for v in args.slices.split(",")])  # fmt: skip
             for dose_s in args.doses.split(","):
-                mem = _dataset(data, cal, meta, None if dose_s == "none" else float(dose_s))
+                mem = memory_dataset(data, cal, meta, None if dose_s == "none" else float(dose_s))
                 e_ncc, e_sec = "–", 0.0
                 if "epie" in methods:
                     t0 = time.perf_counter()

@@ -97,4 +97,5 @@ def test_ml_beats_icom_at_100_e_per_A2_out_of_focus(uio66_quick):
     noisy = InMemoryDataset(counts, dataclasses.replace(cal, dose=100.0))
     res, r = _ml_result(noisy, path, iterations=40)
     assert res.extra["object_model"] == "phase"
+    assert res.extra["probe_model"] == "coefficients"  # auto: 0.004 counts per BF pixel
     assert r["ncc_lowpass"] > 0.6, r

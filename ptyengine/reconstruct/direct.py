@@ -50,6 +50,17 @@ class BrightField:
         return len(self.size)
 
 
+def check_parameters(method: str, defocus, bin, block, block_unit: str) -> None:
+    """The options SSB and WDD share: a finite ``defocus`` (Å) or None, ``bin`` ≥ 1 detector
+    pixel, ``block`` ≥ 1 ``block_unit`` or None; one :class:`PtyengineError` naming it."""
+    if defocus is not None and not math.isfinite(defocus):
+        raise PtyengineError(f"{method} defocus must be finite (Å), got {defocus}")
+    if int(bin) < 1:
+        raise PtyengineError(f"{method} bin must be ≥ 1 detector pixel, got {bin}")
+    if block is not None and int(block) < 1:
+        raise PtyengineError(f"{method} block must be ≥ 1 {block_unit}, got {block}")
+
+
 def disc_radius(cal) -> float:
     """α/λ in 1/Å: the bright-field disc's radius."""
     return cal.semiangle * 1e-3 / cal.wavelength

@@ -50,7 +50,13 @@ from ..backend import fft2, get_xp, to_numpy
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
-from .direct import bright_field_groups, bright_field_stack, dataset_mask, stack_bytes
+from .direct import (
+    bright_field_groups,
+    bright_field_stack,
+    check_parameters,
+    dataset_mask,
+    stack_bytes,
+)
 from .icom import to_scan_frame
 
 #: pixels whose k, k − Q or k + Q lies within EDGE detector pixels of the disc's edge are
@@ -70,12 +76,7 @@ class SsbParameters:
     block: int | None = None
 
     def __post_init__(self):
-        if self.defocus is not None and not math.isfinite(self.defocus):
-            raise PtyengineError(f"SSB defocus must be finite (Å), got {self.defocus}")
-        if int(self.bin) < 1:
-            raise PtyengineError(f"SSB bin must be ≥ 1 detector pixel, got {self.bin}")
-        if self.block is not None and int(self.block) < 1:
-            raise PtyengineError(f"SSB block must be ≥ 1 pixel, got {self.block}")
+        check_parameters("SSB", self.defocus, self.bin, self.block, "pixel")
 
 
 @dataclass

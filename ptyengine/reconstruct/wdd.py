@@ -77,7 +77,7 @@ from ..backend import fft2, get_xp, to_numpy
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
-from .direct import bright_field_groups, bright_field_stack, dataset_mask
+from .direct import bright_field_groups, bright_field_stack, check_parameters, dataset_mask
 from .icom import to_scan_frame
 from .ssb import check_trotters
 
@@ -106,15 +106,10 @@ class WddParameters:
     block: int | None = None
 
     def __post_init__(self):
-        if self.defocus is not None and not math.isfinite(self.defocus):
-            raise PtyengineError(f"WDD defocus must be finite (Å), got {self.defocus}")
-        if int(self.bin) < 1:
-            raise PtyengineError(f"WDD bin must be ≥ 1 detector pixel, got {self.bin}")
+        check_parameters("WDD", self.defocus, self.bin, self.block, "scan frequency")
         if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise PtyengineError(f"WDD epsilon must be > 0 (relative to max|χ_P|²), got "
                                  f"{self.epsilon}")  # fmt: skip
-        if self.block is not None and int(self.block) < 1:
-            raise PtyengineError(f"WDD block must be ≥ 1 scan frequency, got {self.block}")
 
 
 @dataclass
