@@ -492,7 +492,8 @@ def test_position_refinement_survives_checkpoint_resume(thin, tmp_path):
 
 def test_cli_ml_writes_refined_positions(tmp_path, capsys):
     """``--refine-positions on``: the result holds the refined positions (Å, (N, 2)) and
-    says how far they moved."""
+    says how far they moved; ``--position-correlated`` adds the pooled row and drift
+    offsets."""
     from cli_helpers import TINY_SIMULATION, run
 
     from ptyengine.results import read_result
@@ -503,13 +504,16 @@ def test_cli_ml_writes_refined_positions(tmp_path, capsys):
     code, stdout, err = run(capsys, "reconstruct", data, "--method", "ml", "--iterations", 3,
                             "--refine-positions", "on", "--position-update-start", 1,
                             "--position-update-every", 1, "--position-max-shift", 0.1,
+                            "--position-correlated", "rows+drift", "--position-drift-knots", 3,
                             "-o", out)  # fmt: skip
     assert code == 0, err
     arrays, attrs = read_result(out)
     n = attrs["calibration"]["scan_shape"][0] * attrs["calibration"]["scan_shape"][1]
     assert arrays["positions"].shape == (n, 2)
     assert len(attrs["positions"]["update_rms_A"]) == 2
+    assert attrs["positions"]["correlated_offsets"] == [True, True]  # "on" moves them
     assert attrs["parameters"]["refine_positions"] == "on"
+    assert attrs["parameters"]["position_correlated"] == "rows+drift"
     assert "positions refined (2 updates" in stdout + err
 
 

@@ -241,6 +241,14 @@ def _multislice(method: str, slices) -> bool:
               help="ML: refine a global linear map of the positions (scale, rotation, "
                    "shear); nearly degenerate with the object's scale and rotation "
                    "[default: off].")
+@click.option("--position-correlated", type=click.Choice(["none", "rows", "drift", "rows+drift"]),
+              help="ML: refine correlated position errors pooled over many patterns: one "
+                   "offset per scan row (flyback jitter), a piecewise-linear drift in time, "
+                   "or both; moved where the pooled Cramér–Rao bound allows (auto) "
+                   "[default: none].")
+@click.option("--position-drift-knots", type=click.IntRange(min=2),
+              help="ML: knots of the drift path, evenly spread over the acquisition "
+                   "[default: 8].")
 @click.option("--bin", type=click.IntRange(min=1),
               help="tcbf/ssb/wdd: bright-field pixels grouped in bin × bin tiles [default: "
                    "tcbf: the smallest bin with ≤ 4096 groups; ssb, wdd: 1].")

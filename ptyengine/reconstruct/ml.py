@@ -140,6 +140,7 @@ from .. import backend
 from ..errors import PtyengineError
 from ..kernels import poisson as pp
 from . import ml_starts as starts
+from . import position_models as posm
 from . import positions as pos
 from . import slices as sl
 from .counts import NOISE_FREE_COUNTS, bright_field_pixels, count_scale  # noqa: F401
@@ -431,8 +432,9 @@ def _new_state(geom, v0, xp, shape=None) -> IterativeState:
               "best_positions": xp.asarray(pos.pixel_positions(geom)),
               "start_positions": xp.asarray(pos.pixel_positions(geom)),
               "position_affine": xp.zeros(4, dtype=np.float64),  # A of positions.py
-              # each update's rms step (Å), median Cramér–Rao bound (Å), own offsets moved (1)
-              "position_log": xp.zeros((0, 3), dtype=np.float64),
+              # each update's rms step (Å), median Cramér–Rao bound (Å), own offsets moved
+              # (1), the correlated offsets' bound (Å) and whether they moved (1)
+              "position_log": xp.zeros((0, 5), dtype=np.float64),
               "objective": xp.zeros(0, dtype=np.float64)}  # L at each iterate  # fmt: skip
     return IterativeState(arrays)
 
@@ -451,6 +453,7 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
     # auto keeps a position update only if the held-out likelihood, at the same object,
     # is no worse after it (exact positions moved by noise: worse)
     judge = params.refine_positions == "auto" and params.holdout > 0
+    correlated = [None]  # the correlated model (position_models), built at the first update
 
     def obj_of(phi, ab):
         return xp.exp(1j * phi - ab).astype(np.complex64)
@@ -470,9 +473,16 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
         due = positions_on and k >= 0 and k % params.position_update_every == 0
         moved = False
         if due:  # positions first, at the current object; then CG restarts (β = 0)
-            step, affine = pos.update_positions(
-                eng, obj, max_shift, EPS, host(a["start_positions"]), host(a["position_affine"]),
-                sigma, params.position_affine, params.refine_positions == "on")  # fmt: skip
+            measured = host(a["start_positions"])
+            if correlated[0] is None and params.position_correlated != "none":
+                correlated[0] = posm.build(params.position_correlated, eng.cal.scan_shape,
+                                         measured, params.position_drift_knots)  # fmt: skip
+            if correlated[0] is not None and "position_theta" not in a:
+                a["position_theta"] = xp.zeros(correlated[0].size, dtype=np.float64)
+            theta = host(a["position_theta"]) if correlated[0] is not None else None
+            step, affine, theta = pos.update_positions(
+                eng, obj, max_shift, EPS, measured, host(a["position_affine"]), sigma,
+                params.position_affine, params.refine_positions == "on", correlated[0], theta)
             moved = bool(np.any(step.steps))  # unmoved: CG goes on as without the update
         fit, held, nu, den, upd = eng.gradient(obj, with_probe=refine)
         if moved and judge and held > step.held_before:  # the held-out pixels say: back
@@ -483,8 +493,11 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             if moved:
                 a["position_affine"] = xp.asarray(affine)
                 a["positions"] = xp.asarray(pos.pixel_positions(eng.geom))
+                if theta is not None:
+                    a["position_theta"] = xp.asarray(theta)
             a["position_log"] = xp.concatenate([a["position_log"], xp.asarray(
-                [[step.rms if moved else 0.0, step.crb, float(moved)]])])  # fmt: skip
+                [[step.rms if moved else 0.0, step.crb, float(moved and step.own),
+                  step.correlated_crb, float(moved and step.correlated)]])])  # fmt: skip
         r_phi, gp_phi = eng.regulariser(phi)
         r_ab, gp_ab = eng.regulariser(ab) if complex_object else (0.0, None)
         total = fit + r_phi + r_ab

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PtyengineError
+from . import position_models as pm
 from . import slices as sl
 from .defocus_search import check_search
 from .probe_coefficients import PROBE_COEFFICIENTS
@@ -79,6 +80,13 @@ class MLParameters:
         degenerate with the object's own scale and rotation (a round probe), and on the
         UiO-66 quick data (50 nm) at 20 e/Å² it moved exact positions by 0.20 Å rms and
         lowered NCC(1 Å) from 0.686 to 0.662 (0.10 Å, no change at 100 e/Å²).
+    position_correlated: a model of correlated position errors refined from many patterns
+        at once (:mod:`.position_models`): "rows" (one offset per scan row: flyback
+        jitter), "drift" (a piecewise-linear path in acquisition time through
+        ``position_drift_knots`` knots), "rows+drift", or "none". Its prior σ is
+        ``position_sigma``; "auto" moves it where its pooled Cramér–Rao bound is
+        ≤ CRB_FRACTION σ and the held-out likelihood agrees.
+    position_drift_knots: K ≥ 2 knots of the drift path, evenly spread in time.
     single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
         this many iterations (its defocus search, refinement and stopping rule; module
         docstring, "Multislice"); 0: flat, after a multislice defocus search.
@@ -115,6 +123,8 @@ class MLParameters:
     position_max_shift: float | None = None
     position_sigma: float | None = 0.3
     position_affine: bool = False
+    position_correlated: str = "none"
+    position_drift_knots: int = 8
 
     def __post_init__(self):
         self.slices, self.slice_thickness = sl.check_slices(self.slices, self.slice_thickness)
@@ -180,6 +190,10 @@ class MLParameters:
             raise PtyengineError(
                 f"position update start ({self.position_update_start}) must be ≥ 0 and its "
                 f"interval ({self.position_update_every}) ≥ 1 iterations")
+        pm.check_kind(self.position_correlated)
+        k = self.position_drift_knots
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise PtyengineError(f"--position-drift-knots must be a whole number ≥ 2, got {k!r}")
         for name in ("position_max_shift", "position_sigma"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):

@@ -86,6 +86,7 @@ from .. import backend
 from ..kernels import poisson as pp
 from ..kernels import ptycho as pk
 from . import frame as frm
+from . import position_models as pm
 from .forward import CPLX, REAL, _chunk
 
 #: λ / (median tr F / 2): small enough not to slow well-determined positions, large enough
@@ -104,7 +105,9 @@ class PositionUpdate:
     mean step removed (Å, the undetermined translation), how many positions were held at
     the object grid's edge, the median Cramér–Rao bound √tr F⁻¹ of one position (Å),
     whether the positions' own offsets moved (``own``), the held-out half-deviance at the
-    positions before (``held_before``) and the geometry's (corners, frac) before."""
+    positions before (``held_before``), the geometry's (corners, frac) before, and the
+    correlated offsets' median bound (Å; −1: no model) and whether they moved
+    (:mod:`.position_models`)."""
 
     steps: np.ndarray
     rms: float
@@ -114,6 +117,8 @@ class PositionUpdate:
     own: bool
     held_before: float
     before: tuple
+    correlated_crb: float = -1.0
+    correlated: bool = False
 
 
 def pixel_positions(geom) -> np.ndarray:
@@ -161,13 +166,16 @@ def affine_part(nominal, refined) -> dict:
 def summary(start, refined, log, refined_on: bool) -> dict:
     """What a run did to the positions (Å, scan frame, N × 2 each), for result.extra:
     whether they were refined, every update's rms step, median Cramér–Rao bound and
-    whether the own offsets moved (``log``, k × 3), the rms displacement from the start,
+    whether the own offsets moved, the correlated offsets' bound and whether they moved
+    (``log``, k × 5), the rms displacement from the start,
     and its linear part (:func:`affine_part`)."""
     u = np.asarray(refined) - np.asarray(start)
-    log = np.asarray(log).reshape(-1, 3)
+    log = np.asarray(log).reshape(-1, 5)
     return {"refined": bool(refined_on), "update_rms_A": [float(v) for v in log[:, 0]],
             "cramer_rao_A": [float(v) for v in log[:, 1]],
             "own_offsets": [bool(v) for v in log[:, 2]],
+            "correlated_cramer_rao_A": [None if v < 0 else float(v) for v in log[:, 3]],
+            "correlated_offsets": [bool(v) for v in log[:, 4]],
             "shift_rms_A": float(np.sqrt(np.mean(np.sum(u**2, axis=1)))),
             "affine": affine_part(start, refined) if refined_on else None}  # fmt: skip
 
@@ -301,20 +309,25 @@ def cramer_rao(fisher) -> np.ndarray:
 
 def update_positions(eng, obj, max_shift: float, eps: float, measured, affine,
                      sigma: float | None = None, with_affine: bool = True,
-                     own: bool = True):  # fmt: skip
+                     own: bool = True, correlated=None, theta=None):  # fmt: skip
     """One position update at ``obj`` (module docstring, "Step"): a pass for g and F, the
     Newton step of the linear map A (``with_affine``) from ``measured`` (N, 2 object
-    pixels, the start), then of each position's own offset u_j with the prior of rms
-    ``sigma`` (object pixels; None: none), its mean removed — always with ``own``, else
-    where the median Cramér–Rao bound is ≤ CRB_FRACTION σ; the windows moved
-    (``eng.set_positions``). Returns (:class:`PositionUpdate`, the new A (4,))."""
+    pixels, the start), then of the correlated offsets θ of ``correlated``
+    (:class:`.position_models.CorrelatedModel` or None; prior of rms ``sigma``), then of
+    each position's own offset u_j with the prior of rms ``sigma`` (object pixels; None:
+    none), its mean removed. θ and u move always with ``own``, else each where its median
+    Cramér–Rao bound is ≤ CRB_FRACTION σ; the windows moved (``eng.set_positions``).
+    Returns (:class:`PositionUpdate`, the new A (4,), the new θ)."""
     g, fisher, held = gradient_and_fisher(eng, obj, eps)
     geom = eng.geom
     before = (geom.corners.copy(), geom.frac.copy())
     p = pixel_positions(geom)
     jac = affine_jacobian(measured)
     affine = np.asarray(affine, dtype=np.float64)
+    theta = None if correlated is None else np.asarray(theta, dtype=np.float64)
     u = p - np.asarray(measured) - np.einsum("nia,a->ni", jac, affine)  # own offsets
+    if correlated is not None:
+        u -= correlated.displacement(theta)
     shift = np.zeros_like(p)
     if with_affine:  # A first; the own offsets u stay as they are
         da = affine_step(g, fisher, jac, max_shift)
@@ -322,6 +335,16 @@ def update_positions(eng, obj, max_shift: float, eps: float, measured, affine,
         affine = affine + da
         g = g + np.einsum("nij,nj->ni", fisher, shift)  # the gradient after it (linearised)
     prior = 0.0 if sigma is None else 1.0 / sigma**2
+    corr_crb, corr_moved = -1.0, False  # −1: no correlated model
+    if correlated is not None:  # then the correlated offsets, pooled over many positions
+        dt, hess = pm.step(correlated, g, fisher, theta, prior, max_shift)
+        corr_crb = pm.crb(hess)
+        corr_moved = own or sigma is None or corr_crb <= CRB_FRACTION * sigma
+        if corr_moved:
+            d = correlated.displacement(dt)
+            theta = theta + dt
+            shift = shift + d
+            g = g + np.einsum("nij,nj->ni", fisher, d)
     crb = float(np.median(cramer_rao(fisher)))
     own = own or sigma is None or crb <= CRB_FRACTION * sigma
     steps = newton_steps(g, fisher, max_shift, u, prior) if own else np.zeros_like(p)
@@ -331,5 +354,7 @@ def update_positions(eng, obj, max_shift: float, eps: float, measured, affine,
     clipped = eng.set_positions(p + steps)
     d = np.asarray(geom.sampling)
     rms = float(np.sqrt(np.mean(np.sum((steps * d) ** 2, axis=1))))
-    return PositionUpdate(steps, rms, tuple(float(v) for v in mean * d), clipped,
-                          crb * float(d.min()), bool(own), held, before), affine  # fmt: skip
+    update = PositionUpdate(steps, rms, tuple(float(v) for v in mean * d), clipped,
+                            crb * float(d.min()), bool(own), held, before,
+                            corr_crb * float(d.min()), bool(corr_moved))  # fmt: skip
+    return update, affine, theta
