@@ -1,0 +1,56 @@
+"""``ptyengine config``: show the run configuration a result stored, or a template of a
+command's options (:mod:`ptyengine.cli.runconfig`)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def config():
+    """Run configuration files (TOML): every option of a run, one file per run. Commands
+    that take them (--config FILE.toml, --config RESULT.zarr, --write-config FILE.toml):
+    reconstruct, simulate, study.
+
+    \b
+    Example:
+      ptyengine config show sto_epie.zarr > run.toml   # edit, then
+      ptyengine reconstruct --config run.toml -o sto_epie2.zarr
+    """
+
+
+@config.command()
+@click.argument("result", type=click.Path())
+def show(result):
+    """Print the configuration RESULT (.zarr) was made with, as TOML: edit it and pass it
+    back with --config."""
+    from .runconfig import stored_config
+
+    click.echo(stored_config(result), nl=False)
+
+
+@config.command()
+@click.argument("command")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the template here [default: stdout].")
+@click.pass_context
+def template(ctx, command, output):
+    """Print a configuration of COMMAND's options at their defaults (unset ones
+    commented out) to fill in."""
+    from ..errors import PtyengineError, atomic_file
+    from .runconfig import template as make
+
+    root = ctx.find_root().command
+    names = sorted(n for n, c in getattr(root, "commands", {}).items()
+                   if getattr(c, "run_config", False))  # fmt: skip
+    target = root.get_command(ctx, command) if isinstance(root, click.Group) else None
+    if target is None or not getattr(target, "run_config", False):
+        raise PtyengineError(f"ptyengine {command} takes no configuration file: choose from "
+                             f"{', '.join(names)}")  # fmt: skip
+    text = make(target, command)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    with atomic_file(output) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}", err=True)
