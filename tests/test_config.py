@@ -55,6 +55,8 @@ def test_file_to_result_to_rerun(tiny, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert out.strip() == attrs["run_config"].strip()
     (tmp_path / "shown.toml").write_text(out)
+    code, described, err = run(capsys, "info", tmp_path / "a.zarr")
+    assert code == 0 and "re-run: ptyengine reconstruct --config" in described, err
     code, _, err = run(capsys, "reconstruct", "--config", "shown.toml", "-o", "c.zarr")
     assert code == 0, err
     np.testing.assert_array_equal(read_result(tmp_path / "c.zarr")[0]["phase"],

@@ -223,6 +223,12 @@ def defaults_from(ctx: click.Context, path) -> dict:
     if meta is not None:
         if not isinstance(meta, dict):
             raise PtyengineError(f"{path}: {META} = {toml_value(meta)}: expected a table")
+        from .. import __version__
+
+        version = meta.get("version")
+        if version is not None and version != __version__:
+            click.echo(f"warning: {path} was written by ptyengine {version}; this is "
+                       f"{__version__}", err=True)  # fmt: skip
         wrote = meta.get("command", name)
         if wrote != name:
             raise PtyengineError(f"{path}: a configuration of ptyengine {wrote} ([{META}] "
