@@ -5,12 +5,14 @@ are one-line errors naming the file, the key and the value."""
 
 import tomllib
 
+import click
 import numpy as np
 import pytest
 from cli_helpers import TINY_SIMULATION, run
 
 from ptyengine import __version__
 from ptyengine.cli import cli, main
+from ptyengine.cli.runconfig import current_run_config, run_config
 from ptyengine.results import read_result, write_result
 
 
@@ -127,6 +129,36 @@ def test_written_configuration_reads_back_the_same(name, tiny, tmp_path, capsys)
             continue
         long = [o[2:] for o in getattr(param, "opts", []) if o.startswith("--")]
         assert (long[0] if long else param.name) in keys, param.name
+
+
+def test_any_command_adopts_it_with_one_line(tmp_path, capsys, monkeypatch):
+    """A group's subcommand (as ``bench dose-defocus`` will be) with one decorator: its
+    file, its resolved configuration inside the command, its template."""
+
+    @click.group()
+    def toy():
+        """A toy group."""
+
+    @run_config
+    @toy.command()
+    @click.argument("what")
+    @click.option("--count", type=click.IntRange(min=1), default=1)
+    @click.option("--tag", multiple=True)
+    def sub(what, count, tag):
+        click.echo(current_run_config())
+
+    monkeypatch.setitem(cli.commands, "toy", toy)
+    (tmp_path / "a.toml").write_text('what = "x"\ncount = 3\ntag = ["a", "b"]\n')
+    code, out, err = run(capsys, "toy", "sub", "--config", tmp_path / "a.toml", "--tag", "c")
+    assert code == 0, err
+    got = tomllib.loads(out)
+    assert (got["what"], got["count"], got["tag"]) == ("x", 3, ["c"])
+    assert got["ptyengine"]["command"] == "toy sub"
+    code, out, err = run(capsys, "config", "template", "toy", "sub")
+    assert code == 0 and "count = 1" in out and "# what =   (required)" in out, err
+    (tmp_path / "b.toml").write_text("count = 0\n")
+    code, _, err = run(capsys, "toy", "sub", "x", "--config", tmp_path / "b.toml")
+    assert code == 2 and "count = 0" in err and err.count("\n") == 1, err
 
 
 def _old_result(tmp_path):

@@ -8,9 +8,9 @@ import click
 
 @click.group()
 def config():
-    """Run configuration files (TOML): every option of a run, one file per run. Commands
-    that take them (--config FILE.toml, --config RESULT.zarr, --write-config FILE.toml):
-    reconstruct, simulate, study.
+    """Run configuration files (TOML): every option of a run, one file per run, for the
+    commands with --config FILE.toml|RESULT.zarr and --write-config FILE.toml (reconstruct,
+    simulate, study, ...). A result of reconstruct or study stores its run's.
 
     \b
     Example:
@@ -30,24 +30,23 @@ def show(result):
 
 
 @config.command()
-@click.argument("command")
+@click.argument("command", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the template here [default: stdout].")
 @click.pass_context
 def template(ctx, command, output):
     """Print a configuration of COMMAND's options at their defaults (unset ones
-    commented out) to fill in."""
+    commented out) to fill in, e.g. ``ptyengine config template reconstruct``."""
     from ..errors import PtyengineError, atomic_file
+    from .runconfig import commands_with_config
     from .runconfig import template as make
 
-    root = ctx.find_root().command
-    names = sorted(n for n, c in getattr(root, "commands", {}).items()
-                   if getattr(c, "run_config", False))  # fmt: skip
-    target = root.get_command(ctx, command) if isinstance(root, click.Group) else None
-    if target is None or not getattr(target, "run_config", False):
-        raise PtyengineError(f"ptyengine {command} takes no configuration file: choose from "
-                             f"{', '.join(names)}")  # fmt: skip
-    text = make(target, command)
+    known = commands_with_config(ctx.find_root().command)
+    name = " ".join(command)
+    if name not in known:
+        raise PtyengineError(f"ptyengine {name} takes no configuration file: choose from "
+                             f"{', '.join(sorted(known))}")  # fmt: skip
+    text = make(known[name], name)
     if output is None:
         click.echo(text, nl=False)
         return

@@ -218,7 +218,7 @@ def defaults_from(ctx: click.Context, path) -> dict:
     checked as the command line would check it (type, range, choice, the option's own
     parser); one-line errors naming the file, key and value."""
     table = read_source(path)
-    command, name = ctx.command, ctx.info_name
+    command, name = ctx.command, command_name(ctx)
     meta = table.pop(META, None)
     if meta is not None:
         if not isinstance(meta, dict):
@@ -291,10 +291,11 @@ def run_config(command: click.Command) -> click.Command:
     @functools.wraps(body)
     def wrapper(*args, write_config=None, **kwargs):
         ctx = click.get_current_context()
-        title = (f"ptyengine {ctx.info_name} run configuration; run it with\n"
-                 f"  ptyengine {ctx.info_name} --config FILE.toml  (the command line "
+        name = command_name(ctx)
+        title = (f"ptyengine {name} run configuration; run it with\n"
+                 f"  ptyengine {name} --config FILE.toml  (the command line "
                  "overrides what is here)")  # fmt: skip
-        text = config_text(command, ctx.info_name, ctx.params, title)
+        text = config_text(command, name, ctx.params, title)
         ctx.meta[_META_KEY] = text
         if write_config is None:
             return body(*args, **kwargs)
@@ -309,6 +310,27 @@ def run_config(command: click.Command) -> click.Command:
     command.callback = wrapper
     command.run_config = True
     return command
+
+
+def command_name(ctx: click.Context) -> str:
+    """The command's name below ``ptyengine``: ``reconstruct``, or ``bench dose-defocus``
+    for a group's subcommand."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(reversed(names)) or ctx.info_name
+
+
+def commands_with_config(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    """{name: command} of every command under ``group`` that has :func:`run_config`."""
+    out = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out.update(commands_with_config(cmd, f"{prefix}{name} "))
+        elif getattr(cmd, "run_config", False):
+            out[prefix + name] = cmd
+    return out
 
 
 def current_run_config() -> str | None:
