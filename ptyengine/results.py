@@ -174,6 +174,12 @@ def describe_result(path) -> str:
     if errors:
         lines.append(f"errors:      {len(errors)} iterations, first {errors[0]:.4g}, "
                      f"last {errors[-1]:.4g}")
+    if isinstance(attrs.get("run_config"), str):
+        import tomllib
+
+        command = tomllib.loads(attrs["run_config"]).get("ptyengine", {}).get("command")
+        lines.append(f"run config:  stored (ptyengine config show {path}; re-run: "
+                     f"ptyengine {command} --config {path})")
     if attrs.get("ncc_to_truth") is not None:
         lines.append(f"NCC to the ground truth: {attrs['ncc_to_truth']:.4f}")
     return "\n".join(lines)

@@ -303,14 +303,15 @@ def study_result_path(out: Path, dose: float | None, label: str, method: str) ->
 def run_study(out, preset: str = "quick", doses: Sequence[float] = (),
               methods: Sequence[str] = METHODS, seed: int = 0, device: str = "cpu",
               log: Callable[[str], None] = lambda m: None, simulate: Callable | None = None,
-              ) -> list[StudyRow]:  # fmt: skip
+              run_config: str | None = None) -> list[StudyRow]:  # fmt: skip
     """Simulate (or reuse) and reconstruct the study into ``out``: datasets under
     ``out/datasets/<tag>/<label>.zarr``, results under ``out/results/<tag>/<label>_<method>
     .zarr`` (tag: :func:`dose_tag`), each with its scores in the attribute ``study``.
     Noise-free first (seed 0), then each dose in e/Å² (Poisson noise seeded by ``seed``,
     which also seeds those datasets' phonons, ePIE's order and ML's held-out pixels;
-    SimulationParameters has one seed for both). Returns the rows in the order
-    dose, defocus, method."""
+    SimulationParameters has one seed for both). ``run_config``: the study command's
+    configuration (TOML), stored in each result made (attribute ``run_config``). Returns
+    the rows in the order dose, defocus, method."""
     from .results import write_result
 
     plan = study_plan(preset)
@@ -347,8 +348,9 @@ def run_study(out, preset: str = "quick", doses: Sequence[float] = (),
                         write_result(rpath, method, {"phase": run.phase.astype(np.float32)},
                                      run.sampling, run.origin, calibration=ds.calibration,
                                      parameters=run.parameters,
-                                     extra={"study": record,
-                                            "ncc_to_truth": record["ncc"]})  # fmt: skip
+                                     extra={"study": record, "ncc_to_truth": record["ncc"],
+                                            **({} if run_config is None else
+                                               {"run_config": run_config})})  # fmt: skip
                     log(f"  {NAMES[method]}: NCC {record['ncc']:+.3f}, NCC(1 Å) "
                         f"{record['ncc_1A']:+.3f}, {record['seconds']:.1f} s")
                     rows.append(StudyRow(dose, params.defocus, label, method, record["ncc"],

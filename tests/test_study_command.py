@@ -7,6 +7,7 @@ import csv
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
@@ -101,6 +102,24 @@ def test_rerun_reuses_everything(tiny_study, capsys):
     assert "simulating" not in err and "reconstructing" not in err, err
     assert err.count("reused") >= 3 + 3 * len(METHODS)
     assert ((result / "zarr.json").stat().st_mtime_ns, _table(out)) == before
+
+
+def test_results_store_the_run_configuration(tiny_study, capsys):
+    """Each result holds the study's resolved configuration (TOML); the study re-runs from
+    a result (here: everything reused) and writes that configuration back unchanged."""
+    out, _ = tiny_study
+    result = out / "results" / "noise-free" / "df100nm_epie.zarr"
+    text = read_result(result)[1]["run_config"]
+    stored = tomllib.loads(text)
+    assert (stored["name"], stored["preset"], stored["output"]) == ("uio66-defocus", "tiny",
+                                                                    str(out))  # fmt: skip
+    assert stored["seed"] == 0 and stored["device"] == "cpu" and stored["resume"] is True
+    assert stored["ptyengine"]["command"] == "study"
+    code, printed, err = run(capsys, "study", "--config", result, "--write-config", "-")
+    assert code == 0 and printed == text, err
+    code, _, err = run(capsys, "study", "--config", result)
+    assert code == 0, err
+    assert "reconstructing" not in err and "simulating" not in err, err
 
 
 def test_dose_adds_noisy_rows(tiny_study, tmp_path, capsys):

@@ -11,6 +11,7 @@ import click
 
 from ..errors import PtyengineError
 from .common import DEFOCUS_SIGN, _progress_bar, keep_on_interrupt
+from .runconfig import current_run_config, run_config
 
 
 def _epie_parameters():
@@ -101,6 +102,7 @@ def _multislice(method: str, slices) -> bool:
     return method == "mepie" or (method == "ml" and (slices or 1) > 1)
 
 
+@run_config
 @click.command()
 @click.argument("data", type=click.Path())
 @click.option("--method", type=click.Choice(["epie", "mepie", "ml", "icom", "idpc", "tcbf",
@@ -340,19 +342,21 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
                  overwrite=overwrite, epie_options=given, rotation=rotation,
                  checkpoint_every=checkpoint_every, resume=resume,
                  keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
-                 mask=mask, positions=positions, probe_from=probe_from)  # fmt: skip
+                 mask=mask, positions=positions, probe_from=probe_from,
+                 run_config=current_run_config())  # fmt: skip
 
 
 def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
                  overwrite: bool = False, epie_options: dict | None = None, rotation=None,
                  checkpoint_every: int = 0, resume: bool = False,
                  keep_checkpoint: bool = False, memory_limit=None, mask=None,
-                 positions=None, probe_from=None) -> dict:  # fmt: skip
+                 positions=None, probe_from=None, run_config=None) -> dict:  # fmt: skip
     """Run one reconstruction, write its result and preview; returns what was done
     (``crop``: the phase over the scanned area, ``ncc``: the comparison or None).
     ``mask``: a .npy detector mask overriding the dataset's; ``positions``: a file of
     measured scan positions (ML); ``probe_from``: a result whose aberrations and rotation
-    replace the calibration's (all checked before anything is written)."""
+    replace the calibration's (all checked before anything is written); ``run_config``:
+    the run's configuration (TOML), stored in the result's attributes."""
     from .. import io
     from ..dataset import check_mask, detector_mask, load_mask, load_positions
     from ..reconstruct.epie import check_positions
@@ -390,7 +394,8 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         try:
             return _reconstruct_into(ds, data, out, method, device, epie_options, rotation,
                                      checkpoint_every, resume, keep_checkpoint,
-                                     memory_limit, measured, probe_from)  # fmt: skip
+                                     memory_limit, measured, probe_from,
+                                     run_config)  # fmt: skip
         finally:
             discard_result(out)  # nothing, after a successful rename
 
@@ -437,7 +442,7 @@ def _locked(out: Path, default: bool):
 
 def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_options, rotation,
                       checkpoint_every, resume, keep_checkpoint, memory_limit,
-                      positions=None, probe_from=None) -> dict:  # fmt: skip
+                      positions=None, probe_from=None, run_config=None) -> dict:  # fmt: skip
     import time
 
     import numpy as np
@@ -471,6 +476,8 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
              "masked_pixels": 0 if m is None else int((m == 0).sum())}  # fmt: skip
     if probe_from is not None:
         extra["probe_from"] = str(probe_from)
+    if run_config is not None:  # re-run by ptyengine reconstruct --config RESULT
+        extra["run_config"] = run_config
     if ncc is not None:
         extra.update(ncc_to_truth=ncc["ncc"], ncc_shift_A=list(ncc["shift_A"]),
                      ncc_k_max=ncc["k_max"])  # fmt: skip

@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from .common import DEFOCUS_HELP, _pair, _progress_bar, _zone_axis, keep_on_interrupt
+from .runconfig import run_config
 
 
+@run_config
 @click.command()
 @click.argument("recipe", required=False)
 @click.option("--preset", "variant", default="quick", show_default=True,

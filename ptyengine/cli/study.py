@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .runconfig import current_run_config, run_config
+
 STUDIES = ("uio66-defocus",)
 PRESETS = ("quick", "full", "tiny")
 
@@ -47,6 +49,7 @@ def _methods(values) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+@run_config
 @click.command()
 @click.argument("name", metavar="STUDY")
 @click.option("--preset", default="quick", show_default=True,
@@ -134,7 +137,8 @@ def study(name, preset, doses, methods, seed, output, device, resume):
                 go_on = False
         _run_simulation(params, path, device, overwrite=True, resume=go_on, batch_size=None)
 
-    rows = lib.run_study(out, preset, dose_list, method_list, seed, device, log, simulate)
+    rows = lib.run_study(out, preset, dose_list, method_list, seed, device, log, simulate,
+                         run_config=current_run_config())
     total = time.perf_counter() - t0
     command = "ptyengine " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else (
         f"ptyengine study {name} --preset {preset}"
