@@ -139,3 +139,25 @@ def test_row_jitter_is_found_where_single_patterns_cannot_locate_themselves(thin
         assert step.correlated and not step.own
     assert step.crb > 0.15 and step.correlated_crb < 0.1
     assert error() < 0.15
+
+
+def test_bound_is_that_of_the_displacement():
+    """crb equals √tr of the 2 × 2 blocks of J H⁺ Jᵀ (dense), median over positions; with F =
+    f·1 at every position and the rows model it is that of a row's mean, √(2/(f n_x))
+    less the projected directions' share."""
+    m = _raster(jitter=0.0)
+    for kind in ("rows", "drift", "rows+drift"):
+        model = posm.build(kind, (5, 7), m, knots=4)
+        rng = np.random.default_rng(3)
+        a = rng.standard_normal((len(m), 2, 2))
+        fisher = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(2)
+        h = model.hessian(fisher)
+        j = _dense_j(model)
+        cov = j @ np.linalg.pinv(h, rcond=1e-10, hermitian=True) @ j.T
+        d = np.diag(cov).reshape(-1, 2).sum(axis=1)
+        assert posm.crb(model, h) == pytest.approx(float(np.median(np.sqrt(d))), rel=1e-8)
+    model = posm.build("rows", (5, 7), m)
+    f = 4.0
+    bound = posm.crb(model, model.hessian(np.tile(f * np.eye(2), (35, 1, 1))))
+    # 5 rows × 2 axes, 4 of the 10 directions projected out (translation, row trend)
+    assert bound == pytest.approx(np.sqrt(2 / (f * 7)) * np.sqrt(6 / 10), rel=0.3)

@@ -85,7 +85,7 @@ class MLParameters:
         jitter), "drift" (a piecewise-linear path in acquisition time through
         ``position_drift_knots`` knots), "rows+drift", or "none". Its prior σ is
         ``position_sigma``; "auto" moves it where its pooled Cramér–Rao bound is
-        ≤ CRB_FRACTION σ and the held-out likelihood agrees.
+        ≤ CORRELATED_CRB_FRACTION σ (a quarter) and the held-out likelihood agrees.
     position_drift_knots: K ≥ 2 knots of the drift path, evenly spread in time.
     single_slice_iterations: S > 1: the slices start from a single-slice ML run of at most
         this many iterations (its defocus search, refinement and stopping rule; module
