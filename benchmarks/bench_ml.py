@@ -6,10 +6,7 @@ iterations after a one-iteration warm-up (kernels compiled, FFT plans made); ML 
 the held-out rule so it runs them all, and without its defocus search, which is timed on
 its own (seconds, once per run). ML runs twice: with its default probe refinement
 (defocus and astigmatism: one FFT more per position in each pass, and the coefficients'
-Fisher information every 8 iterations) and with the probe fixed, and the latter once
-more without the wave cache (``ml.wave_cache`` replaced by one that keeps nothing: the
-step's pass makes P_j and Ψ_j again, as with too little memory; with the probe refined the
-engine keeps nothing anyway). Each is the median of
+Fisher information every 8 iterations) and with the probe fixed. Each is the median of
 ``--repeats`` runs, the methods interleaved so that each repeat meets the same load.
 Target (issue 14): ML within 2× of batched ePIE.
 
@@ -30,7 +27,6 @@ import numpy as np
 
 from ptyengine import backend, io, presets
 from ptyengine.dataset import InMemoryDataset
-from ptyengine.reconstruct import ml as mlmod
 from ptyengine.reconstruct.epie import EpieParameters, epie
 from ptyengine.reconstruct.ml import MLParameters, ml
 from ptyengine.simulate import simulate
@@ -67,17 +63,6 @@ def main(argv=None):
             patience=10**6, refine_probe="none"), device=args.device),
     }  # fmt: skip
 
-    def uncached(fn):
-        def run(n):
-            keep = mlmod.wave_cache
-            mlmod.wave_cache = lambda *a, **k: None
-            try:
-                return fn(n)
-            finally:
-                mlmod.wave_cache = keep
-        return run
-
-    runs["ML, probe fixed, no wave cache"] = uncached(runs["ML, probe fixed"])
     for fn in runs.values():
         fn(1)  # warm-up
     per_it = {name: [] for name in runs}
@@ -97,8 +82,7 @@ def main(argv=None):
     print(f"defocus search (7 candidates × 5 iterations, then no iteration): {search:.1f} s "
           f"= {search / times['ML']:.1f} ML iterations")
     info = backend.describe()
-    for name in ("ML, probe fixed, no wave cache", "ML, probe fixed"):
-        print(f"{name} / batched ePIE: {times[name] / times['ePIE']:.2f}x")
+    print(f"ML, probe fixed / batched ePIE: {times['ML, probe fixed'] / times['ePIE']:.2f}x")
     print(f"ML / batched ePIE: {times['ML'] / times['ePIE']:.2f}x  "
           f"({platform.processor() or platform.machine()}, {info['cpu_threads']} threads, "
           f"{info['cpu_fft']}; {cal.scan_shape[0] * cal.scan_shape[1]} positions, "

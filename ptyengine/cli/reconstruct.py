@@ -247,7 +247,7 @@ def _multislice(method: str, slices) -> bool:
               help="ML: refine correlated position errors pooled over many patterns: one "
                    "offset per scan row (flyback jitter), a piecewise-linear drift in time, "
                    "or both; moved where the pooled Cramér–Rao bound allows (auto) "
-                   "[default: none].")
+                   "[default: rows].")
 @click.option("--position-drift-knots", type=click.IntRange(min=2),
               help="ML: knots of the drift path, evenly spread over the acquisition "
                    "[default: 8].")

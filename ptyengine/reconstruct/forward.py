@@ -58,7 +58,6 @@ import numpy as np
 from .. import backend, physics
 from ..kernels import ptycho as pk
 from ..kernels import windows as wk
-from .patterns import resident_bytes
 
 REAL, CPLX = np.float32, np.complex64
 
@@ -120,8 +119,7 @@ def slice_propagators(window, sampling, energy, thicknesses, xp, fraction=1.0):
 
 
 def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
-                   with_probe: bool, xp, propagators: SlicePropagators | None = None,
-                   keep=None):  # fmt: skip
+                   with_probe: bool, xp, propagators: SlicePropagators | None = None):
     """(num, den, upd or None, o_weight) of the positions ``idx`` (flat scan indices, a
     host array) of ``block``, one part per CPU core, summed over the parts.
 
@@ -135,10 +133,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     indices (both device arrays), [s0, s1) the members' places in ``idx``.
     o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation).
     ``probe_k`` (M, W, W): M incoherent probe modes (see the module docstring); the
-    batch then holds M·B waves, mode-major, and upd has the modes' axis.
-    ``keep(probes, psi_k, positions)`` (single slice only) sees each batch's shifted probes
-    P_j (real space) and detector waves Ψ_j before ``revise``: the ML engine keeps them for
-    its :func:`direction_pass` at the same object and probe (``cached``)."""
+    batch then holds M·B waves, mode-major, and upd has the modes' axis."""
     modes = _modes(probe_k)
     n_m, w0, w1 = modes.shape
     inv_n = 1.0 / (w0 * w1)
@@ -147,8 +142,6 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     step_cpu = _chunk((w0, w1), n_s, n_m)
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
-    if keep is not None and (n_s > 1 or n_m > 1):
-        raise ValueError("keep: single slice and one probe mode only")
     last = n_s - 1
 
     def part(p):
@@ -187,8 +180,6 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
             pk.exit_waves(waves[last].a, slices[last], c, psi.a,
                           o_weight if last == 0 else scratch)  # fmt: skip
             psi.forward()  # [1 FFT]
-            if keep is not None:
-                keep(probes.a, psi.a, sub)
             revise(psi.a, loc, sub, offset + s0, offset + s0 + len(sub))
             psi.inverse()  # [1 FFT] revised exit waves
             # Δφ feeds the last slice's overlap sums and conj(O)Δφ in one pass
@@ -221,8 +212,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
 
 
 def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
-                   d_probe_k=None, propagators: SlicePropagators | None = None,
-                   cached=None) -> None:
+                   d_probe_k=None, propagators: SlicePropagators | None = None) -> None:
     """For the positions ``idx`` of ``block``: the detector waves Ψ_j and their derivative
     Δ_j along the object direction ``d_obj`` (None: 0; of obj's shape) and the
     Fourier-space probe direction ``d_probe_k`` (None: 0), handed to
@@ -231,10 +221,7 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
     Single slice: Δ_j = F[P_j dO_j + dP_j O_j]; 3 FFTs per position, 4 with a probe
     direction. S slices (``propagators``): the forward model and its tangent-linear model
     side by side, dψ_0 = dP_j, dφ_s = dψ_s O_s + ψ_s dO_s, dψ_{s+1} = F⁻¹[Q_s F[dφ_s]],
-    Δ_j = F[dφ_{S−1}]: 4 more FFTs per slice boundary. ``cached`` (single slice): the
-    (probes, detector waves) arrays of all positions, (N, W, W) each, kept by
-    :func:`exit_wave_pass` at the same object and probe: then P_j and Ψ_j are read, not
-    computed, and a position costs 1 FFT (2 with a probe direction)."""
+    Δ_j = F[dφ_{S−1}]: 4 more FFTs per slice boundary."""
     modes = _modes(probe_k)
     d_modes = None if d_probe_k is None else _modes(d_probe_k)
     n_m, w0, w1 = modes.shape
@@ -245,8 +232,6 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
     step_cpu = _chunk((w0, w1), n_s, n_m)
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
-    if cached is not None and (n_s > 1 or n_m > 1):
-        raise ValueError("cached: single slice and one probe mode only")
 
     def part(p):
         sel = idx[p]
@@ -264,15 +249,11 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
             probes = backend.fft_buffer(shape, CPLX, xp, "probes")
             psi = backend.fft_buffer(shape, CPLX, xp, "psi")
             dpsi = backend.fft_buffer(shape, CPLX, xp, "dpsi")
-            if cached is None:
-                for m in range(n_m):
-                    pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], modes[m], ry, rx, inv_n)
-                probes.inverse()  # [1 FFT]
-                # slice 0: φ_0 = P_j O_0 (psi), dφ_0 = P_j dO_0 + dP_j O_0 (dpsi)
-                pk.exit_waves(probes.a, slices[0], c, psi.a, scratch)
-            else:  # P_j and Ψ_j = F[P_j O_0] as the gradient pass made them
-                probes.a[...] = cached[0][sub]
-                psi.a[...] = cached[1][sub]
+            for m in range(n_m):
+                pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], modes[m], ry, rx, inv_n)
+            probes.inverse()  # [1 FFT]
+            # slice 0: φ_0 = P_j O_0 (psi), dφ_0 = P_j dO_0 + dP_j O_0 (dpsi)
+            pk.exit_waves(probes.a, slices[0], c, psi.a, scratch)
             if d_obj is not None:
                 pk.exit_waves(probes.a, d_slices[0], c, dpsi.a, scratch)
             if d_probe_k is not None:  # dP_j · O_0, in the probes buffer (P_j is used up)
@@ -296,27 +277,8 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
                     pk.exit_waves(psi.a, d_slices[s], c, probes.a, scratch)
                     dpsi.a += probes.a
                 pk.exit_waves(psi.a, slices[s], c, psi.a, scratch)  # φ_s = ψ_s O_s
-            if cached is None:
-                psi.forward()  # [1 FFT]
+            psi.forward()  # [1 FFT]
             dpsi.forward()  # [1 FFT]
             reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s0 + len(sub))
 
     backend.split_map(part, len(idx), xp)
-
-
-def wave_cache(geom, patterns, props, memory_limit, xp, probe_fixed: bool = True):
-    """(probes, waves), (N, W, W) complex64 each, where the gradient pass keeps P_j and Ψ_j
-    for the step's pass (3 → 1 FFT per position there), or None: single slice, patterns
-    held in memory, and the amplitudes and the two arrays within half the memory limit
-    (:func:`.patterns.choose_patterns`'s budget); else the step's pass makes them again.
-    Only with the probe fixed: measured on the UiO-66 quick data (1116 positions, 160², 2
-    cores; benchmarks/bench_ml.py) the cache made an iteration 9 % faster with the probe
-    fixed but 17 % slower with it refined (copying 0.9 GB a pass costs more there than
-    the FFTs it saves; not understood yet)."""
-    if props is not None or patterns.streamed or not probe_fixed:
-        return None
-    n, w = len(geom.corners), geom.window
-    need = 2 * n * w[0] * w[1] * np.dtype(np.complex64).itemsize
-    if need + resident_bytes(patterns.cal) > backend.memory_limit(memory_limit, xp) // 2:
-        return None
-    return (xp.empty((n, *w), dtype=np.complex64), xp.empty((n, *w), dtype=np.complex64))

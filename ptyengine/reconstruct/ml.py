@@ -81,9 +81,10 @@ that the converged result is the answer rather than an early iterate (with weake
 NCC peaked early and fell while D_h stayed within its noise; benchmarks/RESULTS.md).
 
 Cost per iteration: one pass over the data for the gradient (3 FFTs per position, 4 with
-the probe refined) and one for the step (3 FFTs, 4 with the probe), against ePIE's 4; 1 (2)
-for the step with the probe fixed when the memory limit holds every P_j and Ψ_j of the
-gradient pass (:func:`.forward.wave_cache`), which the step's pass then reads.
+the probe refined) and one over a quarter of the positions (at least 256) for the step
+(3 FFTs, 4 with the probe), against ePIE's 4: ~1.2–1.3× ePIE's FFTs for ~1000 positions.
+(A cache of the gradient pass's P_j and Ψ_j for the step, kept until 2026-11-30, saved
+nothing once the step saw a quarter of the positions: 1.21× against 1.22× ePIE.)
 
 **Scan positions** (``refine_positions``, single slice; :mod:`.positions` has the
 equations). From iteration ``position_update_start`` on, every ``position_update_every``
@@ -149,7 +150,7 @@ from . import slices as sl
 from .counts import NOISE_FREE_COUNTS, bright_field_pixels, count_scale  # noqa: F401
 from .defocus_search import search_defocus, search_span
 from .epie import PtychoGeometry, initial_probe
-from .forward import direction_pass, exit_wave_pass, wave_cache
+from .forward import direction_pass, exit_wave_pass
 from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
 from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters, refines_positions  # noqa: F401
@@ -216,7 +217,6 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
-        self.cache, self.cached_for = None, None  # see wave_cache and _keeper
 
     def set_positions(self, p) -> int:
         """Move the windows to ``p`` (N, 2) object pixels (:func:`.positions.pixel_positions`)
@@ -228,7 +228,6 @@ class _Engine:
 
     def restore_positions(self, corners, frac) -> None:
         """Put the windows back at ``corners`` (int) and ``frac`` exactly."""
-        self.cached_for = None  # the kept waves were made at the old positions
         self.geom.corners[...] = corners
         self.geom.frac[...] = frac
         self.corners = self.xp.asarray(self.geom.corners)
@@ -310,7 +309,6 @@ class _Engine:
         upd_total = xp.zeros(self.probe_k.shape, dtype=np.complex64) if with_probe else None
         fit = held = 0.0
         probe_k = self.probe_k
-        keep = self._keeper()
         for block, idx in self._batches():
             nll = xp.zeros(len(idx), dtype=np.float64)
             hold = xp.zeros(len(idx), dtype=np.float64)
@@ -323,41 +321,21 @@ class _Engine:
             lo, hi = self._box(idx)
             shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
             num, d, upd, _ = exit_wave_pass(obj, probe_k, block, idx, self.corners, lo,
-                                            shape, revise, with_probe, xp, self.props,
-                                            keep)  # fmt: skip
+                                            shape, revise, with_probe, xp,
+                                            self.props)  # fmt: skip
             nu[..., lo[0]:hi[0], lo[1]:hi[1]] += num
             den[..., lo[0]:hi[0], lo[1]:hi[1]] += d
             if with_probe:
                 upd_total += upd
             fit += float(nll.sum())
             held += float(hold.sum())
-        if keep is not None:  # every position's P_j, Ψ_j now belong to (obj, probe)
-            self.cached_for = (obj, probe_k)
         return fit, held, nu, den, upd_total
-
-    def _keeper(self):
-        """The hook that keeps P_j and Ψ_j of the gradient pass for the step's pass
-        (``self.cache``: (probes, waves), (N, W, W) complex64 each; None: not kept), or
-        None. Invalid until the pass has seen every position."""
-        self.cached_for = None
-        if self.cache is None:
-            return None
-        probes_all, waves_all = self.cache
-
-        def keep(probes, psi, positions):
-            probes_all[positions] = probes
-            waves_all[positions] = psi
-
-        return keep
 
     def curvature(self, obj, d_obj, d_probe_k=None) -> tuple[float, float]:
         """One pass: dL/dt and the Fisher d²L/dt² of the likelihood along the object
         direction d_obj and the probe direction d_probe_k (either may be None)."""
         xp = self.xp
         s1_tot = s2_tot = 0.0
-        held = self.cached_for  # the gradient pass's P_j, Ψ_j, if made at obj and probe
-        cached = (self.cache if held is not None and held[0] is obj
-                  and held[1] is self.probe_k else None)  # fmt: skip
         for block, idx in self._batches():
             d1 = xp.zeros(len(idx), dtype=np.float64)
             d2 = xp.zeros(len(idx), dtype=np.float64)
@@ -368,7 +346,7 @@ class _Engine:
                                      self.params.holdout, self.pm.n_modes)  # fmt: skip
 
             direction_pass(obj, d_obj, self.probe_k, block, idx, self.corners, reduce, xp,
-                           d_probe_k, self.props, cached)  # fmt: skip
+                           d_probe_k, self.props)
             s1_tot += float(d1.sum())
             s2_tot += float(d2.sum())
         return s1_tot, s2_tot
@@ -671,8 +649,6 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
     eng.names = PROBE_COEFFICIENTS.get(eng.probe_kind, ())
     eng.pm = probe_model(cal, eng.probe_kind, params.probe_modes, eng.names, xp)
     eng.start_at(params.defocus)
-    eng.cache = wave_cache(geom, patterns, props, memory_limit, xp,
-                           probe_fixed=not eng.pm.refines)
     return eng
 
 

@@ -100,9 +100,9 @@ CRB_FRACTION = 0.5
 #: The same for the correlated offsets (:mod:`.position_models`), stricter: their bound is
 #: at a fixed object, which pooled over a row moves with them. UiO-66 quick, 50 nm, rows:
 #: at 100 e/Å² (row bound 0.054 Å) moving them took 0.3 Å row jitter to 0.12 Å (NCC(1 Å)
-#: 0.821 → 0.871, exact positions 0.874); at 20 e/Å² (bound ~0.12 Å) the moves were noise
+#: 0.821 → 0.871, exact positions 0.874); at 20 e/Å² (bound 0.075 Å) the moves were noise
 #: (exact positions moved 0.20 Å, NCC(1 Å) 0.720 → 0.685) and the held-out rule let them.
-CORRELATED_CRB_FRACTION = 0.25
+CORRELATED_CRB_FRACTION = 0.2
 
 
 @dataclass
