@@ -65,6 +65,66 @@ def save_figure(fig, path) -> Path:
     return path
 
 
+#: a scale bar is the longest 1, 2 or 5 × 10^n Å that is at most this part of the image
+SCALE_BAR_FRACTION = 0.25
+
+
+def scale_bar_length(width: float) -> float:
+    """The scale bar (Å) for an image ``width`` Å wide: the longest 1, 2 or 5 × 10^n Å
+    at most SCALE_BAR_FRACTION of it."""
+    if not (np.isfinite(width) and width > 0):
+        raise ValueError(f"image width must be a positive number of Å, got {width}")
+    top = width * SCALE_BAR_FRACTION
+    exp = np.floor(np.log10(top))
+    best = 10.0**exp
+    for m in (2.0, 5.0, 10.0):
+        if m * 10.0**exp <= top * (1 + 1e-9):
+            best = m * 10.0**exp
+    return float(best)
+
+
+def draw_image(ax, img, sampling=None, unit: str | None = None, cmap: str = "gray",
+               vmin=None, vmax=None):
+    """``img`` on ``ax`` in physical units: extent in Å from ``sampling`` (dy, dx) Å with
+    a white scale bar (:func:`scale_bar_length`) in the lower left, and a colour bar
+    labelled ``unit`` (rad, V·Å, arb.) when ``unit`` is given; axes hidden."""
+    img = np.asarray(img)
+    ax.set_axis_off()
+    if sampling is None:
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
+    else:
+        dy, dx = (float(v) for v in sampling)
+        h, w = img.shape[0] * dy, img.shape[1] * dx
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, extent=(0, w, h, 0))
+        bar = scale_bar_length(w)
+        x0, y0 = 0.05 * w, 0.93 * h
+        ax.plot([x0, x0 + bar], [y0, y0], color="white", lw=3, solid_capstyle="butt")
+        ax.plot([x0, x0 + bar], [y0, y0], color="black", lw=0.6, solid_capstyle="butt")
+        ax.text(x0 + bar / 2, y0 - 0.03 * h, f"{bar:g} Å", color="white", ha="center",
+                va="bottom", fontsize=8, fontweight="bold")
+    if unit is not None:
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        cb.set_label(unit, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    return im
+
+
+def image_png(path, img, sampling, title: str, unit: str | None = "rad") -> Path:
+    """One image with its scale bar (Å) and colour bar (``unit``), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    draw_image(ax, img, sampling, unit)
+    ax.set_title(title, fontsize=9)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def dataset_preview(ds, png_path, title: str | None = None) -> Path:
     """Mean pattern, virtual BF and ADF images and the ground truth, side by side."""
     from .results import preview_png

@@ -1,6 +1,6 @@
 """The ``ptyengine`` command line: parses, calls the library, reports progress, writes
 files. One module per command (simulate, info, convert, reconstruct, demo, doctor,
-study, config); run configuration files in ``runconfig``.
+study, config, export); run configuration files in ``runconfig``.
 
 User errors (bad input, missing files, impossible parameters) end with one line on stderr
 and exit status 2, never a traceback (``PTYENGINE_DEBUG=1``, ``true`` or ``yes`` shows it);
@@ -21,6 +21,7 @@ from .config import config
 from .convert import convert
 from .demo import demo
 from .doctor import doctor
+from .export import export
 from .info import info
 from .reconstruct import reconstruct
 from .simulate import simulate
@@ -37,7 +38,7 @@ def cli():
 
 
 
-for _command in (config, convert, demo, doctor, info, reconstruct, simulate, study):
+for _command in (config, convert, demo, doctor, export, info, reconstruct, simulate, study):
     cli.add_command(_command)
 
 
