@@ -313,14 +313,30 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
     memory_limit = epie_opts.pop("memory_limit")
     positions = epie_opts.pop("positions")
     probe_from = epie_opts.pop("probe_from")
+    given = {k: v for k, v in epie_opts.items() if v is not None}
+    check_options(method, given, rotation, checkpoint_every, resume, keep_checkpoint,
+                  positions, probe_from)  # fmt: skip
+    _reconstruct(Path(data), method, Path(output) if output else None, device=device,
+                 overwrite=overwrite, epie_options=given, rotation=rotation,
+                 checkpoint_every=checkpoint_every, resume=resume,
+                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
+                 mask=mask, positions=positions, probe_from=probe_from,
+                 run_config=current_run_config())  # fmt: skip
+
+
+def check_options(method: str, given: dict, rotation=None, checkpoint_every: int = 0,
+                  resume: bool = False, keep_checkpoint: bool = False, positions=None,
+                  probe_from=None) -> None:  # fmt: skip
+    """Refuse options ``method`` does not take, and bad values, before any data are read
+    (``given``: the method's parameters that were set, as keyword arguments of its
+    parameter dataclass); a :class:`click.UsageError` names the flags."""
     if positions is not None and method != "ml":
         raise click.UsageError(f"--positions: for --method ml only, not {method}")
     if probe_from is not None and method not in ITERATIVE:
         raise click.UsageError(f"--probe-from: for --method epie/mepie/ml only, not {method}")
-    if probe_from is not None and epie_opts.get("defocus") is not None:
+    if probe_from is not None and given.get("defocus") is not None:
         raise click.UsageError("--defocus and --probe-from both set the probe's C10: give "
                                "one")  # fmt: skip
-    given = {k: v for k, v in epie_opts.items() if v is not None}
     if method in DIRECT:
         _check_direct(method, given, rotation, checkpoint_every, resume, keep_checkpoint)
     elif method in ITERATIVE:
@@ -338,12 +354,6 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
                                   ("--keep-checkpoint", keep_checkpoint)) if on]  # fmt: skip
         if flags:
             raise click.UsageError(f"{', '.join(flags)}: for --method epie/mepie/ml only")
-    _reconstruct(Path(data), method, Path(output) if output else None, device=device,
-                 overwrite=overwrite, epie_options=given, rotation=rotation,
-                 checkpoint_every=checkpoint_every, resume=resume,
-                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
-                 mask=mask, positions=positions, probe_from=probe_from,
-                 run_config=current_run_config())  # fmt: skip
 
 
 def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
