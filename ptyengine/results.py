@@ -185,36 +185,59 @@ def describe_result(path) -> str:
     return "\n".join(lines)
 
 
-def preview_png(path, panels: list[tuple[str, np.ndarray]], title: str | None = None) -> Path:
-    """Side-by-side grey-scale panels (name, image) written atomically as PNG; a 1-D
-    array is drawn as a line against 1, 2, ... (e.g. the error per iteration), on a
-    logarithmic axis when it is positive."""
+def preview_png(path, panels: list[tuple], title: str | None = None) -> Path:
+    """:func:`preview_figure` written atomically as PNG to ``path``."""
+    from .preview import save_figure
+
+    fig = preview_figure(panels, title)
+    import matplotlib.pyplot as plt
+
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def preview_figure(panels: list[tuple], title: str | None = None):
+    """A matplotlib figure of side-by-side panels ``(name, image)`` or ``(name, image,
+    options)``. ``options``: ``sampling`` (dy, dx) in ``bar_unit`` (default Å) for a scale
+    bar, ``unit`` for a colour bar (rad, V·Å, arb.), ``phase`` True to show a
+    phase unwrapped where it has wrapped (:func:`.preview.display_phase`; the name then
+    says which), ``xlabel``/``ylabel`` for a 1-D array. A 1-D array is drawn as a line
+    against 1, 2, ... (the error per iteration), on a logarithmic axis when positive."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    from .preview import save_figure
+    from .preview import display_phase, draw_image
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.5), squeeze=False)
-    for ax, (name, img) in zip(axes[0], panels, strict=True):
-        ax.set_title(name, fontsize=9)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for ax, panel in zip(axes[0], panels, strict=True):
+        name, img = panel[0], panel[1]
+        opts = panel[2] if len(panel) > 2 else {}
         if np.ndim(img) == 1:
+            ax.set_title(name, fontsize=9)
             ax.plot(np.arange(1, len(img) + 1), img, lw=1.2)
             if np.all(np.asarray(img) > 0):
                 ax.set_yscale("log")
                 ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
                 ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.set_xlabel(opts.get("xlabel", "iteration"), fontsize=8)
+            ax.set_ylabel(opts.get("ylabel", name), fontsize=8)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
             ax.set_box_aspect(1)
             continue
-        ax.imshow(img, cmap="gray")
-        ax.set_axis_off()
+        if opts.get("phase"):
+            img, how = display_phase(img)
+            name = f"{name}, {how}"
+        ax.set_title(name, fontsize=9)
+        draw_image(ax, img, opts.get("sampling"), opts.get("unit"),
+                   bar_unit=opts.get("bar_unit", "Å"))  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=10)
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    return fig

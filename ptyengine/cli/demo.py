@@ -35,16 +35,18 @@ def demo(output, device, iterations):
         png = dataset_preview(ds, out / f"{label}_preview.png",
                               title=f"{label}: simulated 4D-STEM (ptyengine demo)")
         truth = ground_truth_window(ds) * physics.interaction_constant(ds.calibration.energy)
+        truth_sampling = tuple(ds.read_array("ground_truth/potential")[1]["sampling"])
     click.echo(f"preview: {png}")
     runs = {
         "iCOM": _reconstruct(path, "icom", device=device, overwrite=True),
         "ePIE": _reconstruct(path, "epie", device=device, overwrite=True,
                              epie_options={"iterations": iterations, "batch_size": 16}),
     }  # fmt: skip
-    panels = [("ground truth σV (rad)", truth)]
+    panels = [("ground truth σV", truth, {"sampling": truth_sampling, "unit": "rad"})]
     for name, r in runs.items():
         ncc = "" if r["ncc"] is None else f", NCC {r['ncc']['ncc']:.3f}"
-        panels.append((f"{name} phase{ncc}", r["crop"]))
+        panels.append((f"{name} phase{ncc}", r["crop"],
+                       {"sampling": r["sampling"], "unit": "rad", "phase": name == "ePIE"}))
     cmp = preview_png(out / "demo_comparison.png", panels,
                       title=f"{label}: scanned area, focused probe, noise-free "
                             f"(ePIE {iterations} iterations)")  # fmt: skip

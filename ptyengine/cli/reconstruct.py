@@ -313,14 +313,30 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
     memory_limit = epie_opts.pop("memory_limit")
     positions = epie_opts.pop("positions")
     probe_from = epie_opts.pop("probe_from")
+    given = {k: v for k, v in epie_opts.items() if v is not None}
+    check_options(method, given, rotation, checkpoint_every, resume, keep_checkpoint,
+                  positions, probe_from)  # fmt: skip
+    _reconstruct(Path(data), method, Path(output) if output else None, device=device,
+                 overwrite=overwrite, epie_options=given, rotation=rotation,
+                 checkpoint_every=checkpoint_every, resume=resume,
+                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
+                 mask=mask, positions=positions, probe_from=probe_from,
+                 run_config=current_run_config())  # fmt: skip
+
+
+def check_options(method: str, given: dict, rotation=None, checkpoint_every: int = 0,
+                  resume: bool = False, keep_checkpoint: bool = False, positions=None,
+                  probe_from=None) -> None:  # fmt: skip
+    """Refuse options ``method`` does not take, and bad values, before any data are read
+    (``given``: the method's parameters that were set, as keyword arguments of its
+    parameter dataclass); a :class:`click.UsageError` names the flags."""
     if positions is not None and method != "ml":
         raise click.UsageError(f"--positions: for --method ml only, not {method}")
     if probe_from is not None and method not in ITERATIVE:
         raise click.UsageError(f"--probe-from: for --method epie/mepie/ml only, not {method}")
-    if probe_from is not None and epie_opts.get("defocus") is not None:
+    if probe_from is not None and given.get("defocus") is not None:
         raise click.UsageError("--defocus and --probe-from both set the probe's C10: give "
                                "one")  # fmt: skip
-    given = {k: v for k, v in epie_opts.items() if v is not None}
     if method in DIRECT:
         _check_direct(method, given, rotation, checkpoint_every, resume, keep_checkpoint)
     elif method in ITERATIVE:
@@ -338,12 +354,6 @@ def reconstruct(data, method, output, device, checkpoint_every, resume, keep_che
                                   ("--keep-checkpoint", keep_checkpoint)) if on]  # fmt: skip
         if flags:
             raise click.UsageError(f"{', '.join(flags)}: for --method epie/mepie/ml only")
-    _reconstruct(Path(data), method, Path(output) if output else None, device=device,
-                 overwrite=overwrite, epie_options=given, rotation=rotation,
-                 checkpoint_every=checkpoint_every, resume=resume,
-                 keep_checkpoint=keep_checkpoint, memory_limit=memory_limit,
-                 mask=mask, positions=positions, probe_from=probe_from,
-                 run_config=current_run_config())  # fmt: skip
 
 
 def _reconstruct(data: Path, method: str, output: Path | None = None, device: str = "cpu",
@@ -447,6 +457,7 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
 
     import numpy as np
 
+    from ..preview import truth_like
     from ..results import preview_png, write_result
 
     click.echo(f"reconstructing {data} by {method} on {device}", err=True)
@@ -489,6 +500,11 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
         title += f", NCC with σV {ncc['ncc']:.3f}"
         click.echo(f"NCC of the {method} phase with σ·V (ground truth, |k| ≤ "
                    f"{ncc['k_max']:.2f} 1/Å): {ncc['ncc']:.4f}")  # fmt: skip
+    truth = truth_like(ds, rec["crop"].shape, rec["sampling"], rec.get("crop_origin",
+                                                                      rec["origin"]))
+    if truth is not None:  # beside the result, over the same area
+        rec["panels"].insert(1, ("ground truth σV, same area", truth[0],
+                                 {"sampling": truth[1], "unit": "rad"}))
     png = preview_png(_preview_path(out), rec["panels"], title=title)
     click.echo(f"result: {path}\npreview: {png}")
     if rec.get("depth"):
@@ -498,7 +514,7 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
     if ck is not None and ck.exists() and not keep_checkpoint:
         ck.unlink()
     return {"output": path, "preview": png, "crop": rec["crop"], "ncc": ncc,
-            "seconds": seconds}  # fmt: skip
+            "seconds": seconds, "sampling": tuple(rec["sampling"])}  # fmt: skip
 
 
 def _run_iterative(ds, data: Path, out: Path, method: str, device, options, checkpoint_every,
@@ -558,7 +574,9 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
                  cal.rotation if res.reconstruction_frame is not None else None)}
     probe_box = _central_box(np.abs(res.probe))
     probe_title = f"probe amplitude (central {probe_box.shape[0] * g.sampling[0]:.3g} Å)"
-    panels = [(f"{name} phase, scanned area (rad)", crop), (probe_title, probe_box)]
+    img = {"sampling": g.sampling, "unit": "rad", "phase": True}
+    panels = [(f"{name} phase, scanned area", crop, img),
+              (probe_title, probe_box, {"sampling": g.sampling, "unit": "arb."})]
     if method == "ml":
         summary += (f", result = iteration {res.best_iteration} (held-out likelihood), "
                     f"{res.extra['counts_per_pattern']:.4g} counts/pattern")  # fmt: skip
@@ -573,9 +591,11 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
                         f"{res.extra['positions']['shift_rms_A']:.3g} Å rms)")  # fmt: skip
         if res.held_out:
             panels.append(("held-out deviance per count vs iteration",
-                           np.asarray(res.held_out)))  # fmt: skip
+                           np.asarray(res.held_out),
+                           {"ylabel": "held-out deviance per count"}))  # fmt: skip
     elif errors:
-        panels.append(("error vs iteration", np.asarray(errors)))
+        panels.append(("error vs iteration", np.asarray(errors),
+                       {"ylabel": "amplitude error Σ(|Ψ|−√I)²/ΣI"}))
     arrays = {"object": res.object.astype(np.complex64),
               "probe": res.probe.astype(np.complex64), "phase": phase}  # fmt: skip
     if method == "ml" and res.probe_modes is not None and len(res.probe_modes) > 1:
@@ -591,13 +611,15 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
                      slice_thicknesses_A=res.extra["slice_thicknesses_A"])  # fmt: skip
         summary += f", {params.slices} slices"
         depth = _depth_panels(arrays["slice_phase"][:, lo[0]:hi[0], lo[1]:hi[1]],
-                              res.extra["slice_positions_A"])  # fmt: skip
+                              res.extra["slice_positions_A"], g.sampling)  # fmt: skip
     parameters = {**dataclasses.asdict(params), "device": device,
                   "defocus_used": res.extra.get("start_defocus", cal.defocus if
                                                 params.defocus is None else params.defocus),
                   "checkpoint_every": checkpoint_every}  # fmt: skip
     return {
         "arrays": arrays, "depth": depth, "sampling": g.sampling, "origin": g.object_origin,
+        "crop_origin": tuple(o + i * d for o, i, d in zip(g.object_origin, lo, g.sampling,
+                                                          strict=True)),
         "parameters": parameters,
         "errors": errors, "image": phase, "crop": crop, "panels": panels, "summary": summary,
         # the NCC ignores the unscanned margin round the scanned area
@@ -606,14 +628,15 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     }  # fmt: skip
 
 
-def _depth_panels(slice_phase, positions, most: int = 8) -> list:
+def _depth_panels(slice_phase, positions, sampling, most: int = 8) -> list:
     """The depth montage: the phase of at most ``most`` slices, evenly spread from the
     first to the last, each titled with its depth (Å)."""
     import numpy as np
 
     n = len(slice_phase)
     picks = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, most))})
-    return [(f"slice {s + 1}/{n}, z = {positions[s]:.4g} Å (rad)", slice_phase[s])
+    opts = {"sampling": sampling, "unit": "rad", "phase": True}
+    return [(f"slice {s + 1}/{n}, z = {positions[s]:.4g} Å", slice_phase[s], opts)
             for s in picks]  # fmt: skip
 
 
@@ -645,7 +668,9 @@ def _run_icom(ds, method, device, rotation, memory_limit=None) -> dict:
         click.echo(f"warning: {r.n_empty} pattern(s) hold no counts (taken as no "
                    "deflection)", err=True)  # fmt: skip
     name = "iCOM" if method == "icom" else "iDPC"
-    field = "COM (1/Å)" if method == "icom" else "DPC signal"
+    field = "COM" if method == "icom" else "DPC signal"
+    unit = "rad" if method == "icom" else "arb."
+    com = {"sampling": r.sampling, "unit": "1/Å" if method == "icom" else "arb."}
     phase = r.phase.astype(np.float32)
     return {
         "arrays": {"phase": phase, "com_y": r.com_y.astype(np.float32),
@@ -654,8 +679,9 @@ def _run_icom(ds, method, device, rotation, memory_limit=None) -> dict:
         "parameters": {"rotation": "calibration" if rotation is None else rotation,
                        "device": device},
         "errors": None, "image": phase, "crop": phase, "border": 0,
-        "panels": [(f"{name} phase ({'rad' if method == 'icom' else 'arb.'})", phase),
-                   (f"{field} y, scan frame", r.com_y), (f"{field} x, scan frame", r.com_x)],
+        "panels": [(f"{name} phase", phase, {"sampling": r.sampling, "unit": unit}),
+                   (f"{field} y, scan frame", r.com_y, com),
+                   (f"{field} x, scan frame", r.com_x, com)],
         "summary": f"{name}, rotation {r.rotation_deg:g}°",
         "extra": {"rotation_deg": r.rotation_deg, "transpose": r.transpose,
                   "rotation_found": r.rotation_found, "n_empty": r.n_empty, "units": r.units},
@@ -701,8 +727,10 @@ def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
                  "residual_A": r.residual_A, "bin": r.bin, "n_groups": len(r.used),
                  "groups_fitted": int(r.used.sum()), "counts_per_group": r.counts_per_group,
                  "summary": r.summary(), "units": "arb.", **r.extra}  # fmt: skip
-        panels = [("tcBF phase (CTF sign-corrected, arb.)", phase),
-                  ("aligned bright field (relative contrast)", r.bright_field)]
+        panels = [("tcBF phase (CTF sign-corrected)", phase,
+                   {"sampling": r.sampling, "unit": "arb."}),
+                  ("aligned bright field", r.bright_field,
+                   {"sampling": r.sampling, "unit": "relative contrast"})]
         summary = (f"tcBF, C10 {ab['C10']:.0f} Å, C12 {ab['C12']:.0f} Å, rotation "
                    f"{signed_deg(r.rotation_deg):.2f}°")  # fmt: skip
     elif method == "wdd":
@@ -712,7 +740,7 @@ def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
                  "epsilon": r.epsilon, "epsilon_from": r.epsilon_from,
                  "counts_per_pattern": r.counts_per_pattern,
                  "stack_on_disk": r.stack_on_disk}  # fmt: skip
-        panels = [("WDD phase (rad)", phase)]
+        panels = [("WDD phase", phase, {"sampling": r.sampling, "unit": "rad", "phase": True})]
         summary = (f"WDD, C10 {r.aberrations.get('C10', 0.0):.0f} Å deconvolved, ε "
                    f"{r.epsilon:.3g} ({r.epsilon_from})")  # fmt: skip
     else:
@@ -720,7 +748,7 @@ def _run_direct(ds, method, device, options, memory_limit=None) -> dict:
         extra = {"aberrations": r.aberrations, "rotation_deg": r.rotation_deg,
                  "transpose": r.transpose, "bin": r.bin, "units": "rad",
                  "stack_on_disk": r.stack_on_disk}  # fmt: skip
-        panels = [("SSB phase (rad)", phase)]
+        panels = [("SSB phase", phase, {"sampling": r.sampling, "unit": "rad", "phase": True})]
         summary = f"SSB, C10 {r.aberrations.get('C10', 0.0):.0f} Å corrected"
     return {"arrays": arrays, "sampling": r.sampling, "origin": r.origin,
             "parameters": parameters, "errors": None, "image": phase, "crop": phase,

@@ -210,6 +210,10 @@ def initial_probe(cal: Calibration, defocus: float | None, mean_intensity: float
     return p * np.float32(math.sqrt(mean_intensity / n))
 
 
+#: counts per bright-field pixel below which the amplitude projection is biased (E[√n] ≪ √λ)
+LOW_COUNTS = 1.0
+
+
 def _warn_low_counts(cal: Calibration, mean_counts: float, params: EpieParameters) -> None:
     """Amplitude projection is biased far below one count per bright-field pixel
     (E[√n] ≪ √λ): say so, with the settings that measured better (benchmarks/RESULTS.md)."""
@@ -218,7 +222,7 @@ def _warn_low_counts(cal: Calibration, mean_counts: float, params: EpieParameter
     lam = cal.wavelength
     disc = math.pi * (cal.semiangle * 1e-3 / lam) ** 2 / (cal.dk[0] * cal.dk[1])  # pixels
     per_pixel = mean_counts / max(disc, 1.0)
-    if per_pixel < 1.0 and not (params.phase_only and params.probe_update_start > 0):
+    if per_pixel < LOW_COUNTS and not (params.phase_only and params.probe_update_start > 0):
         warnings.warn(
             f"only {per_pixel:.3g} counts per bright-field pixel: plain ePIE's amplitude "
             "update is biased at such counts and can collapse the object; for weak-phase "
