@@ -427,6 +427,33 @@ def ifft2(a, out=None):
     return out
 
 
+def rfft2(a):
+    """Forward 2-D FFT of real data over the last two axes (unnormalised, as numpy's
+    rfft2): (..., ny, nx) → (..., ny, nx // 2 + 1) complex64 (float32 input on the CPU,
+    an FFTW plan per shape and thread; cupy's rfft2 on a GPU)."""
+    xp = xp_of(a)
+    if xp is not np or not _HAVE_PYFFTW:
+        return xp.fft.rfft2(a, axes=(-2, -1)).astype(np.complex64)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    shape = tuple(int(s) for s in a.shape)
+    out_shape = (*shape[:-1], shape[-1] // 2 + 1)
+    threads = fft_threads_for(shape)
+    key = (shape, "r2c", threads, threading.get_ident(), fftw_planner())
+    plan = _plans.get(key)
+    if plan is None:
+        with _planning() as effort:
+            plan = _plans[key] = pyfftw.FFTW(
+                pyfftw.empty_aligned(shape, dtype=np.float32),
+                pyfftw.empty_aligned(out_shape, dtype=np.complex64), axes=(-2, -1),
+                flags=(effort,), threads=threads)  # fmt: skip
+    align = max(plan.input_alignment, plan.output_alignment)
+    if not _is_aligned(a, align):
+        a = pyfftw.byte_align(a, align)
+    out = pyfftw.empty_aligned(out_shape, dtype=np.complex64)
+    plan(a, out)
+    return out
+
+
 class FFTBuffer:
     """An array ``a`` with in-place 2-D FFTs over its last two axes bound to it.
 

@@ -26,6 +26,8 @@ import numpy as np
 from ..backend import get_xp, to_device_async, to_numpy
 from ..dataset import check_counts, detector_mask
 from ..errors import PtyengineError
+from ..kernels.direct import gather_cpu
+from ..kernels.moments import kernel_input
 from .icom import detector_k, row_blocks
 
 
@@ -126,17 +128,20 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     cal = ds.calibration
     sy, sx = cal.scan_shape
     name = getattr(ds, "path", None) or "data"
-    pix, onehot = xp.asarray(bf.pixels), group_matrix(bf, xp)
+    pix, onehot = (None, None) if xp is np else (xp.asarray(bf.pixels), group_matrix(bf, xp))
 
     def reduce(row0: int, block):
         block = to_device_async(np.asarray(block), xp)
         check_counts(block, f"{name}: scan rows {row0}:{row0 + len(block)}", row_start=row0)
-        return reduce_block(block, pix, onehot)
+        return gather_block(block, bf) if xp is np else reduce_block(block, pix, onehot)
 
     stack = np.zeros((bf.n_groups, sy, sx), np.float32) if out is None else out
     done = 0
     for row0, part in row_blocks(ds, reduce, memory_limit):
-        stack[:, row0:row0 + part.shape[1]] = part
+        if isinstance(stack, StackFile):
+            stack.write(row0, part)
+        else:
+            stack[:, row0:row0 + part.shape[1]] = part
         done += part.shape[1]
     if done != sy:
         raise PtyengineError(f"{name}: read {done} scan rows, expected {sy}")
@@ -150,6 +155,15 @@ def group_matrix(bf: BrightField, xp=np):
     oh = np.zeros((len(bf.pixels), bf.n_groups), np.float32)
     oh[np.arange(len(bf.pixels)), bf.group] = 1.0
     return xp.asarray(oh)
+
+
+def gather_block(block, bf: BrightField) -> np.ndarray:
+    """(G, rows, Sx) float32: the group sums of a block (rows, Sx, Ky, Kx) on the CPU, read
+    as stored (:func:`kernels.direct.gather_cpu`; equal to :func:`reduce_block`)."""
+    n, sx = block.shape[:2]
+    out = np.zeros((bf.n_groups, n * sx), np.float32)
+    gather_cpu(kernel_input(block, (math.prod(block.shape[2:]),)), bf.pixels, bf.group, out)
+    return out.reshape(-1, n, sx)
 
 
 def reduce_block(block, pixels, onehot) -> np.ndarray:
@@ -170,3 +184,45 @@ def stack_bytes(cal, bf: BrightField) -> int:
 def dataset_mask(ds):
     """The dataset's detector mask (None: every pixel counts)."""
     return detector_mask(ds)
+
+
+class StackFile:
+    """The bright-field stack (G, Sy, Sx) float32 in a file, for stacks beyond the memory
+    budget: written as it is read (``write``: the (G, rows, Sx) part of each block of scan
+    rows, appended: sequential writes), read back in blocks of groups (``stack[g0:g1]``:
+    one contiguous read per block of scan rows). Plain file I/O, no memory map: resident
+    memory is the block asked for, whatever the stack's size."""
+
+    def __init__(self, path, n_groups: int, scan_shape):
+        self.shape = (int(n_groups), *(int(s) for s in scan_shape))
+        self.dtype = np.dtype(np.float32)
+        self.path = path
+        self._fh = open(path, "w+b")  # noqa: SIM115 - closed by close()
+        self._parts: list[tuple[int, int, int]] = []  # (row0, rows, byte offset)
+        self._end = 0
+
+    def write(self, row0: int, part) -> None:
+        part = np.ascontiguousarray(part, np.float32)
+        self._fh.seek(self._end)
+        self._fh.write(memoryview(part).cast("B"))
+        self._parts.append((int(row0), part.shape[1], self._end))
+        self._end += part.nbytes
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, sl) -> np.ndarray:
+        g0, g1, step = sl.indices(self.shape[0]) if isinstance(sl, slice) else (0, 0, 0)
+        if step != 1:
+            raise TypeError("StackFile reads contiguous slices of groups only")
+        sx = self.shape[2]
+        out = np.empty((g1 - g0, self.shape[1], sx), np.float32)
+        for row0, rows, offset in self._parts:
+            piece = np.empty((g1 - g0, rows, sx), np.float32)
+            self._fh.seek(offset + g0 * rows * sx * 4)
+            self._fh.readinto(memoryview(piece).cast("B"))
+            out[:, row0:row0 + rows] = piece
+        return out
+
+    def close(self) -> None:
+        self._fh.close()

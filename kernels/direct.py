@@ -1,0 +1,159 @@
+"""CPU kernels of the direct methods (:mod:`ptyengine.reconstruct.direct`, ``.ssb``).
+
+``gather_cpu`` reads a block of stored patterns (uint16 and friends, as stored: no float
+copy of the block) and sums the bright-field pixels of each group; ``trotter_sums_cpu``
+accumulates SSB's trotter estimates of Φ(Q) from the scan spectra of a block of pixels,
+with the aberration phases χ(k) − χ(k ∓ Q) evaluated as polynomials (no arrays of the
+block's size). Both serial and GIL-free: the reading threads, or the parts of
+:func:`ptyengine.backend.split_map`, run them side by side. Their twins are plain array
+code against ``xp`` (:func:`ptyengine.reconstruct.direct.reduce_block`,
+:func:`ptyengine.reconstruct.ssb.trotter_sums_xp`), which a GPU runs and the tests
+compare with these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def gather_cpu(patterns, pixels, group, out):
+    """out[group[i], p] += patterns[p, pixels[i]] for every pattern p and pixel i.
+
+    patterns: (P, Ky·Kx) in their stored dtype; pixels, group: (n,) int64 (sorted by
+    group); out: (G, P) float32, zeroed. Patterns are taken 16 at a time so that the 64
+    bytes of ``out`` each group receives stay in one cache line.
+    """
+    n_pat = patterns.shape[0]
+    tile = 16
+    for p0 in range(0, n_pat, tile):
+        p1 = min(p0 + tile, n_pat)
+        for i in range(pixels.shape[0]):
+            pix, g = pixels[i], group[i]
+            for p in range(p0, p1):
+                out[g, p] += np.float32(patterns[p, pix])
+
+
+def chi_terms(aberrations: dict, wavelength: float):
+    """(coef (T,), power (T,) int64, m (T,) int64, rot (T,) complex128): χ(k) =
+    Σ_t coef_t (k_y² + k_x²)^power_t Re[(k_x + i k_y)^m_t rot_t] rad, k in 1/Å — the
+    Krivanek sum of :func:`ptyengine.physics.chi`, α^(n+1) cos m(φ − φ_nm) =
+    λ^(n+1) |k|^(n+1−m) Re[(k_x + i k_y)^m e^{−imφ_nm}] (n + 1 − m is even)."""
+    from ptyengine.physics import ABERRATION_ORDERS, check_aberrations
+
+    ab = check_aberrations(aberrations)
+    coef, power, m_, rot = [], [], [], []
+    for name, (n, m) in ABERRATION_ORDERS.items():
+        c = ab.get(name, 0.0)
+        if not c:
+            continue
+        coef.append(2 * math.pi / wavelength * c * wavelength ** (n + 1) / (n + 1))
+        power.append((n + 1 - m) // 2)
+        m_.append(m)
+        rot.append(complex(np.exp(-1j * m * ab.get(f"phi{n}{m}", 0.0))))
+    return (np.array(coef, np.float64), np.array(power, np.int64), np.array(m_, np.int64),
+            np.array(rot, np.complex128))  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True)
+def chi_poly(ky, kx, coef, power, m, rot):
+    """χ(k) rad at one (ky, kx) 1/Å from :func:`chi_terms`."""
+    k2 = ky * ky + kx * kx
+    z = complex(kx, ky)
+    out = 0.0
+    for t in range(coef.shape[0]):
+        zm = complex(1.0, 0.0)
+        for _ in range(m[t]):
+            zm *= z
+        out += coef[t] * k2 ** power[t] * (zm * rot[t]).real
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot, num,
+                     count):  # fmt: skip
+    """Add SSB's trotter estimates of Φ(Q)·I₀ of a block of pixels to ``num``, ``count``
+    at the Q of the rfft half (columns ix < Sx//2 + 1, and every column of the Nyquist row
+    of an even Sy); :func:`mirror_half` fills in the rest (Φ(−Q) = Φ*(Q) exactly).
+
+    half: (b, Sy, Sx//2 + 1) complex64, the rfft2 over the scan of each pixel's image
+    (G(−Q) = G*(Q) gives the other half); ky, kx: (b,) scan-frame k 1/Å; use: (b,) bool
+    (pixels inside the disc, clear of its edge); qy (Sy,), qx (Sx,): the scan's
+    frequencies (numpy's fftfreq order) 1/Å, dqx = 1/(Sx·step_x); lo, hi: (α/λ ∓ edge)²
+    1/Å²; χ from :func:`chi_terms`; num: (Sy, Sx) complex128, count (Sy, Sx) int64.
+    left  (|k−Q|² < lo, |k+Q|² > hi): −i G e^{−i(χ(k) − χ(k−Q))};
+    right (|k+Q|² < lo, |k−Q|² > hi): +i G e^{+i(χ(k) − χ(k+Q))}.
+    Each row of Q visits only the columns within √lo of ±k (a superset of the trotters;
+    the tests above decide, exactly as on the full grid).
+    """
+    sy, sx = qy.shape[0], qx.shape[0]
+    h = half.shape[2]
+    jmin, jmax = -(sx // 2), (sx - 1) // 2  # fftfreq's column index range
+    nyquist = sy // 2 if sy % 2 == 0 else -1
+    aberrated = coef.shape[0] > 0
+    for b in range(half.shape[0]):
+        if not use[b]:
+            continue
+        kyb, kxb = ky[b], kx[b]
+        c0 = chi_poly(kyb, kxb, coef, power, m, rot)
+        for iy in range(sy):
+            dym, dyp = kyb - qy[iy], kyb + qy[iy]
+            for side in range(2):  # 0: left, Q near +k; 1: right, Q near −k
+                dy = dym if side == 0 else dyp
+                r2 = lo - dy * dy
+                if r2 <= 0:
+                    continue
+                w = math.sqrt(r2)
+                centre = kxb if side == 0 else -kxb
+                j0 = max(jmin, int(math.floor((centre - w) / dqx)) - 1)
+                j1 = min(jmax, int(math.floor((centre + w) / dqx)) + 1)
+                for j in range(j0, j1 + 1):
+                    ix = j % sx
+                    if ix >= h and iy != nyquist:
+                        continue
+                    dxm, dxp = kxb - qx[ix], kxb + qx[ix]
+                    minus = dym * dym + dxm * dxm
+                    plus = dyp * dyp + dxp * dxp
+                    if side == 0:
+                        if not (minus < lo and plus > hi):
+                            continue
+                        if aberrated:
+                            d = c0 - chi_poly(dym, dxm, coef, power, m, rot)
+                            ph = complex(-math.sin(d), -math.cos(d))  # −i e^{−id}
+                        else:
+                            ph = complex(0.0, -1.0)
+                    else:
+                        if not (plus < lo and minus > hi):
+                            continue
+                        if aberrated:
+                            d = c0 - chi_poly(dyp, dxp, coef, power, m, rot)
+                            ph = complex(-math.sin(d), math.cos(d))  # +i e^{+id}
+                        else:
+                            ph = complex(0.0, 1.0)
+                    if ix < h:
+                        g = complex(half[b, iy, ix])
+                    else:
+                        g = complex(half[b, (sy - iy) % sy, sx - ix]).conjugate()
+                    num[iy, ix] += g * ph
+                    count[iy, ix] += 1
+
+
+def mirror_half(num, count) -> None:
+    """Fill the columns ix ≥ Sx//2 + 1 of :func:`trotter_sums_cpu`'s sums (but the
+    Nyquist row of an even Sy, which it sums itself) from Φ(−Q) = Φ*(Q): the pixels in
+    the trotters of −Q are those of Q with left and right exchanged, each giving the
+    complex conjugate of its estimate at Q (fftfreq's −q is exactly −(q))."""
+    sy, sx = num.shape
+    h = sx // 2 + 1
+    if h >= sx:
+        return
+    rows = np.arange(sy)
+    if sy % 2 == 0:
+        rows = rows[rows != sy // 2]
+    cols = np.arange(h, sx)
+    src_r, src_c = (-rows) % sy, sx - cols
+    num[np.ix_(rows, cols)] = np.conj(num[np.ix_(src_r, src_c)])
+    count[np.ix_(rows, cols)] = count[np.ix_(src_r, src_c)]
