@@ -20,28 +20,37 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
-def gather_cpu(patterns, pixels, group, out):
-    """out[group[i], p] += patterns[p, pixels[i]] for every pattern p and pixel i.
+def gather_cpu(patterns, pixels, starts, out):
+    """out[g, p] = Σ_{i in group g} patterns[p, pixels[i]] for every pattern p.
 
-    patterns: (P, Ky·Kx) in their stored dtype; pixels, group: (n,) int64 (sorted by
-    group); out: (G, P) float32, zeroed. Patterns are taken 16 at a time so that the 64
-    bytes of ``out`` each group receives stay in one cache line.
+    patterns: (P, Ky·Kx) in their stored dtype; pixels: (n,) int64 sorted by group, group
+    g's at starts[g]:starts[g + 1]; out: (G, P), float32 (sums in float32, in the pixels'
+    order) or, where every group is one pixel, the patterns' own dtype (a copy). Eight
+    patterns at a time: their rows stay in cache while every group is gathered.
     """
     n_pat = patterns.shape[0]
-    tile = 16
-    for p0 in range(0, n_pat, tile):
-        p1 = min(p0 + tile, n_pat)
-        for i in range(pixels.shape[0]):
-            pix, g = pixels[i], group[i]
-            for p in range(p0, p1):
-                out[g, p] += np.float32(patterns[p, pix])
+    for p0 in range(0, n_pat, 8):
+        p1 = min(p0 + 8, n_pat)
+        for g in range(out.shape[0]):
+            i0, i1 = starts[g], starts[g + 1]
+            if i1 - i0 == 1:
+                pix = pixels[i0]
+                for p in range(p0, p1):
+                    out[g, p] = patterns[p, pix]
+            else:
+                for p in range(p0, p1):
+                    s = np.float32(0.0)
+                    for i in range(i0, i1):
+                        s += np.float32(patterns[p, pixels[i]])
+                    out[g, p] = s
 
 
 def chi_terms(aberrations: dict, wavelength: float):
-    """(coef (T,), power (T,) int64, m (T,) int64, rot (T,) complex128): χ(k) =
+    """(coef (T,), power (T,) int64, m (T,) int64, rot (T,) complex128, degree): χ(k) =
     Σ_t coef_t (k_y² + k_x²)^power_t Re[(k_x + i k_y)^m_t rot_t] rad, k in 1/Å — the
     Krivanek sum of :func:`ptyengine.physics.chi`, α^(n+1) cos m(φ − φ_nm) =
-    λ^(n+1) |k|^(n+1−m) Re[(k_x + i k_y)^m e^{−imφ_nm}] (n + 1 − m is even)."""
+    λ^(n+1) |k|^(n+1−m) Re[(k_x + i k_y)^m e^{−imφ_nm}] (n + 1 − m is even); degree:
+    the polynomial's, max(n + 1)."""
     from ptyengine.physics import ABERRATION_ORDERS, check_aberrations
 
     ab = check_aberrations(aberrations)
@@ -55,26 +64,48 @@ def chi_terms(aberrations: dict, wavelength: float):
         m_.append(m)
         rot.append(complex(np.exp(-1j * m * ab.get(f"phi{n}{m}", 0.0))))
     return (np.array(coef, np.float64), np.array(power, np.int64), np.array(m_, np.int64),
-            np.array(rot, np.complex128))  # fmt: skip
+            np.array(rot, np.complex128), max([2 * p + m for p, m in zip(power, m_, strict=True)],
+                                              default=0))  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True)
 def chi_poly(ky, kx, coef, power, m, rot):
-    """χ(k) rad at one (ky, kx) 1/Å from :func:`chi_terms`."""
+    """χ(k) rad at one (ky, kx) 1/Å from :func:`chi_terms` (products only: no pow)."""
     k2 = ky * ky + kx * kx
     z = complex(kx, ky)
     out = 0.0
     for t in range(coef.shape[0]):
-        zm = complex(1.0, 0.0)
+        zm = rot[t]
         for _ in range(m[t]):
             zm *= z
-        out += coef[t] * k2 ** power[t] * (zm * rot[t]).real
+        r = coef[t] * zm.real
+        for _ in range(power[t]):
+            r *= k2
+        out += r
     return out
 
 
+#: steps of the phase recurrence between exact evaluations of χ (trotter_sums_cpu)
+RESEED = 16
+
+
 @numba.njit(nogil=True, cache=True)
-def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot, num,
-                     count):  # fmt: skip
+def _seed(j, dy, kx, sgn, dqx, coef, power, m, rot, th, rr):
+    """rr[0] = e^{iθ_j}, rr[d] = e^{iΔ^d θ_j} (d = 1..D) for θ_j = χ(dy, kx + sgn·j·dqx):
+    the forward differences of a polynomial of degree D = len(th) − 1 in j."""
+    deg = th.shape[0] - 1
+    for t in range(deg + 1):
+        th[t] = chi_poly(dy, kx + sgn * ((j + t) * dqx), coef, power, m, rot)
+    for level in range(1, deg + 1):
+        for t in range(deg, level - 1, -1):
+            th[t] = th[t] - th[t - 1]
+    for t in range(deg + 1):
+        rr[t] = complex(math.cos(th[t]), math.sin(th[t]))
+
+
+@numba.njit(nogil=True, cache=True)
+def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot, degree,
+                     num, count):  # fmt: skip
     """Add SSB's trotter estimates of Φ(Q)·I₀ of a block of pixels to ``num``, ``count``
     at the Q of the rfft half (columns ix < Sx//2 + 1, and every column of the Nyquist row
     of an even Sy); :func:`mirror_half` fills in the rest (Φ(−Q) = Φ*(Q) exactly).
@@ -82,23 +113,29 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
     half: (b, Sy, Sx//2 + 1) complex64, the rfft2 over the scan of each pixel's image
     (G(−Q) = G*(Q) gives the other half); ky, kx: (b,) scan-frame k 1/Å; use: (b,) bool
     (pixels inside the disc, clear of its edge); qy (Sy,), qx (Sx,): the scan's
-    frequencies (numpy's fftfreq order) 1/Å, dqx = 1/(Sx·step_x); lo, hi: (α/λ ∓ edge)²
-    1/Å²; χ from :func:`chi_terms`; num: (Sy, Sx) complex128, count (Sy, Sx) int64.
+    frequencies (numpy's fftfreq order: qx[j mod Sx] = j·dqx, dqx = 1/(Sx·step_x)) 1/Å;
+    lo, hi: (α/λ ∓ edge)² 1/Å²; χ from :func:`chi_terms`, a polynomial of ``degree`` in
+    k; num: (Sy, Sx) complex128, count (Sy, Sx) int64.
     left  (|k−Q|² < lo, |k+Q|² > hi): −i G e^{−i(χ(k) − χ(k−Q))};
     right (|k+Q|² < lo, |k−Q|² > hi): +i G e^{+i(χ(k) − χ(k+Q))}.
     Each row of Q visits only the columns within √lo of ±k (a superset of the trotters;
-    the tests above decide, exactly as on the full grid).
+    the tests above decide, exactly as on the full grid). Along a row χ(k ∓ Q) is a
+    polynomial of ``degree`` in the column j, so e^{iχ} follows from its forward
+    differences by products (exact evaluations every :data:`RESEED` columns).
     """
     sy, sx = qy.shape[0], qx.shape[0]
     h = half.shape[2]
     jmin, jmax = -(sx // 2), (sx - 1) // 2  # fftfreq's column index range
     nyquist = sy // 2 if sy % 2 == 0 else -1
     aberrated = coef.shape[0] > 0
+    th = np.zeros(degree + 1)
+    rr = np.zeros(degree + 1, np.complex128)
     for b in range(half.shape[0]):
         if not use[b]:
             continue
         kyb, kxb = ky[b], kx[b]
         c0 = chi_poly(kyb, kxb, coef, power, m, rot)
+        ec0 = complex(math.cos(c0), math.sin(c0))
         for iy in range(sy):
             dym, dyp = kyb - qy[iy], kyb + qy[iy]
             for side in range(2):  # 0: left, Q near +k; 1: right, Q near −k
@@ -110,7 +147,15 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
                 centre = kxb if side == 0 else -kxb
                 j0 = max(jmin, int(math.floor((centre - w) / dqx)) - 1)
                 j1 = min(jmax, int(math.floor((centre + w) / dqx)) + 1)
+                sgn = -1.0 if side == 0 else 1.0  # k ∓ Q: x = kx + sgn·q
                 for j in range(j0, j1 + 1):
+                    if aberrated:
+                        if (j - j0) % RESEED == 0:
+                            _seed(j, dy, kxb, sgn, dqx, coef, power, m, rot, th, rr)
+                        else:  # e^{iθ_j} = e^{iθ_{j−1}} e^{iΔθ_{j−1}}, and so on down
+                            rr[0] *= rr[1]
+                            for t in range(1, degree):
+                                rr[t] *= rr[t + 1]
                     ix = j % sx
                     if ix >= h and iy != nyquist:
                         continue
@@ -120,19 +165,12 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
                     if side == 0:
                         if not (minus < lo and plus > hi):
                             continue
-                        if aberrated:
-                            d = c0 - chi_poly(dym, dxm, coef, power, m, rot)
-                            ph = complex(-math.sin(d), -math.cos(d))  # −i e^{−id}
-                        else:
-                            ph = complex(0.0, -1.0)
+                        # −i e^{−i(χ(k) − χ(k−Q))} = −i e^{−iχ(k)} e^{iχ(k−Q)}
+                        ph = complex(0.0, -1.0) * (ec0.conjugate() * rr[0] if aberrated else 1.0)
                     else:
                         if not (plus < lo and minus > hi):
                             continue
-                        if aberrated:
-                            d = c0 - chi_poly(dyp, dxp, coef, power, m, rot)
-                            ph = complex(-math.sin(d), math.cos(d))  # +i e^{+id}
-                        else:
-                            ph = complex(0.0, 1.0)
+                        ph = complex(0.0, 1.0) * (ec0 * rr[0].conjugate() if aberrated else 1.0)
                     if ix < h:
                         g = complex(half[b, iy, ix])
                     else:

@@ -429,29 +429,16 @@ def ifft2(a, out=None):
 
 def rfft2(a):
     """Forward 2-D FFT of real data over the last two axes (unnormalised, as numpy's
-    rfft2): (..., ny, nx) → (..., ny, nx // 2 + 1) complex64 (float32 input on the CPU,
-    an FFTW plan per shape and thread; cupy's rfft2 on a GPU)."""
+    rfft2): (..., ny, nx) → (..., ny, nx // 2 + 1), complex64 for float32 input.
+    CPU: scipy's pocketfft, one thread (no plans: as fast as FFTW's r2c plans on scan
+    shapes such as 119 × 256 and 2.7× faster on 236 × 256, measured on the 2-core VM);
+    GPU: cupy's."""
     xp = xp_of(a)
-    if xp is not np or not _HAVE_PYFFTW:
-        return xp.fft.rfft2(a, axes=(-2, -1)).astype(np.complex64)
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    shape = tuple(int(s) for s in a.shape)
-    out_shape = (*shape[:-1], shape[-1] // 2 + 1)
-    threads = fft_threads_for(shape)
-    key = (shape, "r2c", threads, threading.get_ident(), fftw_planner())
-    plan = _plans.get(key)
-    if plan is None:
-        with _planning() as effort:
-            plan = _plans[key] = pyfftw.FFTW(
-                pyfftw.empty_aligned(shape, dtype=np.float32),
-                pyfftw.empty_aligned(out_shape, dtype=np.complex64), axes=(-2, -1),
-                flags=(effort,), threads=threads)  # fmt: skip
-    align = max(plan.input_alignment, plan.output_alignment)
-    if not _is_aligned(a, align):
-        a = pyfftw.byte_align(a, align)
-    out = pyfftw.empty_aligned(out_shape, dtype=np.complex64)
-    plan(a, out)
-    return out
+    if xp is np:
+        import scipy.fft
+
+        return scipy.fft.rfft2(np.asarray(a, np.float32), axes=(-2, -1))
+    return xp.fft.rfft2(a, axes=(-2, -1)).astype(np.complex64)
 
 
 class FFTBuffer:

@@ -27,7 +27,7 @@ from ..backend import get_xp, to_device_async, to_numpy
 from ..dataset import check_counts, detector_mask
 from ..errors import PtyengineError
 from ..kernels.direct import gather_cpu
-from ..kernels.moments import kernel_input
+from ..kernels.moments import KERNEL_DTYPES, kernel_input
 from .icom import detector_k, row_blocks
 
 
@@ -50,6 +50,11 @@ class BrightField:
     @property
     def n_groups(self) -> int:
         return len(self.size)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """(G + 1,) int64: group g's pixels are ``pixels[starts[g]:starts[g + 1]]``."""
+        return np.concatenate([[0], np.cumsum(self.size)]).astype(np.int64)
 
 
 def check_parameters(method: str, defocus, bin, block, block_unit: str) -> None:
@@ -116,7 +121,8 @@ def bright_field_groups(cal, bin: int = 1, fraction: float = 1.0, mask=None) -> 
 
 def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=None,
                        out=None) -> np.ndarray:  # fmt: skip
-    """(G, Sy, Sx) float32: Σ of the counts of each group's pixels at every scan position.
+    """(G, Sy, Sx): Σ of the counts of each group's pixels at every scan position (float32;
+    uint8/uint16 counts as stored where the groups are single pixels, :func:`stack_dtype`).
 
     One streaming pass over the row blocks of ``ds`` (validated with
     :func:`check_counts`); each block reduced in its reading thread: a gather of the
@@ -130,14 +136,30 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     name = getattr(ds, "path", None) or "data"
     pix, onehot = (None, None) if xp is np else (xp.asarray(bf.pixels), group_matrix(bf, xp))
 
+    if out is None:
+        native = xp is np and np.dtype(ds.dtype) in KERNEL_DTYPES  # as gather_block sees it
+        dtype = stack_dtype(ds.dtype, bf) if native else np.float32
+        out = np.zeros((bf.n_groups, sy, sx), dtype)
+    stack = out
+    # CPU, a stack in memory whose rows follow each other: the reading threads gather
+    # straight into it (no block-sized temporary: fresh pages cost ~10 µs each on a VM)
+    direct = (xp is np and isinstance(stack, np.ndarray)
+              and stack.strides[1] == sx * stack.strides[2])  # fmt: skip
+
     def reduce(row0: int, block):
         block = to_device_async(np.asarray(block), xp)
-        check_counts(block, f"{name}: scan rows {row0}:{row0 + len(block)}", row_start=row0)
+        n = len(block)
+        check_counts(block, f"{name}: scan rows {row0}:{row0 + n}", row_start=row0)
+        if direct:
+            gather_block(block, bf, stack[:, row0:row0 + n].reshape(bf.n_groups, n * sx))
+            return n
         return gather_block(block, bf) if xp is np else reduce_block(block, pix, onehot)
 
-    stack = np.zeros((bf.n_groups, sy, sx), np.float32) if out is None else out
     done = 0
     for row0, part in row_blocks(ds, reduce, memory_limit):
+        if direct:
+            done += part
+            continue
         if isinstance(stack, StackFile):
             stack.write(row0, part)
         else:
@@ -157,13 +179,26 @@ def group_matrix(bf: BrightField, xp=np):
     return xp.asarray(oh)
 
 
-def gather_block(block, bf: BrightField) -> np.ndarray:
-    """(G, rows, Sx) float32: the group sums of a block (rows, Sx, Ky, Kx) on the CPU, read
-    as stored (:func:`kernels.direct.gather_cpu`; equal to :func:`reduce_block`)."""
+def gather_block(block, bf: BrightField, out=None) -> np.ndarray:
+    """(G, rows, Sx): the group sums of a block (rows, Sx, Ky, Kx) on the CPU, read as
+    stored (:func:`kernels.direct.gather_cpu`; equal to :func:`reduce_block`), in the
+    dtype of :func:`stack_dtype`; or written into ``out`` (G, rows·Sx) (a view of the
+    stack: the reading threads fill it in place)."""
     n, sx = block.shape[:2]
-    out = np.zeros((bf.n_groups, n * sx), np.float32)
-    gather_cpu(kernel_input(block, (math.prod(block.shape[2:]),)), bf.pixels, bf.group, out)
+    flat = kernel_input(block, (math.prod(block.shape[2:]),))
+    if out is None:
+        out = np.empty((bf.n_groups, n * sx), stack_dtype(flat.dtype, bf))
+    gather_cpu(flat, bf.pixels, bf.starts, out)
     return out.reshape(-1, n, sx)
+
+
+def stack_dtype(dtype, bf: BrightField) -> np.dtype:
+    """The stack's dtype: counts of ≤ 16 bits as they are stored where every group is one
+    pixel (a copy: half the memory of float32), else float32."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and dtype.itemsize <= 2 and bf.n_groups == len(bf.pixels):
+        return dtype
+    return np.dtype(np.float32)
 
 
 def reduce_block(block, pixels, onehot) -> np.ndarray:
