@@ -137,9 +137,7 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     pix, onehot = (None, None) if xp is np else (xp.asarray(bf.pixels), group_matrix(bf, xp))
 
     if out is None:
-        native = xp is np and np.dtype(ds.dtype) in KERNEL_DTYPES  # as gather_block sees it
-        dtype = stack_dtype(ds.dtype, bf) if native else np.float32
-        out = np.zeros((bf.n_groups, sy, sx), dtype)
+        out = np.zeros((bf.n_groups, sy, sx), dataset_stack_dtype(ds, bf, device))
     stack = out
     # CPU, a stack in memory whose rows follow each other: the reading threads gather
     # straight into it (no block-sized temporary: fresh pages cost ~10 µs each on a VM)
@@ -192,6 +190,13 @@ def gather_block(block, bf: BrightField, out=None) -> np.ndarray:
     return out.reshape(-1, n, sx)
 
 
+def dataset_stack_dtype(ds, bf: BrightField, device: str = "cpu") -> np.dtype:
+    """The dtype :func:`bright_field_stack` gives the stack of ``ds`` (float32 on a GPU
+    and for dtypes the CPU kernels do not read as stored)."""
+    native = device == "cpu" and np.dtype(ds.dtype) in KERNEL_DTYPES  # as gather_block sees it
+    return stack_dtype(ds.dtype, bf) if native else np.dtype(np.float32)
+
+
 def stack_dtype(dtype, bf: BrightField) -> np.dtype:
     """The stack's dtype: counts of ≤ 16 bits as they are stored where every group is one
     pixel (a copy: half the memory of float32), else float32."""
@@ -222,22 +227,22 @@ def dataset_mask(ds):
 
 
 class StackFile:
-    """The bright-field stack (G, Sy, Sx) float32 in a file, for stacks beyond the memory
+    """The bright-field stack (G, Sy, Sx) in a file (``dtype``), for stacks beyond the memory
     budget: written as it is read (``write``: the (G, rows, Sx) part of each block of scan
     rows, appended: sequential writes), read back in blocks of groups (``stack[g0:g1]``:
     one contiguous read per block of scan rows). Plain file I/O, no memory map: resident
     memory is the block asked for, whatever the stack's size."""
 
-    def __init__(self, path, n_groups: int, scan_shape):
+    def __init__(self, path, n_groups: int, scan_shape, dtype=np.float32):
         self.shape = (int(n_groups), *(int(s) for s in scan_shape))
-        self.dtype = np.dtype(np.float32)
+        self.dtype = np.dtype(dtype)
         self.path = path
         self._fh = open(path, "w+b")  # noqa: SIM115 - closed by close()
         self._parts: list[tuple[int, int, int]] = []  # (row0, rows, byte offset)
         self._end = 0
 
     def write(self, row0: int, part) -> None:
-        part = np.ascontiguousarray(part, np.float32)
+        part = np.ascontiguousarray(part, self.dtype)
         self._fh.seek(self._end)
         self._fh.write(memoryview(part).cast("B"))
         self._parts.append((int(row0), part.shape[1], self._end))
@@ -250,11 +255,11 @@ class StackFile:
         g0, g1, step = sl.indices(self.shape[0]) if isinstance(sl, slice) else (0, 0, 0)
         if step != 1:
             raise TypeError("StackFile reads contiguous slices of groups only")
-        sx = self.shape[2]
-        out = np.empty((g1 - g0, self.shape[1], sx), np.float32)
+        sx, size = self.shape[2], self.dtype.itemsize
+        out = np.empty((g1 - g0, self.shape[1], sx), self.dtype)
         for row0, rows, offset in self._parts:
-            piece = np.empty((g1 - g0, rows, sx), np.float32)
-            self._fh.seek(offset + g0 * rows * sx * 4)
+            piece = np.empty((g1 - g0, rows, sx), self.dtype)
+            self._fh.seek(offset + g0 * rows * sx * size)
             self._fh.readinto(memoryview(piece).cast("B"))
             out[:, row0:row0 + rows] = piece
         return out

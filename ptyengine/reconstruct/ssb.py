@@ -38,6 +38,7 @@ memory in use is scan size × block. On a GPU (``device="gpu"``) the blocks run 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from .direct import (
     bright_field_stack,
     check_parameters,
     dataset_mask,
+    dataset_stack_dtype,
     stack_bytes,
 )
 from .icom import to_scan_frame
@@ -131,8 +133,8 @@ def ssb(ds, params: SsbParameters | None = None, device: str = "cpu",
         limit = memory_limit_bytes(memory_limit)
         with tempfile.TemporaryDirectory(prefix="ptyengine-ssb-") as tmp:
             on_disk = stack_bytes(cal, bf) > limit / 2
-            out = StackFile(Path(tmp) / "stack.f32", bf.n_groups, cal.scan_shape) \
-                if on_disk else None  # fmt: skip
+            out = StackFile(Path(tmp) / "stack", bf.n_groups, cal.scan_shape,
+                            dataset_stack_dtype(dset, bf, device)) if on_disk else None
             try:
                 stack = bright_field_stack(dset, bf, device, memory_limit, out=out)
                 result = ssb_from_stack(stack, bf.k, cal, params, device, limit)
@@ -153,7 +155,14 @@ def ssb_from_stack(stack, k_d, cal, params: SsbParameters, device: str = "cpu",
     k_d (n, 2) 1/Å (:func:`ssb` without the read); ``stack[a:b]`` is read block by block
     (an array, or a :class:`.direct.StackFile`)."""
     xp = get_xp(device)
-    sy, sx = cal.scan_shape
+    ab, terms = ssb_terms(k_d, cal, params)
+    block = params.block or pixel_block(cal, limit, xp)
+    num, count, dc = trotter_pass(stack, terms, block, xp)
+    return ssb_result(num, count, dc, ab, cal, params)
+
+
+def ssb_terms(k_d, cal, params: SsbParameters):
+    """(the aberrations corrected, :class:`TrotterTerms`) of the pixels at ``k_d``."""
     ab = dict(cal.aberrations)
     if params.defocus is not None:
         ab["C10"] = float(params.defocus)
@@ -161,8 +170,18 @@ def ssb_from_stack(stack, k_d, cal, params: SsbParameters, device: str = "cpu",
     if not terms.use.any():
         raise PtyengineError("the bright-field disc is too small for SSB (no pixel inside "
                              f"{math.sqrt(terms.lo):.3g} 1/Å)")  # fmt: skip
-    block = params.block or max(1, int(limit / 4 // (sy * sx * (16 if xp is np else 96))))
-    num, count, dc = trotter_pass(stack, terms, block, xp)
+    return ab, terms
+
+
+def pixel_block(cal, limit: int, xp=np) -> int:
+    """Pixels transformed together within ``limit``/4 bytes: block·Sy·Sx·16 bytes on the
+    CPU (the block read, its spectra), 96 on a GPU (the array code's masks)."""
+    return max(1, int(limit / 4 // (math.prod(cal.scan_shape) * (16 if xp is np else 96))))
+
+
+def ssb_result(num, count, dc, ab, cal, params: SsbParameters) -> SsbResult:
+    """The phase from :func:`trotter_pass`'s sums (num, count, dc)."""
+    sy, sx = cal.scan_shape
     i0 = dc / (sy * sx)  # the mean bright-field intensity per inner pixel and pattern
     if not i0 > 0:
         raise PtyengineError("the bright-field disc holds no counts: nothing for SSB")
@@ -190,6 +209,10 @@ class TrotterTerms:
     ab: dict
     energy: float
     step_x: float
+
+    def subset(self, sl: slice) -> TrotterTerms:
+        """The terms of the pixels ``sl`` only."""
+        return dataclasses.replace(self, ky=self.ky[sl], kx=self.kx[sl], use=self.use[sl])
 
 
 def trotter_terms(k_d, cal, ab) -> TrotterTerms:
