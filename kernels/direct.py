@@ -195,3 +195,37 @@ def mirror_half(num, count) -> None:
     src_r, src_c = (-rows) % sy, sx - cols
     num[np.ix_(rows, cols)] = np.conj(num[np.ix_(src_r, src_c)])
     count[np.ix_(rows, cols)] = count[np.ix_(src_r, src_c)]
+
+
+@numba.njit(nogil=True, cache=True)
+def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
+    """tcBF's splat: for g in ``index``, sample (i, j) of image g times w_g added
+    bilinearly to ``num`` at ((i − d_gy/step_y)·u, (j − d_gx/step_x)·u) and w_g to ``den``
+    alike (corners off the grid dropped). values: (n, Sy, Sx) float32; index: (m,) int64;
+    weights: (n,); shifts: (n, 2) (dy, dx) Å; num, den: (Sy·u, Sx·u) float64, added to."""
+    ny, nx = num.shape
+    for gi in range(index.shape[0]):
+        g = index[gi]
+        w = weights[g]
+        oy, ox = shifts[g, 0] / step_y, shifts[g, 1] / step_x
+        for i in range(values.shape[1]):
+            py = (i - oy) * u
+            y0 = math.floor(py)
+            fy = py - y0
+            for j in range(values.shape[2]):
+                px = (j - ox) * u
+                x0 = math.floor(px)
+                fx = px - x0
+                v = values[g, i, j] * w
+                for cy in range(2):
+                    yy = int(y0) + cy
+                    if yy < 0 or yy >= ny:
+                        continue
+                    f_y = fy if cy else 1.0 - fy
+                    for cx in range(2):
+                        xx = int(x0) + cx
+                        if xx < 0 or xx >= nx:
+                            continue
+                        f = f_y * (fx if cx else 1.0 - fx)
+                        num[yy, xx] += v * f
+                        den[yy, xx] += w * f

@@ -79,9 +79,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backend import cpu_workers, split_map
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
+from ..kernels.direct import drizzle_cpu
 from .direct import BrightField, bright_field_groups, bright_field_stack, dataset_mask
 
 #: most groups ``bin=None`` allows (the time of the shift measurement). The dose does not
@@ -239,36 +241,32 @@ def fit_model(k_d, d, weights, lam: float, transpose: bool, prior_deg: float,
 # ------------------------------------------------------------------ images and shifts
 
 
-def drizzle(values, weights, shifts, step, upsample: int = 1):
+def drizzle(values, weights, shifts, step, upsample: int = 1, index=None):
     """(num, den) on a grid ``upsample`` × finer than the scan: sample (i, j) of image g
-    splatted bilinearly at (i, j)·upsample − d_g·upsample/step with weight w_g."""
+    splatted bilinearly at (i, j)·upsample − d_g·upsample/step with weight w_g
+    (:func:`kernels.direct.drizzle_cpu`, the images split over the cores). ``index``: the
+    images g of ``values`` (n, Sy, Sx) to use (bool or int; default all); ``weights`` and
+    ``shifts`` are per image of ``values``."""
     n, sy, sx = values.shape
     u = int(upsample)
-    ny, nx = sy * u, sx * u
-    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
-    num = np.zeros(ny * nx)
-    den = np.zeros(ny * nx)
-    for g0 in range(0, n, BATCH):
-        sl = slice(g0, g0 + BATCH)
-        py = (iy[None] - shifts[sl, 0, None, None] / step[0]) * u
-        px = (ix[None] - shifts[sl, 1, None, None] / step[1]) * u
-        w = np.broadcast_to(np.asarray(weights[sl], np.float64)[:, None, None], py.shape)
-        v = values[sl] * w
-        y0, x0 = np.floor(py).astype(np.int64), np.floor(px).astype(np.int64)
-        fy, fx = py - y0, px - x0
-        for oy, ox, f in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                          (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):  # fmt: skip
-            yy, xx = y0 + oy, x0 + ox
-            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-            idx = (yy * nx + xx)[ok]
-            num += np.bincount(idx, (v * f)[ok], ny * nx)
-            den += np.bincount(idx, (w * f)[ok], ny * nx)
-    return num.reshape(ny, nx), den.reshape(ny, nx)
+    idx = np.arange(n) if index is None else np.flatnonzero(np.asarray(index)) \
+        if np.asarray(index).dtype == bool else np.asarray(index, np.int64)  # fmt: skip
+    weights = np.asarray(weights, np.float64)
+    shifts = np.asarray(shifts, np.float64)
+
+    def run(sl):
+        num, den = np.zeros((sy * u, sx * u)), np.zeros((sy * u, sx * u))
+        drizzle_cpu(values, idx[sl], weights, shifts, float(step[0]), float(step[1]), u,
+                    num, den)  # fmt: skip
+        return num, den
+
+    parts = split_map(run, len(idx)) if len(idx) else [run(slice(0, 0))]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
-def aligned(values, weights, shifts, step, upsample: int = 1):
+def aligned(values, weights, shifts, step, upsample: int = 1, index=None):
     """The drizzled image (num/den; 0 where nothing landed) and its coverage den."""
-    num, den = drizzle(values, weights, shifts, step, upsample)
+    num, den = drizzle(values, weights, shifts, step, upsample, index)
     if upsample > 1:  # fill the gaps between the splatted samples
         from scipy.ndimage import gaussian_filter
 
@@ -300,15 +298,19 @@ def measure_shifts(values, ref, cover, pred, radius, step):
     Å of ``pred`` (n, 2). Each image is first moved by −pred (a Fourier phase ramp on the
     zero-padded grid), so the peak sits near 0 and the parabolic sub-pixel step has
     little pixel-locking bias once the model is close."""
+    import scipy.fft as sfft
+
     n, sy, sx = values.shape
     py_, px_ = 2 * sy, 2 * sx
+    pad, w = (py_, px_), cpu_workers()
     t = _taper((sy, sx))
     tr = t * (cover > 0.3 * cover.max())
     r = (ref - (ref * tr).sum() / max(tr.sum(), 1e-12)) * tr
-    f_ref = np.conj(np.fft.fft2(r, (py_, px_)))
-    f_ov = np.fft.fft2(t, (py_, px_)) * np.conj(np.fft.fft2(tr, (py_, px_)))
+    # real images: half spectra (rfft2), every product Hermitian, irfft2 = ifft2(...).real
+    f_ref = np.conj(sfft.rfft2(r, pad))
+    f_ov = sfft.rfft2(t, pad) * np.conj(sfft.rfft2(tr, pad))
     qy = np.fft.fftfreq(py_, step[0])[:, None]
-    qx = np.fft.fftfreq(px_, step[1])[None, :]
+    qx = np.fft.fftfreq(px_, step[1])[None, :px_ // 2 + 1]
     # residual shift (Å) of every cc index: cc[p] = Σ_r M(r + p) R(r) peaks at p = d − pred
     sy_ = np.fft.fftfreq(py_, 1.0 / py_)[:, None] * step[0]
     sx_ = np.fft.fftfreq(px_, 1.0 / px_)[None, :] * step[1]
@@ -321,9 +323,9 @@ def measure_shifts(values, ref, cover, pred, radius, step):
         m = (v - (v * t).sum((1, 2), keepdims=True) / t.sum()) * t
         ramp = np.exp(2j * np.pi * (qy[None] * p[:, 0, None, None]
                                     + qx[None] * p[:, 1, None, None]))  # fmt: skip
-        ov = np.fft.ifft2(f_ov * ramp).real  # the two tapers' overlap, moved alike
+        ov = sfft.irfft2(f_ov * ramp, pad, workers=w)  # the two tapers' overlap, moved alike
         ov = np.maximum(ov, 0.25 * ov.max(axis=(1, 2), keepdims=True))
-        cc = np.fft.ifft2(np.fft.fft2(m, (py_, px_)) * ramp * f_ref).real / ov
+        cc = sfft.irfft2(sfft.rfft2(m, pad, workers=w) * ramp * f_ref, pad, workers=w) / ov
         cc = np.where(near[None], cc, -np.inf)
         flat = cc.reshape(len(v), -1).argmax(axis=1)
         iy, ix = np.unravel_index(flat, (py_, px_))
@@ -364,7 +366,7 @@ def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
     imgs = []
     for h in (0, 1):
         sel = live & (half == h)
-        img, den = aligned(rel[sel], weights[sel], d[sel], step)
+        img, den = aligned(rel, weights, d, step, index=sel)
         imgs.append((img, den > 0.3 * den.max()))
     both = imgs[0][1] & imgs[1][1]
     if both.sum() < 4:
@@ -463,7 +465,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
             src, dst = inc & (half != h), inc & (half == h)
             if not src.any() or not dst.any():
                 continue
-            ref, cover = aligned(rel[src], weights[src], pred[src], step)
+            ref, cover = aligned(rel, weights, pred, step, index=src)
             m, p = measure_shifts(rel[dst], ref, cover, pred[dst], radius, step)
             meas[dst], peak[dst] = m, p
         ok = inc & np.isfinite(peak) & (peak > 0)
@@ -491,7 +493,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
         ab, rot, chosen = searched[0], searched[1], "search"
     model = model_shifts(bf.k, ab, rot, tr, lam)
     u = int(params.upsample)
-    image, _ = aligned(rel[live], weights[live], model[live], step, u)
+    image, _ = aligned(rel, weights, model, step, u, index=live)
     sampling = (step[0] / u, step[1] / u)
     phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
     counts = float(weights.sum() / max(bf.n_groups, 1))
