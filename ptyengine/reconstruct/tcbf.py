@@ -321,8 +321,8 @@ def measure_shifts(values, ref, cover, pred, radius, step):
         v = values[g0:g0 + BATCH]
         p = pred[g0:g0 + BATCH]
         m = (v - (v * t).sum((1, 2), keepdims=True) / t.sum()) * t
-        ramp = np.exp(2j * np.pi * (qy[None] * p[:, 0, None, None]
-                                    + qx[None] * p[:, 1, None, None]))  # fmt: skip
+        ramp = (np.exp(2j * np.pi * qy[None] * p[:, 0, None, None])
+                * np.exp(2j * np.pi * qx[None] * p[:, 1, None, None]))  # separable: 1-D exps
         ov = sfft.irfft2(f_ov * ramp, pad, workers=w)  # the two tapers' overlap, moved alike
         ov = np.maximum(ov, 0.25 * ov.max(axis=(1, 2), keepdims=True))
         cc = sfft.irfft2(sfft.rfft2(m, pad, workers=w) * ramp * f_ref, pad, workers=w) / ov
