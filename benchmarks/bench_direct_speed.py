@@ -85,6 +85,8 @@ def main():
                                                        "the available memory)")
     ap.add_argument("--dose", type=float, default=5e4, help="e/Å²")
     ap.add_argument("--dir", default="/tmp/ptyengine-direct")
+    ap.add_argument("--no-warm", action="store_true",
+                    help="no untimed first run of each method (numba's cache already warm)")
     args = ap.parse_args()
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,8 @@ def main():
     how = f"written in {made:.0f} s" if made else "existing"
     print(f"{path.name}: {how}; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
-    warm(path, modes, args.memory_limit)
+    if not args.no_warm:
+        warm(path, modes, args.memory_limit)
     runs = []
     for _ in range(args.repeats):
         for mode in modes:

@@ -202,30 +202,38 @@ def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
     """tcBF's splat: for g in ``index``, sample (i, j) of image g times w_g added
     bilinearly to ``num`` at ((i − d_gy/step_y)·u, (j − d_gx/step_x)·u) and w_g to ``den``
     alike (corners off the grid dropped). values: (n, Sy, Sx) float32; index: (m,) int64;
-    weights: (n,); shifts: (n, 2) (dy, dx) Å; num, den: (Sy·u, Sx·u) float64, added to."""
+    weights: (n,); shifts: (n, 2) (dy, dx) Å; num, den: (Sy·u, Sx·u) float64, added to.
+
+    With an integer ``u`` the fractional offsets are the same for every sample of an
+    image: (i − o)·u = i·u + b + f, b = ⌊−o·u⌋, f = −o·u − b; so each image adds four
+    shifted, scaled copies of itself, row by row over the columns that land on the grid
+    (no test per sample)."""
     ny, nx = num.shape
+    sy, sx = values.shape[1], values.shape[2]
     for gi in range(index.shape[0]):
         g = index[gi]
         w = weights[g]
-        oy, ox = shifts[g, 0] / step_y, shifts[g, 1] / step_x
-        for i in range(values.shape[1]):
-            py = (i - oy) * u
-            y0 = math.floor(py)
-            fy = py - y0
-            for j in range(values.shape[2]):
-                px = (j - ox) * u
-                x0 = math.floor(px)
-                fx = px - x0
-                v = values[g, i, j] * w
-                for cy in range(2):
-                    yy = int(y0) + cy
+        ty, tx = -shifts[g, 0] / step_y * u, -shifts[g, 1] / step_x * u
+        by, bx = math.floor(ty), math.floor(tx)
+        fy, fx = ty - by, tx - bx
+        iby, ibx = int(by), int(bx)
+        for cy in range(2):
+            f_y = fy if cy else 1.0 - fy
+            for cx in range(2):
+                f = f_y * (fx if cx else 1.0 - fx)
+                wf = w * f
+                ox = ibx + cx
+                # columns j with 0 ≤ j·u + ox < nx
+                j0 = max(0, (-ox + u - 1) // u)
+                j1 = min(sx, (nx - ox + u - 1) // u)
+                if j1 <= j0:
+                    continue
+                for i in range(sy):
+                    yy = i * u + iby + cy
                     if yy < 0 or yy >= ny:
                         continue
-                    f_y = fy if cy else 1.0 - fy
-                    for cx in range(2):
-                        xx = int(x0) + cx
-                        if xx < 0 or xx >= nx:
-                            continue
-                        f = f_y * (fx if cx else 1.0 - fx)
-                        num[yy, xx] += v * f
-                        den[yy, xx] += w * f
+                    row, nrow, drow = values[g, i], num[yy], den[yy]
+                    for j in range(j0, j1):
+                        xx = j * u + ox
+                        nrow[xx] += row[j] * wf
+                        drow[xx] += wf

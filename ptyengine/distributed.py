@@ -218,7 +218,8 @@ def tcbf_dask(path, params=None, client=None, memory_limit=None):
     with io.open_dataset(_path(path)) as ds:
         cal, mask = ds.calibration, detector_mask(ds)
     bf = tcbf_groups(cal, mask, params, memory_limit)
-    return tcbf_from_stack(bright_field_stack_dask(path, bf, client), bf, cal, params)
+    return tcbf_from_stack(bright_field_stack_dask(path, bf, client), bf, cal, params,
+                           memory_limit)  # fmt: skip
 
 
 def _stack_array(path, bf, block: int):

@@ -29,11 +29,20 @@ Frames. Pixel k is measured in the detector frame; it enters χ and the trotter 
 the scan frame, k_s = R(θ) S k_d (:func:`.icom.to_scan_frame` with the calibration's
 rotation θ and transpose S), as Q is the scan's frequency.
 
-Memory. The bright-field stack (:mod:`.direct`, one read of the data) of n pixels (or
-``bin`` × ``bin`` groups) is n·Sy·Sx·4 bytes; beyond half of the memory budget it is
-written to a temporary file on disk (``stack_on_disk``) instead. It is then transformed
-``block`` pixels at a time: block·Sy·Sx arrays (about 96 bytes per element in all), so
-memory in use is scan size × block. On a GPU (``device="gpu"``) the blocks run there.
+Memory and speed. The bright-field stack (:mod:`.direct`, one read of the data) of n
+pixels (or ``bin`` × ``bin`` groups) is n·Sy·Sx·4 bytes (2 for 8/16-bit counts and
+single pixels: kept as stored); beyond half of the memory budget it goes to a temporary
+file (:class:`.direct.StackFile`, ``stack_on_disk``; plain file I/O, so resident memory
+does not grow with it). It is then transformed ``block`` pixels at a time (from
+``memory_limit``: block·Sy·Sx·16 bytes ≤ budget/4, so memory in use is scan size × block
+whatever the data's size). On the CPU each block is split over the cores; a part takes
+the real FFT over the scan (rfft2) of 16 pixels at a time and sums their trotters with
+:func:`kernels.direct.trotter_sums_cpu` on half of the Q grid (Φ(−Q) = Φ*(Q) exactly
+gives the rest), visiting for each pixel k only the Q within α/λ of ±k, with the
+aberration phases e^{iχ(k ∓ Q)} from forward differences along each row of Q. On a GPU
+(``device="gpu"``) the blocks run there as array code (:func:`trotter_sums_xp`,
+block·Sy·Sx·96 bytes). On Dask the blocks of pixels are tasks
+(:func:`ptyengine.distributed.ssb_dask`).
 """
 
 from __future__ import annotations

@@ -66,10 +66,17 @@ offsets, hence the up-sampling). ``bright_field`` is that aligned sum (≈ 2 sin
 proportional to φ at the frequencies where sin χ₂ is not small (arbitrary units). In
 focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing.
 
-Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups), and
-while measuring shifts a batch of 256 padded images (256·4·Sy·Sx·16 bytes); one read of
-the data. ``bin`` = None picks the smallest bin with at most :data:`MAX_GROUPS` groups
-and a stack within a quarter of the memory budget.
+Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
+for 8/16-bit counts at bin 1), its relative contrast (·4 bytes), and while measuring
+shifts a batch of b padded images (~b·Sy·Sx·256 bytes, b ≤ 256 within a quarter of the
+budget: :func:`shift_batch`); one read of the data. ``bin`` = None picks the smallest bin
+with at most :data:`MAX_GROUPS` groups and a stack within a quarter of the memory budget,
+so memory is bounded by the budget (``--memory-limit``), not by the data.
+
+Speed: the aligned sums (every score of the C10 search, every reference) are splats of
+whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one fractional
+offset per image), over an index of the images (no copies), split over the cores; the
+cross-correlations use half spectra (rfft2/irfft2).
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ from .direct import BrightField, bright_field_groups, bright_field_stack, datase
 #: and 4 pixels give the same C10 (benchmarks/RESULTS.md, "Direct methods"); bins of 8+
 #: blur the images (λ·C10·bin·dk) and fail.
 MAX_GROUPS = 4096
+#: most images cross-correlated together; fewer where the budget asks (:func:`shift_batch`)
 BATCH = 256
 #: the per-group fit is used when it explains at least this fraction of the shifts'
 #: variance (R²); below, the shifts are noise and the C10 search's result is kept
@@ -292,7 +300,13 @@ def overlapping(pred, cal) -> np.ndarray:
     return (np.abs(pred[:, 0]) <= OVERLAP * ly) & (np.abs(pred[:, 1]) <= OVERLAP * lx)
 
 
-def measure_shifts(values, ref, cover, pred, radius, step):
+def shift_batch(scan_shape, limit: int) -> int:
+    """Images per batch of :func:`measure_shifts` within ``limit``/4 bytes (its arrays:
+    ~256 bytes per image and scan position, on the twice-padded grid), 1..:data:`BATCH`."""
+    return int(min(BATCH, max(1, limit / 4 // (256 * math.prod(scan_shape)))))
+
+
+def measure_shifts(values, ref, cover, pred, radius, step, batch: int = BATCH):
     """(n, 2) (dy, dx) Å and (n,) peak heights: where each image in ``values`` best
     matches ``ref`` (on the scan grid; weighted by ``cover``), searched within ``radius``
     Å of ``pred`` (n, 2). Each image is first moved by −pred (a Fourier phase ramp on the
@@ -317,9 +331,9 @@ def measure_shifts(values, ref, cover, pred, radius, step):
     near = sy_**2 + sx_**2 <= radius**2
     out = np.zeros((n, 2))
     peak = np.zeros(n)
-    for g0 in range(0, n, BATCH):
-        v = values[g0:g0 + BATCH]
-        p = pred[g0:g0 + BATCH]
+    for g0 in range(0, n, batch):
+        v = values[g0:g0 + batch]
+        p = pred[g0:g0 + batch]
         m = (v - (v * t).sum((1, 2), keepdims=True) / t.sum()) * t
         ramp = (np.exp(2j * np.pi * qy[None] * p[:, 0, None, None])
                 * np.exp(2j * np.pi * qx[None] * p[:, 1, None, None]))  # separable: 1-D exps
@@ -331,14 +345,14 @@ def measure_shifts(values, ref, cover, pred, radius, step):
         iy, ix = np.unravel_index(flat, (py_, px_))
         rows = np.arange(len(v))
         c = cc[rows, iy, ix]
-        peak[g0:g0 + BATCH] = c
+        peak[g0:g0 + batch] = c
         for axis, (lo, hi, base, q) in enumerate((
                 (cc[rows, (iy - 1) % py_, ix], cc[rows, (iy + 1) % py_, ix], sy_[iy, 0], step[0]),
                 (cc[rows, iy, (ix - 1) % px_], cc[rows, iy, (ix + 1) % px_], sx_[0, ix], step[1]))):
             curv = lo - 2 * c + hi
             ok = np.isfinite(lo) & np.isfinite(hi) & (curv < 0)
             frac = np.where(ok, 0.5 * (lo - hi) / np.where(ok, curv, -1.0), 0.0)
-            out[g0:g0 + BATCH, axis] = p[:, axis] + base + np.clip(frac, -0.5, 0.5) * q
+            out[g0:g0 + batch, axis] = p[:, axis] + base + np.clip(frac, -0.5, 0.5) * q
     return out, peak
 
 
@@ -415,7 +429,7 @@ def tcbf(ds, params: TcbfParameters | None = None, device: str = "cpu",
     finally:
         if dset is not ds:
             dset.close()
-    return tcbf_from_stack(stack, bf, cal, params)
+    return tcbf_from_stack(stack, bf, cal, params, memory_limit_bytes(memory_limit))
 
 
 def tcbf_groups(cal, mask, params: TcbfParameters, memory_limit=None) -> BrightField:
@@ -428,9 +442,12 @@ def tcbf_groups(cal, mask, params: TcbfParameters, memory_limit=None) -> BrightF
     return bright_field_groups(cal, b, mask=mask)
 
 
-def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> TcbfResult:
+def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
+                    limit: int | None = None) -> TcbfResult:  # fmt: skip
     """tcBF's fit and image from the stack of group images (:func:`tcbf` without the
-    read)."""
+    read); ``limit``: the memory budget (bytes; None: the default) that sets the batches
+    of the shift measurement."""
+    batch = shift_batch(cal.scan_shape, memory_limit_bytes(limit))
     lam, step = cal.wavelength, tuple(cal.scan_step)
     means = stack.mean(axis=(1, 2), dtype=np.float64)
     live = means > 0
@@ -466,7 +483,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
             if not src.any() or not dst.any():
                 continue
             ref, cover = aligned(rel, weights, pred, step, index=src)
-            m, p = measure_shifts(rel[dst], ref, cover, pred[dst], radius, step)
+            m, p = measure_shifts(rel[dst], ref, cover, pred[dst], radius, step, batch)
             meas[dst], peak[dst] = m, p
         ok = inc & np.isfinite(peak) & (peak > 0)
         if ok.sum() < 6:
