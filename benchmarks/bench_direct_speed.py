@@ -7,7 +7,9 @@ SSB, tcBF and WDD as fractions of the read loop's throughput, best of N fresh pr
 Data: ``bench_stream.py``'s counting-detector dataset (the demo's SrTiO3 [001] patterns,
 128 × 128 px to 40 mrad, 20 mrad probe: 3205 bright-field pixels, tiled over 256 scan
 columns at 0.3 Å, Poisson at 5·10⁴ e/Å², uint16, ptyengine's default Zarr layout), ``--gb``
-raw GB (10⁹ bytes). Each measurement is a fresh process, in rounds of every method:
+raw GB (10⁹ bytes); or ``--data`` PATH, e.g. the UiO-66 quick study's 100 nm dataset at
+100 e/Å² (52 × 47 × 160² uint32, 0.25 GB, C10 = 1000 Å: the RESULTS "WDD" section's
+speed line). Each measurement is a fresh process, in rounds of every method:
 "read" is the loop over exactly the blocks the direct methods read (``icom.row_blocks``:
 chunks of scan rows, decompressed ahead by the reading threads, nothing else); "ssb" is
 ``ssb(ds)`` with its defaults (every bright-field pixel, the calibration's C10 = 0);
@@ -85,13 +87,17 @@ def main():
                                                        "the available memory)")
     ap.add_argument("--dose", type=float, default=5e4, help="e/Å²")
     ap.add_argument("--dir", default="/tmp/ptyengine-direct")
+    ap.add_argument("--data", help="an existing dataset to use instead (any ptyengine reads)")
     ap.add_argument("--no-warm", action="store_true",
                     help="no untimed first run of each method (numba's cache already warm)")
     args = ap.parse_args()
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / f"direct_{args.gb:g}GB_dose{args.dose:g}.zarr"
-    made = make_dataset(path, args.gb, args.dose)
+    if args.data:
+        path, made = Path(args.data), 0.0
+    else:
+        path = d / f"direct_{args.gb:g}GB_dose{args.dose:g}.zarr"
+        made = make_dataset(path, args.gb, args.dose)
     modes = ["read"] + [m for m in args.methods.split(",") if m and m != "read"]
     how = f"written in {made:.0f} s" if made else "existing"
     print(f"{path.name}: {how}; "

@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,9 @@ from .icom import to_scan_frame
 #: low; the 0.05 rad grating of the tests comes out 7 % low with them, 1 % without)
 EDGE = 1.0
 #: pixels per rfft2 on the CPU (the spectra of a few pixels stay in cache for the trotter
-#: kernel)
+#: kernel), and at most this many bytes of them per thread (memory independent of the scan)
 FFT_PIXELS = 16
+FFT_BYTES = 4 << 20
 
 
 @dataclass
@@ -194,12 +196,13 @@ def ssb_result(num, count, dc, ab, cal, params: SsbParameters) -> SsbResult:
     i0 = dc / (sy * sx)  # the mean bright-field intensity per inner pixel and pattern
     if not i0 > 0:
         raise PtyengineError("the bright-field disc holds no counts: nothing for SSB")
-    spec = np.where(count > 0, num / np.maximum(count, 1), 0) / i0
+    spec = num  # in place: scan-sized arrays are the memory that grows with the scan
+    spec /= np.maximum(count, 1) * i0
     spec[0, 0] = 0
-    phase = np.fft.ifft2(spec).real
-    return SsbResult(phase.astype(np.float32), ab, float(cal.rotation), bool(cal.transpose),
+    phase = np.fft.ifft2(spec).real.astype(np.float32)
+    return SsbResult(phase, ab, float(cal.rotation), bool(cal.transpose),
                      tuple(cal.scan_step), tuple(cal.scan_origin), int(params.bin),
-                     count.astype(np.int32))  # fmt: skip
+                     count.astype(np.int32, copy=False))  # fmt: skip
 
 
 @dataclass
@@ -238,47 +241,52 @@ def trotter_terms(k_d, cal, ab) -> TrotterTerms:
 
 
 def trotter_pass(stack, t: TrotterTerms, block: int, xp=np):
-    """(num (Sy, Sx) complex128, count (Sy, Sx), dc): the trotter sums Σ of the estimates
+    """(num (Sy, Sx) complex128, count (Sy, Sx) int32, dc): the trotter sums Σ of the estimates
     of Φ(Q)·I₀ and their number per Q over every pixel of ``stack`` (n, Sy, Sx), read
     ``block`` pixels at a time, and Σ_r I over the pixels in use, divided by their number.
     CPU: each block's rfft2 and :func:`kernels.direct.trotter_sums_cpu`, the block split
     over the cores (:func:`split_map`); GPU: :func:`trotter_sums_xp` on the full FFT."""
     sy, sx = len(t.qy), len(t.qx)
     n = len(t.ky)
-    num, count, dc = np.zeros((sy, sx), np.complex128), np.zeros((sy, sx), np.int64), 0.0
-    wl = physics.wavelength(t.energy)
-    coef = chi_terms(t.ab, wl)
+    coef = chi_terms(t.ab, physics.wavelength(t.energy))
     dqx = 1.0 / (sx * t.step_x)
+    # pixels per rfft2: FFT_PIXELS, fewer where their spectra would pass FFT_BYTES
+    per_fft = int(max(1, min(FFT_PIXELS, FFT_BYTES // (12 * sy * sx))))
+    sums: dict = {}  # one (num, count, [dc]) per thread, kept over the blocks
     for b0 in range(0, n, block):
         b1 = min(b0 + block, n)
         part = np.asarray(stack[b0:b1])  # a view of a stack in memory
         if xp is np:
             def run(sl, part=part, b0=b0):
-                nm, ct = np.zeros((sy, sx), np.complex128), np.zeros((sy, sx), np.int64)
-                d = 0.0
-                for c0 in range(sl.start, sl.stop, FFT_PIXELS):
-                    c1 = min(c0 + FFT_PIXELS, sl.stop)
+                nm, ct, d = sums.setdefault(threading.get_ident(), (
+                    np.zeros((sy, sx), np.complex128), np.zeros((sy, sx), np.int32), [0.0]))
+                for c0 in range(sl.start, sl.stop, per_fft):
+                    c1 = min(c0 + per_fft, sl.stop)
                     half = rfft2(part[c0:c1])
                     idx = slice(b0 + c0, b0 + c1)
                     trotter_sums_cpu(half, t.ky[idx], t.kx[idx], t.use[idx], t.qy, t.qx,
                                      dqx, t.lo, t.hi, *coef, nm, ct)  # fmt: skip
-                    d += float(half[t.use[idx], 0, 0].real.sum(dtype=np.float64))
-                return nm, ct, d
+                    d[0] += float(half[t.use[idx], 0, 0].real.sum(dtype=np.float64))
 
-            for nm, ct, d in split_map(run, b1 - b0):
-                num += nm
-                count += ct
-                dc += d
+            split_map(run, b1 - b0)
         else:
             g = fft2(xp.asarray(part, np.float32).astype(np.complex64))
             sl = slice(b0, b1)
             nm, ct = trotter_sums_xp(g, t, sl, xp)
-            num += to_numpy(nm)
-            count += to_numpy(ct).astype(np.int64)
-            dc += float(g[xp.asarray(t.use[sl]), 0, 0].real.sum())
+            acc = sums.setdefault(0, (np.zeros((sy, sx), np.complex128),
+                                      np.zeros((sy, sx), np.int32), [0.0]))  # fmt: skip
+            acc[0][...] += to_numpy(nm)
+            acc[1][...] += to_numpy(ct).astype(np.int32)
+            acc[2][0] += float(g[xp.asarray(t.use[sl]), 0, 0].real.sum())
+        del part
+    parts = list(sums.values())
+    num, count = parts[0][0], parts[0][1]
+    for nm, ct, _ in parts[1:]:
+        num += nm
+        count += ct
     if xp is np:
         mirror_half(num, count)
-    return num, count, dc / max(int(t.use.sum()), 1)
+    return num, count, sum(p[2][0] for p in parts) / max(int(t.use.sum()), 1)
 
 
 def trotter_sums_xp(g, t: TrotterTerms, sl: slice, xp):
