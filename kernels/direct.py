@@ -119,9 +119,10 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
     left  (|k−Q|² < lo, |k+Q|² > hi): −i G e^{−i(χ(k) − χ(k−Q))};
     right (|k+Q|² < lo, |k−Q|² > hi): +i G e^{+i(χ(k) − χ(k+Q))}.
     Each row of Q visits only the columns within √lo of ±k (a superset of the trotters;
-    the tests above decide, exactly as on the full grid). Along a row χ(k ∓ Q) is a
-    polynomial of ``degree`` in the column j, so e^{iχ} follows from its forward
-    differences by products (exact evaluations every :data:`RESEED` columns).
+    the tests decide, exactly as on the full grid), less those strictly inside the other
+    disc (the triple overlap). Along a row χ(k ∓ Q) is a polynomial of ``degree`` in the
+    column j, so e^{iχ} at the next trotter column follows from its forward differences by
+    products (an exact evaluation after :data:`RESEED` steps).
     """
     sy, sx = qy.shape[0], qx.shape[0]
     h = half.shape[2]
@@ -135,7 +136,7 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
             continue
         kyb, kxb = ky[b], kx[b]
         c0 = chi_poly(kyb, kxb, coef, power, m, rot)
-        ec0 = complex(math.cos(c0), math.sin(c0))
+        ec0 = complex(math.cos(c0), math.sin(c0)) if aberrated else complex(1.0, 0.0)
         for iy in range(sy):
             dym, dyp = kyb - qy[iy], kyb + qy[iy]
             for side in range(2):  # 0: left, Q near +k; 1: right, Q near −k
@@ -148,35 +149,61 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
                 j0 = max(jmin, int(math.floor((centre - w) / dqx)) - 1)
                 j1 = min(jmax, int(math.floor((centre + w) / dqx)) + 1)
                 sgn = -1.0 if side == 0 else 1.0  # k ∓ Q: x = kx + sgn·q
-                for j in range(j0, j1 + 1):
-                    if aberrated:
-                        if (j - j0) % RESEED == 0:
-                            _seed(j, dy, kxb, sgn, dqx, coef, power, m, rot, th, rr)
-                        else:  # e^{iθ_j} = e^{iθ_{j−1}} e^{iΔθ_{j−1}}, and so on down
-                            rr[0] *= rr[1]
-                            for t in range(1, degree):
-                                rr[t] *= rr[t + 1]
+                # the other disc (left: |k+Q|² > hi; right: |k−Q|² > hi): the columns
+                # strictly inside it fail the test and are skipped, [s0, s1]
+                dyo = dyp if side == 0 else dym
+                ro2 = hi - dyo * dyo
+                s0, s1 = 1, 0
+                if ro2 > 0:
+                    wo = math.sqrt(ro2)
+                    co = -kxb if side == 0 else kxb
+                    s0 = int(math.floor((co - wo) / dqx)) + 2
+                    s1 = int(math.floor((co + wo) / dqx)) - 1
+                js, age = j0, RESEED + 1  # the recurrence's column, steps since its seed
+                j = j0
+                while j <= j1:
+                    if s0 <= j <= s1:
+                        j = s1 + 1
+                        continue
                     ix = j % sx
                     if ix >= h and iy != nyquist:
+                        j += 1
                         continue
                     dxm, dxp = kxb - qx[ix], kxb + qx[ix]
                     minus = dym * dym + dxm * dxm
                     plus = dyp * dyp + dxp * dxp
                     if side == 0:
-                        if not (minus < lo and plus > hi):
-                            continue
-                        # −i e^{−i(χ(k) − χ(k−Q))} = −i e^{−iχ(k)} e^{iχ(k−Q)}
-                        ph = complex(0.0, -1.0) * (ec0.conjugate() * rr[0] if aberrated else 1.0)
+                        ok = minus < lo and plus > hi
                     else:
-                        if not (plus < lo and minus > hi):
-                            continue
-                        ph = complex(0.0, 1.0) * (ec0 * rr[0].conjugate() if aberrated else 1.0)
+                        ok = plus < lo and minus > hi
+                    if not ok:
+                        j += 1
+                        continue
+                    e = complex(1.0, 0.0)
+                    if aberrated:  # e^{iχ(k ∓ Q_j)}: stepped from the last column, or seeded
+                        gap = j - js
+                        if age + gap > RESEED:
+                            _seed(j, dy, kxb, sgn, dqx, coef, power, m, rot, th, rr)
+                            age = 0
+                        else:
+                            for _ in range(gap):
+                                rr[0] *= rr[1]
+                                for t in range(1, degree):
+                                    rr[t] *= rr[t + 1]
+                            age += gap
+                        js = j
+                        e = rr[0]
+                    if side == 0:  # −i e^{−i(χ(k) − χ(k−Q))} = −i e^{−iχ(k)} e^{iχ(k−Q)}
+                        ph = complex(0.0, -1.0) * ec0.conjugate() * e
+                    else:  # +i e^{i(χ(k) − χ(k+Q))} = i e^{iχ(k)} e^{−iχ(k+Q)}
+                        ph = complex(0.0, 1.0) * ec0 * e.conjugate()
                     if ix < h:
                         g = complex(half[b, iy, ix])
                     else:
                         g = complex(half[b, (sy - iy) % sy, sx - ix]).conjugate()
                     num[iy, ix] += g * ph
                     count[iy, ix] += 1
+                    j += 1
 
 
 def mirror_half(num, count) -> None:
