@@ -253,11 +253,11 @@ def ssb_dask(path, params=None, client=None, memory_limit=None):
     blocks' sums (scan-sized) and transforms back."""
     dask, _ = _dask()
     from .backend import memory_limit as memory_limit_bytes
-    from .reconstruct.direct import bright_field_groups
     from .reconstruct.ssb import (
         SsbParameters,
         check_trotters,
         pixel_block,
+        ssb_groups,
         ssb_result,
         ssb_terms,
     )
@@ -266,7 +266,7 @@ def ssb_dask(path, params=None, client=None, memory_limit=None):
     with io.open_dataset(_path(path)) as ds:
         cal, mask = ds.calibration, detector_mask(ds)
     check_trotters(cal)
-    bf = bright_field_groups(cal, int(params.bin), mask=mask)
+    bf = ssb_groups(cal, int(params.bin), mask)
     ab, terms = ssb_terms(bf.k, cal, params)
     block = params.block or pixel_block(cal, memory_limit_bytes(memory_limit))
     stack = _stack_array(path, bf, block)

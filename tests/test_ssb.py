@@ -143,3 +143,19 @@ def test_the_gather_kernel_and_the_stack_file_keep_every_count(tmp_path):
             np.testing.assert_array_equal(f[sl], stack[sl])
     finally:
         f.close()
+
+
+def test_the_stack_leaves_out_only_pixels_no_sum_uses():
+    """ssb reads only the groups inside α/λ − EDGE (ssb_groups): the same phase as from the
+    stack of every bright-field pixel (bin 1 and 2)."""
+    from ptyengine.reconstruct.direct import bright_field_groups, bright_field_stack
+    from ptyengine.reconstruct.ssb import ssb_from_stack, ssb_groups
+
+    cal = calibration(N, STEP, 48, 9, aberrations={"C10": 100.0})
+    ds = InMemoryDataset(forward(atoms(), cal, {"C10": 100.0}), cal)
+    for b in (1, 2):
+        full = bright_field_groups(cal, b)
+        ref = ssb_from_stack(bright_field_stack(ds, full), full.k, cal, SsbParameters(bin=b))
+        assert ssb_groups(cal, b).n_groups < full.n_groups
+        np.testing.assert_allclose(ssb(ds, SsbParameters(bin=b)).phase, ref.phase,
+                                   rtol=0, atol=1e-6 * np.abs(ref.phase).max())  # fmt: skip

@@ -51,6 +51,14 @@ class BrightField:
     def n_groups(self) -> int:
         return len(self.size)
 
+    def subset(self, keep) -> BrightField:
+        """The groups where ``keep`` (G,) bool, each with all its pixels, renumbered."""
+        keep = np.asarray(keep, bool)
+        new = np.cumsum(keep) - 1
+        sel = keep[self.group]
+        return BrightField(self.pixels[sel], new[self.group[sel]], self.k[keep],
+                           self.size[keep], self.bin, self.k_alpha)  # fmt: skip
+
     @property
     def starts(self) -> np.ndarray:
         """(G + 1,) int64: group g's pixels are ``pixels[starts[g]:starts[g + 1]]``."""

@@ -140,7 +140,7 @@ def ssb(ds, params: SsbParameters | None = None, device: str = "cpu",
     try:
         cal = dset.calibration
         check_trotters(cal)
-        bf = bright_field_groups(cal, int(params.bin), mask=dataset_mask(dset))
+        bf = ssb_groups(cal, int(params.bin), dataset_mask(dset))
         limit = memory_limit_bytes(memory_limit)
         with tempfile.TemporaryDirectory(prefix="ptyengine-ssb-") as tmp:
             on_disk = stack_bytes(cal, bf) > limit / 2
@@ -158,6 +158,17 @@ def ssb(ds, params: SsbParameters | None = None, device: str = "cpu",
             dset.close()
     result.stack_on_disk = on_disk
     return result
+
+
+def ssb_groups(cal, bin: int, mask=None):
+    """The bright-field groups SSB uses: those whose k lies inside α/λ − :data:`EDGE`
+    pixels (the others enter no trotter sum and no I₀: they are not read into the stack)."""
+    bf = bright_field_groups(cal, bin, mask=mask)
+    keep = np.hypot(bf.k[:, 0], bf.k[:, 1]) < bf.k_alpha - EDGE * max(cal.dk)
+    if not keep.any():
+        raise PtyengineError("the bright-field disc is too small for SSB (no pixel inside "
+                             f"{bf.k_alpha - EDGE * max(cal.dk):.3g} 1/Å)")  # fmt: skip
+    return bf.subset(keep)
 
 
 def ssb_from_stack(stack, k_d, cal, params: SsbParameters, device: str = "cpu",
