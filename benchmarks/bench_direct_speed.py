@@ -18,6 +18,8 @@ chunks of scan rows, decompressed ahead by the reading threads, nothing else); "
 per second; each method's ratio is its best rate over the best read rate. The CPU time of
 each process (all threads) is printed too: on a shared machine the wall clock depends on
 the other load, the CPU time much less ("cpu ratio" = read CPU s / method CPU s).
+To measure another version, put it first on ``PYTHONPATH`` (the measured processes run in
+the dataset's folder, so the repository's own copy does not shadow it).
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ print(json.dumps({"mode": mode, "bytes": raw, "seconds": seconds, "cpu": cpu,
 
 
 def measure(path: Path, mode: str, limit: str) -> dict:
+    # run outside the repository: ``python -c`` puts the working directory first on the
+    # path, which would shadow a PYTHONPATH pointing at another version of ptyengine
     r = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), limit],
-                       capture_output=True, text=True, check=True)  # fmt: skip
+                       capture_output=True, text=True, check=True,
+                       cwd=Path(path).resolve().parent)  # fmt: skip
     m = json.loads(r.stdout.strip().splitlines()[-1])
     m["GBps"] = m["bytes"] / 1e9 / m["seconds"]
     return m
