@@ -427,6 +427,20 @@ def ifft2(a, out=None):
     return out
 
 
+def rfft2(a):
+    """Forward 2-D FFT of real data over the last two axes (unnormalised, as numpy's
+    rfft2): (..., ny, nx) → (..., ny, nx // 2 + 1), complex64 for float32 input.
+    CPU: scipy's pocketfft, one thread (no plans: as fast as FFTW's r2c plans on scan
+    shapes such as 119 × 256 and 2.7× faster on 236 × 256, measured on the 2-core VM);
+    GPU: cupy's."""
+    xp = xp_of(a)
+    if xp is np:
+        import scipy.fft
+
+        return scipy.fft.rfft2(np.asarray(a, np.float32), axes=(-2, -1))
+    return xp.fft.rfft2(a, axes=(-2, -1)).astype(np.complex64)
+
+
 class FFTBuffer:
     """An array ``a`` with in-place 2-D FFTs over its last two axes bound to it.
 

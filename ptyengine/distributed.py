@@ -1,4 +1,4 @@
-"""iCOM, tcBF, SSB and virtual detector images of a dataset on a Dask cluster
+"""iCOM, tcBF, SSB, WDD and virtual detector images of a dataset on a Dask cluster
 (dask.distributed).
 
 The work is the same chunked work as the local path (:func:`ptyengine.reconstruct.icom.icom`,
@@ -218,23 +218,89 @@ def tcbf_dask(path, params=None, client=None, memory_limit=None):
     with io.open_dataset(_path(path)) as ds:
         cal, mask = ds.calibration, detector_mask(ds)
     bf = tcbf_groups(cal, mask, params, memory_limit)
-    return tcbf_from_stack(bright_field_stack_dask(path, bf, client), bf, cal, params)
+    return tcbf_from_stack(bright_field_stack_dask(path, bf, client), bf, cal, params,
+                           memory_limit)  # fmt: skip
+
+
+def _stack_array(path, bf, block: int):
+    """The bright-field stack as a dask array (G, Sy, Sx): one task per stored chunk of
+    scan rows (as :func:`bright_field_stack_dask`), rechunked on the workers into blocks of
+    ``block`` groups × every scan position (the transform over the scan needs them all)."""
+    dask, da = _dask()
+    path = _path(path)
+    with io.open_dataset(path) as ds:
+        ranges, sx = _row_ranges(ds), ds.shape[1]
+    pixels, onehot = dask.delayed(bf.pixels), dask.delayed(group_matrix(bf))
+    fn = dask.delayed(_block_bright_field, pure=True)  # float32 (G, rows, Sx)
+    parts = [da.from_delayed(fn(path, a, b, pixels, onehot), (bf.n_groups, b - a, sx),
+                             np.float32) for a, b in ranges]  # fmt: skip
+    return da.concatenate(parts, axis=1).rechunk((block, -1, -1))
+
+
+def _ssb_pixels(stack_block, terms):
+    """(num, count, Σ DC) of one block of pixels: :func:`.reconstruct.ssb.trotter_pass`."""
+    from .reconstruct.ssb import trotter_pass
+
+    num, count, dc = trotter_pass(np.asarray(stack_block), terms, len(terms.ky))
+    return num, count, dc * max(int(terms.use.sum()), 1)
 
 
 def ssb_dask(path, params=None, client=None, memory_limit=None):
-    """SSB of the dataset at ``path`` with the stack made on Dask (held in memory on the
-    client); as :func:`.ssb.ssb`."""
+    """SSB of the dataset at ``path`` on Dask; as :func:`.ssb.ssb`. The stack is made by
+    one task per chunk of scan rows and kept on the workers, rechunked into blocks of
+    detector pixels (``params.block``, else from ``memory_limit`` as locally: memory per
+    task scan size × block); one task per block sums its trotters, the client adds the
+    blocks' sums (scan-sized) and transforms back."""
+    dask, _ = _dask()
     from .backend import memory_limit as memory_limit_bytes
-    from .reconstruct.direct import bright_field_groups
-    from .reconstruct.ssb import SsbParameters, check_trotters, ssb_from_stack
+    from .reconstruct.ssb import (
+        SsbParameters,
+        check_trotters,
+        pixel_block,
+        ssb_groups,
+        ssb_result,
+        ssb_terms,
+    )
 
     params = params or SsbParameters()
     with io.open_dataset(_path(path)) as ds:
         cal, mask = ds.calibration, detector_mask(ds)
     check_trotters(cal)
+    bf = ssb_groups(cal, int(params.bin), mask)
+    ab, terms = ssb_terms(bf.k, cal, params)
+    block = params.block or pixel_block(cal, memory_limit_bytes(memory_limit))
+    stack = _stack_array(path, bf, block)
+    fn = dask.delayed(_ssb_pixels, pure=True)
+    edges = np.cumsum((0, *stack.chunks[0]))
+    tasks = [fn(stack.blocks[i], terms.subset(slice(a, b)),
+                dask_key_name=f"ssb_pixels-{dask.base.tokenize(path, params, a, b)}")
+             for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))]  # fmt: skip
+    parts = _run(client, tasks)
+    num = sum(p[0] for p in parts)
+    count = sum(p[1] for p in parts)
+    dc = sum(p[2] for p in parts) / max(int(terms.use.sum()), 1)
+    return ssb_result(num, count, dc, ab, cal, params)
+
+
+def wdd_dask(path, params=None, client=None, memory_limit=None):
+    """WDD of the dataset at ``path`` with the stack made on Dask (one task per chunk of
+    scan rows, held in memory on the client); as :func:`.wdd.wdd`."""
+    from .backend import memory_limit as memory_limit_bytes
+    from .reconstruct.direct import bright_field_groups
+    from .reconstruct.ssb import check_trotters
+    from .reconstruct.wdd import WddParameters, counts_scale, wdd_from_stack
+
+    params = params or WddParameters()
+    with io.open_dataset(_path(path)) as ds:
+        cal, mask = ds.calibration, detector_mask(ds)
+        source = counts_scale(ds, cal)
+    check_trotters(cal, "WDD")
     bf = bright_field_groups(cal, int(params.bin), mask=mask)
-    stack = bright_field_stack_dask(path, bf, client)
-    return ssb_from_stack(stack, bf.k, cal, params, "cpu", memory_limit_bytes(memory_limit))
+    sy, sx = cal.scan_shape
+    buf = np.zeros((bf.n_groups, sy, 2 * (sx // 2 + 1)), np.float32)
+    buf[:, :, :sx] = bright_field_stack_dask(path, bf, client)
+    return wdd_from_stack(buf, bf, cal, params, "cpu", memory_limit_bytes(memory_limit),
+                          source)  # fmt: skip
 
 
 def _parse_options(kind: str, text: str) -> dict:

@@ -89,3 +89,73 @@ def test_a_disc_off_the_detector_is_refused():
     cal = calibration(8, 0.5, 48, 9, center=(4, 24))
     with pytest.raises(PtyengineError, match="reaches outside"):
         ssb(InMemoryDataset(np.ones((8, 8, 48, 48), np.float32), cal))
+
+
+@pytest.mark.parametrize("scan, ab, rotation, transpose", [
+    ((10, 12), {}, 0.0, False),
+    ((9, 11), {"C10": 150.0}, 30.0, False),
+    ((12, 7), {"C10": -80.0, "C12": 40.0, "phi12": 0.5, "C30": 2e5, "C21": 300.0}, 205.0, True),
+])  # fmt: skip
+def test_the_trotter_kernel_equals_the_array_code(scan, ab, rotation, transpose):
+    """The CPU pass (rfft2 of blocks, kernels.direct.trotter_sums_cpu on the half spectrum,
+    the other half mirrored) sums exactly the trotter estimates of the array code a GPU
+    runs (ssb.trotter_sums_xp on the full FFT): same pixels per Q, sums within float32
+    rounding; odd and even scans, aberrations of every kind, rotation and transpose."""
+    from ptyengine.reconstruct.direct import bright_field_groups
+    from ptyengine.reconstruct.ssb import trotter_pass, trotter_sums_xp, trotter_terms
+
+    cal = calibration(scan[0], 0.4, 32, 7, aberrations=ab, rotation=rotation,
+                      transpose=transpose).replace(scan_shape=scan, scan_step=(0.4, 0.5))
+    k = bright_field_groups(cal, 1).k
+    stack = np.random.default_rng(1).random((len(k), *scan)).astype(np.float32)
+    t = trotter_terms(k, cal, ab)
+    num, count, dc = trotter_pass(stack, t, block=23)
+    ref, ref_count = trotter_sums_xp(np.fft.fft2(stack), t, slice(None), np)
+    np.testing.assert_array_equal(count, ref_count)
+    assert count.sum() > 0.2 * len(k) * count.size
+    np.testing.assert_allclose(num, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert dc == pytest.approx(stack[t.use].sum() / t.use.sum(), rel=1e-6)
+
+
+def test_the_gather_kernel_and_the_stack_file_keep_every_count(tmp_path):
+    """kernels.direct.gather_cpu (uint16 read as stored) equals the gather and indicator
+    product of direct.reduce_block, and a StackFile returns the blocks written to it."""
+    from ptyengine.reconstruct.direct import (
+        StackFile,
+        bright_field_groups,
+        gather_block,
+        group_matrix,
+        reduce_block,
+    )
+
+    cal = calibration(6, 0.5, 32, 7)
+    block = np.random.default_rng(2).integers(0, 60000, (3, 6, 32, 32)).astype(np.uint16)
+    for b in (1, 2):
+        bf = bright_field_groups(cal, b)
+        np.testing.assert_array_equal(gather_block(block, bf),
+                                      reduce_block(block, bf.pixels, group_matrix(bf)))
+    stack = np.random.default_rng(3).random((5, 7, 4)).astype(np.float32)
+    f = StackFile(tmp_path / "stack.f32", 5, (7, 4))
+    try:
+        for r0 in (0, 3, 6):
+            f.write(r0, stack[:, r0:r0 + 3])
+        for sl in (slice(0, 5), slice(1, 3), slice(4, 5)):
+            np.testing.assert_array_equal(f[sl], stack[sl])
+    finally:
+        f.close()
+
+
+def test_the_stack_leaves_out_only_pixels_no_sum_uses():
+    """ssb reads only the groups inside α/λ − EDGE (ssb_groups): the same phase as from the
+    stack of every bright-field pixel (bin 1 and 2)."""
+    from ptyengine.reconstruct.direct import bright_field_groups, bright_field_stack
+    from ptyengine.reconstruct.ssb import ssb_from_stack, ssb_groups
+
+    cal = calibration(N, STEP, 48, 9, aberrations={"C10": 100.0})
+    ds = InMemoryDataset(forward(atoms(), cal, {"C10": 100.0}), cal)
+    for b in (1, 2):
+        full = bright_field_groups(cal, b)
+        ref = ssb_from_stack(bright_field_stack(ds, full), full.k, cal, SsbParameters(bin=b))
+        assert ssb_groups(cal, b).n_groups < full.n_groups
+        np.testing.assert_allclose(ssb(ds, SsbParameters(bin=b)).phase, ref.phase,
+                                   rtol=0, atol=1e-6 * np.abs(ref.phase).max())  # fmt: skip

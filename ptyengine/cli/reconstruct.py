@@ -120,9 +120,10 @@ def _multislice(method: str, slices) -> bool:
                    "(the calibration's, C10 from --defocus); wdd: Wigner-distribution "
                    "deconvolution by the probe's Wigner distribution (same aberrations; "
                    "Wiener constant --epsilon). tcbf/ssb/wdd read the data once "
-                   "and hold scan positions × bright-field pixel groups (tcbf: ×4 bytes; "
-                   "ssb: ×4 bytes, wdd: ×(Sx + 2)/Sx × 4 bytes, on disk beyond half of "
-                   "--memory-limit; plus, in memory, ssb: scan × block × 96 bytes, wdd: "
+                   "and hold scan positions × bright-field pixel groups (tcbf, ssb: ×4 "
+                   "bytes, ×2 for 8/16-bit counts and single pixels; wdd: ×(Sx + 2)/Sx × 4 "
+                   "bytes; ssb, wdd: in a file beyond half of --memory-limit; plus, in "
+                   "memory, ssb: scan × block × 16 bytes (96 on a GPU), wdd: "
                    "block × box × 200 bytes, box ≈ (2α/λ/dk + 3)² detector pixels; the "
                    "block from --memory-limit).")
 @click.option("-o", "--output", type=click.Path(),

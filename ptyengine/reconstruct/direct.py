@@ -26,6 +26,8 @@ import numpy as np
 from ..backend import get_xp, to_device_async, to_numpy
 from ..dataset import check_counts, detector_mask
 from ..errors import PtyengineError
+from ..kernels.direct import gather_cpu
+from ..kernels.moments import KERNEL_DTYPES, kernel_input
 from .icom import detector_k, row_blocks
 
 
@@ -48,6 +50,19 @@ class BrightField:
     @property
     def n_groups(self) -> int:
         return len(self.size)
+
+    def subset(self, keep) -> BrightField:
+        """The groups where ``keep`` (G,) bool, each with all its pixels, renumbered."""
+        keep = np.asarray(keep, bool)
+        new = np.cumsum(keep) - 1
+        sel = keep[self.group]
+        return BrightField(self.pixels[sel], new[self.group[sel]], self.k[keep],
+                           self.size[keep], self.bin, self.k_alpha)  # fmt: skip
+
+    @property
+    def starts(self) -> np.ndarray:
+        """(G + 1,) int64: group g's pixels are ``pixels[starts[g]:starts[g + 1]]``."""
+        return np.concatenate([[0], np.cumsum(self.size)]).astype(np.int64)
 
 
 def check_parameters(method: str, defocus, bin, block, block_unit: str) -> None:
@@ -114,7 +129,8 @@ def bright_field_groups(cal, bin: int = 1, fraction: float = 1.0, mask=None) -> 
 
 def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=None,
                        out=None) -> np.ndarray:  # fmt: skip
-    """(G, Sy, Sx) float32: Σ of the counts of each group's pixels at every scan position.
+    """(G, Sy, Sx): Σ of the counts of each group's pixels at every scan position (float32;
+    uint8/uint16 counts as stored where the groups are single pixels, :func:`stack_dtype`).
 
     One streaming pass over the row blocks of ``ds`` (validated with
     :func:`check_counts`); each block reduced in its reading thread: a gather of the
@@ -126,17 +142,34 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     cal = ds.calibration
     sy, sx = cal.scan_shape
     name = getattr(ds, "path", None) or "data"
-    pix, onehot = xp.asarray(bf.pixels), group_matrix(bf, xp)
+    pix, onehot = (None, None) if xp is np else (xp.asarray(bf.pixels), group_matrix(bf, xp))
+
+    if out is None:
+        out = np.zeros((bf.n_groups, sy, sx), dataset_stack_dtype(ds, bf, device))
+    stack = out
+    # CPU, a stack in memory whose rows follow each other: the reading threads gather
+    # straight into it (no block-sized temporary: fresh pages cost ~10 µs each on a VM)
+    direct = (xp is np and isinstance(stack, np.ndarray)
+              and stack.strides[1] == sx * stack.strides[2])  # fmt: skip
 
     def reduce(row0: int, block):
         block = to_device_async(np.asarray(block), xp)
-        check_counts(block, f"{name}: scan rows {row0}:{row0 + len(block)}", row_start=row0)
-        return reduce_block(block, pix, onehot)
+        n = len(block)
+        check_counts(block, f"{name}: scan rows {row0}:{row0 + n}", row_start=row0)
+        if direct:
+            gather_block(block, bf, stack[:, row0:row0 + n].reshape(bf.n_groups, n * sx))
+            return n
+        return gather_block(block, bf) if xp is np else reduce_block(block, pix, onehot)
 
-    stack = np.zeros((bf.n_groups, sy, sx), np.float32) if out is None else out
     done = 0
     for row0, part in row_blocks(ds, reduce, memory_limit):
-        stack[:, row0:row0 + part.shape[1]] = part
+        if direct:
+            done += part
+            continue
+        if isinstance(stack, StackFile):
+            stack.write(row0, part)
+        else:
+            stack[:, row0:row0 + part.shape[1]] = part
         done += part.shape[1]
     if done != sy:
         raise PtyengineError(f"{name}: read {done} scan rows, expected {sy}")
@@ -150,6 +183,35 @@ def group_matrix(bf: BrightField, xp=np):
     oh = np.zeros((len(bf.pixels), bf.n_groups), np.float32)
     oh[np.arange(len(bf.pixels)), bf.group] = 1.0
     return xp.asarray(oh)
+
+
+def gather_block(block, bf: BrightField, out=None) -> np.ndarray:
+    """(G, rows, Sx): the group sums of a block (rows, Sx, Ky, Kx) on the CPU, read as
+    stored (:func:`kernels.direct.gather_cpu`; equal to :func:`reduce_block`), in the
+    dtype of :func:`stack_dtype`; or written into ``out`` (G, rows·Sx) (a view of the
+    stack: the reading threads fill it in place)."""
+    n, sx = block.shape[:2]
+    flat = kernel_input(block, (math.prod(block.shape[2:]),))
+    if out is None:
+        out = np.empty((bf.n_groups, n * sx), stack_dtype(flat.dtype, bf))
+    gather_cpu(flat, bf.pixels, bf.starts, out)
+    return out.reshape(-1, n, sx)
+
+
+def dataset_stack_dtype(ds, bf: BrightField, device: str = "cpu") -> np.dtype:
+    """The dtype :func:`bright_field_stack` gives the stack of ``ds`` (float32 on a GPU
+    and for dtypes the CPU kernels do not read as stored)."""
+    native = device == "cpu" and np.dtype(ds.dtype) in KERNEL_DTYPES  # as gather_block sees it
+    return stack_dtype(ds.dtype, bf) if native else np.dtype(np.float32)
+
+
+def stack_dtype(dtype, bf: BrightField) -> np.dtype:
+    """The stack's dtype: counts of ≤ 16 bits as they are stored where every group is one
+    pixel (a copy: half the memory of float32), else float32."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and dtype.itemsize <= 2 and bf.n_groups == len(bf.pixels):
+        return dtype
+    return np.dtype(np.float32)
 
 
 def reduce_block(block, pixels, onehot) -> np.ndarray:
@@ -170,3 +232,45 @@ def stack_bytes(cal, bf: BrightField) -> int:
 def dataset_mask(ds):
     """The dataset's detector mask (None: every pixel counts)."""
     return detector_mask(ds)
+
+
+class StackFile:
+    """The bright-field stack (G, Sy, Sx) in a file (``dtype``), for stacks beyond the memory
+    budget: written as it is read (``write``: the (G, rows, Sx) part of each block of scan
+    rows, appended: sequential writes), read back in blocks of groups (``stack[g0:g1]``:
+    one contiguous read per block of scan rows). Plain file I/O, no memory map: resident
+    memory is the block asked for, whatever the stack's size."""
+
+    def __init__(self, path, n_groups: int, scan_shape, dtype=np.float32):
+        self.shape = (int(n_groups), *(int(s) for s in scan_shape))
+        self.dtype = np.dtype(dtype)
+        self.path = path
+        self._fh = open(path, "w+b")  # noqa: SIM115 - closed by close()
+        self._parts: list[tuple[int, int, int]] = []  # (row0, rows, byte offset)
+        self._end = 0
+
+    def write(self, row0: int, part) -> None:
+        part = np.ascontiguousarray(part, self.dtype)
+        self._fh.seek(self._end)
+        self._fh.write(memoryview(part).cast("B"))
+        self._parts.append((int(row0), part.shape[1], self._end))
+        self._end += part.nbytes
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, sl) -> np.ndarray:
+        g0, g1, step = sl.indices(self.shape[0]) if isinstance(sl, slice) else (0, 0, 0)
+        if step != 1:
+            raise TypeError("StackFile reads contiguous slices of groups only")
+        sx, size = self.shape[2], self.dtype.itemsize
+        out = np.empty((g1 - g0, self.shape[1], sx), self.dtype)
+        for row0, rows, offset in self._parts:
+            piece = np.empty((g1 - g0, rows, sx), self.dtype)
+            self._fh.seek(offset + g0 * rows * sx * size)
+            self._fh.readinto(memoryview(piece).cast("B"))
+            out[:, row0:row0 + rows] = piece
+        return out
+
+    def close(self) -> None:
+        self._fh.close()

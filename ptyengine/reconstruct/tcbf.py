@@ -66,10 +66,17 @@ offsets, hence the up-sampling). ``bright_field`` is that aligned sum (≈ 2 sin
 proportional to φ at the frequencies where sin χ₂ is not small (arbitrary units). In
 focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing.
 
-Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups), and
-while measuring shifts a batch of 256 padded images (256·4·Sy·Sx·16 bytes); one read of
-the data. ``bin`` = None picks the smallest bin with at most :data:`MAX_GROUPS` groups
-and a stack within a quarter of the memory budget.
+Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
+for 8/16-bit counts at bin 1), its relative contrast (·4 bytes), and while measuring
+shifts a batch of b padded images (~b·Sy·Sx·256 bytes, b ≤ 256 within a quarter of the
+budget: :func:`shift_batch`); one read of the data. ``bin`` = None picks the smallest bin
+with at most :data:`MAX_GROUPS` groups and a stack within a quarter of the memory budget,
+so memory is bounded by the budget (``--memory-limit``), not by the data.
+
+Speed: the aligned sums (every score of the C10 search, every reference) are splats of
+whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one fractional
+offset per image), over an index of the images (no copies), split over the cores; the
+cross-correlations use half spectra (rfft2/irfft2).
 """
 
 from __future__ import annotations
@@ -79,9 +86,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backend import cpu_workers, split_map
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
+from ..kernels.direct import drizzle_cpu
 from .direct import BrightField, bright_field_groups, bright_field_stack, dataset_mask
 
 #: most groups ``bin=None`` allows (the time of the shift measurement). The dose does not
@@ -89,6 +98,7 @@ from .direct import BrightField, bright_field_groups, bright_field_stack, datase
 #: and 4 pixels give the same C10 (benchmarks/RESULTS.md, "Direct methods"); bins of 8+
 #: blur the images (λ·C10·bin·dk) and fail.
 MAX_GROUPS = 4096
+#: most images cross-correlated together; fewer where the budget asks (:func:`shift_batch`)
 BATCH = 256
 #: the per-group fit is used when it explains at least this fraction of the shifts'
 #: variance (R²); below, the shifts are noise and the C10 search's result is kept
@@ -239,36 +249,32 @@ def fit_model(k_d, d, weights, lam: float, transpose: bool, prior_deg: float,
 # ------------------------------------------------------------------ images and shifts
 
 
-def drizzle(values, weights, shifts, step, upsample: int = 1):
+def drizzle(values, weights, shifts, step, upsample: int = 1, index=None):
     """(num, den) on a grid ``upsample`` × finer than the scan: sample (i, j) of image g
-    splatted bilinearly at (i, j)·upsample − d_g·upsample/step with weight w_g."""
+    splatted bilinearly at (i, j)·upsample − d_g·upsample/step with weight w_g
+    (:func:`kernels.direct.drizzle_cpu`, the images split over the cores). ``index``: the
+    images g of ``values`` (n, Sy, Sx) to use (bool or int; default all); ``weights`` and
+    ``shifts`` are per image of ``values``."""
     n, sy, sx = values.shape
     u = int(upsample)
-    ny, nx = sy * u, sx * u
-    iy, ix = np.meshgrid(np.arange(sy), np.arange(sx), indexing="ij")
-    num = np.zeros(ny * nx)
-    den = np.zeros(ny * nx)
-    for g0 in range(0, n, BATCH):
-        sl = slice(g0, g0 + BATCH)
-        py = (iy[None] - shifts[sl, 0, None, None] / step[0]) * u
-        px = (ix[None] - shifts[sl, 1, None, None] / step[1]) * u
-        w = np.broadcast_to(np.asarray(weights[sl], np.float64)[:, None, None], py.shape)
-        v = values[sl] * w
-        y0, x0 = np.floor(py).astype(np.int64), np.floor(px).astype(np.int64)
-        fy, fx = py - y0, px - x0
-        for oy, ox, f in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                          (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):  # fmt: skip
-            yy, xx = y0 + oy, x0 + ox
-            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-            idx = (yy * nx + xx)[ok]
-            num += np.bincount(idx, (v * f)[ok], ny * nx)
-            den += np.bincount(idx, (w * f)[ok], ny * nx)
-    return num.reshape(ny, nx), den.reshape(ny, nx)
+    idx = np.arange(n) if index is None else np.flatnonzero(np.asarray(index)) \
+        if np.asarray(index).dtype == bool else np.asarray(index, np.int64)  # fmt: skip
+    weights = np.asarray(weights, np.float64)
+    shifts = np.asarray(shifts, np.float64)
+
+    def run(sl):
+        num, den = np.zeros((sy * u, sx * u)), np.zeros((sy * u, sx * u))
+        drizzle_cpu(values, idx[sl], weights, shifts, float(step[0]), float(step[1]), u,
+                    num, den)  # fmt: skip
+        return num, den
+
+    parts = split_map(run, len(idx)) if len(idx) else [run(slice(0, 0))]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
-def aligned(values, weights, shifts, step, upsample: int = 1):
+def aligned(values, weights, shifts, step, upsample: int = 1, index=None):
     """The drizzled image (num/den; 0 where nothing landed) and its coverage den."""
-    num, den = drizzle(values, weights, shifts, step, upsample)
+    num, den = drizzle(values, weights, shifts, step, upsample, index)
     if upsample > 1:  # fill the gaps between the splatted samples
         from scipy.ndimage import gaussian_filter
 
@@ -294,49 +300,59 @@ def overlapping(pred, cal) -> np.ndarray:
     return (np.abs(pred[:, 0]) <= OVERLAP * ly) & (np.abs(pred[:, 1]) <= OVERLAP * lx)
 
 
-def measure_shifts(values, ref, cover, pred, radius, step):
+def shift_batch(scan_shape, limit: int) -> int:
+    """Images per batch of :func:`measure_shifts` within ``limit``/4 bytes (its arrays:
+    ~256 bytes per image and scan position, on the twice-padded grid), 1..:data:`BATCH`."""
+    return int(min(BATCH, max(1, limit / 4 // (256 * math.prod(scan_shape)))))
+
+
+def measure_shifts(values, ref, cover, pred, radius, step, batch: int = BATCH):
     """(n, 2) (dy, dx) Å and (n,) peak heights: where each image in ``values`` best
     matches ``ref`` (on the scan grid; weighted by ``cover``), searched within ``radius``
     Å of ``pred`` (n, 2). Each image is first moved by −pred (a Fourier phase ramp on the
     zero-padded grid), so the peak sits near 0 and the parabolic sub-pixel step has
     little pixel-locking bias once the model is close."""
+    import scipy.fft as sfft
+
     n, sy, sx = values.shape
     py_, px_ = 2 * sy, 2 * sx
+    pad, w = (py_, px_), cpu_workers()
     t = _taper((sy, sx))
     tr = t * (cover > 0.3 * cover.max())
     r = (ref - (ref * tr).sum() / max(tr.sum(), 1e-12)) * tr
-    f_ref = np.conj(np.fft.fft2(r, (py_, px_)))
-    f_ov = np.fft.fft2(t, (py_, px_)) * np.conj(np.fft.fft2(tr, (py_, px_)))
+    # real images: half spectra (rfft2), every product Hermitian, irfft2 = ifft2(...).real
+    f_ref = np.conj(sfft.rfft2(r, pad))
+    f_ov = sfft.rfft2(t, pad) * np.conj(sfft.rfft2(tr, pad))
     qy = np.fft.fftfreq(py_, step[0])[:, None]
-    qx = np.fft.fftfreq(px_, step[1])[None, :]
+    qx = np.fft.fftfreq(px_, step[1])[None, :px_ // 2 + 1]
     # residual shift (Å) of every cc index: cc[p] = Σ_r M(r + p) R(r) peaks at p = d − pred
     sy_ = np.fft.fftfreq(py_, 1.0 / py_)[:, None] * step[0]
     sx_ = np.fft.fftfreq(px_, 1.0 / px_)[None, :] * step[1]
     near = sy_**2 + sx_**2 <= radius**2
     out = np.zeros((n, 2))
     peak = np.zeros(n)
-    for g0 in range(0, n, BATCH):
-        v = values[g0:g0 + BATCH]
-        p = pred[g0:g0 + BATCH]
+    for g0 in range(0, n, batch):
+        v = values[g0:g0 + batch]
+        p = pred[g0:g0 + batch]
         m = (v - (v * t).sum((1, 2), keepdims=True) / t.sum()) * t
-        ramp = np.exp(2j * np.pi * (qy[None] * p[:, 0, None, None]
-                                    + qx[None] * p[:, 1, None, None]))  # fmt: skip
-        ov = np.fft.ifft2(f_ov * ramp).real  # the two tapers' overlap, moved alike
+        ramp = (np.exp(2j * np.pi * qy[None] * p[:, 0, None, None])
+                * np.exp(2j * np.pi * qx[None] * p[:, 1, None, None]))  # separable: 1-D exps
+        ov = sfft.irfft2(f_ov * ramp, pad, workers=w)  # the two tapers' overlap, moved alike
         ov = np.maximum(ov, 0.25 * ov.max(axis=(1, 2), keepdims=True))
-        cc = np.fft.ifft2(np.fft.fft2(m, (py_, px_)) * ramp * f_ref).real / ov
+        cc = sfft.irfft2(sfft.rfft2(m, pad, workers=w) * ramp * f_ref, pad, workers=w) / ov
         cc = np.where(near[None], cc, -np.inf)
         flat = cc.reshape(len(v), -1).argmax(axis=1)
         iy, ix = np.unravel_index(flat, (py_, px_))
         rows = np.arange(len(v))
         c = cc[rows, iy, ix]
-        peak[g0:g0 + BATCH] = c
+        peak[g0:g0 + batch] = c
         for axis, (lo, hi, base, q) in enumerate((
                 (cc[rows, (iy - 1) % py_, ix], cc[rows, (iy + 1) % py_, ix], sy_[iy, 0], step[0]),
                 (cc[rows, iy, (ix - 1) % px_], cc[rows, iy, (ix + 1) % px_], sx_[0, ix], step[1]))):
             curv = lo - 2 * c + hi
             ok = np.isfinite(lo) & np.isfinite(hi) & (curv < 0)
             frac = np.where(ok, 0.5 * (lo - hi) / np.where(ok, curv, -1.0), 0.0)
-            out[g0:g0 + BATCH, axis] = p[:, axis] + base + np.clip(frac, -0.5, 0.5) * q
+            out[g0:g0 + batch, axis] = p[:, axis] + base + np.clip(frac, -0.5, 0.5) * q
     return out, peak
 
 
@@ -364,7 +380,7 @@ def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
     imgs = []
     for h in (0, 1):
         sel = live & (half == h)
-        img, den = aligned(rel[sel], weights[sel], d[sel], step)
+        img, den = aligned(rel, weights, d, step, index=sel)
         imgs.append((img, den > 0.3 * den.max()))
     both = imgs[0][1] & imgs[1][1]
     if both.sum() < 4:
@@ -413,7 +429,7 @@ def tcbf(ds, params: TcbfParameters | None = None, device: str = "cpu",
     finally:
         if dset is not ds:
             dset.close()
-    return tcbf_from_stack(stack, bf, cal, params)
+    return tcbf_from_stack(stack, bf, cal, params, memory_limit_bytes(memory_limit))
 
 
 def tcbf_groups(cal, mask, params: TcbfParameters, memory_limit=None) -> BrightField:
@@ -426,9 +442,12 @@ def tcbf_groups(cal, mask, params: TcbfParameters, memory_limit=None) -> BrightF
     return bright_field_groups(cal, b, mask=mask)
 
 
-def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> TcbfResult:
+def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
+                    limit: int | None = None) -> TcbfResult:  # fmt: skip
     """tcBF's fit and image from the stack of group images (:func:`tcbf` without the
-    read)."""
+    read); ``limit``: the memory budget (bytes; None: the default) that sets the batches
+    of the shift measurement."""
+    batch = shift_batch(cal.scan_shape, memory_limit_bytes(limit))
     lam, step = cal.wavelength, tuple(cal.scan_step)
     means = stack.mean(axis=(1, 2), dtype=np.float64)
     live = means > 0
@@ -463,8 +482,8 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
             src, dst = inc & (half != h), inc & (half == h)
             if not src.any() or not dst.any():
                 continue
-            ref, cover = aligned(rel[src], weights[src], pred[src], step)
-            m, p = measure_shifts(rel[dst], ref, cover, pred[dst], radius, step)
+            ref, cover = aligned(rel, weights, pred, step, index=src)
+            m, p = measure_shifts(rel[dst], ref, cover, pred[dst], radius, step, batch)
             meas[dst], peak[dst] = m, p
         ok = inc & np.isfinite(peak) & (peak > 0)
         if ok.sum() < 6:
@@ -491,7 +510,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters) -> Tcbf
         ab, rot, chosen = searched[0], searched[1], "search"
     model = model_shifts(bf.k, ab, rot, tr, lam)
     u = int(params.upsample)
-    image, _ = aligned(rel[live], weights[live], model[live], step, u)
+    image, _ = aligned(rel, weights, model, step, u, index=live)
     sampling = (step[0] / u, step[1] / u)
     phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
     counts = float(weights.sum() / max(bf.n_groups, 1))
