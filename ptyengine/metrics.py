@@ -242,7 +242,8 @@ def _evaluate(series, shape, sampling, origin) -> np.ndarray:
 
 def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
                      truth_origin=(0.0, 0.0), k_max=None, register: bool = True,
-                     max_shift=None, border: int = 0, sigma: float | None = None) -> dict:
+                     max_shift=None, border: int = 0, sigma: float | None = None,
+                     frc_threshold=None) -> dict:
     """Signed Pearson correlation of a real image (e.g. a reconstructed phase) with the
     ground truth, after bringing the truth onto the image grid.
 
@@ -262,6 +263,12 @@ def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
     Returns {"ncc": float, "shift_A": (dy, dx) with image(r) ≈ truth(r - shift_A),
     "k_max": the band limit used (1/Å; the image's Nyquist frequency min(1/2dy, 1/2dx)
     when ``k_max`` is None)}, and with ``sigma`` also "ncc_lowpass" and "sigma_A".
+
+    With ``frc_threshold`` (``"halfbit"`` or a number such as 1/7) also "frc_A": the
+    resolution (Å) of the image against the truth (:func:`frc_resolution` over the same
+    pixels, at the same registration), the image as it is and the truth cut only by the
+    image grid's Nyquist frequency (not by ``k_max``: the FRC finds where the image stops
+    following the truth). Signed: inverted contrast never crosses the threshold (inf).
     """
     img = _image(image, "image")
     dy, dx = _pair(image_sampling, "image_sampling")
@@ -292,6 +299,10 @@ def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
                                  sigma)  # fmt: skip
         t_g = _evaluate(series_g, img.shape, (dy, dx), (oy - shift[0], ox - shift[1]))
         out.update(ncc_lowpass=ncc(img_g[inner], t_g[inner]), sigma_A=float(sigma))
+    if frc_threshold is not None:
+        series_f = _truth_series(truth, truth_sampling, truth_origin, (dy, dx), None, 0.1)
+        t_f = _evaluate(series_f, img.shape, (dy, dx), (oy - shift[0], ox - shift[1]))
+        out["frc_A"] = frc_resolution(img[inner], t_f[inner], (dy, dx), frc_threshold)
     return out
 
 
