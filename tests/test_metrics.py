@@ -213,3 +213,7 @@ def test_compare_to_truth_frc_resolution_of_truth_band_limited_at_k0(k0):
     r = metrics.compare_to_truth(-cut, samp, origin, truth, d, frc_threshold=metrics.HALFBIT)
     assert r["frc_A"] == np.inf and r["ncc"] == pytest.approx(-rc["ncc"])
     assert "frc_A" not in metrics.compare_to_truth(cut, samp, origin, truth, d)
+    # a band without its lowest frequencies (SSB, tcBF): still 1/k0, the last crossing
+    low = metrics.truth_on_grid(truth, d, (0, 0), shape, samp, origin, k_max=0.3, edge=0.02)
+    r = metrics.compare_to_truth(cut - low, samp, origin, truth, d, frc_threshold=1 / 7)
+    assert r["frc_A"] == pytest.approx(1 / k0, rel=0.1)
