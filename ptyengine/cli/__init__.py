@@ -1,6 +1,6 @@
 """The ``ptyengine`` command line: parses, calls the library, reports progress, writes
 files. One module per command (simulate, info, convert, reconstruct, demo, doctor,
-study).
+study, bench).
 
 User errors (bad input, missing files, impossible parameters) end with one line on stderr
 and exit status 2, never a traceback (``PTYENGINE_DEBUG=1``, ``true`` or ``yes`` shows it);
@@ -17,6 +17,7 @@ import click
 
 from ..errors import PtyengineError
 from . import common
+from .bench import bench
 from .convert import convert
 from .demo import demo
 from .doctor import doctor
@@ -36,7 +37,7 @@ def cli():
 
 
 
-for _command in (convert, demo, doctor, info, reconstruct, simulate, study):
+for _command in (bench, convert, demo, doctor, info, reconstruct, simulate, study):
     cli.add_command(_command)
 
 
