@@ -112,3 +112,14 @@ def test_tcbf_and_ssb_dask_equal_local(tiny, client):
     assert d.aberrations == loc.aberrations and d.rotation_deg == loc.rotation_deg
     np.testing.assert_allclose(ssb_dask(tiny, client=client).phase, ssb(tiny).phase,
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_slurm_spec_without_sbatch_is_refused_before_submitting():
+    """Submitting worker jobs needs sbatch: without it the jobs would fail out of sight."""
+    import shutil
+
+    pytest.importorskip("dask_jobqueue")
+    if shutil.which("sbatch"):
+        pytest.skip("sbatch is here")
+    with pytest.raises(PtyengineError, match="sbatch not found"):
+        cluster_from_spec("slurm:cores=1,jobs=1")
