@@ -288,6 +288,15 @@ def _simulate(out, grid_name: str, crystal: str, defocus_nm: float) -> tuple[flo
     return study.ensure_dataset(params, dataset_path(out, crystal, defocus_nm), lambda m: None)
 
 
+def _guarded(fn, *args):
+    """(result, None), or (None, the error in one line) when ``fn(*args)`` raised: one
+    failing cell does not stop the grid."""
+    try:
+        return fn(*args), None
+    except Exception as exc:  # noqa: BLE001 - reported per cell, the grid goes on
+        return None, " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def _worker_init(threads: int) -> None:
     """A worker process's thread counts: its share of the cores."""
     for name in ("PTYENGINE_THREADS", "PTYENGINE_FFT_THREADS", "NUMBA_NUM_THREADS",
@@ -311,22 +320,24 @@ class _Runner:
                                             initializer=_worker_init, initargs=(threads,))
 
     def map(self, fn, calls):
-        """``calls``: [(tag, args)]; yields (tag, fn(*args)) in order of completion."""
+        """``calls``: [(tag, args)]; yields (tag, (result, error)) of :func:`_guarded` in
+        order of completion."""
         if self.client is not None:
             from dask.distributed import as_completed
 
-            futures = {self.client.submit(fn, *args, pure=False): tag for tag, args in calls}
+            futures = {self.client.submit(_guarded, fn, *args, pure=False): tag
+                       for tag, args in calls}  # fmt: skip
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
         elif self.pool is not None:
             from concurrent.futures import as_completed
 
-            futures = {self.pool.submit(fn, *args): tag for tag, args in calls}
+            futures = {self.pool.submit(_guarded, fn, *args): tag for tag, args in calls}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
         else:
             for tag, args in calls:
-                yield tag, fn(*args)
+                yield tag, _guarded(fn, *args)
 
     def close(self):
         if self.pool is not None:
@@ -353,14 +364,15 @@ def start_cluster(spec: str, wait: float = 60.0):
 
 @dataclass
 class GridRun:
-    """What :func:`run_grid` did: the records (grid order), cells run and reused, and the
-    datasets simulated."""
+    """What :func:`run_grid` did: the records (grid order), cells run and reused, the
+    datasets simulated, and what failed ({"crystal, defocus" or cell name: error})."""
 
     records: list
     ran: int
     reused: int
     simulated: int
     seconds: float
+    failed: dict = dataclasses.field(default_factory=dict)
 
 
 def run_grid(out, grid: Grid, workers: int = 1, client=None, device: str = "cpu",
@@ -372,26 +384,38 @@ def run_grid(out, grid: Grid, workers: int = 1, client=None, device: str = "cpu"
     t0 = time.perf_counter()
     out = Path(out)
     runner = _Runner(workers, client)
-    simulated = 0
+    simulated, failed = 0, {}
     try:
         sims = [((c, f), (str(out), grid.preset, c, f)) for c, f in grid.datasets()]
-        for (c, f), (sec, reused) in runner.map(_simulate, sims):
-            simulated += not reused
+        for (c, f), (done, error) in runner.map(_simulate, sims):
+            if error:
+                failed[f"{c}, {f:g} nm"] = error
+                log(f"{CRYSTAL_NAMES[c]}, {f:g} nm: simulation failed: {error}")
+                continue
+            simulated += not done[1]
             log(f"{CRYSTAL_NAMES[c]}, {f:g} nm: dataset "
-                + ("reused" if reused else f"simulated in {sec:.1f} s"))
+                + ("reused" if done[1] else f"simulated in {done[0]:.1f} s"))
         cells = grid.cells()
-        todo = [c for c in cells if finished(c, out, grid.preset) is None]
+        unfinished = [c for c in cells if finished(c, out, grid.preset) is None]
+        reused = len(cells) - len(unfinished)
+        todo = [c for c in unfinished if f"{c.crystal}, {c.defocus_nm:g} nm" not in failed]
         if stop_after is not None:
             todo = todo[:stop_after]
-        log(f"{len(cells)} cells: {len(cells) - len(todo)} finished already, "
-            f"{len(todo)} to run")
+        log(f"{len(cells)} cells: {reused} finished already, {len(todo)} to run")
         calls = [(c, (str(out), grid.preset, c, device)) for c in todo]
-        for i, (c, r) in enumerate(runner.map(run_cell, calls), 1):
-            log(f"[{i}/{len(todo)}] {c.crystal} {dose_tag(c.dose)} {c.defocus_nm:g} nm "
-                f"{study.NAMES[c.method]} s{c.seed}: NCC {r['ncc']:+.3f}, NCC(1 Å) "
-                f"{r['ncc_1A']:+.3f}, FRC {r['frc_A']:.2f} Å, {r['seconds']:.1f} s")
+        ran = 0
+        for i, (c, (r, error)) in enumerate(runner.map(run_cell, calls), 1):
+            what = (f"[{i}/{len(todo)}] {c.crystal} {dose_tag(c.dose)} {c.defocus_nm:g} nm "
+                    f"{study.NAMES[c.method]} s{c.seed}")  # fmt: skip
+            if error:
+                failed[c.path(out).relative_to(out).as_posix()] = error
+                log(f"{what}: failed: {error}")
+                continue
+            ran += 1
+            log(f"{what}: NCC {r['ncc']:+.3f}, NCC(1 Å) {r['ncc_1A']:+.3f}, FRC "
+                f"{r['frc_A']:.2f} Å, {r['seconds']:.1f} s")
     finally:
         runner.close()
     records = [r for r in (finished(c, out, grid.preset) for c in grid.cells()) if r]
-    return GridRun(records, len(todo), len(cells) - len(todo), simulated,
-                   time.perf_counter() - t0)
+    return GridRun(records, ran, reused, simulated,
+                   time.perf_counter() - t0, failed)

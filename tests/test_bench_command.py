@@ -127,6 +127,28 @@ def test_grid_stopped_halfway_resumes_to_the_same_table(tiny_grid, tmp_path, cap
     assert _numbers(_rows(out)) == _numbers(_rows(tiny_grid))
 
 
+def test_a_failing_cell_does_not_stop_the_grid(tiny_grid, tmp_path, capsys, monkeypatch):
+    """The others finish and are tabled; the error is one line; a rerun retries it."""
+    out = _fresh_with_datasets(tiny_grid, tmp_path / "failing")
+    sub = ("--crystals", "srtio3", "--doses", "none", "--defoci", "10")
+    real = study.run_method
+
+    def ssb_fails(ds, method, *args, **kwargs):
+        if method == "ssb":
+            raise RuntimeError("out of\nmemory")
+        return real(ds, method, *args, **kwargs)
+
+    monkeypatch.setattr(study, "run_method", ssb_fails)
+    code, _, err = run(capsys, *BENCH, *sub, "-o", out)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: 1 cell(s)"), err
+    assert "RuntimeError: out of memory" in err.strip().splitlines()[-1]
+    assert sorted(r["method"] for r in _rows(out)) == ["epie", "icom"]
+    monkeypatch.setattr(study, "run_method", real)
+    code, _, err = run(capsys, *BENCH, *sub, "-o", out)
+    assert code == 0 and "2 finished already, 1 to run" in err
+    assert sorted(r["method"] for r in _rows(out)) == ["epie", "icom", "ssb"]
+
+
 def test_workers_and_cluster_give_the_same_numbers(tiny_grid, tmp_path, capsys):
     pytest.importorskip("distributed")
     sub = ("--crystals", "srtio3", "--defoci", "10", "--methods", "icom,epie")

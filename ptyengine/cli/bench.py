@@ -148,7 +148,14 @@ def bench(suite, output, grid_name, crystals, doses, defoci, methods, seeds, wor
               "Scores against σ·V on the fully dosed area: NCC (band-limited to 2α/λ, "
               "registered within 1 Å), NCC(1 Å) after a σ = 1 Å blur of both, FRC "
               "resolution (Å) at 1/7 (inf: never reached). Noise-free cells: one run."]  # fmt: skip
+    if not run.records:
+        raise PtyengineError(f"no cell finished: {next(iter(run.failed.values()), '')}")
     for path in write_report(run.records, out, header):
         log(f"wrote {path}")
     click.echo((out / "summary.md").read_text())
     log(f"bench done in {total:.1f} s ({run.ran} cells run, {run.reused} reused)")
+    if run.failed:
+        first, error = next(iter(run.failed.items()))
+        raise PtyengineError(f"{len(run.failed)} cell(s) or dataset(s) failed and are not "
+                             f"in the tables (first: {first}: {error}); a rerun retries "
+                             "them")  # fmt: skip
