@@ -9,7 +9,9 @@ of a cell sees the same counts). A cell — (crystal, dose, defocus, method, see
 independent task (:func:`run_cell`): reconstruct with the study's runner and recipes
 (study.run_method; ePIE noise-free plain, with a dose the study's low-dose recipe), score
 with the study's scoring (study.Truth: NCC with σ·V, NCC after a σ = 1 Å blur of both) and
-the FRC resolution against σ·V (Å, threshold 1/7, metrics.compare_to_truth), and write
+the FRC resolution against σ·V (Å, threshold 1/7, metrics.compare_to_truth; bounded by
+twice the image's pixel: the scan step for the direct methods, iCOM and iDPC, the object
+pixel = the probe window / detector pixels for ePIE and ML), and write
 one JSON under ``OUT/cells/`` atomically. A cell whose JSON holds the same key (dataset
 fingerprint, method parameters, cell) is not run again: a rerun does no reconstruction
 and a killed grid resumes. Tasks run in this process (``workers=1``), in worker processes

@@ -80,9 +80,11 @@ def bench(suite, output, grid_name, crystals, doses, defoci, methods, seeds, wor
     noisy cell draws Poisson counts from it, seeded by (seed, dose). Each cell (crystal,
     dose, defocus, method, seed) is reconstructed as `ptyengine study` does (ePIE
     noise-free plain, with a dose its low-dose recipe) and scored against σ·V: NCC, NCC
-    after a σ = 1 Å blur of both, FRC resolution (Å, threshold 1/7; inf: never reached),
-    wall time (s). Each finished cell is one JSON under OUTPUT/cells/, written atomically:
-    a rerun skips finished cells, a killed grid resumes where it stopped.
+    after a σ = 1 Å blur of both, FRC resolution (Å, threshold 1/7; inf: never reached;
+    never below twice the image's pixel: the scan step for iCOM, iDPC, SSB, WDD and tcBF,
+    the object pixel for ePIE and ML), wall time (s). Each finished cell is one JSON
+    under OUTPUT/cells/, written atomically: a rerun skips finished cells, a killed grid
+    resumes where it stopped.
     Writes into OUTPUT: cells.csv, summary.csv (mean and std over the seeds),
     heatmap_<crystal>_<metric>.png (a panel per method, dose rows × defocus columns, the
     best method per cell outlined and named in the last panel) and summary.md.
