@@ -26,13 +26,14 @@ Presets (:data:`PRESETS`):
   50 mrad; ePIE 300 iterations noise-free, ML its default limit. GPU-sized.
 * ``quick``: the same physics (300 kV, 20 mrad, the defoci, the dose margin) scaled for a
   2-core CPU: one UiO-66 orthogonal cell (20.7 × 14.65 Å) as the periodic field and one
-  [110] repeat (14.65 Å) thick; SrTiO3 2 × 2 cells (7.8 Å) scanned, 11.7 Å thick; static
+  [110] repeat (14.65 Å) thick; SrTiO3 2 × 2 cells (7.8 Å) as the field, 4 × 4 cells
+  (15.6 Å, 13 scan pixels at 1.2 Å: an FRC needs a few rings) scanned, 11.7 Å thick; static
   lattices; the detector to 24 mrad with 64 px up to 20 nm defocus (26 Å window), 96 px at
   50 nm (39 Å) and 128 px beyond (52 Å: the 40 Å probe at 100 nm fits); scan step 0.6 Å up
   to 20 nm, 1.2 Å beyond; ePIE 10 iterations noise-free (the low-dose recipe is 10 anyway),
   ML 5 iterations.
-* ``tiny``: tests (seconds): the quick crystals at 32 px to 24 mrad (13 Å window: up to
-  ~10 nm defocus), step 1.2 Å, ePIE and ML 3 iterations.
+* ``tiny``: tests (seconds): the quick crystals (SrTiO3: 2 × 2 cells scanned) at 32 px
+  to 24 mrad (13 Å window: up to ~10 nm defocus), step 1.2 Å, ePIE and ML 3 iterations.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def dataset_parameters(crystal: str, grid: str, defocus_nm: float) -> Simulation
     if crystal == "uio66":
         return SimulationParameters(structure="uio66", field=(20.72, 14.65), thickness=14.65,
                                     sigmas=dict(UIO66_STUDY_SIGMA), **common)  # fmt: skip
+    cells = 4 if grid == "quick" else 2  # quick: enough scan-grid pixels for an FRC
     return SimulationParameters(structure="srtio3", field=(2 * SRTIO3_A,) * 2,
-                                scan_size=(2 * SRTIO3_A,) * 2, thickness=3 * SRTIO3_A,
+                                scan_size=(cells * SRTIO3_A,) * 2, thickness=3 * SRTIO3_A,
                                 **common)  # fmt: skip
 
 

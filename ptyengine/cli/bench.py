@@ -95,7 +95,7 @@ def bench(suite, output, grid_name, crystals, doses, defoci, methods, seeds, wor
              at 0.4 Å, 256 px to 50 mrad), SrTiO3 10 × 10 cells, 19.5 Å thick, 15
              phonons, 4 × 4 cells at 0.4 Å; ePIE 300 iterations. GPU-sized.
       quick  the same physics, scaled: one UiO-66 cell (20.7 × 14.65 Å), 14.65 Å thick;
-             SrTiO3 2 × 2 cells, 11.7 Å thick; static lattices; detector to 24 mrad,
+             SrTiO3 4 × 4 cells scanned, 11.7 Å thick; static lattices; detector to 24 mrad,
              64 px up to 20 nm, 96 px at 50 nm, 128 px at 100 nm (the probe fits);
              step 0.6 Å up to 20 nm, 1.2 Å beyond; the scan covers the dose margin
              (α·C10 + 1 Å); ePIE 10 iterations noise-free, ML 5.
