@@ -314,6 +314,7 @@ class _Runner:
 
     def __init__(self, workers: int = 1, client=None):
         self.workers, self.client, self.pool = int(workers), client, None
+        self.processes: list = []  # the pool's worker processes, once started
         if client is None and self.workers > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -334,18 +335,33 @@ class _Runner:
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
         elif self.pool is not None:
-            from concurrent.futures import as_completed
+            from concurrent.futures import FIRST_COMPLETED, wait
+            from concurrent.futures.process import BrokenProcessPool
 
-            futures = {self.pool.submit(_guarded, fn, *args): tag for tag, args in calls}
-            for fut in as_completed(futures):
-                yield futures[fut], fut.result()
+            pending = {self.pool.submit(_guarded, fn, *args): tag for tag, args in calls}
+            self.processes = list(getattr(self.pool, "_processes", {}).values())
+            try:
+                while pending:  # short waits: Ctrl-C is seen at once
+                    done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield pending.pop(fut), fut.result()
+            except BrokenProcessPool:
+                raise PtyengineError("a worker process died (killed, or out of memory?); the "
+                                     "finished cells are kept: rerun to resume, with fewer "
+                                     "--workers if memory ran out") from None  # fmt: skip
         else:
             for tag, args in calls:
                 yield tag, _guarded(fn, *args)
 
-    def close(self):
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+    def close(self, abort: bool = False):
+        """Stop the pool; ``abort``: without waiting for the running cells (their
+        workers are terminated: an interrupted or failed grid)."""
+        if self.pool is None:
+            return
+        if abort:  # ProcessPoolExecutor has no public terminate before Python 3.14
+            for p in list(getattr(self.pool, "_processes", {}).values()):
+                p.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def start_cluster(spec: str, wait: float = 60.0):
@@ -388,7 +404,7 @@ def run_grid(out, grid: Grid, workers: int = 1, client=None, device: str = "cpu"
     t0 = time.perf_counter()
     out = Path(out)
     runner = _Runner(workers, client)
-    simulated, failed = 0, {}
+    simulated, failed, completed = 0, {}, False
     try:
         sims = [((c, f), (str(out), grid.preset, c, f)) for c, f in grid.datasets()]
         for (c, f), (done, error) in runner.map(_simulate, sims):
@@ -418,8 +434,9 @@ def run_grid(out, grid: Grid, workers: int = 1, client=None, device: str = "cpu"
             ran += 1
             log(f"{what}: NCC {r['ncc']:+.3f}, NCC(1 Å) {r['ncc_1A']:+.3f}, FRC "
                 f"{r['frc_A']:.2f} Å, {r['seconds']:.1f} s")
+        completed = True
     finally:
-        runner.close()
+        runner.close(abort=not completed)
     records = [r for r in (finished(c, out, grid.preset) for c in grid.cells()) if r]
     return GridRun(records, ran, reused, simulated,
                    time.perf_counter() - t0, failed)

@@ -201,3 +201,19 @@ def test_cluster_that_cannot_start_is_one_line(tmp_path, capsys):
 def test_unknown_suite(tmp_path, capsys):
     code, _, err = run(capsys, "bench", "dose-focus", "-o", tmp_path / "x")
     assert code == 2 and "unknown suite 'dose-focus'" in err and "dose-defocus" in err
+
+
+def test_a_worker_that_dies_is_one_line_and_the_pool_is_stopped():
+    """A worker process killed (out of memory, a signal): a PtyengineError, not a hang or
+    a traceback; the other workers are stopped."""
+    import os
+
+    from ptyengine.errors import PtyengineError
+
+    runner = bench._Runner(workers=2)
+    try:
+        with pytest.raises(PtyengineError, match="worker process died"):
+            list(runner.map(os._exit, [("a", (1,)), ("b", (1,))]))
+    finally:
+        runner.close(abort=True)
+    assert not any(p.is_alive() for p in runner.processes)

@@ -136,6 +136,11 @@ def bench(suite, output, grid_name, crystals, doses, defoci, methods, seeds, wor
         dask_cluster, client = lib.start_cluster(cluster, cluster_wait)
     try:
         run = lib.run_grid(out, grid, workers, client, device, log)
+    except KeyboardInterrupt:
+        kept = len(list((out / "cells").rglob("*.json"))) if out.is_dir() else 0
+        click.echo(f"interrupted; kept {kept} finished cell(s) under {out / 'cells'} (re-run "
+                   "the same command to resume)", err=True)  # fmt: skip
+        sys.exit(130)
     finally:
         if client is not None:
             client.close()
