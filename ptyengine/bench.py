@@ -31,7 +31,9 @@ Presets (:data:`PRESETS`):
   lattices; the detector to 24 mrad with 64 px up to 20 nm defocus (26 Å window), 96 px at
   50 nm (39 Å) and 128 px beyond (52 Å: the 40 Å probe at 100 nm fits); scan step 0.6 Å up
   to 20 nm, 1.2 Å beyond; ePIE 10 iterations noise-free (the low-dose recipe is 10 anyway),
-  ML 5 iterations.
+  ML 5 iterations. Measured (benchmarks/RESULTS.md): seed 0 alone, 420 cells, 46 min on
+  the 2-core VM at load 6–14; all three seeds estimated ~100 min there, 20–40 min on two
+  idle cores; tcBF is half the time, the 100 nm cells another half.
 * ``tiny``: tests (seconds): the quick crystals (SrTiO3: 2 × 2 cells scanned) at 32 px
   to 24 mrad (13 Å window: up to ~10 nm defocus), step 1.2 Å, ePIE and ML 3 iterations.
 """

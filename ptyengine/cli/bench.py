@@ -98,7 +98,9 @@ def bench(suite, output, grid_name, crystals, doses, defoci, methods, seeds, wor
              SrTiO3 4 × 4 cells scanned, 11.7 Å thick; static lattices; detector to 24 mrad,
              64 px up to 20 nm, 96 px at 50 nm, 128 px at 100 nm (the probe fits);
              step 0.6 Å up to 20 nm, 1.2 Å beyond; the scan covers the dose margin
-             (α·C10 + 1 Å); ePIE 10 iterations noise-free, ML 5.
+             (α·C10 + 1 Å); ePIE 10 iterations noise-free, ML 5. Measured: seed 0
+             alone (420 cells) 46 min on a 2-core VM at load 6-14; all three seeds
+             estimated ~100 min there, 20-40 min on 2 idle cores (tcBF is half of it).
       tiny   32 px to 24 mrad, step 1.2 Å, 3 iterations; default axes none,100 e/Å² ×
              0,10 nm × icom,epie,ssb × seeds 0,1. Seconds; for tests.
 
