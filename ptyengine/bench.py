@@ -33,7 +33,7 @@ Presets (:data:`PRESETS`):
   to 20 nm, 1.2 Å beyond; ePIE 10 iterations noise-free (the low-dose recipe is 10 anyway),
   ML 5 iterations. Measured (benchmarks/RESULTS.md): seed 0 alone, 420 cells, 46 min on
   the 2-core VM at load 6–14; all three seeds estimated ~100 min there, 20–40 min on two
-  idle cores; tcBF is half the time, the 100 nm cells another half.
+  idle cores; tcBF takes about half the time, and so do the 100 nm cells.
 * ``tiny``: tests (seconds): the quick crystals (SrTiO3: 2 × 2 cells scanned) at 32 px
   to 24 mrad (13 Å window: up to ~10 nm defocus), step 1.2 Å, ePIE and ML 3 iterations.
 """
