@@ -42,11 +42,12 @@ Cluster specs (:func:`cluster_from_spec`): ``local`` (one worker per core), ``lo
 (N single-threaded worker processes), ``slurm:OPTIONS`` and ``pbs:OPTIONS`` with OPTIONS a
 comma-separated list of ``cores=`` (per job, default 1), ``memory=`` (per job, default
 4GB), ``walltime=`` (HH:MM:SS), ``queue=``, ``account=`` and ``jobs=`` (worker jobs to
-submit, default 1).
+submit, default 1; submitting needs ``sbatch`` / ``qsub`` on PATH).
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
@@ -351,6 +352,10 @@ def cluster_from_spec(spec: str, **kwargs):
                                  "'ptyengine[dist]'") from None  # fmt: skip
         cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
         jobs = opts.pop("jobs")
+        submit = "sbatch" if kind == "slurm" else "qsub"
+        if jobs and shutil.which(submit) is None:  # else the jobs fail out of sight
+            raise PtyengineError(f"{kind} cluster: {submit} not found on PATH: start from a "
+                                 f"{kind.upper()} login node, or use local / local:N")  # fmt: skip
         cluster = cls(**opts, **kwargs)
         if jobs:
             cluster.scale(jobs=jobs)

@@ -242,7 +242,8 @@ def _evaluate(series, shape, sampling, origin) -> np.ndarray:
 
 def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
                      truth_origin=(0.0, 0.0), k_max=None, register: bool = True,
-                     max_shift=None, border: int = 0, sigma: float | None = None) -> dict:
+                     max_shift=None, border: int = 0, sigma: float | None = None,
+                     frc_threshold=None) -> dict:
     """Signed Pearson correlation of a real image (e.g. a reconstructed phase) with the
     ground truth, after bringing the truth onto the image grid.
 
@@ -262,6 +263,14 @@ def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
     Returns {"ncc": float, "shift_A": (dy, dx) with image(r) ≈ truth(r - shift_A),
     "k_max": the band limit used (1/Å; the image's Nyquist frequency min(1/2dy, 1/2dx)
     when ``k_max`` is None)}, and with ``sigma`` also "ncc_lowpass" and "sigma_A".
+
+    With ``frc_threshold`` (``"halfbit"`` or a number such as 1/7) also "frc_A": the
+    resolution (Å) of the image against the truth (:func:`frc_resolution` over the same
+    pixels, at the same registration), the image as it is and the truth cut only by the
+    image grid's Nyquist frequency (not by ``k_max``: the FRC finds where the image stops
+    following the truth), taken where the FRC drops below for good (``crossing="last"``:
+    SSB and tcBF transfer little at the lowest frequencies). Signed: inverted contrast
+    never reaches the threshold (inf).
     """
     img = _image(image, "image")
     dy, dx = _pair(image_sampling, "image_sampling")
@@ -292,6 +301,11 @@ def compare_to_truth(image, image_sampling, image_origin, truth, truth_sampling,
                                  sigma)  # fmt: skip
         t_g = _evaluate(series_g, img.shape, (dy, dx), (oy - shift[0], ox - shift[1]))
         out.update(ncc_lowpass=ncc(img_g[inner], t_g[inner]), sigma_A=float(sigma))
+    if frc_threshold is not None:
+        series_f = _truth_series(truth, truth_sampling, truth_origin, (dy, dx), None, 0.1)
+        t_f = _evaluate(series_f, img.shape, (dy, dx), (oy - shift[0], ox - shift[1]))
+        out["frc_A"] = frc_resolution(img[inner], t_f[inner], (dy, dx), frc_threshold,
+                                      crossing="last")
     return out
 
 
@@ -334,13 +348,18 @@ def frc(a, b, sampling, n_bins=None, window: str | None = "tukey"):
 
 
 def frc_resolution(a, b, sampling, threshold=HALFBIT, n_bins=None,
-                   window: str | None = "tukey") -> float:
+                   window: str | None = "tukey", crossing: str = "first") -> float:
     """Resolution (Å) = 1/k where the FRC first drops below ``threshold``: ``"halfbit"``
     (van Heel & Schatz, J. Struct. Biol. 151 (2005) 250: T = (0.2071 + 1.9102/√n) /
     (1.2071 + 0.9102/√n), n pixels in the ring, not corrected for the taper) or a fixed
     value such as 1/7. The crossing is interpolated linearly between rings. Returns the
     Nyquist resolution 1/k_nyq = 2·max(dy, dx) when the FRC never drops below the threshold
     (a bound: the sampling limits it), and ``np.inf`` when it is below from the first ring.
+    ``crossing="last"``: where it drops below for good, for images that lack the lowest
+    frequencies (SSB, tcBF) compared with a ground truth: the crossing after the last
+    ring that is at or above the threshold and significant (FRC ≥ 3·√(2/n), three
+    standard deviations of the FRC of unrelated images, n pixels in the ring); inf when
+    no ring is.
     """
     k, values, n, k_nyq = _frc_rings(a, b, sampling, n_bins, window)
     if isinstance(threshold, str):
@@ -352,7 +371,15 @@ def frc_resolution(a, b, sampling, threshold=HALFBIT, n_bins=None,
         thr = np.full(k.shape, float(threshold))
     ok = np.isfinite(values)
     k, d = k[ok], values[ok] - thr[ok]
+    significant = values[ok] >= 3 * np.sqrt(2 / np.maximum(n[ok], 1))
+    if crossing not in ("first", "last"):
+        raise PtyengineError(f"unknown crossing {crossing!r}: use 'first' or 'last'")
     below = np.flatnonzero(d < 0)
+    if crossing == "last":
+        above = np.flatnonzero((d >= 0) & significant)
+        if above.size == 0:
+            return float(np.inf)
+        below = below[below > above[-1]]
     if below.size == 0:
         return 1.0 / k_nyq
     i = int(below[0])

@@ -80,12 +80,16 @@ class Truth:
                    2 * cal.semiangle * 1e-3 / physics.wavelength(cal.energy),
                    float(ds.metadata.get("scan_margin_A", 0.0)))  # fmt: skip
 
-    def score(self, phase, sampling, origin, border: int) -> dict:
-        """{"ncc", "ncc_1A", "shift_A"} of a phase image (see the module docstring)."""
+    def score(self, phase, sampling, origin, border: int, frc_threshold=None) -> dict:
+        """{"ncc", "ncc_1A", "shift_A"} of a phase image (see the module docstring); with
+        ``frc_threshold`` also "frc_A", its FRC resolution (Å) against σ·V
+        (metrics.compare_to_truth)."""
         r = metrics.compare_to_truth(phase, sampling, origin, self.image, self.sampling,
                                      self.origin, k_max=self.k_max, max_shift=MAX_SHIFT,
-                                     border=border, sigma=SIGMA_LOWPASS)  # fmt: skip
-        return {"ncc": r["ncc"], "ncc_1A": r["ncc_lowpass"], "shift_A": r["shift_A"]}
+                                     border=border, sigma=SIGMA_LOWPASS,
+                                     frc_threshold=frc_threshold)  # fmt: skip
+        out = {"ncc": r["ncc"], "ncc_1A": r["ncc_lowpass"], "shift_A": r["shift_A"]}
+        return out if frc_threshold is None else {**out, "frc_A": r["frc_A"]}
 
 
 @dataclass

@@ -136,3 +136,14 @@ def test_ssb_and_wdd_run_blocks_of_pixels_as_tasks(tiny):
     assert len(pixel_tasks) >= 2
     np.testing.assert_allclose(d.phase, ssb(tiny, params).phase, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(w.phase, wdd(tiny).phase, rtol=1e-5, atol=1e-6)
+
+
+def test_slurm_spec_without_sbatch_is_refused_before_submitting():
+    """Submitting worker jobs needs sbatch: without it the jobs would fail out of sight."""
+    import shutil
+
+    pytest.importorskip("dask_jobqueue")
+    if shutil.which("sbatch"):
+        pytest.skip("sbatch is here")
+    with pytest.raises(PtyengineError, match="sbatch not found"):
+        cluster_from_spec("slurm:cores=1,jobs=1")

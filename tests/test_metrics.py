@@ -192,3 +192,28 @@ def test_lowpass_ncc_sees_structure_through_fine_noise():
     r = metrics.compare_to_truth(img, d, (0, 0), truth, d, register=False, border=8, sigma=1.0)
     assert r["sigma_A"] == 1.0
     assert r["ncc"] < 0.6 < 0.9 < r["ncc_lowpass"]
+
+
+@pytest.mark.parametrize("k0", [0.8, 1.4])
+def test_compare_to_truth_frc_resolution_of_truth_band_limited_at_k0(k0):
+    """FRC against the ground truth (``frc_threshold``): an image that is the truth cut
+    at k0 (on a displaced, smaller grid) has its resolution at 1/k0 Å; the truth itself
+    reaches the grid's Nyquist bound; inverted contrast never crosses (inf)."""
+    rng = np.random.default_rng(3)
+    n, d = 128, 0.2  # truth: 25.6 Å periodic, white up to its Nyquist 2.5 1/Å
+    truth = rng.standard_normal((n, n))
+    shape, samp, origin = (96, 96), (0.25, 0.25), (1.3, 0.7)  # image Nyquist 2 1/Å
+    cut = metrics.truth_on_grid(truth, d, (0, 0), shape, samp, origin, k_max=k0, edge=0.02)
+    rc = metrics.compare_to_truth(cut, samp, origin, truth, d, frc_threshold=1 / 7)
+    assert rc["frc_A"] == pytest.approx(1 / k0, rel=0.1)
+    assert rc["shift_A"] == pytest.approx((0, 0), abs=0.02)
+    full = metrics.truth_on_grid(truth, d, (0, 0), shape, samp, origin)
+    r = metrics.compare_to_truth(full, samp, origin, truth, d, frc_threshold=1 / 7)
+    assert r["frc_A"] == pytest.approx(0.5)  # 2 × 0.25 Å: the sampling's bound
+    r = metrics.compare_to_truth(-cut, samp, origin, truth, d, frc_threshold=metrics.HALFBIT)
+    assert r["frc_A"] == np.inf and r["ncc"] == pytest.approx(-rc["ncc"])
+    assert "frc_A" not in metrics.compare_to_truth(cut, samp, origin, truth, d)
+    # a band without its lowest frequencies (SSB, tcBF): still 1/k0, the last crossing
+    low = metrics.truth_on_grid(truth, d, (0, 0), shape, samp, origin, k_max=0.3, edge=0.02)
+    r = metrics.compare_to_truth(cut - low, samp, origin, truth, d, frc_threshold=1 / 7)
+    assert r["frc_A"] == pytest.approx(1 / k0, rel=0.1)

@@ -1,6 +1,6 @@
 """The ``ptyengine`` command line: parses, calls the library, reports progress, writes
 files. One module per command (simulate, info, convert, reconstruct, demo, doctor,
-study, config, export, suggest); run configuration files in ``runconfig``.
+study, config, export, suggest, bench); run configuration files in ``runconfig``.
 
 User errors (bad input, missing files, impossible parameters) end with one line on stderr
 and exit status 2, never a traceback (``PTYENGINE_DEBUG=1``, ``true`` or ``yes`` shows it);
@@ -17,6 +17,7 @@ import click
 
 from ..errors import PtyengineError
 from . import common
+from .bench import bench
 from .config import config
 from .convert import convert
 from .demo import demo
@@ -39,8 +40,8 @@ def cli():
 
 
 
-for _command in (config, convert, demo, doctor, export, info, reconstruct, simulate, study,
-                 suggest):
+for _command in (bench, config, convert, demo, doctor, export, info, reconstruct, simulate,
+                 study, suggest):
     cli.add_command(_command)
 
 
