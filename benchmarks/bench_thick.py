@@ -26,8 +26,9 @@ plus the dose margin α·|C10| + 1 Å, step 0.8 Å with the crossover on the sur
 1.2 Å above it (the tiny preset's steps). Doses default to none,100 (the issue's UiO-66
 dose); at a dose ePIE and mepie run phase-only (|O| = 1: their amplitude update is
 biased at these counts). Methods add "mlss": multislice ML from its own single-slice
-start (the default, ``single_slice_iterations`` 50). Scored with study.Truth (NCC and
-NCC after the 1 Å blur) over the fully dosed cell (study.object_border).
+start (the default, ``single_slice_iterations`` 50), and "ml1": single-slice ML (S = 1).
+Scored with study.Truth (NCC and NCC after the 1 Å blur) over the fully dosed cell
+(study.object_border).
 
     python benchmarks/bench_thick.py [--thicknesses 200,400] [--defoci 0,100]
         [--doses none,1000] [--slices rule|4,8,16] [--methods epie,mepie,ml]
@@ -109,9 +110,9 @@ def main_uio66(args):
     doses = args.doses if args.doses != "none,1000" else "none,100"
     tmp = args.workdir or tempfile.mkdtemp()
     print(f"load average {os.getloadavg()[0]:.1f}")
-    print("| t (Å) | crossover (Å) | dose | S | ePIE | mepie | ML from mepie | ML from single "
-          "slice | ML best it. (mepie / ss start) | s (ePIE/mepie/ML/MLss) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| t (Å) | crossover (Å) | dose | S | ePIE | ML, S = 1 | mepie | ML from mepie | ML from "
+          "single slice | ML best it. (mepie / ss start) | s (ePIE/ML1/mepie/ML/MLss) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in (float(v) for v in args.thicknesses.split(",")):
         for z in (float(v) for v in args.defoci.split(",")):
             data, cal, meta, truth = _simulate_uio66(t, z, args.detector_pixels, tmp)
@@ -122,13 +123,17 @@ def main_uio66(args):
                 dose = None if dose_s == "none" else float(dose_s)
                 mem = memory_dataset(data, cal, meta, dose)
                 common = dict(batch_size=16, phase_only=dose is not None)
-                cells = dict.fromkeys(("epie", "mepie", "ml", "mlss"), "–")
+                cells = dict.fromkeys(("epie", "ml1", "mepie", "ml", "mlss"), "–")
                 secs = dict.fromkeys(cells, 0.0)
                 best = ["–", "–"]
                 if "epie" in methods:
                     res, secs["epie"] = _timed(epie, mem, EpieParameters(
                         iterations=args.epie_iterations, **common))  # fmt: skip
                     cells["epie"] = _score(res, truth)
+                if "ml1" in methods:
+                    res, secs["ml1"] = _timed(ml, mem, MLParameters(
+                        iterations=args.ml_iterations, object_model=args.ml_object_model))
+                    cells["ml1"] = _score(res, truth)
                 for s in s_list:
                     ms = dict(slices=s, slice_thickness=t / s)
                     if "mepie" in methods:
@@ -143,7 +148,7 @@ def main_uio66(args):
                             object_model=args.ml_object_model, **ms))  # fmt: skip
                         cells[key] = _score(res, truth)
                         best[key == "mlss"] = f"{res.best_iteration} of {len(res.errors)}"
-                    print(f"| {t:g} | {z:g} | {dose_s} | {s} | {cells['epie']} | "
+                    print(f"| {t:g} | {z:g} | {dose_s} | {s} | {cells['epie']} | {cells['ml1']} | "
                           f"{cells['mepie']} | {cells['ml']} | {cells['mlss']} | "
                           f"{best[0]} / {best[1]} | "
                           f"{'/'.join(f'{v:.0f}' for v in secs.values())} |", flush=True)
