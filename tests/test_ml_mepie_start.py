@@ -3,7 +3,13 @@ slices and probe, ML then keeps or improves mepie's result; options, errors, res
 
 import numpy as np
 import pytest
-from test_multislice_ptycho import GAP, _layer_ncc, _ml_data, two_layer_dataset
+from test_multislice_ptycho import (
+    GAP,
+    _layer_ncc,
+    _ml_data,
+    assert_resume_equals_whole,
+    two_layer_dataset,
+)
 
 from ptyengine.errors import PtyengineError
 from ptyengine.reconstruct.mepie import MepieParameters, mepie
@@ -56,13 +62,7 @@ def test_ml_resume_after_mepie_start(two_layers, tmp_path):
     bit (the resumed run does not repeat the start)."""
     mem = _ml_data(two_layers)
     params = MLParameters(iterations=4, mepie_start_iterations=3, defocus_search=0, **SLICES)
-    whole = ml(mem, params)
-    ck = str(tmp_path / "ck.npz")
-    ml(mem, MLParameters(**{**params.__dict__, "iterations": 2}), checkpoint=ck,
-       checkpoint_every=1)  # fmt: skip
-    resumed = ml(mem, params, checkpoint=ck, checkpoint_every=1, resume=True)
-    np.testing.assert_array_equal(resumed.object, whole.object)
-    assert resumed.errors == whole.errors and resumed.extra["refined"] == whole.extra["refined"]
+    assert_resume_equals_whole(mem, params, tmp_path)
 
 
 @pytest.mark.parametrize("value", [-1, 2.5, True])

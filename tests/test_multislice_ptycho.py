@@ -356,18 +356,11 @@ def test_ml_depth_prior_pulls_the_slices_together(two_layers):
     ncc = _layer_ncc(res, truth)
     assert (ncc > 0.4).all(), ncc
 
-
-@pytest.mark.parametrize("slices", [1, 2])
-def test_ml_resume_with_probe_refinement(two_layers, tmp_path, slices):
-    """ML with the probe refined, one slice or two (started from 3 single-slice
-    iterations, which a resumed run does not repeat): checkpoint/resume gives the
-    uninterrupted run bit for bit (the preconditioner's illumination, which depends on the
-    probe and, for S > 1, on the slices in front, travels with the checkpoint)."""
+def assert_resume_equals_whole(mem, params, tmp_path):
+    """ML stopped after 2 iterations and resumed from its checkpoint ends as the
+    uninterrupted run of ``params``: the same object, errors and refined probe, bit for bit."""
     from ptyengine.reconstruct.ml import MLParameters, ml
 
-    mem = _ml_data(two_layers)
-    params = MLParameters(slices=slices, slice_thickness=(GAP, 1.0)[:slices], iterations=4,
-                          defocus_search=0, single_slice_iterations=3)  # fmt: skip
     whole = ml(mem, params)
     ck = str(tmp_path / "ck.npz")
     ml(mem, MLParameters(**{**params.__dict__, "iterations": 2}), checkpoint=ck,
@@ -375,6 +368,20 @@ def test_ml_resume_with_probe_refinement(two_layers, tmp_path, slices):
     resumed = ml(mem, params, checkpoint=ck, checkpoint_every=1, resume=True)
     np.testing.assert_array_equal(resumed.object, whole.object)
     assert resumed.errors == whole.errors and resumed.extra["refined"] == whole.extra["refined"]
+
+
+@pytest.mark.parametrize("slices", [1, 2])
+def test_ml_resume_with_probe_refinement(two_layers, tmp_path, slices):
+    """ML with the probe refined, one slice or two (started from 3 single-slice
+    iterations, which a resumed run does not repeat): checkpoint/resume gives the
+    uninterrupted run bit for bit (the preconditioner's illumination, which depends on the
+    probe and, for S > 1, on the slices in front, travels with the checkpoint)."""
+    from ptyengine.reconstruct.ml import MLParameters
+
+    mem = _ml_data(two_layers)
+    params = MLParameters(slices=slices, slice_thickness=(GAP, 1.0)[:slices], iterations=4,
+                          defocus_search=0, single_slice_iterations=3)  # fmt: skip
+    assert_resume_equals_whole(mem, params, tmp_path)
 
 
 def test_mepie_resume_and_streaming(two_layers, tmp_path):

@@ -342,18 +342,19 @@ def update_positions(eng, obj, max_shift: float, eps: float, measured, affine,
         affine = affine + da
         g = g + np.einsum("nij,nj->ni", fisher, shift)  # the gradient after it (linearised)
     prior = 0.0 if sigma is None else 1.0 / sigma**2
+    force = own or sigma is None  # "on", or no prior: move whatever the bounds say
     corr_crb, corr_moved = -1.0, False  # −1: no correlated model
     if correlated is not None:  # then the correlated offsets, pooled over many positions
         dt, hess = pm.step(correlated, g, fisher, theta, prior, max_shift)
         corr_crb = pm.crb(correlated, hess)
-        corr_moved = own or sigma is None or corr_crb <= CORRELATED_CRB_FRACTION * sigma
+        corr_moved = force or corr_crb <= CORRELATED_CRB_FRACTION * sigma
         if corr_moved:
             d = correlated.displacement(dt)
             theta = theta + dt
             shift = shift + d
             g = g + np.einsum("nij,nj->ni", fisher, d)
     crb = float(np.median(cramer_rao(fisher)))
-    own = own or sigma is None or crb <= CRB_FRACTION * sigma
+    own = force or crb <= CRB_FRACTION * sigma
     steps = newton_steps(g, fisher, max_shift, u, prior) if own else np.zeros_like(p)
     mean = steps.mean(axis=0)
     steps -= mean
