@@ -114,7 +114,10 @@ def main(argv=None):
                     help="noise seeds (and ePIE/ML seeds), e.g. 0,1,2: mean and range")
     ap.add_argument("--methods", default="icom,idpc,epie")
     ap.add_argument("--device", default="cpu", help="cpu | gpu | auto (reconstructions)")
+    ap.add_argument("--defoci", default=None,
+                    help="only these crossover heights (nm), e.g. 50,100 [default: all]")
     args = ap.parse_args(argv)
+    defoci = None if args.defoci is None else {float(v) for v in args.defoci.split(",")}
     doses = parse_doses(args.doses)
     seeds = [int(v) for v in args.seeds.split(",")]
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
@@ -132,6 +135,8 @@ def main(argv=None):
     rows = []
     for dose in doses:
         for label, base in presets.uio66_defocus("quick"):
+            if defoci is not None and base.defocus / 10 not in defoci:
+                continue
             runs = []
             for seed in (seeds if dose is not None else seeds[:1]):
                 params = dataclasses.replace(base, dose=dose, seed=seed)

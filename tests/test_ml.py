@@ -48,10 +48,11 @@ def _ncc(phase, geom, path):
 
 @pytest.mark.parametrize("holdout", [0.0, 0.2])
 def test_gradient_matches_finite_differences(thin, holdout):
-    """∂L/∂φ and ∂L/∂a (likelihood + prior) against central differences of L along
+    """∂L/∂φ and ∂L/∂a (likelihood + priors, the total variation too) against central
+    differences of L along
     random directions, at a random complex object, on Poisson counts."""
     ds = _counts(thin, 2000.0)
-    params = MLParameters(holdout=holdout, smoothness=2.0, ridge=30.0)
+    params = MLParameters(holdout=holdout, smoothness=2.0, ridge=30.0, tv=5.0)
     eng = mlmod.setup(ds, params, np)
     rng = np.random.default_rng(3)
     shape = eng.geometry.object_shape
@@ -194,6 +195,31 @@ def test_holdout_rule_keeps_the_best_iterate(thin):
     by = res.extra["stopped_by"]
     assert (by == "iteration limit" and len(held) == 40) or by == "converged" or (
         by == "held-out likelihood" and len(held) - 1 - res.best_iteration == 3), by
+
+
+def test_total_variation_gradient_and_curvature_bound():
+    """R_tv's gradient against central differences, its small-gradient limit ½ μ |∇u|²,
+    and the curvature bound μ Σ w |∇d|² ≥ the true second difference along d."""
+    from ptyengine.reconstruct.priors import total_variation, tv_curvature
+
+    rng = np.random.default_rng(1)
+    u = (0.3 * rng.standard_normal((2, 24, 20))).astype(np.float64)
+    mu, delta = 3.0, 0.2
+    r, g, w = total_variation(u, mu, delta, np)
+    for _ in range(3):
+        d = rng.standard_normal(u.shape)
+        h = 1e-5
+        fd = (total_variation(u + h * d, mu, delta, np)[0]
+              - total_variation(u - h * d, mu, delta, np)[0]) / (2 * h)
+        assert float(np.sum(g * d)) == pytest.approx(fd, rel=1e-4)
+        h = 1e-3
+        second = (total_variation(u + h * d, mu, delta, np)[0] - 2 * r
+                  + total_variation(u - h * d, mu, delta, np)[0]) / h**2
+        assert tv_curvature(d, w, mu, np) >= second > 0
+    tiny = 1e-4 * u
+    gy, gx = np.roll(tiny, -1, -2) - tiny, np.roll(tiny, -1, -1) - tiny
+    quadratic = 0.5 * mu * np.sum(gy**2 + gx**2)
+    assert total_variation(tiny, mu, delta, np)[0] == pytest.approx(quadratic, rel=1e-4)
 
 
 def test_empty_data_is_a_clear_error(thin):
@@ -625,4 +651,5 @@ def test_prior_strengths_follow_the_dose(thin):
         eng = mlmod.setup(_counts(thin, dose), MLParameters(), np)
         assert (eng.params.smoothness, eng.params.ridge) == pytest.approx(expected), dose
     noise_free = ml(path, MLParameters(iterations=1, refine_probe="aberrations"))
-    assert noise_free.extra["prior"] == {"smoothness": 3.0, "ridge": 8.0}
+    assert noise_free.extra["prior"] == {"smoothness": 3.0, "ridge": 8.0, "tv": 0.0,
+                                         "tv_scale": 0.15}

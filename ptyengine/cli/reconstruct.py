@@ -211,6 +211,14 @@ def _multislice(method: str, slices) -> bool:
               help="ML: strength μ_r of the prior pulling phase and absorption to 0, in "
                    "1/Å² [default: from the dose: 8 from 100 e/Å² up, in proportion "
                    "below]; 0: off.")
+@click.option("--tv", type=float,
+              help="ML: strength μ_tv of the total-variation prior on phase and absorption "
+                   "(dimensionless; flattens noise, keeps the steps of atoms against "
+                   "empty space; e.g. 10 at 20 e/Å², with --iterations 80) [default: 0]; "
+                   "0: off.")
+@click.option("--tv-scale", type=float,
+              help="ML: phase gradient δ (rad/Å) where the total variation turns from "
+                   "smoothing to keeping edges [default: 0.15].")
 @click.option("--holdout", type=float,
               help="ML: fraction of the detector pixels held out of the fit; the run keeps "
                    "the latest iterate where their likelihood is within noise of the best "

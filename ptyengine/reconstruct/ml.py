@@ -22,7 +22,8 @@ to the data's defocus when the calibration's is far off.
 **Objective** (minimised; n: measured counts, ε = 10⁻³ counts):
 
     L(φ, a) = Σ_j Σ_k [I_jk − n_jk log(I_jk + ε)] + R(φ) + R(a)
-    R(u)    = ½ μ_s Σ_pixels |∇u|² + ½ μ_r A_px Σ_pixels u²
+    R(u)    = ½ μ_s Σ_pixels |∇u|² + ½ μ_r A_px Σ_pixels u² + R_tv(u)
+    R_tv(u) = μ_tv Σ_pixels δ² (√(1 + |∇u|²/δ²) − 1)
 
 Zero counts are data: they pull I down. R is a Gaussian prior on the specimen: smooth
 (μ_s, dimensionless in 2-D: the same at every pixel size) and weak (μ_r in 1/Å², A_px the
@@ -31,6 +32,12 @@ against the likelihood, which grows with the counts, falls as 1/dose: at 1000 e/
 prior is ten times weaker than at 100 e/Å², and noise-free data (treated as 10⁶ counts per
 pattern) are fitted as measured. Below 100 e/Å² the strengths fall in proportion to the
 dose (:func:`.priors.prior_strengths`), which keeps the weight at its 100 e/Å² value.
+R_tv, a total variation (pseudo-Huber, :mod:`.priors`; ``tv`` μ_tv, off by default, δ =
+``tv_scale`` 0.15 rad/Å), is quadratic in gradients below δ and linear above, so it
+flattens the noise between atoms more than it blurs them (a projected potential is sparse
+peaks on a flat floor); its curvature enters the Newton step as an upper bound. It raises
+the plain NCC at 20–100 e/Å² but not reliably NCC(1 Å) (benchmarks/RESULTS.md, "ML,
+sixth part"), hence off.
 Besides R, the search directions are band-limited to |k| ≤ 2α/λ, the information limit of
 the data, so φ and a hold nothing beyond it.
 
@@ -52,10 +59,10 @@ directions below are h̄ × Newton steps, so the two blocks share one step lengt
 (φ, a) it is the likelihood's, h = 4 × counts through each pixel (4N Σ|P_j|²), normalised
 to its mean h̄ over the scan, and the prior's in Fourier space:
 
-    s = F⁻¹[ B(k) · F[g / (h/h̄ + δ)] / (1 + (μ_s λ_∇(k) + μ_r A_px) / h̄) ]
+    s = F⁻¹[ B(k) · F[g / (h/h̄ + δ)] / (1 + ((μ_s + μ_tv) λ_∇(k) + μ_r A_px) / h̄) ]
 
-(λ_∇ the eigenvalues of the discrete −Laplacian, B the band limit, δ = 1: see
-PRECONDITIONER_FLOOR). Along the
+(λ_∇ the eigenvalues of the discrete −Laplacian, μ_tv R_tv's small-gradient limit, B the
+band limit, δ = 1: see PRECONDITIONER_FLOOR). Along the
 direction d the step is the Newton step t = −L'/L'' with the Fisher curvature
 L'' ≈ Σ I'²/(I + ε) + d·Λd, I' = 2 Re(Ψ* Δ), Δ_j = F[P_j · O_j (i dφ − da) + dP_j · O_j]
 with dP̂ = −i Σ_i d_c,i χ_i P̂ (:func:`.forward.direction_pass`; 3 FFTs per position, 4
@@ -72,7 +79,7 @@ their half-deviance D_h is evaluated at every iterate. The engine keeps the late
 whose D_h lies within HELD_TOLERANCE (4) of the lowest seen among the fitted iterates
 (from iteration 1: the flat start is no answer), and stops when none has for ``patience``
 (15) iterations: the result is never an iterate the held-out data find significantly worse
-than an earlier one. (2) Without held-out pixels the run stops when
+than an earlier one (:mod:`.stopping`). (2) Without held-out pixels the run stops when
 the objective L has fallen by less than CONVERGED (0.1 half-deviance per iteration) over
 ``patience`` iterations (with them this rule is off: L flattens while the phase still
 improves).
@@ -156,20 +163,25 @@ from .iterative import IterativeState, load_checkpoint, opened, run
 from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters, refines_positions  # noqa: F401
 from .ml_result import MLResult
 from .patterns import choose_patterns
-from .priors import band_mask, prior_spectrum, prior_strengths
+from .priors import (
+    band_mask,
+    prior_spectrum,
+    prior_strengths,
+    total_variation,
+    tv_curvature,
+    tv_delta,
+)
 from .probe_coefficients import (
     PROBE_COEFFICIENTS,
     initial_coefficients,
 )
 from .probe_model import probe_kind, probe_model
+from .stopping import CONVERGED, HELD_TOLERANCE, converged  # noqa: F401
 
 EPS = 1e-3  # counts: floor of the model intensity inside the logarithm
 #: δ: a pixel's step is at most 1/δ of a mean-lit pixel's (δ = 0.1 let the weakly lit margin
 #: drift: noise-free UiO-66 at 100 nm fell from NCC(1 Å) 0.999 to 0.76; RESULTS.md).
 PRECONDITIONER_FLOOR = 1.0
-#: Half-deviance: held-out changes smaller than this are noise (at 100 e/Å² it jitters by
-#: 0.5–2 between iterates and rises by up to ~5 in the first CG steps; RESULTS.md).
-HELD_TOLERANCE = 4.0
 BIG = 1e300  # "not yet": the state must stay finite (the loop owner checks it)
 FISHER_EVERY = 8  # iterations between re-evaluations of the coefficients' Fisher information
 FISHER_POSITIONS = 128  # positions it is estimated from
@@ -180,9 +192,6 @@ FISHER_POSITIONS = 128  # positions it is estimated from
 CURVATURE_FRACTION = 0.25
 CURVATURE_POSITIONS = 256
 CURVATURE_SEED = 0xC5
-#: Half-deviance per iteration below which L has converged; used only without held-out
-#: pixels (L can flatten while the phase still improves).
-CONVERGED = 0.1
 
 
 def fingerprint(cal, params: MLParameters, data_id: str) -> str:
@@ -213,6 +222,12 @@ class _Engine:
                       for b in range(patterns.n_blocks)]  # fmt: skip
         self.spectrum = prior_spectrum(geom.object_shape, geom.sampling, params.smoothness,
                                        params.ridge, xp)  # fmt: skip
+        self.tv = float(params.tv or 0.0)
+        self.tv_delta = tv_delta(geom.sampling, params.tv_scale)
+        # the preconditioner's: the total variation's small-gradient limit joins μ_s
+        self.pc_spectrum = (prior_spectrum(geom.object_shape, geom.sampling,
+                                           params.smoothness + self.tv, params.ridge, xp)
+                            if self.tv else self.spectrum)  # fmt: skip
         k_max = 2 * cal.semiangle * 1e-3 / cal.wavelength
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
@@ -362,10 +377,27 @@ class _Engine:
 
     # ------------------------------------------------------------------ the prior
     def prior(self, u):
-        """(R(u), ∂R/∂u) through the prior's spectrum Λ (periodic on the object grid)."""
+        """(R(u), ∂R/∂u): the Gaussian prior through its spectrum Λ (periodic on the object
+        grid), plus the total variation (:mod:`.priors`)."""
         xp = self.xp
         g = xp.fft.ifft2(xp.fft.fft2(u) * self.spectrum).real.astype(np.float32)
-        return 0.5 * float(xp.sum(u * g)), g
+        r = 0.5 * float(xp.sum(u * g))
+        if self.tv:
+            r_tv, g_tv, _ = total_variation(u, self.tv, self.tv_delta, xp)
+            r, g = r + r_tv, g + g_tv
+        return r, g
+
+    def regulariser_curvature(self, u, d) -> float:
+        """d·∇²R·d at u (lateral and depth priors): exact for the Gaussian parts, the
+        upper bound :func:`.priors.tv_curvature` for the total variation."""
+        xp = self.xp
+        c = float(xp.sum(d * xp.fft.ifft2(xp.fft.fft2(d) * self.spectrum).real))
+        _, g_z = self.depth_prior(d)
+        if g_z is not None:
+            c += float(xp.sum(d * g_z))
+        if self.tv:
+            c += tv_curvature(d, total_variation(u, self.tv, self.tv_delta, xp)[2], self.tv, xp)
+        return c
 
     def depth_prior(self, u):
         """(R_z(u), ∂R_z/∂u) of the depth prior ½ μ_z Σ_s |u_{s+1} − u_s|² of a slice stack
@@ -387,7 +419,7 @@ class _Engine:
 
     def precondition(self, g, h_rel, h_bar):
         xp = self.xp
-        filt = 1.0 / (1.0 + self.spectrum / h_bar)
+        filt = 1.0 / (1.0 + self.pc_spectrum / h_bar)
         if self.band is not None:
             filt = filt * self.band
         return xp.fft.ifft2(xp.fft.fft2(g / (h_rel + PRECONDITIONER_FLOOR)) * filt).real.astype(
@@ -563,10 +595,10 @@ def _sweep_factory(eng: _Engine, params: MLParameters, complex_object: bool, tot
             _, d2 = eng.curvature(obj, (obj * du).astype(np.complex64), d_probe)
         d2 *= scale
         d1 = float(xp.sum(g_phi * d_phi)) + pm.dot(g_c, d_c)
-        d2 += float(xp.sum(d_phi * eng.regulariser(d_phi)[1]))
+        d2 += eng.regulariser_curvature(phi, d_phi)
         if complex_object:
             d1 += float(xp.sum(g_ab * d_ab))
-            d2 += float(xp.sum(d_ab * eng.regulariser(d_ab)[1]))
+            d2 += eng.regulariser_curvature(ab, d_ab)
         t = damping * (-d1 / d2) if d2 > 0 else 0.0
         # remember the point, its gradient and direction, then step
         a["prev_phase"][...] = phi
@@ -665,14 +697,6 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
     g_c = eng.coefficient_gradient(upd) if eng.pm.refines else np.zeros(0)
     return (fit + r_phi + r_ab, (2 * eng.n) * on.imag + gp_phi,
             (2 * eng.n) * on.real + gp_ab, g_c)  # fmt: skip
-
-
-def converged(objective, patience: int) -> bool:
-    """True when L fell by less than CONVERGED (half-deviance) per iteration on average over
-    the last ``patience`` iterations: changes the data cannot tell from chance."""
-    if len(objective) <= patience:
-        return False
-    return objective[-1 - patience] - objective[-1] < CONVERGED * patience
 
 
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,

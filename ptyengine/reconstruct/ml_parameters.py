@@ -11,6 +11,7 @@ from ..errors import PtyengineError
 from . import position_models as pm
 from . import slices as sl
 from .defocus_search import check_search
+from .priors import TV_SCALE
 from .probe_coefficients import PROBE_COEFFICIENTS
 
 DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
@@ -33,6 +34,14 @@ class MLParameters:
         priors (ridge 0.5–2) reach NCC(1 Å) 0.72–0.75 after ~20 iterations and fall to
         0.55–0.69 by 60; at 20 e/Å² (3, 8) holds the phase back (50 nm: 0.46 against 0.57
         with (0.6, 1.6); benchmarks/RESULTS.md).
+    tv: μ_tv, dimensionless: the total-variation prior (:mod:`.priors`), which smooths
+        phase gradients below ``tv_scale`` and keeps steps above it (a projected
+        potential's peaks on its flat floor); 0 (default): off. Measured on the UiO-66
+        quick study (benchmarks/RESULTS.md, "ML, sixth part"): 10 at 20 e/Å² raises the
+        plain NCC by ~0.05, NCC(1 Å) by −0.04 … +0.06 over noise draws, and needs more
+        iterations (60–80) to converge.
+    tv_scale: δ_Å, rad/Å: the phase gradient where the total variation turns from
+        quadratic to linear.
     band_limit: band-limit the search directions to 2α/λ.
     holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
         stops at ``iterations`` or when the objective has converged).
@@ -101,6 +110,8 @@ class MLParameters:
     object_model: str = "phase"
     smoothness: float | None = None
     ridge: float | None = None
+    tv: float = 0.0
+    tv_scale: float = TV_SCALE
     band_limit: bool = True
     holdout: float = 0.05
     patience: int = 15
@@ -170,7 +181,11 @@ class MLParameters:
         if self.object_model not in ("phase", "complex"):
             raise PtyengineError(f"object model must be phase or complex, got "
                                  f"{self.object_model!r}")  # fmt: skip
-        for name in ("smoothness", "ridge"):
+        if not (isinstance(self.tv_scale, (int, float)) and math.isfinite(self.tv_scale)
+                and self.tv_scale > 0):
+            raise PtyengineError(f"--tv-scale must be a positive number of rad/Å, got "
+                                 f"{self.tv_scale!r}")  # fmt: skip
+        for name in ("smoothness", "ridge", "tv"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise PtyengineError(f"{name} must be a finite number ≥ 0, got {v}")
