@@ -73,16 +73,17 @@ def _tiled(corners, n_modes: int, xp):
 
 
 def _chunk(window, n_slices: int = 1, n_modes: int = 1) -> int:
-    """Positions per cache-sized sub-chunk on the CPU: ~2 MB of waves over the S + 1
-    arrays a pass holds (1 MB per array for a single slice); for S > 1 at least 4
-    positions (if 1 MB per array holds them), so that the ~8 calls per slice boundary
-    are shared (measured at 128², S = 8 / 16: 1.62 / 1.40× the FFTs' CPU time against
-    1.72 / 1.83× with one position per sub-chunk, benchmarks/bench_mepie.py)."""
+    """Positions per sub-chunk on the CPU. A single slice: ~2 MB of waves over the 2
+    arrays a pass holds (1 MB per array, cache-sized: benchmarks/bench_epie.py). S > 1
+    slices: ~16 MB over the S + 1 arrays (the incident waves kept for the adjoint), so
+    that each of the ~8 kernel and FFT calls per slice boundary and sub-chunk does the
+    work of many positions. Measured with benchmarks/bench_mepie.py (CPU time per
+    iteration / the FFTs done, 2 cores, load 10–12): 64², S = 16: 2.21× with 4 positions
+    per sub-chunk (~2 MB), 1.76× with 16, 1.71× with 32; 128², S = 16: 1.52× with 4,
+    1.43× with 8 (~16 MB), 1.53× with 32 (~70 MB)."""
     per_position = window[0] * window[1] * 8 * n_modes
-    n = (2 << 20) // (per_position * (n_slices + 1))
-    if n_slices > 1:
-        n = max(n, min(4, (1 << 20) // per_position))
-    return max(1, n)
+    budget = (2 << 20) if n_slices == 1 else (16 << 20)
+    return max(1, budget // (per_position * (n_slices + 1)))
 
 
 @dataclass
