@@ -92,6 +92,22 @@ def exit_waves_cpu(probes, obj, corners, psi, o_weight):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
+def transmit_cpu(incident, obj, corners, out):
+    """out[b] = incident[b] · obj[window_b] (out may be incident): the transmission through
+    a slice whose Σ|O|² nobody needs (exit_waves_cpu adds it up for the first slice)."""
+    nb, w0, w1 = incident.shape
+    for b in range(nb):
+        cy = corners[b, 0]
+        cx = corners[b, 1]
+        for i in range(w0):
+            row = obj[cy + i, cx:cx + w1]
+            prow = incident[b, i]
+            orow = out[b, i]
+            for j in range(w1):
+                orow[j] = prow[j] * row[j]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def difference_updates_cpu(num, den, probes, obj, psi, corners, origin):
     """From the revised exit waves ``psi`` (in place), in one pass, with O = obj[window]
     (unchanged since the exit waves were formed, so ψ = P·O is recomputed, not stored):
@@ -189,6 +205,11 @@ def exit_waves_cuda(probes, obj, corners, psi, o_weight):
     _cuda().exit_waves_gpu[blocks, threads](probes, obj, corners, psi, o_weight)
 
 
+def transmit_cuda(incident, obj, corners, out):
+    blocks, threads = grid(incident.shape)
+    _cuda().transmit_gpu[blocks, threads](incident, obj, corners, out)
+
+
 def difference_updates_cuda(num, den, probes, obj, psi, corners, origin):
     blocks, threads = grid(psi.shape)
     real = num.view(np.float32 if num.dtype == np.complex64 else np.float64)
@@ -264,6 +285,11 @@ def object_step_xp(box, num, scale: float, phase_only: bool):
 def exit_waves(probes, obj, corners, psi, o_weight):
     """Exit waves and the summed window intensity of the object in one pass."""
     (exit_waves_cpu if on_host(psi) else exit_waves_cuda)(probes, obj, corners, psi, o_weight)
+
+
+def transmit(incident, obj, corners, out):
+    """out = incident · obj[window] per batch member, in one pass (out may be incident)."""
+    (transmit_cpu if on_host(out) else transmit_cuda)(incident, obj, corners, out)
 
 
 def difference_updates(num, den, probes, obj, psi, corners, origin):

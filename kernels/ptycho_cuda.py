@@ -52,6 +52,13 @@ def exit_waves_gpu(probes, obj, corners, psi, o_weight):
 
 
 @cuda.jit
+def transmit_gpu(incident, obj, corners, out):
+    b, i, j = cuda.grid(3)
+    if b < incident.shape[0] and i < incident.shape[1] and j < incident.shape[2]:
+        out[b, i, j] = incident[b, i, j] * obj[corners[b, 0] + i, corners[b, 1] + j]
+
+
+@cuda.jit
 def difference_updates_gpu(num_real, den, probes, obj, psi, corners, origin):
     b, i, j = cuda.grid(3)
     if b < psi.shape[0] and i < psi.shape[1] and j < psi.shape[2]:

@@ -276,6 +276,27 @@ def test_poisson_kernels_twins(modes):
         np.testing.assert_allclose(got[1], ref_d2, rtol=1e-4)
 
 
+def test_transmit_twins():
+    """The multislice forward model's transmission through a slice beyond the first:
+    out = ψ · O[window], out of place and in place, without the first slice's Σ|O|²."""
+    from ptyengine.kernels import ptycho
+
+    rng = np.random.default_rng(9)
+    obj = _waves(rng, (9, 10))
+    incident = _waves(rng, (3, 4, 5))
+    corners = np.array([[1, 1], [3, 4], [5, 0]], dtype=np.int64)
+    ref = incident * np.stack([obj[cy:cy + 4, cx:cx + 5] for cy, cx in corners])
+    out = np.empty_like(incident)
+    ptycho.transmit(incident, obj, corners, out)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+    in_place = incident.copy()
+    ptycho.transmit(in_place, obj, corners, in_place)
+    np.testing.assert_allclose(in_place, ref, rtol=1e-6)
+    gpu = _gpu_outputs(ptycho.transmit_cuda,
+                       [incident, obj, corners, np.empty_like(incident)], [3])
+    np.testing.assert_allclose(gpu[0], ref, rtol=1e-6)
+
+
 def test_slice_updates_twins():
     """The multislice adjoint's kernel: a slice's overlap sums from its incident waves and
     the back-propagated exit-wave correction, which then passes on through conj(O)."""

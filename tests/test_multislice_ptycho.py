@@ -98,6 +98,35 @@ def test_adjoint_dot_product():
     assert abs(lhs - rhs) < 1e-4 * abs(lhs), (lhs, rhs)
 
 
+@pytest.mark.parametrize("n_slices", [1, 3])
+def test_sub_chunks_do_not_change_the_sums(monkeypatch, n_slices):
+    """The CPU's sub-chunks (forward._chunk, which sizes them for speed) change nothing
+    but the grouping: one position at a time, three (the last sub-chunk of a part then
+    smaller, on buffers of another size) or all at once give the same sums and the same
+    detector waves to float precision."""
+    from ptyengine.reconstruct import forward
+
+    rng = np.random.default_rng(3)
+    w, d = 16, (0.15, 0.15)
+    thick = [25.0, 40.0, 10.0][:n_slices]
+    probe_k = _waves(rng, (w, w))
+    obj = np.exp(0.5j * rng.normal(size=(n_slices, 30, 31))).astype(np.complex64)
+    corners = rng.integers(0, 14, size=(9, 2))
+    frac = rng.uniform(size=(9, 2))
+    props = slice_propagators((w, w), d, ENERGY, thick, np)
+    y = _waves(rng, (9, w, w))
+    results = []
+    for size in (None, 1, 3):
+        if size is not None:
+            monkeypatch.setattr(forward, "_chunk", lambda *a, size=size, **k: size)
+        exit_k = np.empty_like(y)
+        sums = _pass(obj, probe_k, corners, frac, props, _capture(exit_k, 1 / w**2, y))
+        results.append((exit_k, *sums))
+    for other in results[1:]:
+        for got, ref in zip(other, results[0], strict=True):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_single_slice_stack_is_the_2d_model():
     """A (1, Ny, Nx) object runs the single-slice arithmetic: the same sums, bit for bit."""
     rng = np.random.default_rng(2)

@@ -261,18 +261,24 @@ def centre_probe(obj, probe_k, xp, phase_only: bool = False) -> tuple[float, flo
     amount, so no diffraction pattern changes; a multislice object (S, Ny, Nx) moves
     every slice: free-space propagation commutes with the shift). Returns the shift
     applied (pixels).
-    The rare FFTs of the whole object are xp.fft's (no plan to make for its shape)."""
+    The FFTs of the whole object (once an iteration, no plan to make for its shape) are
+    scipy.fft's on the CPU: numpy's took 4× its time on 16 slices of 164² (20 against 5 ms,
+    one thread), ~5 % of a 64² mepie iteration's FFTs; cupy's on a GPU."""
     cy, cx = probe_centroid(probe_k, xp)
     if max(abs(cy), abs(cx)) < CENTRE_TOLERANCE:
         return 0.0, 0.0
+    if xp is np:
+        import scipy.fft as fft
+    else:
+        fft = xp.fft
     shift = np.array([[-cy, -cx]])
     for a, fourier in ((probe_k, True), (obj, False)):
         ry, rx = ramps_2d(shift, a.shape[-2:], xp, a.dtype)  # every slice alike
-        spectrum = a if fourier else xp.fft.fft2(a)
+        spectrum = a if fourier else fft.fft2(a)
         spectrum *= ry[0][:, None]
         spectrum *= rx[0][None, :]
         if not fourier:
-            a[...] = xp.fft.ifft2(spectrum)
+            a[...] = fft.ifft2(spectrum)
     if phase_only:  # the shifted phase object, interpolated, is no longer exactly |O| = 1
         obj /= xp.abs(obj).clip(1e-12)
     return -cy, -cx

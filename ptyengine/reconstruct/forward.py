@@ -35,8 +35,8 @@ and <∂φ/∂P̂ · x, y> = <x, upd(y)>/N, tested in tests/test_multislice_ptyc
 (2012)), whose intermediate step β conj(O_s)Δφ_s/max|O_s|² it equals for β = 1.
 
 :func:`exit_wave_pass` returns these sums; the update rule turns them into steps. Work is
-split over the CPU cores (:func:`backend.split_map`) and, on the CPU, done in cache-sized
-sub-chunks on in-place FFT buffers (``probes``, one per further slice for the incident
+split over the CPU cores (:func:`backend.split_map`) and, on the CPU, done in sub-chunks
+(:func:`_chunk`) on in-place FFT buffers (``probes``, one per further slice for the incident
 waves ψ_s, kept for the adjoint, and ``psi``). FFTs per position: 4 + 4(S − 1) with the
 probe term, 3 + 4(S − 1) without (2 per slice boundary each way, the detector pair, the
 probe's shift and its return); for S = 1 the same code runs today's single-slice
@@ -73,16 +73,20 @@ def _tiled(corners, n_modes: int, xp):
 
 
 def _chunk(window, n_slices: int = 1, n_modes: int = 1) -> int:
-    """Positions per cache-sized sub-chunk on the CPU: ~2 MB of waves over the S + 1
-    arrays a pass holds (1 MB per array for a single slice); for S > 1 at least 4
-    positions (if 1 MB per array holds them), so that the ~8 calls per slice boundary
-    are shared (measured at 128², S = 8 / 16: 1.62 / 1.40× the FFTs' CPU time against
-    1.72 / 1.83× with one position per sub-chunk, benchmarks/bench_mepie.py)."""
+    """Positions per sub-chunk on the CPU. A single slice: ~2 MB of waves over the 2
+    arrays a pass holds (1 MB per array, cache-sized: benchmarks/bench_epie.py). S > 1
+    slices: ~16 MB over the S + 1 arrays (the incident waves kept for the adjoint), so
+    that each of the ~8 kernel and FFT calls per slice boundary and sub-chunk does the
+    work of many positions, and a kernel call finds the slice's O_s and overlap sums on
+    the batch's box in cache for most of its (overlapping) windows: slice_updates took
+    10.8 µs per position and boundary with 4 positions per sub-chunk, 6.4 µs with 32
+    (64², S = 16, one thread). Measured with benchmarks/bench_mepie.py (CPU time per
+    iteration / the FFTs done, 2 cores, load 10–12): 64², S = 16: 2.21× with 4 positions
+    per sub-chunk (~2 MB), 1.76× with 16, 1.71× with 32; 128², S = 16: 1.52× with 4,
+    1.43× with 8 (~16 MB), 1.53× with 32 (~70 MB)."""
     per_position = window[0] * window[1] * 8 * n_modes
-    n = (2 << 20) // (per_position * (n_slices + 1))
-    if n_slices > 1:
-        n = max(n, min(4, (1 << 20) // per_position))
-    return max(1, n)
+    budget = (2 << 20) if n_slices == 1 else (16 << 20)
+    return max(1, budget // (per_position * (n_slices + 1)))
 
 
 @dataclass
@@ -118,6 +122,17 @@ def slice_propagators(window, sampling, energy, thicknesses, xp, fraction=1.0):
     return SlicePropagators(thicknesses, fwd, xp.ascontiguousarray(fwd.conj()))
 
 
+def _pass_buffers(shape, n_slices: int, xp):
+    """(probes, psi, waves) of :func:`exit_wave_pass` for batches of ``shape``: the FFT
+    buffers of the probes (ψ_0), of the exit waves, and the waves incident on every slice
+    (kept for the adjoint; waves[0] is probes)."""
+    probes = backend.fft_buffer(shape, CPLX, xp, "probes")
+    psi = backend.fft_buffer(shape, CPLX, xp, "psi")
+    waves = [probes] + [backend.fft_buffer(shape, CPLX, xp, f"slice{s}")
+                        for s in range(1, n_slices)]  # fmt: skip
+    return probes, psi, waves
+
+
 def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
                    with_probe: bool, xp, propagators: SlicePropagators | None = None):
     """(num, den, upd or None, o_weight) of the positions ``idx`` (flat scan indices, a
@@ -150,46 +165,52 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
         num = xp.zeros((n_s, *box_shape), dtype=CPLX)
         den = xp.zeros((n_s, *box_shape), dtype=REAL)
         o_weight = xp.zeros((w0, w1), dtype=REAL)
-        scratch = xp.zeros((w0, w1), dtype=REAL) if n_s > 1 else None  # Σ|O_s|², s > 0
         upd = xp.zeros((n_m, w0, w1), dtype=CPLX) if with_probe else None
         lo_dev = xp.asarray(lo)
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
         step = step_cpu if xp is np else len(sel)
+        # per slice: O_s, its sums and the propagators, as views made once per part
+        obj_s, num_s, den_s = list(slices), list(num), list(den)
+        q_fwd = list(propagators.forward) if n_s > 1 else []
+        q_adj = list(propagators.adjoint) if n_s > 1 else []
+        buffers = {}  # sub-chunk size -> (probes, psi, waves): at most two sizes per part
         for s0 in range(0, len(sel), step):
             sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
             nb = len(sub)
             c = _tiled(corners_dev[sub], n_m, xp)
             ry, rx = ramp_y[loc], ramp_x[loc]
-            shape = (n_m * nb, w0, w1)
-            probes = backend.fft_buffer(shape, CPLX, xp, "probes")
-            psi = backend.fft_buffer(shape, CPLX, xp, "psi")
-            # the waves incident on every slice (kept for the adjoint); ψ_0 = the probes
-            waves = [probes] + [backend.fft_buffer(shape, CPLX, xp, f"slice{s}")
-                                for s in range(1, n_s)]  # fmt: skip
+            if nb not in buffers:
+                buffers[nb] = _pass_buffers((n_m * nb, w0, w1), n_s, xp)
+            probes, psi, waves = buffers[nb]
             for m in range(n_m):
                 pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], modes[m], ry, rx, inv_n)
             probes.inverse()  # [1 FFT] probes shifted to their sub-pixel positions
             for s in range(last):  # [2 FFTs per slice boundary] ψ_{s+1} = F⁻¹[Q_s F[ψ_s O_s]]
                 nxt = waves[s + 1]
-                pk.exit_waves(waves[s].a, slices[s], c, nxt.a, o_weight if s == 0 else scratch)
+                if s == 0:
+                    pk.exit_waves(waves[0].a, obj_s[0], c, nxt.a, o_weight)
+                else:  # Σ|O_s|² is wanted of the first slice only
+                    pk.transmit(waves[s].a, obj_s[s], c, nxt.a)
                 nxt.forward()
-                wk.broadcast_multiply(nxt.a, propagators.forward[s])
+                wk.broadcast_multiply(nxt.a, q_fwd[s])
                 nxt.inverse()
-            pk.exit_waves(waves[last].a, slices[last], c, psi.a,
-                          o_weight if last == 0 else scratch)  # fmt: skip
+            if last == 0:
+                pk.exit_waves(waves[0].a, obj_s[0], c, psi.a, o_weight)
+            else:
+                pk.transmit(waves[last].a, obj_s[last], c, psi.a)
             psi.forward()  # [1 FFT]
             revise(psi.a, loc, sub, offset + s0, offset + s0 + len(sub))
             psi.inverse()  # [1 FFT] revised exit waves
             # Δφ feeds the last slice's overlap sums and conj(O)Δφ in one pass
-            pk.difference_updates(num[last], den[last], waves[last].a, slices[last], psi.a, c,
-                                  lo_dev)  # fmt: skip
+            pk.difference_updates(num_s[last], den_s[last], waves[last].a, obj_s[last], psi.a,
+                                  c, lo_dev)  # fmt: skip
             for s in range(last - 1, -1, -1):  # [2 FFTs per slice boundary] back to slice s
                 psi.forward()
-                wk.broadcast_multiply(psi.a, propagators.adjoint[s])
+                wk.broadcast_multiply(psi.a, q_adj[s])
                 psi.inverse()
-                pk.slice_updates(num[s], den[s], waves[s].a, slices[s], psi.a, c, lo_dev)
+                pk.slice_updates(num_s[s], den_s[s], waves[s].a, obj_s[s], psi.a, c, lo_dev)
             if with_probe:  # Σ conj(O_j) Δψ_j, each brought back from its sub-pixel shift
                 psi.forward()  # [1 FFT]
                 for m in range(n_m):
