@@ -225,11 +225,14 @@ def mirror_half(num, count) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
-    """tcBF's splat: for g in ``index``, sample (i, j) of image g times w_g added
-    bilinearly to ``num`` at ((i − d_gy/step_y)·u, (j − d_gx/step_x)·u) and w_g to ``den``
-    alike (corners off the grid dropped). values: (n, Sy, Sx) float32; index: (m,) int64;
-    weights: (n,); shifts: (n, 2) (dy, dx) Å; num, den: (Sy·u, Sx·u) float64, added to.
+def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x, u, num,
+                den):  # fmt: skip
+    """tcBF's splat: for g in ``index``, sample (i, j) of image g, as (v − o_g)·s_g, times
+    w_g added bilinearly to ``num`` at ((i − d_gy/step_y)·u, (j − d_gx/step_x)·u) and w_g
+    to ``den`` alike (corners off the grid dropped). values: (n, Sy, Sx) float32 or the
+    stack's stored counts (no float copy of the stack: o_g = ⟨I_g⟩, s_g = 1/⟨I_g⟩ give the
+    relative contrast); index: (m,) int64; offsets, scales, weights: (n,); shifts: (n, 2)
+    (dy, dx) Å; num, den: (Sy·u, Sx·u) float64, added to.
 
     With an integer ``u`` the fractional offsets are the same for every sample of an
     image: (i − o)·u = i·u + b + f, b = ⌊−o·u⌋, f = −o·u − b; so each image adds four
@@ -240,6 +243,7 @@ def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
     for gi in range(index.shape[0]):
         g = index[gi]
         w = weights[g]
+        off, sc = offsets[g], scales[g]
         ty, tx = -shifts[g, 0] / step_y * u, -shifts[g, 1] / step_x * u
         by, bx = math.floor(ty), math.floor(tx)
         fy, fx = ty - by, tx - bx
@@ -255,6 +259,7 @@ def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
                 j1 = min(sx, (nx - ox + u - 1) // u)
                 if j1 <= j0:
                     continue
+                wfs = wf * sc
                 for i in range(sy):
                     yy = i * u + iby + cy
                     if yy < 0 or yy >= ny:
@@ -262,5 +267,5 @@ def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
                     row, nrow, drow = values[g, i], num[yy], den[yy]
                     for j in range(j0, j1):
                         xx = j * u + ox
-                        nrow[xx] += row[j] * wf
+                        nrow[xx] += (row[j] - off) * wfs
                         drow[xx] += wf

@@ -125,7 +125,8 @@ def drizzle_reference(values, weights, shifts, step, u):
 @pytest.mark.parametrize("u", [1, 3])
 def test_the_drizzle_kernel_equals_the_bincount_splat(u):
     """tcbf.drizzle (kernels.direct.drizzle_cpu, images split over the cores) puts every
-    sample where the numpy splat did, shifts of either sign, samples off the grid dropped."""
+    sample where the numpy splat did, shifts of either sign, samples off the grid dropped;
+    stored counts (uint16) with a per-image offset and scale as their float contrast."""
     from ptyengine.reconstruct.tcbf import drizzle
 
     rng = np.random.default_rng(4)
@@ -135,3 +136,55 @@ def test_the_drizzle_kernel_equals_the_bincount_splat(u):
     ref = drizzle_reference(values, weights, shifts, (0.4, 0.5), u)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    counts = rng.integers(0, 900, size=values.shape).astype(np.uint16)
+    off, scale = rng.uniform(100, 500, 37), rng.uniform(0.5, 2, 37)
+    got = drizzle(counts, weights, shifts, (0.4, 0.5), u, offsets=off, scales=scale)
+    rel = (counts - off[:, None, None]) * scale[:, None, None]
+    ref = drizzle_reference(rel, weights, shifts, (0.4, 0.5), u)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_the_fit_stack_sums_groups_in_k_over_a_central_window():
+    """fit_stack: groups tiled in k (fit_bin × fit_bin groups), their images summed over the
+    central scan window, weights and k the counts-weighted sums and means."""
+    from ptyengine.reconstruct.direct import bright_field_groups
+    from ptyengine.reconstruct.tcbf import fit_stack
+
+    cal = calibration(12, 0.5, 48, 9)
+    bf = bright_field_groups(cal, 1)
+    rng = np.random.default_rng(2)
+    stack = rng.integers(1, 50, size=(bf.n_groups, 12, 10)).astype(np.uint16)
+    cal = cal.replace(scan_shape=(12, 10))
+    means = stack.mean(axis=(1, 2))
+    fs = fit_stack(stack, means, bf, cal, fit_bin=2, window=(2, 9, 3, 8))
+    assert fs.rel.shape[1:] == (7, 5) and fs.cal.scan_shape == (7, 5)
+    assert 40 < len(fs.k) < bf.n_groups / 2
+    tiles = np.floor(bf.k / (2 * np.asarray(cal.dk)) + 0.5)
+    for j in range(len(fs.k)):
+        members = np.flatnonzero((tiles == tiles[fs.members[j]]).all(axis=1))
+        assert set(members) == set(np.flatnonzero(fs.group_of == j))
+        total = stack[members, 2:9, 3:8].sum(0, dtype=np.float64)
+        np.testing.assert_allclose(fs.rel[j], total / total.mean() - 1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fs.weights[j], total.mean())
+        np.testing.assert_allclose(fs.k[j], np.average(bf.k[members], axis=0,
+                                                       weights=means[members]))
+
+
+@pytest.mark.parametrize("det, radius, fit_samples, fit_bin, window",
+                         [(64, 18, None, 2, (32, 32)), (48, 9, 254 * 22 * 22, 1, (22, 22))])
+def test_tcbf_fits_on_the_reduced_stack(det, radius, fit_samples, fit_bin, window):
+    """The C10 search and the shift fit on groups binned in k (fit_bin) or on a central
+    window of the scan (fit_samples) find the truth as well: C10 = +200 Å, C12 30 Å at
+    0.5 rad, the detector turned by 23°; the image is the full stack's, on the full scan."""
+    cal = calibration(32, 0.5, det, radius)
+    truth = {"C10": 200.0, "C12": 30.0, "phi12": 0.5}
+    data = forward(atoms(n=110), cal, truth, 23.0)
+    kw = {} if fit_samples is None else {"fit_samples": fit_samples}
+    res = tcbf(InMemoryDataset(data, cal), TcbfParameters(bin=1, **kw))
+    print(res.summary(), res.extra)
+    assert res.extra["fit_bin"] == fit_bin and res.extra["fit_scan"] == list(window)
+    assert abs(res.aberrations["C10"] - 200.0) < 20.0
+    assert angle_diff(res.rotation_deg, 23.0) < 0.5
+    assert abs(res.aberrations["C12"] - 30.0) < 10.0 and abs(res.aberrations["phi12"] - 0.5) < 0.1
+    assert res.phase.shape == (32, 32) and res.extra["fit_from"] == "shifts"
