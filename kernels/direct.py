@@ -237,9 +237,13 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
     With an integer ``u`` the fractional offsets are the same for every sample of an
     image: (i − o)·u = i·u + b + f, b = ⌊−o·u⌋, f = −o·u − b; so each image adds four
     shifted, scaled copies of itself, row by row over the columns that land on the grid
-    (no test per sample)."""
+    (no test per sample). A copy adds the same weight to every grid point it lands on:
+    ``den`` is summed as row differences (two additions per row and corner, the running
+    sums taken once at the end), for ``u`` = 1 (contiguous columns) and every u (one
+    running sum per column residue mod u)."""
     ny, nx = num.shape
     sy, sx = values.shape[1], values.shape[2]
+    diff = np.zeros((ny, nx + u))  # den's row differences: +wf at a run's start, −wf past it
     for gi in range(index.shape[0]):
         g = index[gi]
         w = weights[g]
@@ -253,19 +257,30 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
             for cx in range(2):
                 f = f_y * (fx if cx else 1.0 - fx)
                 wf = w * f
+                wfs = wf * sc
                 ox = ibx + cx
                 # columns j with 0 ≤ j·u + ox < nx
                 j0 = max(0, (-ox + u - 1) // u)
                 j1 = min(sx, (nx - ox + u - 1) // u)
                 if j1 <= j0:
                     continue
-                wfs = wf * sc
                 for i in range(sy):
                     yy = i * u + iby + cy
                     if yy < 0 or yy >= ny:
                         continue
-                    row, nrow, drow = values[g, i], num[yy], den[yy]
-                    for j in range(j0, j1):
-                        xx = j * u + ox
-                        nrow[xx] += (row[j] - off) * wfs
-                        drow[xx] += wf
+                    row, nrow = values[g, i], num[yy]
+                    if u == 1:
+                        for j in range(j0, j1):
+                            nrow[j + ox] += (row[j] - off) * wfs
+                    else:
+                        for j in range(j0, j1):
+                            nrow[j * u + ox] += (row[j] - off) * wfs
+                    diff[yy, j0 * u + ox] += wf
+                    diff[yy, j1 * u + ox] -= wf
+    for yy in range(ny):  # the running sums, one per column residue mod u
+        drow, d = den[yy], diff[yy]
+        for r in range(u):
+            acc = 0.0
+            for xx in range(r, nx, u):
+                acc += d[xx]
+                drow[xx] += acc
