@@ -410,13 +410,20 @@ def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
 
 def defocus_search(score, ab, rot, span: float) -> dict:
     """``ab`` with C10 replaced by the maximum of ``score`` over C10 ± ``span`` Å (grid
-    of span/20, then ±1 grid step at a fifth of it); ``span`` = 0: unchanged."""
+    of span/20, then ±1 grid step at a fifth of it: 41 + 8 scores, the fine grid's three
+    points on the coarse one not scored again); ``span`` = 0: unchanged."""
     if span <= 0:
         return dict(ab)
     best = dict(ab)
+    done: dict = {}
     for width, n in ((span, 20), (span / 20, 5)):
         grid = best["C10"] + np.linspace(-width, width, 2 * n + 1)
-        vals = [score({**best, "C10": float(c)}, rot) for c in grid]
+        vals = []
+        for c in grid:
+            key = round(float(c), 6)
+            if key not in done:
+                done[key] = score({**best, "C10": float(c)}, rot)
+            vals.append(done[key])
         best = {**best, "C10": float(grid[int(np.argmax(vals))])}
     return best
 
