@@ -325,17 +325,6 @@ def shift_batch(scan_shape, limit: int) -> int:
     return int(min(BATCH, max(1, limit / 4 // (256 * math.prod(scan_shape)))))
 
 
-def search_radius(pred, resid: float, step, field_a: float) -> float:
-    """Å around the predicted shifts ``pred`` (n, 2) within which :func:`measure_shifts`
-    looks: as far as the model can be wrong (a wrong rotation or C10 scales the predicted
-    shifts: twice the largest of them; 3× the last fit's rms residual ``resid``), at least
-    2 scan steps, at most 0.15 of the field ``field_a`` (Å). Not a fixed fraction of the
-    field: a crystal's images correlate as well one lattice vector off."""
-    big = float(np.hypot(pred[:, 0], pred[:, 1]).max()) if len(pred) else 0.0
-    want = 2 * big if not math.isfinite(resid) else min(2 * big, 3 * resid)
-    return float(min(max(want, 2 * max(step)), max(0.15 * field_a, 2 * max(step))))
-
-
 def measure_shifts(values, ref, cover, pred, radius, step, batch: int = BATCH):
     """(n, 2) (dy, dx) Å and (n,) peak heights: where each image in ``values`` best
     matches ``ref`` (on the scan grid; weighted by ``cover``), searched within ``radius``
@@ -653,7 +642,7 @@ def fit_aberrations(fs: FitStack, k_alpha: float, ab: dict, rot: float,
 
     ab = defocus_search(score, ab, rot, span)
     searched = (dict(ab), rot)
-    resid = math.inf  # rms residual of the last fit (Å); none yet
+    radius = max(4 * max(step), 0.15 * field_a)
     fractions = list(np.linspace(1.0 / params.stages, 1.0, params.stages) * FIT_FRACTION)
     fractions += [FIT_FRACTION] * params.refinements
     shifts = np.zeros((n, 2))
@@ -664,7 +653,6 @@ def fit_aberrations(fs: FitStack, k_alpha: float, ab: dict, rot: float,
         inc = live & (kabs <= frac * k_alpha * 1.0001) & overlapping(pred, cal)
         if inc.sum() < 6:
             continue
-        radius = search_radius(pred[inc], resid, step, field_a)
         meas = np.zeros((n, 2))
         peak = np.full(n, -np.inf)
         for h in (0, 1):
@@ -693,7 +681,7 @@ def fit_aberrations(fs: FitStack, k_alpha: float, ab: dict, rot: float,
         resid_rms = float(np.sqrt(np.average(res**2, weights=weights[ok])))
         spread = meas[ok] - np.average(meas[ok], axis=0, weights=weights[ok])
         r2 = 1 - resid_rms**2 / max(np.average((spread**2).sum(1), weights=weights[ok]), 1e-30)
-        resid = resid_rms
+        radius = max(3 * resid_rms, 2 * max(step), 0.1 * field_a)
     source = "shifts"
     if not (r2 >= MIN_R2 and used.sum() >= MIN_GROUPS):  # noise: keep the search's C10
         ab, rot, source = searched[0], searched[1], "search"
