@@ -42,7 +42,12 @@ common translation, is the reference's drift and is not applied to the image.
 
 Shifts. Groups of ``bin × bin`` pixels (:mod:`.direct`) give the images; each is
 normalised to relative contrast I_g/⟨I_g⟩ − 1 and weighted by ⟨I_g⟩ (its counts). The
-groups are split into two interleaved halves, so that no group meets its own noise:
+search and the fit work on a reduced stack of at most ``fit_samples`` samples
+(:func:`fit_reduction`, :class:`FitStack`): tiles of fit_bin × fit_bin groups in k, summed
+(while :data:`FIT_GROUPS` tiles remain and a tile's width Δk blurs the images by λ|C10|Δk
+≤ half the period of the bright field's first transfer zero), over a central window of
+the scan. Its groups are split into two interleaved halves, so that no group meets its
+own noise:
 1. C10 search (low dose): with the calibration's rotation and no astigmatism, C10 ±
    ``search`` Å around the calibration's maximises the mean product of the two halves'
    aligned sums (the aligned image's power without its noise), on a grid of search/20,
@@ -52,7 +57,11 @@ groups are split into two interleaved halves, so that no group meets its own noi
    (:data:`OVERLAP`) is cross-correlated with the other half's aligned sum (moved first
    by its predicted shift, zero-padded, normalised by the overlap of the tapers,
    searched within a radius of the prediction, parabolic sub-pixel peak) and the model
-   refitted.
+   refitted. The radius is 15 % of the field, then 10 % (≥ 3 rms residuals): wide
+   enough that noise's peaks do not follow the prediction (the R² test below needs
+   them independent of it); on a crystal whose lattice vector is shorter it can catch
+   the next lattice peak (the fit's window, 16 Å square on bench_stream's data, keeps
+   it shorter there).
 The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance
 with at least :data:`MIN_GROUPS` groups;
 otherwise (shifts that are noise: UiO-66 at ≤ 100 e/Å²) the search's C10 is, with the
@@ -67,16 +76,20 @@ proportional to φ at the frequencies where sin χ₂ is not small (arbitrary un
 focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing.
 
 Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
-for 8/16-bit counts at bin 1), its relative contrast (·4 bytes), and while measuring
-shifts a batch of b padded images (~b·Sy·Sx·256 bytes, b ≤ 256 within a quarter of the
-budget: :func:`shift_batch`); one read of the data. ``bin`` = None picks the smallest bin
+for 8/16-bit counts at bin 1; never copied to floats), the fit's stack (≤ ``fit_samples``
+·4 bytes, 2 MiB by default), and while measuring shifts a batch of b padded window images
+(~b·ny·nx·256 bytes, b ≤ 256 within a quarter of the budget: :func:`shift_batch`); one
+read of the data. ``bin`` = None picks the smallest bin
 with at most :data:`MAX_GROUPS` groups and a stack within a quarter of the memory budget,
 so memory is bounded by the budget (``--memory-limit``), not by the data.
 
-Speed: the aligned sums (every score of the C10 search, every reference) are splats of
-whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one fractional
-offset per image), over an index of the images (no copies), split over the cores; the
-cross-correlations use half spectra (rfft2/irfft2).
+Speed: the aligned sums (every score of the C10 search, every reference, the image) are
+splats of whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one
+fractional offset per image; the stack read as stored with a per-image offset and
+scale), over an index of the images (no copies), split over the cores; the
+cross-correlations use half spectra (rfft2/irfft2). The search (49 scores) and the fit
+cost a fixed amount whatever the data's size (the fit's stack); the image is one splat of
+the whole stack: with the read, its cost grows with the data.
 """
 
 from __future__ import annotations
