@@ -172,7 +172,7 @@ def test_the_fit_stack_sums_groups_in_k_over_a_central_window():
 
 
 @pytest.mark.parametrize("det, radius, fit_samples, fit_bin, window",
-                         [(64, 18, None, 2, (32, 32)), (48, 9, 254 * 22 * 22, 1, (22, 22))])
+                         [(64, 18, None, 2, (32, 32)), (48, 9, 254 * 20 * 20, 1, (24, 24))])
 def test_tcbf_fits_on_the_reduced_stack(det, radius, fit_samples, fit_bin, window):
     """The C10 search and the shift fit on groups binned in k (fit_bin) or on a central
     window of the scan (fit_samples) find the truth as well: C10 = +200 Å, C12 30 Å at
