@@ -237,7 +237,8 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
     With an integer ``u`` the fractional offsets are the same for every sample of an
     image: (i − o)·u = i·u + b + f, b = ⌊−o·u⌋, f = −o·u − b; so each image adds four
     shifted, scaled copies of itself, row by row over the columns that land on the grid
-    (no test per sample). A copy adds the same weight to every grid point it lands on:
+    (no test per sample; for u = 1 the two corners of a row in one pass, two taps per
+    grid point). A copy adds the same weight to every grid point it lands on:
     ``den`` is summed as row differences (two additions per row and corner, the running
     sums taken once at the end), for ``u`` = 1 (contiguous columns) and every u (one
     running sum per column residue mod u)."""
@@ -249,11 +250,40 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
         w = weights[g]
         off, sc = offsets[g], scales[g]
         ty, tx = -shifts[g, 0] / step_y * u, -shifts[g, 1] / step_x * u
+        # nothing lands (or a non-finite shift): skip before any index is formed from it
+        if not (-(sy * u + 1) < ty < ny + 1 and -(sx * u + 1) < tx < nx + 1):
+            continue
         by, bx = math.floor(ty), math.floor(tx)
         fy, fx = ty - by, tx - bx
         iby, ibx = int(by), int(bx)
         for cy in range(2):
             f_y = fy if cy else 1.0 - fy
+            if u == 1:  # both corners of a row in one pass: x gets v[x − bx]·a0 + v[x − bx − 1]·a1
+                a0, a1 = w * f_y * (1.0 - fx) * sc, w * f_y * fx * sc
+                xa, xb = max(0, ibx), min(nx, ibx + sx + 1)
+                xe = min(xb, ibx + sx)
+                for i in range(sy):
+                    yy = i + iby + cy
+                    if yy < 0 or yy >= ny:
+                        continue
+                    row, nrow = values[g, i], num[yy]
+                    x = xa
+                    if x == ibx and x < xb:  # column 0 of the image: its own corner only
+                        nrow[x] += (row[0] - off) * a0
+                        x += 1
+                    for xx in range(x, xe):
+                        jj = xx - ibx
+                        nrow[xx] += (row[jj] - off) * a0 + (row[jj - 1] - off) * a1
+                    if 0 <= xe < xb:  # one past the image's last column: its right corner
+                        nrow[xe] += (row[sx - 1] - off) * a1
+                    for cx in range(2):
+                        ox = ibx + cx
+                        j0, j1 = max(0, -ox), min(sx, nx - ox)
+                        if j1 > j0:
+                            wf = w * f_y * (fx if cx else 1.0 - fx)
+                            diff[yy, j0 + ox] += wf
+                            diff[yy, j1 + ox] -= wf
+                continue
             for cx in range(2):
                 f = f_y * (fx if cx else 1.0 - fx)
                 wf = w * f
@@ -269,12 +299,8 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
                     if yy < 0 or yy >= ny:
                         continue
                     row, nrow = values[g, i], num[yy]
-                    if u == 1:
-                        for j in range(j0, j1):
-                            nrow[j + ox] += (row[j] - off) * wfs
-                    else:
-                        for j in range(j0, j1):
-                            nrow[j * u + ox] += (row[j] - off) * wfs
+                    for j in range(j0, j1):
+                        nrow[j * u + ox] += (row[j] - off) * wfs
                     diff[yy, j0 * u + ox] += wf
                     diff[yy, j1 * u + ox] -= wf
     for yy in range(ny):  # the running sums, one per column residue mod u

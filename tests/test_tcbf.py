@@ -132,10 +132,17 @@ def test_the_drizzle_kernel_equals_the_bincount_splat(u):
     rng = np.random.default_rng(4)
     values = rng.normal(size=(37, 9, 11)).astype(np.float32)
     weights, shifts = rng.uniform(0.5, 2, 37), rng.normal(scale=1.5, size=(37, 2))
+    # images landing one column/row from the edge, partly and wholly off the grid
+    shifts[:6] = [[0.0, -5.0], [0.0, 5.0], [-3.2, -4.9], [0.0, 5.6], [4.0, -6.0], [0.0, -5.25]]
+    shifts[6:8] = [[0.0, 5.5], [0.3, 5.4]]  # one column before the grid: the last one's tap
     got = drizzle(values, weights, shifts, (0.4, 0.5), u)
     ref = drizzle_reference(values, weights, shifts, (0.4, 0.5), u)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    far = np.array([[0.0, 1e12], [-1e15, 0.0], [np.nan, 0.0], [0.0, -np.inf]])
+    for d in far:  # images far off the grid (a wild fit) add nothing, touch nothing else
+        nd = drizzle(values[:1], [1.0], d[None], (0.4, 0.5), u)
+        assert not nd[0].any() and not nd[1].any()
     counts = rng.integers(0, 900, size=values.shape).astype(np.uint16)
     off, scale = rng.uniform(100, 500, 37), rng.uniform(0.5, 2, 37)
     got = drizzle(counts, weights, shifts, (0.4, 0.5), u, offsets=off, scales=scale)
