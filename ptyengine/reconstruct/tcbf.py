@@ -177,11 +177,13 @@ class TcbfResult:
     """phase: (Sy·u, Sx·u) the CTF-corrected image (arb.); bright_field: the aligned sum
     (relative contrast); aberrations: fitted {"C10", "C12" (Å), "phi12" (rad)} in the scan
     frame, physics' sign; rotation_deg, transpose: the scan–detector relation (fitted
-    rotation; the calibration's transpose); shifts, model: (G, 2) measured and fitted
-    (dy, dx) Å; group_k: (G, 2) detector-frame (k_y, k_x) 1/Å; used: (G,) groups in the
+    rotation; the calibration's transpose); shifts, model: (F, 2) measured and fitted
+    (dy, dx) Å of the F fit groups (:class:`FitStack`: tiles of fit_bin × fit_bin
+    groups); group_k: (F, 2) their detector-frame (k_y, k_x) 1/Å; used: (F,) those in the
     final fit; residual_A: rms of the fit's residual (Å); sampling, origin: of the image
-    (Å); bin, counts_per_group: mean counts per group and pattern; extra: fit_from
-    ("shifts" or "search"), search_C10, fit_r2, C12_cartesian_A = (C12 cos 2φ12,
+    (Å); bin (the image's groups), counts_per_group: mean counts per group and pattern;
+    extra: fit_from ("shifts" or "search"), search_C10, fit_r2, fit_bin, fit_scan (the
+    fit window's positions), fit_window (r0, r1, c0, c1), C12_cartesian_A = (C12 cos 2φ12,
     C12 sin 2φ12) as fitted."""
 
     phase: np.ndarray
