@@ -19,7 +19,10 @@ per second; each method's ratio is its best rate over the best read rate. The CP
 each process (all threads) is printed too: on a shared machine the wall clock depends on
 the other load, the CPU time much less ("cpu ratio" = read CPU s / method CPU s).
 To measure another version, put it first on ``PYTHONPATH`` (the measured processes run in
-the dataset's folder, so the repository's own copy does not shadow it).
+the dataset's folder, so the repository's own copy does not shadow it); ``--before PATH``
+measures every method also with PATH first on ``PYTHONPATH`` (e.g. a copy of an older
+``ptyengine`` package, its ``kernels`` copied into it as ``ptyengine/kernels``), in the same
+rounds, as "METHOD@before".
 """
 
 from __future__ import annotations
@@ -65,22 +68,27 @@ print(json.dumps({"mode": mode, "bytes": raw, "seconds": seconds, "cpu": cpu,
 """
 
 
-def measure(path: Path, mode: str, limit: str) -> dict:
+def measure(path: Path, label: str, limit: str, before: str | None = None) -> dict:
     # run outside the repository: ``python -c`` puts the working directory first on the
     # path, which would shadow a PYTHONPATH pointing at another version of ptyengine
+    mode, _, version = label.partition("@")
+    env = dict(os.environ)
+    if version:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [before, env.get("PYTHONPATH")]))
     r = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), limit],
                        capture_output=True, text=True, check=True,
-                       cwd=Path(path).resolve().parent)  # fmt: skip
+                       cwd=Path(path).resolve().parent, env=env)  # fmt: skip
     m = json.loads(r.stdout.strip().splitlines()[-1])
+    m["mode"] = label
     m["GBps"] = m["bytes"] / 1e9 / m["seconds"]
     return m
 
 
-def warm(path: Path, modes, limit: str) -> None:
+def warm(path: Path, modes, limit: str, before: str | None = None) -> None:
     """One untimed run of each method: numba's kernels compiled into its on-disk cache."""
     for mode in modes:
         if mode != "read":
-            measure(path, mode, limit)
+            measure(path, mode, limit, before)
 
 
 def main():
@@ -95,6 +103,8 @@ def main():
     ap.add_argument("--data", help="an existing dataset to use instead (any ptyengine reads)")
     ap.add_argument("--no-warm", action="store_true",
                     help="no untimed first run of each method (numba's cache already warm)")
+    ap.add_argument("--before", help="another version's path, first on PYTHONPATH for "
+                                     "METHOD@before")
     args = ap.parse_args()
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -104,17 +114,19 @@ def main():
         path = d / f"direct_{args.gb:g}GB_dose{args.dose:g}.zarr"
         made = make_dataset(path, args.gb, args.dose)
     modes = ["read"] + [m for m in args.methods.split(",") if m and m != "read"]
+    if args.before:
+        modes += [f"{m}@before" for m in modes[1:]]
     how = f"written in {made:.0f} s" if made else "existing"
     print(f"{path.name}: {how}; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
     if not args.no_warm:
-        warm(path, modes, args.memory_limit)
+        warm(path, modes, args.memory_limit, args.before)
     runs = []
     for _ in range(args.repeats):
         for mode in modes:
-            m = measure(path, mode, args.memory_limit)
+            m = measure(path, mode, args.memory_limit, args.before)
             runs.append(m)
-            print(f"  {mode:7s} {m['GBps']:.3f} GB/s ({m['seconds']:6.2f} s, CPU "
+            print(f"  {mode:14s} {m['GBps']:.3f} GB/s ({m['seconds']:6.2f} s, CPU "
                   f"{m['cpu']:6.2f} s), peak RSS {m['peak_MiB']:5.0f} MiB, load "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
     best = {mode: min((m for m in runs if m["mode"] == mode), key=lambda m: m["seconds"])

@@ -225,30 +225,69 @@ def mirror_half(num, count) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
-    """tcBF's splat: for g in ``index``, sample (i, j) of image g times w_g added
-    bilinearly to ``num`` at ((i − d_gy/step_y)·u, (j − d_gx/step_x)·u) and w_g to ``den``
-    alike (corners off the grid dropped). values: (n, Sy, Sx) float32; index: (m,) int64;
-    weights: (n,); shifts: (n, 2) (dy, dx) Å; num, den: (Sy·u, Sx·u) float64, added to.
+def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x, u, num,
+                den):  # fmt: skip
+    """tcBF's splat: for g in ``index``, sample (i, j) of image g, as (v − o_g)·s_g, times
+    w_g added bilinearly to ``num`` at ((i − d_gy/step_y)·u, (j − d_gx/step_x)·u) and w_g
+    to ``den`` alike (corners off the grid dropped). values: (n, Sy, Sx) float32 or the
+    stack's stored counts (no float copy of the stack: o_g = ⟨I_g⟩, s_g = 1/⟨I_g⟩ give the
+    relative contrast); index: (m,) int64; offsets, scales, weights: (n,); shifts: (n, 2)
+    (dy, dx) Å; num, den: (Sy·u, Sx·u) float64, added to.
 
     With an integer ``u`` the fractional offsets are the same for every sample of an
     image: (i − o)·u = i·u + b + f, b = ⌊−o·u⌋, f = −o·u − b; so each image adds four
     shifted, scaled copies of itself, row by row over the columns that land on the grid
-    (no test per sample)."""
+    (no test per sample; for u = 1 the two corners of a row in one pass, two taps per
+    grid point). A copy adds the same weight to every grid point it lands on:
+    ``den`` is summed as row differences (two additions per row and corner, the running
+    sums taken once at the end), for ``u`` = 1 (contiguous columns) and every u (one
+    running sum per column residue mod u)."""
     ny, nx = num.shape
     sy, sx = values.shape[1], values.shape[2]
+    diff = np.zeros((ny, nx + u))  # den's row differences: +wf at a run's start, −wf past it
     for gi in range(index.shape[0]):
         g = index[gi]
         w = weights[g]
+        off, sc = offsets[g], scales[g]
         ty, tx = -shifts[g, 0] / step_y * u, -shifts[g, 1] / step_x * u
+        # nothing lands (or a non-finite shift): skip before any index is formed from it
+        if not (-(sy * u + 1) < ty < ny + 1 and -(sx * u + 1) < tx < nx + 1):
+            continue
         by, bx = math.floor(ty), math.floor(tx)
         fy, fx = ty - by, tx - bx
         iby, ibx = int(by), int(bx)
         for cy in range(2):
             f_y = fy if cy else 1.0 - fy
+            if u == 1:  # both corners of a row in one pass: x gets v[x − bx]·a0 + v[x − bx − 1]·a1
+                a0, a1 = w * f_y * (1.0 - fx) * sc, w * f_y * fx * sc
+                xa, xb = max(0, ibx), min(nx, ibx + sx + 1)
+                xe = min(xb, ibx + sx)
+                for i in range(sy):
+                    yy = i + iby + cy
+                    if yy < 0 or yy >= ny:
+                        continue
+                    row, nrow = values[g, i], num[yy]
+                    x = xa
+                    if x == ibx and x < xb:  # column 0 of the image: its own corner only
+                        nrow[x] += (row[0] - off) * a0
+                        x += 1
+                    for xx in range(x, xe):
+                        jj = xx - ibx
+                        nrow[xx] += (row[jj] - off) * a0 + (row[jj - 1] - off) * a1
+                    if 0 <= xe < xb:  # one past the image's last column: its right corner
+                        nrow[xe] += (row[sx - 1] - off) * a1
+                    for cx in range(2):
+                        ox = ibx + cx
+                        j0, j1 = max(0, -ox), min(sx, nx - ox)
+                        if j1 > j0:
+                            wf = w * f_y * (fx if cx else 1.0 - fx)
+                            diff[yy, j0 + ox] += wf
+                            diff[yy, j1 + ox] -= wf
+                continue
             for cx in range(2):
                 f = f_y * (fx if cx else 1.0 - fx)
                 wf = w * f
+                wfs = wf * sc
                 ox = ibx + cx
                 # columns j with 0 ≤ j·u + ox < nx
                 j0 = max(0, (-ox + u - 1) // u)
@@ -259,8 +298,15 @@ def drizzle_cpu(values, index, weights, shifts, step_y, step_x, u, num, den):
                     yy = i * u + iby + cy
                     if yy < 0 or yy >= ny:
                         continue
-                    row, nrow, drow = values[g, i], num[yy], den[yy]
+                    row, nrow = values[g, i], num[yy]
                     for j in range(j0, j1):
-                        xx = j * u + ox
-                        nrow[xx] += row[j] * wf
-                        drow[xx] += wf
+                        nrow[j * u + ox] += (row[j] - off) * wfs
+                    diff[yy, j0 * u + ox] += wf
+                    diff[yy, j1 * u + ox] -= wf
+    for yy in range(ny):  # the running sums, one per column residue mod u
+        drow, d = den[yy], diff[yy]
+        for r in range(u):
+            acc = 0.0
+            for xx in range(r, nx, u):
+                acc += d[xx]
+                drow[xx] += acc

@@ -125,13 +125,73 @@ def drizzle_reference(values, weights, shifts, step, u):
 @pytest.mark.parametrize("u", [1, 3])
 def test_the_drizzle_kernel_equals_the_bincount_splat(u):
     """tcbf.drizzle (kernels.direct.drizzle_cpu, images split over the cores) puts every
-    sample where the numpy splat did, shifts of either sign, samples off the grid dropped."""
+    sample where the numpy splat did, shifts of either sign, samples off the grid dropped;
+    stored counts (uint16) with a per-image offset and scale as their float contrast."""
     from ptyengine.reconstruct.tcbf import drizzle
 
     rng = np.random.default_rng(4)
     values = rng.normal(size=(37, 9, 11)).astype(np.float32)
     weights, shifts = rng.uniform(0.5, 2, 37), rng.normal(scale=1.5, size=(37, 2))
+    # images landing one column/row from the edge, partly and wholly off the grid
+    shifts[:6] = [[0.0, -5.0], [0.0, 5.0], [-3.2, -4.9], [0.0, 5.6], [4.0, -6.0], [0.0, -5.25]]
+    shifts[6:8] = [[0.0, 5.5], [0.3, 5.4]]  # one column before the grid: the last one's tap
     got = drizzle(values, weights, shifts, (0.4, 0.5), u)
     ref = drizzle_reference(values, weights, shifts, (0.4, 0.5), u)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    far = np.array([[0.0, 1e12], [-1e15, 0.0], [np.nan, 0.0], [0.0, -np.inf]])
+    for d in far:  # images far off the grid (a wild fit) add nothing, touch nothing else
+        nd = drizzle(values[:1], [1.0], d[None], (0.4, 0.5), u)
+        assert not nd[0].any() and not nd[1].any()
+    counts = rng.integers(0, 900, size=values.shape).astype(np.uint16)
+    off, scale = rng.uniform(100, 500, 37), rng.uniform(0.5, 2, 37)
+    got = drizzle(counts, weights, shifts, (0.4, 0.5), u, offsets=off, scales=scale)
+    rel = (counts - off[:, None, None]) * scale[:, None, None]
+    ref = drizzle_reference(rel, weights, shifts, (0.4, 0.5), u)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_the_fit_stack_sums_groups_in_k_over_a_central_window():
+    """fit_stack: groups tiled in k (fit_bin × fit_bin groups), their images summed over the
+    central scan window, weights and k the counts-weighted sums and means."""
+    from ptyengine.reconstruct.direct import bright_field_groups
+    from ptyengine.reconstruct.tcbf import fit_stack
+
+    cal = calibration(12, 0.5, 48, 9)
+    bf = bright_field_groups(cal, 1)
+    rng = np.random.default_rng(2)
+    stack = rng.integers(1, 50, size=(bf.n_groups, 12, 10)).astype(np.uint16)
+    cal = cal.replace(scan_shape=(12, 10))
+    means = stack.mean(axis=(1, 2))
+    fs = fit_stack(stack, means, bf, cal, fit_bin=2, window=(2, 9, 3, 8))
+    assert fs.rel.shape[1:] == (7, 5) and fs.cal.scan_shape == (7, 5)
+    assert 40 < len(fs.k) < bf.n_groups / 2
+    tiles = np.floor(bf.k / (2 * np.asarray(cal.dk)) + 0.5)
+    for j in range(len(fs.k)):
+        members = np.flatnonzero((tiles == tiles[fs.members[j]]).all(axis=1))
+        assert set(members) == set(np.flatnonzero(fs.group_of == j))
+        total = stack[members, 2:9, 3:8].sum(0, dtype=np.float64)
+        np.testing.assert_allclose(fs.rel[j], total / total.mean() - 1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fs.weights[j], total.mean())
+        np.testing.assert_allclose(fs.k[j], np.average(bf.k[members], axis=0,
+                                                       weights=means[members]))
+
+
+@pytest.mark.parametrize("det, radius, fit_samples, fit_bin, window",
+                         [(64, 18, None, 2, (32, 32)), (48, 9, 254 * 20 * 20, 1, (24, 24))])
+def test_tcbf_fits_on_the_reduced_stack(det, radius, fit_samples, fit_bin, window):
+    """The C10 search and the shift fit on groups binned in k (fit_bin) or on a central
+    window of the scan (fit_samples) find the truth as well: C10 = +200 Å, C12 30 Å at
+    0.5 rad, the detector turned by 23°; the image is the full stack's, on the full scan."""
+    cal = calibration(32, 0.5, det, radius)
+    truth = {"C10": 200.0, "C12": 30.0, "phi12": 0.5}
+    data = forward(atoms(n=110), cal, truth, 23.0)
+    kw = {} if fit_samples is None else {"fit_samples": fit_samples}
+    res = tcbf(InMemoryDataset(data, cal), TcbfParameters(bin=1, **kw))
+    print(res.summary(), res.extra)
+    assert res.extra["fit_bin"] == fit_bin and res.extra["fit_scan"] == list(window)
+    assert abs(res.aberrations["C10"] - 200.0) < 20.0
+    assert angle_diff(res.rotation_deg, 23.0) < 0.5
+    assert abs(res.aberrations["C12"] - 30.0) < 10.0 and abs(res.aberrations["phi12"] - 0.5) < 0.1
+    assert res.phase.shape == (32, 32) and res.extra["fit_from"] == "shifts"

@@ -123,7 +123,8 @@ def _multislice(method: str, slices) -> bool:
                    "and hold scan positions × bright-field pixel groups (tcbf, ssb: ×4 "
                    "bytes, ×2 for 8/16-bit counts and single pixels; wdd: ×(Sx + 2)/Sx × 4 "
                    "bytes; ssb, wdd: in a file beyond half of --memory-limit; plus, in "
-                   "memory, ssb: scan × block × 16 bytes (96 on a GPU), wdd: "
+                   "memory, tcbf: its fit's stack (≤ 2 MiB) and padded window images, ssb: "
+                   "scan × block × 16 bytes (96 on a GPU), wdd: "
                    "block × box × 200 bytes, box ≈ (2α/λ/dk + 3)² detector pixels; the "
                    "block from --memory-limit).")
 @click.option("-o", "--output", type=click.Path(),

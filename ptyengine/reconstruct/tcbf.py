@@ -42,7 +42,12 @@ common translation, is the reference's drift and is not applied to the image.
 
 Shifts. Groups of ``bin × bin`` pixels (:mod:`.direct`) give the images; each is
 normalised to relative contrast I_g/⟨I_g⟩ − 1 and weighted by ⟨I_g⟩ (its counts). The
-groups are split into two interleaved halves, so that no group meets its own noise:
+search and the fit work on a reduced stack of at most ``fit_samples`` samples
+(:func:`fit_reduction`, :class:`FitStack`): tiles of fit_bin × fit_bin groups in k, summed
+(while :data:`FIT_GROUPS` tiles remain and a tile's width Δk blurs the images by λ|C10|Δk
+≤ half the period of the bright field's first transfer zero), over a central window of
+the scan. Its groups are split into two interleaved halves, so that no group meets its
+own noise:
 1. C10 search (low dose): with the calibration's rotation and no astigmatism, C10 ±
    ``search`` Å around the calibration's maximises the mean product of the two halves'
    aligned sums (the aligned image's power without its noise), on a grid of search/20,
@@ -52,7 +57,11 @@ groups are split into two interleaved halves, so that no group meets its own noi
    (:data:`OVERLAP`) is cross-correlated with the other half's aligned sum (moved first
    by its predicted shift, zero-padded, normalised by the overlap of the tapers,
    searched within a radius of the prediction, parabolic sub-pixel peak) and the model
-   refitted.
+   refitted. The radius is 15 % of the field, then 10 % (≥ 3 rms residuals): wide
+   enough that noise's peaks do not follow the prediction (the R² test below needs
+   them independent of it); on a crystal whose lattice vector is shorter it can catch
+   the next lattice peak (the fit's window, 16 Å square on bench_stream's data, keeps
+   it shorter there).
 The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance
 with at least :data:`MIN_GROUPS` groups;
 otherwise (shifts that are noise: UiO-66 at ≤ 100 e/Å²) the search's C10 is, with the
@@ -67,16 +76,20 @@ proportional to φ at the frequencies where sin χ₂ is not small (arbitrary un
 focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing.
 
 Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
-for 8/16-bit counts at bin 1), its relative contrast (·4 bytes), and while measuring
-shifts a batch of b padded images (~b·Sy·Sx·256 bytes, b ≤ 256 within a quarter of the
-budget: :func:`shift_batch`); one read of the data. ``bin`` = None picks the smallest bin
+for 8/16-bit counts at bin 1; never copied to floats), the fit's stack (≤ ``fit_samples``
+·4 bytes, 2 MiB by default), and while measuring shifts a batch of b padded window images
+(~b·ny·nx·256 bytes, b ≤ 256 within a quarter of the budget: :func:`shift_batch`); one
+read of the data. ``bin`` = None picks the smallest bin
 with at most :data:`MAX_GROUPS` groups and a stack within a quarter of the memory budget,
 so memory is bounded by the budget (``--memory-limit``), not by the data.
 
-Speed: the aligned sums (every score of the C10 search, every reference) are splats of
-whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one fractional
-offset per image), over an index of the images (no copies), split over the cores; the
-cross-correlations use half spectra (rfft2/irfft2).
+Speed: the aligned sums (every score of the C10 search, every reference, the image) are
+splats of whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one
+fractional offset per image; the stack read as stored with a per-image offset and
+scale), over an index of the images (no copies), split over the cores; the
+cross-correlations use half spectra (rfft2/irfft2). The search (49 scores) and the fit
+cost a fixed amount whatever the data's size (the fit's stack); the image is one splat of
+the whole stack: with the read, its cost grows with the data.
 """
 
 from __future__ import annotations
@@ -113,6 +126,17 @@ MIN_GROUPS = 30
 #: UiO-66 50/100 nm: 515/1017 Å for the true 515/1015)
 FIT_FRACTION = 0.5
 
+#: most samples (fit groups × scan positions) the C10 search and the shift fit work on
+#: (``TcbfParameters.fit_samples``): their cost is ~60 splats and ~20 padded FFTs per
+#: group of this stack, so it is kept to a fraction of the data (the image itself is one
+#: splat of the whole stack)
+FIT_SAMPLES = 1 << 19
+#: fewest fit groups the binning in k leaves over the disc (a quarter lies within
+#: FIT_FRACTION·α/λ, where the shifts are measured: ≥ MIN_GROUPS)
+FIT_GROUPS = 200
+#: fewest scan positions a side of the fit's window
+FIT_SIDE = 24
+
 
 @dataclass
 class TcbfParameters:
@@ -120,7 +144,9 @@ class TcbfParameters:
     docstring); upsample: output grid = scan step / upsample; stages: radii of the
     growing set of groups; refinements: passes over all groups after them; astigmatism:
     fit C12 (else C10 and the rotation only); ctf: "flip" (phase-flip by sin χ₂) or
-    "none"; search: ± Å of the first search for C10 around the calibration's (0: off)."""
+    "none"; search: ± Å of the first search for C10 around the calibration's (0: off);
+    fit_samples: most samples (groups × scan positions) the search and the shift fit use
+    (:func:`fit_reduction`: groups binned in k, a central window of the scan; 0: all)."""
 
     bin: int | None = None
     upsample: int = 1
@@ -129,6 +155,7 @@ class TcbfParameters:
     astigmatism: bool = True
     ctf: str = "flip"
     search: float = 1000.0
+    fit_samples: int = FIT_SAMPLES
 
     def __post_init__(self):
         if self.bin is not None and int(self.bin) < 1:
@@ -139,6 +166,8 @@ class TcbfParameters:
             raise PtyengineError("tcBF stages must be ≥ 1 and refinements ≥ 0")
         if not (math.isfinite(self.search) and self.search >= 0):
             raise PtyengineError(f"tcBF search must be ≥ 0 Å, got {self.search}")
+        if int(self.fit_samples) < 0:
+            raise PtyengineError(f"tcBF fit_samples must be ≥ 0, got {self.fit_samples}")
         if self.ctf not in ("flip", "none"):
             raise PtyengineError(f"tcBF ctf must be 'flip' or 'none', not {self.ctf!r}")
 
@@ -148,11 +177,13 @@ class TcbfResult:
     """phase: (Sy·u, Sx·u) the CTF-corrected image (arb.); bright_field: the aligned sum
     (relative contrast); aberrations: fitted {"C10", "C12" (Å), "phi12" (rad)} in the scan
     frame, physics' sign; rotation_deg, transpose: the scan–detector relation (fitted
-    rotation; the calibration's transpose); shifts, model: (G, 2) measured and fitted
-    (dy, dx) Å; group_k: (G, 2) detector-frame (k_y, k_x) 1/Å; used: (G,) groups in the
+    rotation; the calibration's transpose); shifts, model: (F, 2) measured and fitted
+    (dy, dx) Å of the F fit groups (:class:`FitStack`: tiles of fit_bin × fit_bin
+    groups); group_k: (F, 2) their detector-frame (k_y, k_x) 1/Å; used: (F,) those in the
     final fit; residual_A: rms of the fit's residual (Å); sampling, origin: of the image
-    (Å); bin, counts_per_group: mean counts per group and pattern; extra: fit_from
-    ("shifts" or "search"), search_C10, fit_r2, C12_cartesian_A = (C12 cos 2φ12,
+    (Å); bin (the image's groups), counts_per_group: mean counts per group and pattern;
+    extra: fit_from ("shifts" or "search"), search_C10, fit_r2, fit_bin, fit_scan (the
+    fit window's positions), fit_window (r0, r1, c0, c1), C12_cartesian_A = (C12 cos 2φ12,
     C12 sin 2φ12) as fitted."""
 
     phase: np.ndarray
@@ -249,32 +280,37 @@ def fit_model(k_d, d, weights, lam: float, transpose: bool, prior_deg: float,
 # ------------------------------------------------------------------ images and shifts
 
 
-def drizzle(values, weights, shifts, step, upsample: int = 1, index=None):
-    """(num, den) on a grid ``upsample`` × finer than the scan: sample (i, j) of image g
-    splatted bilinearly at (i, j)·upsample − d_g·upsample/step with weight w_g
-    (:func:`kernels.direct.drizzle_cpu`, the images split over the cores). ``index``: the
-    images g of ``values`` (n, Sy, Sx) to use (bool or int; default all); ``weights`` and
-    ``shifts`` are per image of ``values``."""
+def drizzle(values, weights, shifts, step, upsample: int = 1, index=None, offsets=None,
+            scales=None):  # fmt: skip
+    """(num, den) on a grid ``upsample`` × finer than the scan: sample (i, j) of image g,
+    as (v − o_g)·s_g, splatted bilinearly at (i, j)·upsample − d_g·upsample/step with weight
+    w_g (:func:`kernels.direct.drizzle_cpu`, the images split over the cores). ``index``:
+    the images g of ``values`` (n, Sy, Sx) to use (bool or int; default all);
+    ``weights``, ``shifts``, ``offsets`` (default 0) and ``scales`` (default 1) are per
+    image of ``values``."""
     n, sy, sx = values.shape
     u = int(upsample)
     idx = np.arange(n) if index is None else np.flatnonzero(np.asarray(index)) \
         if np.asarray(index).dtype == bool else np.asarray(index, np.int64)  # fmt: skip
     weights = np.asarray(weights, np.float64)
     shifts = np.asarray(shifts, np.float64)
+    offsets = np.zeros(n) if offsets is None else np.asarray(offsets, np.float64)
+    scales = np.ones(n) if scales is None else np.asarray(scales, np.float64)
 
     def run(sl):
         num, den = np.zeros((sy * u, sx * u)), np.zeros((sy * u, sx * u))
-        drizzle_cpu(values, idx[sl], weights, shifts, float(step[0]), float(step[1]), u,
-                    num, den)  # fmt: skip
+        drizzle_cpu(values, idx[sl], offsets, scales, weights, shifts, float(step[0]),
+                    float(step[1]), u, num, den)  # fmt: skip
         return num, den
 
     parts = split_map(run, len(idx)) if len(idx) else [run(slice(0, 0))]
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
-def aligned(values, weights, shifts, step, upsample: int = 1, index=None):
+def aligned(values, weights, shifts, step, upsample: int = 1, index=None, offsets=None,
+            scales=None):  # fmt: skip
     """The drizzled image (num/den; 0 where nothing landed) and its coverage den."""
-    num, den = drizzle(values, weights, shifts, step, upsample, index)
+    num, den = drizzle(values, weights, shifts, step, upsample, index, offsets, scales)
     if upsample > 1:  # fill the gaps between the splatted samples
         from scipy.ndimage import gaussian_filter
 
@@ -371,35 +407,137 @@ def ctf_flip(image, aberrations, sampling, lam):
 
 
 def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
-    """Mean product of the aligned sums (relative contrast) of the two interleaved halves
-    of the groups with the model (ab, rot), over the area both cover: the power of the
-    aligned image without its noise (the halves' noise is independent), largest where the
-    model aligns the images best; at any dose."""
+    """How well the model (ab, rot) aligns the groups, at any dose: the product of the
+    splatted sums (num_h = Σ w·rel, den_h = Σ w, h = the two interleaved halves of the
+    groups) summed over the grid, Σ num₀num₁ / √(Σ den₀den₁). The halves' noise is
+    independent, so its expectation is the aligned image's power weighted by the
+    coverage, and its noise has the same spread wherever the groups land (a z-score: the
+    mean product over the covered area instead let a few groups landing on a small area,
+    at a C10 far from the truth, outscore the truth on small fields)."""
     d = model_shifts(k, ab, rot, tr, cal.wavelength)
     step = tuple(cal.scan_step)
-    imgs = []
-    for h in (0, 1):
-        sel = live & (half == h)
-        img, den = aligned(rel, weights, d, step, index=sel)
-        imgs.append((img, den > 0.3 * den.max()))
-    both = imgs[0][1] & imgs[1][1]
-    if both.sum() < 4:
-        return -1.0
-    a, b = imgs[0][0][both], imgs[1][0][both]
-    return float(((a - a.mean()) * (b - b.mean())).mean())
+    parts = [drizzle(rel, weights, d, step, index=live & (half == h)) for h in (0, 1)]
+    (n0, d0), (n1, d1) = parts
+    cover = float((d0 * d1).sum())
+    return float((n0 * n1).sum() / math.sqrt(cover)) if cover > 0 else -math.inf
 
 
 def defocus_search(score, ab, rot, span: float) -> dict:
     """``ab`` with C10 replaced by the maximum of ``score`` over C10 ± ``span`` Å (grid
-    of span/20, then ±1 grid step at a fifth of it); ``span`` = 0: unchanged."""
+    of span/20, then ±1 grid step at a fifth of it: 41 + 8 scores, the fine grid's three
+    points on the coarse one not scored again); ``span`` = 0: unchanged."""
     if span <= 0:
         return dict(ab)
     best = dict(ab)
+    done: dict = {}
     for width, n in ((span, 20), (span / 20, 5)):
         grid = best["C10"] + np.linspace(-width, width, 2 * n + 1)
-        vals = [score({**best, "C10": float(c)}, rot) for c in grid]
+        vals = []
+        for c in grid:
+            key = round(float(c), 6)
+            if key not in done:
+                done[key] = score({**best, "C10": float(c)}, rot)
+            vals.append(done[key])
         best = {**best, "C10": float(grid[int(np.argmax(vals))])}
     return best
+
+
+# ------------------------------------------------------------------ the fit's stack
+
+@dataclass
+class FitStack:
+    """The stack the search and the shift fit use: groups of ``fit_bin`` × ``fit_bin``
+    groups (tiles in k) summed over the central ``window`` (r0, r1, c0, c1) of the scan.
+    rel: (F, ny, nx) float32 relative contrast I/⟨I⟩ − 1; weights: (F,) ⟨I⟩ counts per
+    position; k: (F, 2) detector-frame (k_y, k_x) 1/Å, the counts-weighted mean of the
+    members'; members: (F,) one member group of each; group_of: (G,) the fit group of
+    each group; cal: the calibration with the window's scan shape."""
+
+    rel: np.ndarray
+    weights: np.ndarray
+    k: np.ndarray
+    members: np.ndarray
+    group_of: np.ndarray
+    cal: object
+    fit_bin: int
+    window: tuple[int, int, int, int]
+
+
+def fit_tiles(bf: BrightField, cal, fit_bin: int) -> np.ndarray:
+    """(G,) the tile of ``fit_bin`` × ``fit_bin`` groups each group's k lies in (tiles of
+    fit_bin·bin·dk centred on k = 0, as :func:`.direct.bright_field_groups`'s)."""
+    size = fit_bin * bf.bin * np.asarray(cal.dk, np.float64)
+    tiles = np.floor(bf.k / size + 0.5).astype(np.int64)
+    return np.unique(tiles, axis=0, return_inverse=True)[1].ravel()
+
+
+def fit_reduction(bf: BrightField, cal, c10: float, samples: int):
+    """(fit_bin, window) for at most ``samples`` samples: the groups binned in k while at
+    least :data:`FIT_GROUPS` remain and a tile's width Δk (1/Å) blurs the images by
+    λ|C10|Δk ≤ a quarter of the period of the bright field's first transfer zero (Δk ≤
+    1/(4·√(λ|C10|)); C10 Å, the calibration's or the search's; at half the period the
+    search's peak lost 25–35 % of its height on UiO-66 100 nm at 100 e/Å²), then the scan
+    cropped to a central window of at least :data:`FIT_SIDE` positions a side (or the
+    scan; beyond ``samples`` if need be: the search's signal grows with the area)."""
+    sy, sx = cal.scan_shape
+    if samples <= 0:
+        return 1, (0, sy, 0, sx)
+    dk = bf.bin * max(cal.dk)
+    lam_c10 = cal.wavelength * abs(c10)
+    fit_bin = 1
+    while bf.n_groups * sy * sx > samples * fit_bin**2:
+        b = fit_bin + 1
+        if lam_c10 > 0 and b * dk > 0.25 / math.sqrt(lam_c10):
+            break
+        if fit_tiles(bf, cal, b).max() + 1 < FIT_GROUPS:
+            break
+        fit_bin = b
+    n_fit = int(fit_tiles(bf, cal, fit_bin).max()) + 1
+    area = max(1, samples // n_fit)
+    ny, nx = sy, sx
+    if ny * nx > area:
+        short = min(sy, sx)
+        if short * short >= area:
+            ny = nx = max(FIT_SIDE, math.isqrt(area))
+        elif sy > sx:
+            ny = max(FIT_SIDE, area // sx)
+        else:
+            nx = max(FIT_SIDE, area // sy)
+        ny, nx = min(ny, sy), min(nx, sx)
+    r0, c0 = (sy - ny) // 2, (sx - nx) // 2
+    return fit_bin, (r0, r0 + ny, c0, c0 + nx)
+
+
+def fit_stack(stack, means, bf: BrightField, cal, fit_bin: int, window) -> FitStack:
+    """:class:`FitStack` of the stack of group images (G, Sy, Sx) (any dtype; ``means``
+    (G,) their mean counts per position): one pass over the window of each group."""
+    r0, r1, c0, c1 = window
+    group_of = fit_tiles(bf, cal, fit_bin)
+    n_fit = int(group_of.max()) + 1
+    order = np.argsort(group_of, kind="stable")
+    starts = np.searchsorted(group_of[order], np.arange(n_fit))
+    total = np.empty((n_fit, r1 - r0, c1 - c0), np.float32)
+    part = 64  # groups per gather: no float copy of the whole stack
+    for f0 in range(0, n_fit, part):
+        f1 = min(f0 + part, n_fit)
+        g0, g1 = starts[f0], starts[f1] if f1 < n_fit else len(order)
+        block = np.asarray(stack[order[g0:g1], r0:r1, c0:c1], np.float32)
+        total[f0:f1] = np.add.reduceat(block, starts[f0:f1] - g0, axis=0)
+    weights = total.mean(axis=(1, 2), dtype=np.float64)
+    live = weights > 0
+    rel = np.zeros_like(total)
+    rel[live] = total[live] / weights[live, None, None].astype(np.float32) - 1.0
+    w = np.asarray(means, np.float64)
+    wsum = np.bincount(group_of, w, n_fit)
+    k = np.stack([np.bincount(group_of, w * bf.k[:, 0], n_fit),
+                  np.bincount(group_of, w * bf.k[:, 1], n_fit)], axis=1)  # fmt: skip
+    plain = np.stack([np.bincount(group_of, bf.k[:, 0], n_fit),
+                      np.bincount(group_of, bf.k[:, 1], n_fit)], axis=1) \
+        / np.bincount(group_of, minlength=n_fit)[:, None]  # fmt: skip
+    k = np.where(wsum[:, None] > 0, k / np.where(wsum > 0, wsum, 1.0)[:, None], plain)
+    wcal = cal.replace(scan_shape=(r1 - r0, c1 - c0))
+    return FitStack(rel, weights, k, order[starts], group_of, wcal, int(fit_bin),
+                    tuple(int(v) for v in window))  # fmt: skip
 
 
 # ------------------------------------------------------------------ the method
@@ -445,39 +583,94 @@ def tcbf_groups(cal, mask, params: TcbfParameters, memory_limit=None) -> BrightF
 def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
                     limit: int | None = None) -> TcbfResult:  # fmt: skip
     """tcBF's fit and image from the stack of group images (:func:`tcbf` without the
-    read); ``limit``: the memory budget (bytes; None: the default) that sets the batches
-    of the shift measurement."""
-    batch = shift_batch(cal.scan_shape, memory_limit_bytes(limit))
+    read; any dtype, not copied); ``limit``: the memory budget (bytes; None: the default)
+    that sets the batches of the shift measurement. The search and the fit run on the
+    :class:`FitStack` of at most ``params.fit_samples`` samples (:func:`fit_reduction`;
+    made again with finer tiles where the search's C10 asks for them), the image on the
+    whole stack."""
     lam, step = cal.wavelength, tuple(cal.scan_step)
+    tr = bool(cal.transpose)
     means = stack.mean(axis=(1, 2), dtype=np.float64)
     live = means > 0
-    rel = np.zeros(stack.shape, np.float32)
-    rel[live] = stack[live] / means[live, None, None].astype(np.float32) - 1.0
-    weights = np.where(live, means, 0.0)
-    kabs = np.hypot(bf.k[:, 0], bf.k[:, 1])
-    half = np.arange(bf.n_groups) % 2
     ab = {k: float(cal.aberrations.get(k, 0.0)) for k in ("C10", "C12", "phi12")}
-    rot, tr = float(cal.rotation), bool(cal.transpose)
+    samples = int(params.fit_samples)
+    fs = fit_stack(stack, means, bf, cal, *fit_reduction(bf, cal, ab["C10"], samples))
+    fit = fit_aberrations(fs, bf.k_alpha, ab, float(cal.rotation), params, limit,
+                          params.search)  # fmt: skip
+    fit_bin, window = fit_reduction(bf, cal, fit.searched["C10"], samples)
+    if fit_bin < fs.fit_bin:  # the search's C10 blurs the tiles: finer ones, searched near it
+        fs = fit_stack(stack, means, bf, cal, fit_bin, window)
+        fit = fit_aberrations(fs, bf.k_alpha, fit.searched, float(cal.rotation), params,
+                              limit, params.search / 20)  # fmt: skip
+    ab, rot = fit.aberrations, fit.rotation
+    u = int(params.upsample)
+    model = model_shifts(bf.k, ab, rot, tr, lam)
+    scales = np.where(live, 1.0 / np.where(live, means, 1.0), 0.0)
+    image, _ = aligned(stack, means, model, step, u, index=live, offsets=means, scales=scales)
+    sampling = (step[0] / u, step[1] / u)
+    phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
+    counts = float(means[live].sum() / max(bf.n_groups, 1))
+    ny, nx = fs.cal.scan_shape
+    return TcbfResult(phase.astype(np.float32), image.astype(np.float32), ab, rot, tr,
+                      fit.shifts, model_shifts(fs.k, ab, rot, tr, lam), fs.k.copy(),
+                      fit.used, fit.residual, sampling, tuple(cal.scan_origin), bf.bin,
+                      counts, float(cal.rotation),
+                      {"fit_from": fit.source, "search_C10": fit.searched["C10"],
+                       "fit_r2": float(fit.r2), "fit_bin": fs.fit_bin,
+                       "fit_scan": [int(ny), int(nx)], "fit_window": list(fs.window),
+                       "C12_cartesian_A": [ab["C12"] * math.cos(2 * ab["phi12"]),
+                                           ab["C12"] * math.sin(2 * ab["phi12"])]})  # fmt: skip
+
+
+@dataclass
+class Fit:
+    """What :func:`fit_aberrations` found: aberrations, rotation (deg); shifts (F, 2) Å
+    measured per fit group, used (F,) bool, residual (Å rms), r2; searched: the C10
+    search's aberrations; source: "shifts" or "search" (the module docstring)."""
+
+    aberrations: dict
+    rotation: float
+    shifts: np.ndarray
+    used: np.ndarray
+    residual: float
+    r2: float
+    searched: dict
+    source: str
+
+
+def fit_aberrations(fs: FitStack, k_alpha: float, ab: dict, rot: float,
+                    params: TcbfParameters, limit=None, span: float = 0.0) -> Fit:  # fmt: skip
+    """The C10 search (± ``span`` Å around ``ab``'s) and the staged shift fit on ``fs``,
+    from the rotation ``rot`` (deg); the module docstring, steps 1–2."""
+    cal = fs.cal
+    batch = shift_batch(cal.scan_shape, memory_limit_bytes(limit))
+    lam, step = cal.wavelength, tuple(cal.scan_step)
+    rel, weights, k = fs.rel, fs.weights, fs.k
+    n = len(k)
+    live = weights > 0
+    kabs = np.hypot(k[:, 0], k[:, 1])
+    half = np.arange(n) % 2
+    tr = bool(cal.transpose)
     field_a = min(cal.scan_shape[0] * step[0], cal.scan_shape[1] * step[1])
 
     def score(ab_, rot_):
-        return half_correlation(rel, weights, bf.k, ab_, rot_, tr, cal, half, live)
+        return half_correlation(rel, weights, k, ab_, rot_, tr, cal, half, live)
 
-    ab = defocus_search(score, ab, rot, params.search)
+    ab = defocus_search(score, ab, rot, span)
     searched = (dict(ab), rot)
     radius = max(4 * max(step), 0.15 * field_a)
     fractions = list(np.linspace(1.0 / params.stages, 1.0, params.stages) * FIT_FRACTION)
     fractions += [FIT_FRACTION] * params.refinements
-    shifts = np.zeros((bf.n_groups, 2))
-    used = np.zeros(bf.n_groups, bool)
+    shifts = np.zeros((n, 2))
+    used = np.zeros(n, bool)
     resid_rms = r2 = float("nan")
     for frac in fractions:
-        pred = model_shifts(bf.k, ab, rot, tr, lam)
-        inc = live & (kabs <= frac * bf.k_alpha * 1.0001) & overlapping(pred, cal)
+        pred = model_shifts(k, ab, rot, tr, lam)
+        inc = live & (kabs <= frac * k_alpha * 1.0001) & overlapping(pred, cal)
         if inc.sum() < 6:
             continue
-        meas = np.zeros((bf.n_groups, 2))
-        peak = np.full(bf.n_groups, -np.inf)
+        meas = np.zeros((n, 2))
+        peak = np.full(n, -np.inf)
         for h in (0, 1):
             src, dst = inc & (half != h), inc & (half == h)
             if not src.any() or not dst.any():
@@ -488,13 +681,13 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
         ok = inc & np.isfinite(peak) & (peak > 0)
         if ok.sum() < 6:
             continue
-        fit = fit_model(bf.k[ok], meas[ok], weights[ok], lam, tr, rot, params.astigmatism)
+        fit = fit_model(k[ok], meas[ok], weights[ok], lam, tr, rot, params.astigmatism)
         res = fit[3]
         sigma = 1.4826 * np.median(res) + 1e-9
         keep = res <= 3 * sigma
         if keep.sum() >= 6:
             sel = np.flatnonzero(ok)[keep]
-            fit = fit_model(bf.k[sel], meas[sel], weights[sel], lam, tr, rot,
+            fit = fit_model(k[sel], meas[sel], weights[sel], lam, tr, rot,
                             params.astigmatism)  # fmt: skip
             ok = np.zeros_like(ok)
             ok[sel] = True
@@ -505,19 +698,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
         spread = meas[ok] - np.average(meas[ok], axis=0, weights=weights[ok])
         r2 = 1 - resid_rms**2 / max(np.average((spread**2).sum(1), weights=weights[ok]), 1e-30)
         radius = max(3 * resid_rms, 2 * max(step), 0.1 * field_a)
-    chosen = "shifts"
+    source = "shifts"
     if not (r2 >= MIN_R2 and used.sum() >= MIN_GROUPS):  # noise: keep the search's C10
-        ab, rot, chosen = searched[0], searched[1], "search"
-    model = model_shifts(bf.k, ab, rot, tr, lam)
-    u = int(params.upsample)
-    image, _ = aligned(rel, weights, model, step, u, index=live)
-    sampling = (step[0] / u, step[1] / u)
-    phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
-    counts = float(weights.sum() / max(bf.n_groups, 1))
-    return TcbfResult(phase.astype(np.float32), image.astype(np.float32), ab, rot, tr,
-                      shifts, model, bf.k.copy(), used, resid_rms, sampling,
-                      tuple(cal.scan_origin), bf.bin, counts, float(cal.rotation),
-                      {"fit_from": chosen, "search_C10": searched[0]["C10"],
-                       "fit_r2": float(r2), "C12_cartesian_A": [
-                           ab["C12"] * math.cos(2 * ab["phi12"]),
-                           ab["C12"] * math.sin(2 * ab["phi12"])]})  # fmt: skip
+        ab, rot, source = searched[0], searched[1], "search"
+    return Fit(ab, rot, shifts, used, resid_rms, r2, searched[0], source)
