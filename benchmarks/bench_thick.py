@@ -3,8 +3,9 @@ and multislice ML started from that mepie run (issue 15).
 
 Problem: SrTiO3 [001], ``--thicknesses`` Å thick (simulated by ptyengine's multislice with
 2 Å slices, static lattice), 300 kV, 20 mrad, crossover at each of ``--defoci`` Å above the
-entrance surface (0: on it), a 20 × 20 scan at 0.4 Å over one 7.81 Å cell, 48² pixels to
-40 mrad; noise-free, or Poisson counts at each ``--doses`` e/Å² (seed 0).
+entrance surface (0: on it), a 20 × 20 scan at 0.4 Å over one 7.81 Å cell,
+``--detector-pixels`` (48: a probe window of 11.8 Å; 96: 23.6 Å) to 40 mrad; noise-free,
+or Poisson counts at each ``--doses`` e/Å² (seed 0).
 
 Methods (all from the calibration's defocus, probe refined):
   ePIE  single slice, ``--epie-iterations`` iterations, batch 16;
@@ -32,6 +33,7 @@ Scored with study.Truth (NCC and NCC after the 1 Å blur) over the fully dosed c
 
     python benchmarks/bench_thick.py [--thicknesses 200,400] [--defoci 0,100]
         [--doses none,1000] [--slices rule|4,8,16] [--methods epie,mepie,ml]
+        [--detector-pixels 48] [--workdir DIR]
     python benchmarks/bench_thick.py --structure uio66 [--methods epie,mepie,ml,mlss]
 """
 
