@@ -3,8 +3,9 @@ and multislice ML started from that mepie run (issue 15).
 
 Problem: SrTiO3 [001], ``--thicknesses`` Å thick (simulated by ptyengine's multislice with
 2 Å slices, static lattice), 300 kV, 20 mrad, crossover at each of ``--defoci`` Å above the
-entrance surface (0: on it), a 20 × 20 scan at 0.4 Å over one 7.81 Å cell, 48² pixels to
-40 mrad; noise-free, or Poisson counts at each ``--doses`` e/Å² (seed 0).
+entrance surface (0: on it), a 20 × 20 scan at 0.4 Å over one 7.81 Å cell,
+``--detector-pixels`` (48: a probe window of 11.8 Å; 96: 23.6 Å) to 40 mrad; noise-free,
+or Poisson counts at each ``--doses`` e/Å² (seed 0).
 
 Methods (all from the calibration's defocus, probe refined):
   ePIE  single slice, ``--epie-iterations`` iterations, batch 16;
@@ -32,6 +33,7 @@ Scored with study.Truth (NCC and NCC after the 1 Å blur) over the fully dosed c
 
     python benchmarks/bench_thick.py [--thicknesses 200,400] [--defoci 0,100]
         [--doses none,1000] [--slices rule|4,8,16] [--methods epie,mepie,ml]
+        [--detector-pixels 48] [--workdir DIR]
     python benchmarks/bench_thick.py --structure uio66 [--methods epie,mepie,ml,mlss]
 """
 
@@ -53,12 +55,15 @@ from ptyengine.simulate import SimulationParameters, simulate
 from ptyengine.study import Truth, object_border
 
 
-def _simulate(thickness, defocus, tmp):
+def _simulate(thickness, defocus, detector_pixels, tmp):
+    """SrTiO3 (module docstring): (data, calibration, metadata, σV_proj, its sampling); a
+    dataset already in ``tmp`` (``--workdir``) is reused."""
     sim = SimulationParameters(structure="srtio3", field=(7.81, 7.81), thickness=thickness,
                                scan_step=0.4, scan_size=(7.81, 7.81), max_angle=40.0,
-                               detector_pixels=48, defocus=defocus)  # fmt: skip
-    path = os.path.join(tmp, f"sto_{thickness:g}_{defocus:g}.zarr")
-    simulate(sim, path)
+                               detector_pixels=detector_pixels, defocus=defocus)  # fmt: skip
+    path = os.path.join(tmp, f"sto_{thickness:g}_{defocus:g}_{detector_pixels}.zarr")
+    if not os.path.exists(path):  # simulate() gives the final name only when finished
+        simulate(sim, path)
     with io.open_dataset(path) as ds:
         data, cal, meta = ds.read_rows(0, ds.shape[0]), ds.calibration, ds.metadata
         pot, attrs = ds.read_array("ground_truth/potential")
@@ -115,7 +120,7 @@ def main_uio66(args):
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in (float(v) for v in args.thicknesses.split(",")):
         for z in (float(v) for v in args.defoci.split(",")):
-            data, cal, meta, truth = _simulate_uio66(t, z, args.detector_pixels, tmp)
+            data, cal, meta, truth = _simulate_uio66(t, z, args.detector_pixels or 80, tmp)
             dz_rule = cal.wavelength / (2 * (cal.semiangle * 1e-3) ** 2)
             s_list = ([max(1, round(t / dz_rule))] if args.slices == "rule"
                       else [int(v) for v in args.slices.split(",")])  # fmt: skip
@@ -166,20 +171,22 @@ def main():
     ap.add_argument("--ml-iterations", type=int, default=40)
     ap.add_argument("--ml-object-model", default="phase", help="phase or complex")
     ap.add_argument("--structure", default="srtio3", choices=("srtio3", "uio66"))
-    ap.add_argument("--detector-pixels", type=int, default=80, help="uio66 only")
-    ap.add_argument("--workdir", help="uio66 only: keep (and reuse) the datasets here")
+    ap.add_argument("--detector-pixels", type=int,
+                    help="pixels to 40 mrad (srtio3, default 48) or 30 mrad (uio66, 80)")
+    ap.add_argument("--workdir", help="keep (and reuse) the datasets here")
     args = ap.parse_args()
     if args.structure == "uio66":
         return main_uio66(args)
     methods = args.methods.split(",")
-    tmp = tempfile.mkdtemp()
+    tmp = args.workdir or tempfile.mkdtemp()
     print(f"load average {os.getloadavg()[0]:.1f}")
     print("| t (Å) | crossover (Å) | dose | S | Δz (Å) | ePIE | mepie | ML | ML best it. "
           "| ML C10 (Å) | s (ePIE/mepie/ML) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in (float(v) for v in args.thicknesses.split(",")):
         for z in (float(v) for v in args.defoci.split(",")):
-            data, cal, meta, truth, t_sampling = _simulate(t, z, tmp)
+            data, cal, meta, truth, t_sampling = _simulate(t, z, args.detector_pixels or 48,
+                                                           tmp)  # fmt: skip
             k_max = 2 * cal.semiangle * 1e-3 / cal.wavelength
             dz_rule = cal.wavelength / (2 * (cal.semiangle * 1e-3) ** 2)
             s_list = ([max(1, round(t / dz_rule))] if args.slices == "rule"

@@ -1,6 +1,8 @@
 """Multislice ptychography: the forward model against the simulator's multislice, its
 adjoint (dot-product test), mepie against ePIE and on a two-layer specimen, bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -456,6 +458,21 @@ def test_thickness_far_from_the_datasets_warns(two_layers):
                                               single_slice_iterations=0))  # fmt: skip
     with pytest.raises(PtyengineError, match="has 2 values for 3 slices"):
         MLParameters(slices=3, slice_thickness=(2.0, 3.0))
+
+
+def test_window_narrower_than_the_beam_warns(two_layers):
+    """The bright-field cone 2α·max(|C10|, |C10 + t|) much wider than the probe window
+    (W·d = 7.2 Å here): multislice cannot model the wave (benchmarks/RESULTS.md, SrTiO3 at
+    400 Å); the two layers' own slicing (t = 81 Å, 2.1 Å wide) draws no such warning."""
+    path, _ = two_layers
+    match = (r"the beam is 13\.05 Å wide at the exit of the 301 Å the slices model "
+             r"\(2α·max\(\|C10\|, \|C10 \+ t\|\), C10 -40 Å\), the probe window 7\.2 Å "
+             r"\(1/detector pixel\): multislice .*; record at least 87 detector pixels")
+    with pytest.warns(UserWarning, match=match):
+        mepie(path, MepieParameters(slices=2, slice_thickness=(300.0, 1.0), iterations=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mepie(path, MepieParameters(slices=2, slice_thickness=(80.0, 1.0), iterations=0))
 
 
 def test_no_recorded_thickness_needs_one(two_layers):

@@ -23,6 +23,8 @@ from .forward import SlicePropagators, slice_propagators
 
 #: S·Δz outside this factor of the dataset's recorded thickness draws a warning.
 THICKNESS_FACTOR = 1.5
+#: A beam this many times wider than the probe window draws a warning (check_window).
+WINDOW_FACTOR = 1.25
 
 
 def check_slices(slices, slice_thickness):
@@ -81,6 +83,29 @@ def band_fraction(ds, sampling) -> float:
     return min(1.0, (2 / 3) * max(sampling) / max(float(v) for v in d_sim))
 
 
+def check_window(cal, geom, thickness: float) -> None:
+    """Warn when the bright-field cone is more than WINDOW_FACTOR times wider than the
+    probe window (W·d Å, 1/detector pixel) somewhere in the ``thickness`` Å the slices
+    model: its widest diameter is 2α·max(|C10|, |C10 + t|), C10 the calibration's. The
+    window wraps round what leaves it, so multislice then models a different specimen:
+    SrTiO3 [001] 400 Å thick, 300 kV, 20 mrad, an 11.8 Å window (48 pixels to 40 mrad),
+    beams 16 and 20 Å wide (factors 1.4 and 1.7), mepie lost to single-slice ePIE, and
+    won with 96 pixels (a 23.6 Å window); at 200 Å (12 Å, factor 1.02) it won with 48
+    (benchmarks/RESULTS.md, "Thick specimens")."""
+    c10 = float(cal.aberrations.get("C10", 0.0))
+    alpha = cal.semiangle * 1e-3
+    beam = 2 * alpha * max(abs(c10), abs(c10 + thickness))
+    window = min(w * d for w, d in zip(geom.window, geom.sampling, strict=True))
+    if beam > WINDOW_FACTOR * window:
+        pixels = math.ceil(max(geom.window) * beam / window - 1e-9)
+        warnings.warn(
+            f"the beam is {beam:.4g} Å wide at the exit of the {thickness:.4g} Å the slices "
+            f"model (2α·max(|C10|, |C10 + t|), C10 {c10:.4g} Å), the probe window "
+            f"{window:.4g} Å (1/detector pixel): multislice wraps what leaves the window "
+            f"round it and models another specimen; record at least {pixels} detector "
+            "pixels over the same angles", stacklevel=4)  # fmt: skip
+
+
 def propagators_for(ds, geom, xp, slices: int, slice_thickness) -> SlicePropagators:
     """The :class:`.forward.SlicePropagators` of S slices of ``slice_thickness`` on the
     window and pixel of ``geom`` for the dataset ``ds``; warns when S·Δz is far from the
@@ -95,5 +120,6 @@ def propagators_for(ds, geom, xp, slices: int, slice_thickness) -> SlicePropagat
             f"the dataset's specimen is {recorded:.4g} Å thick: the propagation between "
             f"slices is off by {total / recorded:.3g}×; give --slice-thickness "
             f"{recorded / slices:.4g}", stacklevel=4)  # fmt: skip
+    check_window(ds.calibration, geom, total)
     return slice_propagators(geom.window, geom.sampling, ds.calibration.energy, dz, xp,
                              band_fraction(ds, geom.sampling))  # fmt: skip
