@@ -84,7 +84,7 @@ class Preset:
 
 PRESETS = {
     "full": Preset("full", 300, None),
-    "quick": Preset("quick", 10, 5),
+    "quick": Preset("quick", 10, None),
     "tiny": Preset("tiny", 3, 3, doses=(None, 100.0), defoci_nm=(0.0, 10.0),
                    methods=("icom", "epie", "ssb"), seeds=(0, 1)),
 }  # fmt: skip
@@ -268,7 +268,8 @@ def _write_json(path: Path, record: dict) -> None:
 def run_cell(out, grid_name: str, cell: Cell, device: str = "cpu") -> dict:
     """Reconstruct and score one cell (its dataset must exist) and write its JSON; returns
     the record: the cell's fields, "ncc", "ncc_1A", "frc_A" (Å; inf: never above 1/7),
-    "seconds" (the reconstruction's wall time), "shift_A", "border", "units", "key"."""
+    "seconds" (the reconstruction's wall time), "shift_A", "border", "units", "key"; a
+    method that gave no image: NaN scores and "no_image", the reason (study.score_run)."""
     key = cell_key(cell, grid_name)
     epie_p, ml_p, mparams = method_parameters(cell, grid_name)
     with io.open_dataset(dataset_path(out, cell.crystal, cell.defocus_nm)) as ds:
@@ -281,7 +282,7 @@ def run_cell(out, grid_name: str, cell: Cell, device: str = "cpu") -> dict:
             noisy = noisy_copy(data, ds.calibration, cell.dose, cell.seed)
             del data
             run = study.run_method(noisy, cell.method, device, epie_p, ml_p, truth.margin)
-    scores = truth.score(run.phase, run.sampling, run.origin, run.border, FRC_THRESHOLD)
+    scores = study.score_run(truth, run, FRC_THRESHOLD)  # no image: NaN and its reason
     record = {**dataclasses.asdict(cell), "grid": grid_name, "key": key, **scores,
               "seconds": run.seconds, "border": run.border, "units": run.units,
               "dataset_fingerprint": fingerprint, "parameters": mparams}  # fmt: skip
@@ -434,6 +435,9 @@ def run_grid(out, grid: Grid, workers: int = 1, client=None, device: str = "cpu"
                 log(f"{what}: failed: {error}")
                 continue
             ran += 1
+            if r.get("no_image"):
+                log(f"{what}: no image ({r['no_image']}), {r['seconds']:.1f} s")
+                continue
             log(f"{what}: NCC {r['ncc']:+.3f}, NCC(1 Å) {r['ncc_1A']:+.3f}, FRC "
                 f"{r['frc_A']:.2f} Å, {r['seconds']:.1f} s")
         completed = True

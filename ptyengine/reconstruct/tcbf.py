@@ -53,10 +53,15 @@ groups are split into two interleaved halves, so that no group meets its own noi
    by its predicted shift, zero-padded, normalised by the overlap of the tapers,
    searched within a radius of the prediction, parabolic sub-pixel peak) and the model
    refitted.
+The search's C10 replaces the calibration's only where its best score stands out of its
+noise: score ≥ :data:`SEARCH_Z` × its standard error (the spread of the halves' pixel
+products / √pixels; ``search_z`` in ``extra``); below, the data do not hold the defocus
+and the calibration's is kept (at 0.006 counts per group and pattern, SrTiO3 at 10 e/Å²,
+the search's maximum was noise, landed on C10 = 0 and left no image).
 The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance
 with at least :data:`MIN_GROUPS` groups;
 otherwise (shifts that are noise: UiO-66 at ≤ 100 e/Å²) the search's C10 is, with the
-calibration's rotation (``fit_from`` in ``extra``).
+calibration's rotation (``fit_from`` in ``extra``: "shifts", "search" or "calibration").
 
 Image. Every sample I_g(r) belongs at specimen position r − d(k_g): samples are splatted
 bilinearly (weight ⟨I_g⟩) onto a grid ``upsample`` times finer than the scan, and
@@ -64,7 +69,9 @@ divided by the splatted weights ("drizzle"; sub-pixel shifts sample the specimen
 offsets, hence the up-sampling). ``bright_field`` is that aligned sum (≈ 2 sin χ₂ ∗ φ);
 ``phase`` is it with the sign of sin χ₂(Q) flipped (fitted A; mirror-extended FFT),
 proportional to φ at the frequencies where sin χ₂ is not small (arbitrary units). In
-focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing.
+focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing;
+with C10 = C12 = 0 exactly (nothing in the data moved the calibration's in-focus probe)
+sin χ₂ ≡ 0 and there is no image: ``phase`` is zero and ``extra["no_image"]`` says why.
 
 Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
 for 8/16-bit counts at bin 1), its relative contrast (·4 bytes), and while measuring
@@ -112,6 +119,10 @@ MIN_GROUPS = 30
 #: the tests' data; C10 +7 % fitted over the whole disc, within 3 % over half of it; on
 #: UiO-66 50/100 nm: 515/1017 Å for the true 515/1015)
 FIT_FRACTION = 0.5
+#: the C10 search's best score must be at least this many standard errors (pure noise:
+#: the best of its 52 trials reached 2.6 on the quick grid's SrTiO3 at 10 e/Å², 100 nm;
+#: UiO-66 at 100 e/Å², 100 nm, gives 14) to replace the calibration's C10
+SEARCH_Z = 5.0
 
 
 @dataclass
@@ -370,11 +381,13 @@ def ctf_flip(image, aberrations, sampling, lam):
     return out[:ny, :nx]
 
 
-def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
+def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live,
+                     with_error: bool = False):  # fmt: skip
     """Mean product of the aligned sums (relative contrast) of the two interleaved halves
     of the groups with the model (ab, rot), over the area both cover: the power of the
     aligned image without its noise (the halves' noise is independent), largest where the
-    model aligns the images best; at any dose."""
+    model aligns the images best; at any dose. ``with_error``: (mean, its standard error:
+    the products' standard deviation / √pixels)."""
     d = model_shifts(k, ab, rot, tr, cal.wavelength)
     step = tuple(cal.scan_step)
     imgs = []
@@ -384,9 +397,12 @@ def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
         imgs.append((img, den > 0.3 * den.max()))
     both = imgs[0][1] & imgs[1][1]
     if both.sum() < 4:
-        return -1.0
+        return (-1.0, math.inf) if with_error else -1.0
     a, b = imgs[0][0][both], imgs[1][0][both]
-    return float(((a - a.mean()) * (b - b.mean())).mean())
+    prod = (a - a.mean()) * (b - b.mean())
+    if with_error:
+        return float(prod.mean()), float(prod.std() / math.sqrt(prod.size))
+    return float(prod.mean())
 
 
 def defocus_search(score, ab, rot, span: float) -> dict:
@@ -463,7 +479,15 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
     def score(ab_, rot_):
         return half_correlation(rel, weights, bf.k, ab_, rot_, tr, cal, half, live)
 
-    ab = defocus_search(score, ab, rot, params.search)
+    found = defocus_search(score, ab, rot, params.search)
+    search_z = math.nan
+    if params.search > 0:
+        best, error = half_correlation(rel, weights, bf.k, found, rot, tr, cal, half, live,
+                                       with_error=True)  # fmt: skip
+        search_z = best / error if error > 0 else math.inf
+    from_search = params.search > 0 and search_z >= SEARCH_Z
+    if from_search:  # else the data do not hold the defocus: the calibration's stays
+        ab = found
     searched = (dict(ab), rot)
     radius = max(4 * max(step), 0.15 * field_a)
     fractions = list(np.linspace(1.0 / params.stages, 1.0, params.stages) * FIT_FRACTION)
@@ -507,17 +531,22 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
         radius = max(3 * resid_rms, 2 * max(step), 0.1 * field_a)
     chosen = "shifts"
     if not (r2 >= MIN_R2 and used.sum() >= MIN_GROUPS):  # noise: keep the search's C10
-        ab, rot, chosen = searched[0], searched[1], "search"
+        ab, rot = searched
+        chosen = "search" if from_search else "calibration"
     model = model_shifts(bf.k, ab, rot, tr, lam)
     u = int(params.upsample)
     image, _ = aligned(rel, weights, model, step, u, index=live)
     sampling = (step[0] / u, step[1] / u)
     phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
     counts = float(weights.sum() / max(bf.n_groups, 1))
+    extra = {"fit_from": chosen, "search_C10": found["C10"], "search_z": float(search_z),
+             "fit_r2": float(r2)}  # fmt: skip
+    if params.ctf == "flip" and ab["C10"] == 0 and ab["C12"] == 0:
+        extra["no_image"] = (f"in focus (C10 = C12 = 0 Å, from the {chosen}): sin χ₂ ≡ 0, "
+                             "the bright field holds no weak-phase contrast")  # fmt: skip
     return TcbfResult(phase.astype(np.float32), image.astype(np.float32), ab, rot, tr,
                       shifts, model, bf.k.copy(), used, resid_rms, sampling,
                       tuple(cal.scan_origin), bf.bin, counts, float(cal.rotation),
-                      {"fit_from": chosen, "search_C10": searched[0]["C10"],
-                       "fit_r2": float(r2), "C12_cartesian_A": [
+                      {**extra, "C12_cartesian_A": [
                            ab["C12"] * math.cos(2 * ab["phi12"]),
                            ab["C12"] * math.sin(2 * ab["phi12"])]})  # fmt: skip
