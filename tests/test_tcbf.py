@@ -169,3 +169,4 @@ def test_in_focus_tcbf_gives_no_image_and_says_why():
     cal = calibration(24, 0.5, 48, 9)
     res = tcbf(InMemoryDataset(_few_counts(cal, 0.0), cal))
     assert res.aberrations["C10"] == 0.0 and "in focus" in res.extra["no_image"]
+    assert "no phase image: in focus" in res.summary()

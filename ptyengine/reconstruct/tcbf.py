@@ -54,7 +54,7 @@ groups are split into two interleaved halves, so that no group meets its own noi
    searched within a radius of the prediction, parabolic sub-pixel peak) and the model
    refitted.
 The search's C10 replaces the calibration's only where its best score stands out of its
-noise: score ≥ :data:`SEARCH_Z` × its standard error (the spread of the halves' pixel
+noise: score ≥ ``search_z`` (:data:`SEARCH_Z`) × its standard error (the spread of the halves' pixel
 products / √pixels; ``search_z`` in ``extra``); below, the data do not hold the defocus
 and the calibration's is kept (at 0.006 counts per group and pattern, SrTiO3 at 10 e/Å²,
 the search's maximum was noise, landed on C10 = 0 and left no image).
@@ -131,7 +131,9 @@ class TcbfParameters:
     docstring); upsample: output grid = scan step / upsample; stages: radii of the
     growing set of groups; refinements: passes over all groups after them; astigmatism:
     fit C12 (else C10 and the rotation only); ctf: "flip" (phase-flip by sin χ₂) or
-    "none"; search: ± Å of the first search for C10 around the calibration's (0: off)."""
+    "none"; search: ± Å of the first search for C10 around the calibration's (0: off);
+    search_z: the search's best score must stand this many standard errors out of its
+    noise to replace the calibration's C10 (0: always replaces it)."""
 
     bin: int | None = None
     upsample: int = 1
@@ -140,6 +142,7 @@ class TcbfParameters:
     astigmatism: bool = True
     ctf: str = "flip"
     search: float = 1000.0
+    search_z: float = SEARCH_Z
 
     def __post_init__(self):
         if self.bin is not None and int(self.bin) < 1:
@@ -150,6 +153,8 @@ class TcbfParameters:
             raise PtyengineError("tcBF stages must be ≥ 1 and refinements ≥ 0")
         if not (math.isfinite(self.search) and self.search >= 0):
             raise PtyengineError(f"tcBF search must be ≥ 0 Å, got {self.search}")
+        if not (math.isfinite(self.search_z) and self.search_z >= 0):
+            raise PtyengineError(f"tcBF search_z must be ≥ 0, got {self.search_z}")
         if self.ctf not in ("flip", "none"):
             raise PtyengineError(f"tcBF ctf must be 'flip' or 'none', not {self.ctf!r}")
 
@@ -193,7 +198,9 @@ class TcbfResult:
                 f"{signed_deg(self.rotation_deg):.2f}° (fit rms {self.residual_A:.2f} Å, "
                 f"{int(self.used.sum())}/{len(self.used)} groups): start an iterative run "
                 f"from --defocus {c10:.0f} and the rotation {signed_deg(self.rotation_deg):.2f}° "
-                "(convert --rotation), or give it this result: --probe-from")  # fmt: skip
+                "(convert --rotation), or give it this result: --probe-from"
+                + (f"; no phase image: {self.extra['no_image']}"
+                   if self.extra.get("no_image") else ""))  # fmt: skip
 
 
 def signed_deg(deg: float) -> float:
@@ -485,7 +492,7 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
         best, error = half_correlation(rel, weights, bf.k, found, rot, tr, cal, half, live,
                                        with_error=True)  # fmt: skip
         search_z = best / error if error > 0 else math.inf
-    from_search = params.search > 0 and search_z >= SEARCH_Z
+    from_search = params.search > 0 and search_z >= params.search_z
     if from_search:  # else the data do not hold the defocus: the calibration's stays
         ab = found
     searched = (dict(ab), rot)
