@@ -112,8 +112,9 @@ class MethodRun:
 
 
 def method_parameters(method: str, epie_params=None, ml_params=None) -> dict:
-    """The parameters a method runs with (its dataclass's fields; for tcBF its defaults'
-    fields; {} for SSB, WDD, iCOM and iDPC, which run with their defaults)."""
+    """The parameters a method runs with (its dataclass's fields; {} for the direct ones
+    and iCOM/iDPC, which run with their defaults: a change of those defaults, such as
+    tcBF's search_z, does not re-key finished study results or grid cells)."""
     if method == "epie":
         from .reconstruct.epie import EpieParameters
 
@@ -122,10 +123,6 @@ def method_parameters(method: str, epie_params=None, ml_params=None) -> dict:
         from .reconstruct.ml import MLParameters
 
         return dataclasses.asdict(ml_params or MLParameters())
-    if method == "tcbf":  # its search rule (search_z) changed what a cell holds
-        from .reconstruct.tcbf import TcbfParameters
-
-        return dataclasses.asdict(TcbfParameters())
     if method not in METHODS:
         raise PtyengineError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
     return {}
