@@ -30,10 +30,14 @@ Presets (:data:`PRESETS`):
   (15.6 Å, 13 scan pixels at 1.2 Å: an FRC needs a few rings) scanned, 11.7 Å thick; static
   lattices; the detector to 24 mrad with 64 px up to 20 nm defocus (26 Å window), 96 px at
   50 nm (39 Å) and 128 px beyond (52 Å: the 40 Å probe at 100 nm fits); scan step 0.6 Å up
-  to 20 nm, 1.2 Å beyond; ePIE 10 iterations noise-free (the low-dose recipe is 10 anyway),
-  ML 5 iterations. Measured (benchmarks/RESULTS.md): seed 0 alone, 420 cells, 46 min on
-  the 2-core VM at load 6–14; all three seeds estimated ~100 min there, 20–40 min on two
-  idle cores; tcBF takes about half the time, and so do the 100 nm cells.
+  to 20 nm, 1.2 Å beyond; ePIE 10 iterations noise-free (the low-dose recipe is 10 anyway);
+  ML as the study runs it: its own limit (50 iterations) and held-out stopping rule. The
+  limit from 12 cells run to 100 (UiO-66 and SrTiO3, 20 and 100 e/Å², 0/50/100 nm): the
+  rule stopped 9 of them by iteration 59 with their best iterate by 43 (what a limit of 50
+  returns too); the 3 still improving at 100 gave the same NCC(1 Å) within 0.03 at 50
+  (benchmarks/RESULTS.md). Measured there: the other methods' cells (seeds 0–2) 543 s
+  for 632 cells on two idle cores; ML's 160 cells 5–40 s of CPU each (up to ~140 s wall
+  noise-free at 100 nm under load), see RESULTS.md for the grid's times.
 * ``tiny``: tests (seconds): the quick crystals (SrTiO3: 2 × 2 cells scanned) at 32 px
   to 24 mrad (13 Å window: up to ~10 nm defocus), step 1.2 Å, ePIE and ML 3 iterations.
 """
