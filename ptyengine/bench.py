@@ -35,9 +35,9 @@ Presets (:data:`PRESETS`):
   limit from 12 cells run to 100 (UiO-66 and SrTiO3, 20 and 100 e/Å², 0/50/100 nm): the
   rule stopped 9 of them by iteration 59 with their best iterate by 43 (what a limit of 50
   returns too); the 3 still improving at 100 gave the same NCC(1 Å) within 0.03 at 50
-  (benchmarks/RESULTS.md). Measured there: the other methods' cells (seeds 0–2) 543 s
-  for 632 cells on two idle cores; ML's 160 cells 5–40 s of CPU each (up to ~140 s wall
-  noise-free at 100 nm under load), see RESULTS.md for the grid's times.
+  (benchmarks/RESULTS.md). Measured there: the other methods' 960 cells ~16 min on two
+  idle cores; ML's seed 0 (60 cells) 52 min wall and 18.5 min CPU at load 9–11 (noise-
+  free 92 s per cell, noisy 41 s, the 100 nm ones 103 s), all three seeds ~43 min of CPU.
 * ``tiny``: tests (seconds): the quick crystals (SrTiO3: 2 × 2 cells scanned) at 32 px
   to 24 mrad (13 Å window: up to ~10 nm defocus), step 1.2 Å, ePIE and ML 3 iterations.
 """
