@@ -30,10 +30,14 @@ Presets (:data:`PRESETS`):
   (15.6 Å, 13 scan pixels at 1.2 Å: an FRC needs a few rings) scanned, 11.7 Å thick; static
   lattices; the detector to 24 mrad with 64 px up to 20 nm defocus (26 Å window), 96 px at
   50 nm (39 Å) and 128 px beyond (52 Å: the 40 Å probe at 100 nm fits); scan step 0.6 Å up
-  to 20 nm, 1.2 Å beyond; ePIE 10 iterations noise-free (the low-dose recipe is 10 anyway),
-  ML 5 iterations. Measured (benchmarks/RESULTS.md): seed 0 alone, 420 cells, 46 min on
-  the 2-core VM at load 6–14; all three seeds estimated ~100 min there, 20–40 min on two
-  idle cores; tcBF takes about half the time, and so do the 100 nm cells.
+  to 20 nm, 1.2 Å beyond; ePIE 10 iterations noise-free (the low-dose recipe is 10 anyway);
+  ML as the study runs it: its own limit (50 iterations) and held-out stopping rule. The
+  limit from 12 cells run to 100 (UiO-66 and SrTiO3, 20 and 100 e/Å², 0/50/100 nm): the
+  rule stopped 9 of them by iteration 59 with their best iterate by 43 (what a limit of 50
+  returns too); the 3 still improving at 100 gave the same NCC(1 Å) within 0.03 at 50
+  (benchmarks/RESULTS.md). Measured there: the other methods' 960 cells ~16 min on two
+  idle cores; ML's seed 0 (60 cells) 52 min wall and 18.5 min CPU at load 9–11 (noise-
+  free 92 s per cell, noisy 41 s, the 100 nm ones 103 s), all three seeds ~43 min of CPU.
 * ``tiny``: tests (seconds): the quick crystals (SrTiO3: 2 × 2 cells scanned) at 32 px
   to 24 mrad (13 Å window: up to ~10 nm defocus), step 1.2 Å, ePIE and ML 3 iterations.
 """
@@ -84,7 +88,7 @@ class Preset:
 
 PRESETS = {
     "full": Preset("full", 300, None),
-    "quick": Preset("quick", 10, 5),
+    "quick": Preset("quick", 10, None),
     "tiny": Preset("tiny", 3, 3, doses=(None, 100.0), defoci_nm=(0.0, 10.0),
                    methods=("icom", "epie", "ssb"), seeds=(0, 1)),
 }  # fmt: skip
@@ -268,7 +272,8 @@ def _write_json(path: Path, record: dict) -> None:
 def run_cell(out, grid_name: str, cell: Cell, device: str = "cpu") -> dict:
     """Reconstruct and score one cell (its dataset must exist) and write its JSON; returns
     the record: the cell's fields, "ncc", "ncc_1A", "frc_A" (Å; inf: never above 1/7),
-    "seconds" (the reconstruction's wall time), "shift_A", "border", "units", "key"."""
+    "seconds" (the reconstruction's wall time), "shift_A", "border", "units", "key"; a
+    method that gave no image: NaN scores and "no_image", the reason (study.score_run)."""
     key = cell_key(cell, grid_name)
     epie_p, ml_p, mparams = method_parameters(cell, grid_name)
     with io.open_dataset(dataset_path(out, cell.crystal, cell.defocus_nm)) as ds:
@@ -281,7 +286,7 @@ def run_cell(out, grid_name: str, cell: Cell, device: str = "cpu") -> dict:
             noisy = noisy_copy(data, ds.calibration, cell.dose, cell.seed)
             del data
             run = study.run_method(noisy, cell.method, device, epie_p, ml_p, truth.margin)
-    scores = truth.score(run.phase, run.sampling, run.origin, run.border, FRC_THRESHOLD)
+    scores = study.score_run(truth, run, FRC_THRESHOLD)  # no image: NaN and its reason
     record = {**dataclasses.asdict(cell), "grid": grid_name, "key": key, **scores,
               "seconds": run.seconds, "border": run.border, "units": run.units,
               "dataset_fingerprint": fingerprint, "parameters": mparams}  # fmt: skip
@@ -434,6 +439,9 @@ def run_grid(out, grid: Grid, workers: int = 1, client=None, device: str = "cpu"
                 log(f"{what}: failed: {error}")
                 continue
             ran += 1
+            if r.get("no_image"):
+                log(f"{what}: no image ({r['no_image']}), {r['seconds']:.1f} s")
+                continue
             log(f"{what}: NCC {r['ncc']:+.3f}, NCC(1 Å) {r['ncc_1A']:+.3f}, FRC "
                 f"{r['frc_A']:.2f} Å, {r['seconds']:.1f} s")
         completed = True

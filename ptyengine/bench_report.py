@@ -9,6 +9,11 @@ written atomically.
 Best: the highest seed-mean NCC / NCC(1 Å), the smallest FRC resolution (Å) and wall time
 (s). An FRC resolution of inf (the FRC never reaches 1/7 significantly, e.g. inverted
 contrast) counts as worst.
+
+A cell whose method gave no image (its record's "no_image": the reason, study.score_run)
+has no scores: cells.csv leaves them empty and gives the reason in "note"; the means are
+over the seeds with an image, and a method/cell with none is "no image" in the tables
+(never best), its reasons listed in summary.md.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ METRICS = {"ncc": ("NCC", "", True), "ncc_1A": ("NCC(1 Å)", "", True),
            "frc_A": ("FRC resolution", "Å", False),
            "seconds": ("wall time", "s", False)}  # fmt: skip
 CELL_COLUMNS = ["crystal", "dose", "defocus_nm", "method", "seed", "ncc", "ncc_1A", "frc_A",
-                "seconds", "shift_y_A", "shift_x_A"]  # fmt: skip
+                "seconds", "shift_y_A", "shift_x_A", "note"]  # fmt: skip
 
 
 def _dose(d) -> str:
@@ -59,24 +64,33 @@ def _short(v: float) -> str:
 
 
 def write_cells(records, out: Path) -> Path:
-    rows = [[r["crystal"], _dose(r["dose"]), f"{r['defocus_nm']:g}", r["method"], r["seed"],
-             _g(r["ncc"]), _g(r["ncc_1A"]), _g(r["frc_A"]), f"{r['seconds']:.3f}",
-             f"{r['shift_A'][0]:.3f}", f"{r['shift_A'][1]:.3f}"] for r in records]  # fmt: skip
+    rows = []
+    for r in records:
+        none = bool(r.get("no_image"))
+        scores = ["", "", ""] if none else [_g(r["ncc"]), _g(r["ncc_1A"]), _g(r["frc_A"])]
+        rows.append([r["crystal"], _dose(r["dose"]), f"{r['defocus_nm']:g}", r["method"],
+                     r["seed"], *scores, f"{r['seconds']:.3f}", f"{r['shift_A'][0]:.3f}",
+                     f"{r['shift_A'][1]:.3f}", r.get("no_image") or ""])  # fmt: skip
     return _csv(out / "cells.csv", CELL_COLUMNS, rows)
 
 
 def summarise(records) -> dict:
-    """{(crystal, dose, defocus_nm, method): {metric: (mean, std over seeds), "n": seeds}};
-    std is 0 for one seed (the noise-free cells)."""
+    """{(crystal, dose, defocus_nm, method): {metric: (mean, std over the seeds with an
+    image), "n": those seeds, "no_image": [(seed, reason)] of the others}}; std is 0 for
+    one seed (the noise-free cells); no seed with an image: every metric (nan, nan)."""
     groups: dict = {}
     for r in records:
         groups.setdefault((r["crystal"], r["dose"], r["defocus_nm"], r["method"]), []).append(r)
     out = {}
-    for key, rs in groups.items():
-        s = {"n": len(rs)}
+    for key, every in groups.items():
+        rs = [r for r in every if not r.get("no_image")]
+        s = {"n": len(rs), "no_image": [(r["seed"], r["no_image"]) for r in every
+                                         if r.get("no_image")]}  # fmt: skip
         for m in METRICS:
             v = np.array([r[m] for r in rs], dtype=np.float64)
-            if np.isinf(v).any():
+            if not rs:
+                s[m] = (float("nan"), float("nan"))
+            elif np.isinf(v).any():
                 s[m] = (float(np.inf), float("nan"))
             else:
                 s[m] = (float(v.mean()), float(v.std()))
@@ -88,7 +102,7 @@ def best(summary: dict, crystal, dose, defocus, methods, metric: str):
     """(method, mean) of the best method of a cell by ``metric`` (None when none has it)."""
     higher = METRICS[metric][2]
     cand = [(m, summary[(crystal, dose, defocus, m)][metric][0]) for m in methods
-            if (crystal, dose, defocus, m) in summary]  # fmt: skip
+            if summary.get((crystal, dose, defocus, m), {}).get("n")]  # fmt: skip
     cand = [(m, v) for m, v in cand if not math.isnan(v)]
     if not cand:
         return None
@@ -101,12 +115,13 @@ def write_summary_csv(summary, out: Path) -> Path:
     cols = ["crystal", "dose", "defocus_nm", "method", "seeds"]
     for m in METRICS:
         cols += [f"{m}_mean", f"{m}_std"]
+    cols.append("seeds_without_image")
     rows = []
     for (c, d, f, meth), s in summary.items():
         row = [c, _dose(d), f"{f:g}", meth, s["n"]]
         for m in METRICS:
-            row += [_g(s[m][0]), _g(s[m][1])]
-        rows.append(row)
+            row += [_g(s[m][0]), _g(s[m][1])] if s["n"] else ["", ""]
+        rows.append([*row, len(s["no_image"])])
     return _csv(out / "summary.csv", cols, rows)
 
 
@@ -174,7 +189,9 @@ def heatmap(summary, crystal, doses, defoci, methods, metric: str, path: Path,
                 if i == len(methods):
                     text = f"{NAMES[w[0]]}\n{_short(w[1])}" if w else "—"
                 else:
-                    text = _short(grid[i, a, b]) if not np.isnan(grid[i, a, b]) else ""
+                    s = summary.get((crystal, doses[a], defoci[b], methods[i]))
+                    text = ("no\nimage" if s and not s["n"] else
+                            _short(grid[i, a, b]) if not np.isnan(grid[i, a, b]) else "")
                     if w and w[0] == methods[i]:
                         ax.add_patch(plt.Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False,
                                                    edgecolor="lime", linewidth=2.2))  # fmt: skip
@@ -226,11 +243,23 @@ def summary_markdown(summary, records, header: list[str]) -> str:
             for f in defoci:
                 for m in methods:
                     s = summary.get((c, d, f, m))
-                    if s:
+                    if s and not s["n"]:
+                        t = sum(r["seconds"] for r in records if (r["crystal"], r["dose"],
+                                r["defocus_nm"], r["method"]) == (c, d, f, m))  # fmt: skip
+                        lines.append(f"| {c} | {_dose(d)} | {f:g} | {NAMES[m]} | 0 | no image "
+                                     f"| no image | — | {t / len(s['no_image']):.1f} |")
+                    elif s:
                         lines.append(f"| {c} | {_dose(d)} | {f:g} | {NAMES[m]} | {s['n']} | "
                                      f"{_pm(*s['ncc'])} | {_pm(*s['ncc_1A'])} | "
                                      f"{_pm(*s['frc_A'], 2)} | "
                                      f"{_pm(*s['seconds'], 1)} |")  # fmt: skip
+    missing = [(key, seed, why) for key, s in summary.items() for seed, why in s["no_image"]]
+    if missing:
+        lines += ["", "## Cells without an image", "",
+                  "Not in the means above (the seeds column counts the seeds with an image):",
+                  ""]  # fmt: skip
+        lines += [f"- {c}, {_dose(d)} e/Å², {f:g} nm, {NAMES[m]}, seed {seed}: {why}"
+                  for (c, d, f, m), seed, why in missing]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ class MethodRun:
 
 def method_parameters(method: str, epie_params=None, ml_params=None) -> dict:
     """The parameters a method runs with (its dataclass's fields; {} for the direct ones
-    and iCOM/iDPC, which run with their defaults)."""
+    and iCOM/iDPC, which run with their defaults: a change of those defaults, such as
+    tcBF's search_z, does not re-key finished study results or grid cells)."""
     if method == "epie":
         from .reconstruct.epie import EpieParameters
 
@@ -124,6 +126,33 @@ def method_parameters(method: str, epie_params=None, ml_params=None) -> dict:
     if method not in METHODS:
         raise PtyengineError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
     return {}
+
+
+def image_problem(phase, border: int) -> str | None:
+    """Why ``phase`` cannot be scored: non-finite or constant over the scored area (the
+    image less ``border`` pixels at each edge); None when it can."""
+    ny, nx = np.shape(phase)
+    inner = np.asarray(phase)[border:ny - border, border:nx - border]
+    if inner.size == 0:
+        return f"no pixels inside the {border}-pixel border of the {ny} × {nx} image"
+    bad = int((~np.isfinite(inner)).sum())
+    if bad:
+        return f"{bad} of the {inner.size} scored pixels are not finite"
+    if float(np.ptp(inner)) == 0.0:
+        return f"the phase is constant ({float(inner.flat[0]):g}) over the scored area"
+    return None
+
+
+def score_run(truth: Truth, run: MethodRun, frc_threshold=None) -> dict:
+    """:meth:`Truth.score` of a run's phase; a run without an image (its method's stated
+    reason in ``extra["no_image"]``, or :func:`image_problem`) scores NaN / inf with the
+    reason in "no_image", never a silent NaN."""
+    reason = run.extra.get("no_image") or image_problem(run.phase, run.border)
+    if reason is None:
+        return truth.score(run.phase, run.sampling, run.origin, run.border, frc_threshold)
+    out = {"ncc": math.nan, "ncc_1A": math.nan, "shift_A": (0.0, 0.0),
+           "no_image": f"{NAMES[run.method]}: {reason}"}  # fmt: skip
+    return out if frc_threshold is None else {**out, "frc_A": math.inf}
 
 
 def run_method(ds, method: str, device: str = "cpu", epie_params=None, ml_params=None,
@@ -143,10 +172,11 @@ def run_method(ds, method: str, device: str = "cpu", epie_params=None, ml_params
     if method in direct:
         res = direct[method](ds, device=device)
         sec = time.perf_counter() - t0
+        reason = (getattr(res, "extra", None) or {}).get("no_image")
         return MethodRun(method, np.asarray(res.phase), tuple(res.sampling), tuple(res.origin),
                          dose_border(margin, res.sampling), sec,
                          getattr(res, "units", "rad" if method != "tcbf" else "arb."),
-                         params)  # fmt: skip
+                         params, {"no_image": reason} if reason else {})  # fmt: skip
     if method == "epie":
         res = epie(ds, epie_params, device=device)
         extra = {"final_error": res.errors[-1] if res.errors else None}
@@ -172,9 +202,11 @@ def evaluate(path: Path, methods, epie_params, device: str, log, ml_params=None)
         for name in ("icom", "idpc", "tcbf", "ssb", "wdd", "epie", "ml"):
             if name in methods:
                 run = run_method(ds, name, device, epie_params, ml_params, truth.margin)
-                s = truth.score(run.phase, run.sampling, run.origin, run.border)
-                out[name] = {**s, "seconds": run.seconds, **run.extra}
+                out[name] = {**run.extra, **score_run(truth, run), "seconds": run.seconds}
     for name, r in out.items():
+        if r.get("no_image"):
+            log(f"  {name}: no image ({r['no_image']}), {r['seconds']:.1f} s")
+            continue
         log(f"  {name}: NCC {r['ncc']:+.3f}, NCC(1 Å) {r['ncc_1A']:+.3f}, shift "
             f"({r['shift_A'][0]:+.2f}, {r['shift_A'][1]:+.2f}) Å, {r['seconds']:.1f} s")
     return out
@@ -277,6 +309,7 @@ class StudyRow:
     result: Path
     dataset: Path
     reused: bool
+    no_image: str = ""  # why the method gave no image ("": it gave one)
 
 
 def _run_key(fingerprint: str, method: str, parameters: dict) -> str:
@@ -343,11 +376,11 @@ def run_study(out, preset: str = "quick", doses: Sequence[float] = (),
                     else:
                         log(f"  {NAMES[method]}: reconstructing ...")
                         run = run_method(ds, method, device, epie_p, ml_p, truth.margin)
-                        scores = truth.score(run.phase, run.sampling, run.origin, run.border)
-                        record = {"key": key, **scores, "seconds": run.seconds,
+                        record = {"key": key, **run.extra, **score_run(truth, run),
+                                  "seconds": run.seconds,
                                   "border": run.border, "units": run.units,
                                   "dose": dose, "defocus_A": params.defocus,
-                                  "dataset_fingerprint": fingerprint, **run.extra}  # fmt: skip
+                                  "dataset_fingerprint": fingerprint}  # fmt: skip
                         rpath.parent.mkdir(parents=True, exist_ok=True)
                         write_result(rpath, method, {"phase": run.phase.astype(np.float32)},
                                      run.sampling, run.origin, calibration=ds.calibration,
@@ -355,9 +388,11 @@ def run_study(out, preset: str = "quick", doses: Sequence[float] = (),
                                      extra={"study": record, "ncc_to_truth": record["ncc"],
                                             **({} if run_config is None else
                                                {"run_config": run_config})})  # fmt: skip
-                    log(f"  {NAMES[method]}: NCC {record['ncc']:+.3f}, NCC(1 Å) "
-                        f"{record['ncc_1A']:+.3f}, {record['seconds']:.1f} s")
+                    log(f"  {NAMES[method]}: " + (f"no image ({record['no_image']})"
+                        if record.get("no_image") else f"NCC {record['ncc']:+.3f}, NCC(1 Å) "
+                        f"{record['ncc_1A']:+.3f}") + f", {record['seconds']:.1f} s")
                     rows.append(StudyRow(dose, params.defocus, label, method, record["ncc"],
                                          record["ncc_1A"], record["seconds"],
-                                         tuple(record["shift_A"]), rpath, path, found))
+                                         tuple(record["shift_A"]), rpath, path, found,
+                                         record.get("no_image") or ""))  # fmt: skip
     return rows

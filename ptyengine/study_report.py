@@ -22,7 +22,7 @@ from . import io, metrics
 from .errors import atomic_file
 from .study import NAMES, StudyRow, Truth
 
-TABLE_COLUMNS = ["dose", "defocus_nm", "method", "ncc", "ncc_1A", "seconds"]
+TABLE_COLUMNS = ["dose", "defocus_nm", "method", "ncc", "ncc_1A", "seconds", "note"]
 #: marker (size pt², colour) of each element in the structure overlay; H is left out
 ATOM_STYLE = {"Zr": (26, "#00d5ff"), "O": (5, "#ff3030"), "C": (4, "#ffd000"),
               "Sr": (26, "#00d5ff"), "Ti": (18, "#7cff4d")}  # fmt: skip
@@ -69,18 +69,23 @@ def _dose_cell(dose: float | None) -> str:
 
 def write_tables(rows: list[StudyRow], out: Path, header: list[str]) -> tuple[Path, Path]:
     """``out/ncc.csv`` (columns :data:`TABLE_COLUMNS`; dose "none" when noise-free, e/Å²
-    otherwise; defocus in nm above the entrance surface; seconds of the reconstruction) and
-    ``out/ncc.md`` (the same rows under ``header`` lines)."""
+    otherwise; defocus in nm above the entrance surface; seconds of the reconstruction;
+    a method that gave no image: empty scores and the reason in "note") and ``out/ncc.md``
+    (the same rows under ``header`` lines; "no image" and the reason)."""
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(TABLE_COLUMNS)
     for r in rows:
-        w.writerow([_dose_cell(r.dose), f"{r.defocus / 10:g}", r.method, f"{r.ncc:.4f}",
-                    f"{r.ncc_1A:.4f}", f"{r.seconds:.2f}"])  # fmt: skip
+        scores = ["", ""] if r.no_image else [f"{r.ncc:.4f}", f"{r.ncc_1A:.4f}"]
+        w.writerow([_dose_cell(r.dose), f"{r.defocus / 10:g}", r.method, *scores,
+                    f"{r.seconds:.2f}", r.no_image])  # fmt: skip
     lines = [*header, "", "| dose (e/Å²) | defocus | method | NCC | NCC(1 Å) | seconds |",
              "|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {_dose_cell(r.dose)} | {r.defocus / 10:g} nm | {NAMES[r.method]} | "
-              f"{r.ncc:+.3f} | {r.ncc_1A:+.3f} | {r.seconds:.1f} |" for r in rows]  # fmt: skip
+    for r in rows:
+        scores = (f"no image ({r.no_image}) | —" if r.no_image
+                  else f"{r.ncc:+.3f} | {r.ncc_1A:+.3f}")  # fmt: skip
+        lines.append(f"| {_dose_cell(r.dose)} | {r.defocus / 10:g} nm | {NAMES[r.method]} | "
+                     f"{scores} | {r.seconds:.1f} |")  # fmt: skip
     return (_write_text(out / "ncc.csv", buf.getvalue()),
             _write_text(out / "ncc.md", "\n".join(lines) + "\n"))
 
@@ -204,7 +209,9 @@ def study_figure(path, rows: list[StudyRow], methods, title: str) -> Path:
             ax.set_ylim(yb, ya)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.text(0.03, 0.97, f"NCC {r.ncc:+.2f}\n1 Å: {r.ncc_1A:+.2f}", transform=ax.transAxes,
+            label = ("no image" if r.no_image
+                     else f"NCC {r.ncc:+.2f}\n1 Å: {r.ncc_1A:+.2f}")  # fmt: skip
+            ax.text(0.03, 0.97, label, transform=ax.transAxes,
                     ha="left", va="top", fontsize=6.5, color="white",
                     bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "lw": 0})  # fmt: skip
             if i == 0:

@@ -149,6 +149,39 @@ def test_a_failing_cell_does_not_stop_the_grid(tiny_grid, tmp_path, capsys, monk
     assert sorted(r["method"] for r in _rows(out)) == ["epie", "icom", "ssb"]
 
 
+def test_a_cell_without_an_image_says_why_in_the_tables(tiny_grid, tmp_path, capsys,
+                                                        monkeypatch):  # fmt: skip
+    """A method that gives no image (a constant phase, or its own stated reason, as tcBF in
+    focus) is a cell with that reason in cells.csv and summary.md, never a silent NaN."""
+    import numpy as np
+
+    out = _fresh_with_datasets(tiny_grid, tmp_path / "noimage")
+    real = study.run_method
+
+    def flat(ds, method, *args, **kwargs):
+        run = real(ds, method, *args, **kwargs)
+        if method == "ssb":
+            run.phase = np.zeros_like(run.phase)
+        if method == "icom":
+            run.extra["no_image"] = "in focus: nothing to see"
+        return run
+
+    monkeypatch.setattr(study, "run_method", flat)
+    code, _, err = run(capsys, *BENCH, "--crystals", "srtio3", "--doses", "none",
+                       "--defoci", "10", "-o", out)  # fmt: skip
+    assert code == 0, err
+    rows = {r["method"]: r for r in _rows(out)}
+    assert "constant" in rows["ssb"]["note"]
+    assert rows["icom"]["note"] == "iCOM: in focus: nothing to see"
+    assert rows["epie"]["note"] == "" and float(rows["epie"]["ncc"]) > 0.9
+    assert "nan" not in (out / "cells.csv").read_text().lower()
+    md = (out / "summary.md").read_text()
+    assert "nan" not in md.lower() and "in focus: nothing to see" in md
+    assert "| srtio3 | none | 10 | SSB | 0 | no image |" in md
+    best = md.split("best method by NCC(1 Å)")[1].split("## ")[0]
+    assert "SSB" not in best and "iCOM" not in best  # never best without an image
+
+
 def test_workers_and_cluster_give_the_same_numbers(tiny_grid, tmp_path, capsys):
     pytest.importorskip("distributed")
     sub = ("--crystals", "srtio3", "--defoci", "10", "--methods", "icom,epie")

@@ -63,7 +63,8 @@ def test_study_writes_figure_table_and_truth(tiny_study):
     np.testing.assert_allclose(np.load(out / "ground_truth.npy"),  # σ·V in rad
                                physics.interaction_constant(300e3) * pot, rtol=1e-6)
     rows = _table(out)
-    assert list(rows[0]) == ["dose", "defocus_nm", "method", "ncc", "ncc_1A", "seconds"]
+    assert list(rows[0]) == ["dose", "defocus_nm", "method", "ncc", "ncc_1A", "seconds",
+                             "note"]  # fmt: skip
     assert sorted((r["method"], float(r["defocus_nm"])) for r in rows) == sorted(
         (m, d) for m in METHODS for d in DEFOCI_NM)
     assert all(-1 <= float(r["ncc"]) <= 1 and -1 <= float(r["ncc_1A"]) <= 1
@@ -191,3 +192,20 @@ def test_interrupted_simulation_is_continued(tiny_study, tmp_path, capsys):
     assert "resuming" not in err and err.count("simulating") == 1, err
     assert _ncc(_table(out), "icom", 0.0) == expected
     assert not (dst / "df0nm.zarr.partial").exists()
+
+
+def test_a_method_without_an_image_is_named_in_the_table(tmp_path):
+    """tcBF in focus at low dose (C10 = C12 = 0: sin χ₂ ≡ 0): "no image" and the reason in
+    ncc.csv and ncc.md, never a NaN score."""
+    from ptyengine.study import StudyRow
+    from ptyengine.study_report import write_tables
+
+    nan, p = float("nan"), tmp_path / "x.zarr"
+    why = "tcBF: in focus (C10 = C12 = 0 Å, from the calibration): sin χ₂ ≡ 0"
+    rows = [StudyRow(20.0, 0.0, "df0nm", "icom", 0.5, 0.6, 0.3, (0.0, 0.0), p, p, False),
+            StudyRow(20.0, 0.0, "df0nm", "tcbf", nan, nan, 9.0, (0.0, 0.0), p, p, False, why)]
+    csv_path, md_path = write_tables(rows, tmp_path, ["# study"])
+    text, md = csv_path.read_text(), md_path.read_text()
+    assert "nan" not in text.lower() and "nan" not in md.lower()
+    assert f"| 20 | 0 nm | tcBF | no image ({why}) | — | 9.0 |" in md
+    assert list(csv.reader(text.splitlines()))[2] == ["20", "0", "tcbf", "", "", "9.00", why]

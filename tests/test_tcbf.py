@@ -195,3 +195,38 @@ def test_tcbf_fits_on_the_reduced_stack(det, radius, fit_samples, fit_bin, windo
     assert angle_diff(res.rotation_deg, 23.0) < 0.5
     assert abs(res.aberrations["C12"] - 30.0) < 10.0 and abs(res.aberrations["phi12"] - 0.5) < 0.1
     assert res.phase.shape == (32, 32) and res.extra["fit_from"] == "shifts"
+
+
+def _few_counts(cal, truth_c10, counts=4.0, seed=3):
+    """Poisson patterns of ~``counts`` electrons each (truth C10 ``truth_c10`` Å): a C10
+    search over such data sees noise (the quick grid's SrTiO3 at 10 e/Å², 100 nm: 0.006
+    counts per group and pattern)."""
+    data = forward(atoms(n=110), cal, {"C10": truth_c10})
+    data = data / data.sum(axis=(2, 3), keepdims=True).mean() * counts
+    return np.random.default_rng(seed).poisson(data).astype(np.uint32)
+
+
+def test_a_search_lost_in_noise_keeps_the_calibration_defocus():
+    """The root of the quick grid's NaN tcBF cell: at a few counts per pattern the C10
+    search's maximum is noise (there it landed on C10 = 0, where sin χ₂ ≡ 0 and the flipped
+    image is zero). A search whose best score does not stand out of its noise keeps the
+    calibration's C10, and the image is not empty."""
+    cal = calibration(24, 0.5, 48, 9, aberrations={"C10": 200.0})
+    res = tcbf(InMemoryDataset(_few_counts(cal, 200.0), cal))
+    assert res.extra["fit_from"] == "calibration" and res.extra["search_z"] < 5
+    assert res.aberrations["C10"] == 200.0 and "no_image" not in res.extra
+    assert np.ptp(res.phase) > 0
+    # where the data hold the defocus, the search still finds it (calibration 500 Å off)
+    cal = calibration(24, 0.5, 48, 9, aberrations={"C10": -300.0})
+    res = tcbf(InMemoryDataset(forward(atoms(n=110), cal, {"C10": 200.0}), cal),
+               TcbfParameters(bin=1))  # fmt: skip
+    assert res.extra["search_z"] > 5 and abs(res.aberrations["C10"] - 200.0) < 20.0
+
+
+def test_in_focus_tcbf_gives_no_image_and_says_why():
+    """C10 = C12 = 0 (in focus, and nothing in the data moves it): sin χ₂ ≡ 0, the bright
+    field holds no weak-phase contrast; tcBF says so instead of a zero image."""
+    cal = calibration(24, 0.5, 48, 9)
+    res = tcbf(InMemoryDataset(_few_counts(cal, 0.0), cal))
+    assert res.aberrations["C10"] == 0.0 and "in focus" in res.extra["no_image"]
+    assert "no phase image: in focus" in res.summary()

@@ -98,9 +98,11 @@ def bench(suite, output, grid_name, crystals, doses, defoci, methods, seeds, wor
              SrTiO3 4 × 4 cells scanned, 11.7 Å thick; static lattices; detector to 24 mrad,
              64 px up to 20 nm, 96 px at 50 nm, 128 px at 100 nm (the probe fits);
              step 0.6 Å up to 20 nm, 1.2 Å beyond; the scan covers the dose margin
-             (α·C10 + 1 Å); ePIE 10 iterations noise-free, ML 5. Measured: seed 0
-             alone (420 cells) 46 min on a 2-core VM at load 6-14; all three seeds
-             estimated ~100 min there, 20-40 min on 2 idle cores (tcBF is half of it).
+             (α·C10 + 1 Å); ePIE 10 iterations noise-free; ML its own limit (50) and
+             held-out stopping rule, as the study. Measured (benchmarks/RESULTS.md):
+             the other methods' 960 cells ~16 min on 2 idle cores (tcBF is half of
+             it); ML's 160 cells ~43 min of CPU more (seed 0's 60: 52 min wall,
+             18.5 min CPU, at load 9-11; the 100 nm cells cost most).
       tiny   32 px to 24 mrad, step 1.2 Å, 3 iterations; default axes none,100 e/Å² ×
              0,10 nm × icom,epie,ssb × seeds 0,1. Seconds; for tests.
 

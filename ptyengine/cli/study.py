@@ -54,8 +54,8 @@ def _methods(values) -> list[str]:
 @click.argument("name", metavar="STUDY")
 @click.option("--preset", default="quick", show_default=True,
               help="quick: the scaled study on a 2-core CPU (~14 min noise-free); full: the "
-                   "published parameters (GPU-sized; ~1 day on a 2-core CPU); tiny: seconds, "
-                   "for tests.")
+                   "published parameters (GPU-sized; ~1 day on a 2-core CPU, estimated); "
+                   "tiny: seconds, for tests.")
 @click.option("--dose", "doses", multiple=True, metavar="D",
               help="Add rows at dose D e/Å² (Poisson noise, seeded by --seed); repeat or "
                    "separate by commas. The noise-free rows are always made.")
@@ -93,8 +93,12 @@ def study(name, preset, doses, methods, seed, output, device, resume):
     Presets (ptyengine/presets.py):
       full   the published parameters: a 150 × 150 × 30 Å model, 15 frozen phonons, a
              60 × 60 Å scan at 0.4 Å (22,500 patterns of 256²), ePIE 300 iterations.
-             GPU-sized; on the 2-core CPU about a day noise-free (estimated from the
-             measured throughputs, not run: simulation ~8 h, ePIE ~6 h, ML ~4 h).
+             GPU-sized; on the 2-core CPU ~21-27 h of CPU time noise-free (~1 day of
+             wall time), estimated, not run: each method and the simulation timed on
+             16 × 16 of the 100 nm dataset's positions and one phonon configuration,
+             scaled by positions × configurations × iterations (benchmarks/RESULTS.md):
+             simulation 4.2 h at 100 nm (less in focus: a smaller probe window), ePIE
+             3.2 h per dataset, ML 0.7-1.6 h per dataset, the direct methods minutes.
       quick  the same physics, scaled: kept are 300 kV, 20 mrad, the three defoci, the
              3 nm thickness in 2 Å slices and the thermal σ; scaled are the model (41 ×
              44 Å, 2 × 3 cells), the phonons (2), the detector (160 px to 30 mrad), the

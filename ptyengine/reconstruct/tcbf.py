@@ -62,10 +62,15 @@ own noise:
    them independent of it); on a crystal whose lattice vector is shorter it can catch
    the next lattice peak (the fit's window, 16 Å square on bench_stream's data, keeps
    it shorter there).
+The search's C10 replaces the calibration's only where its best score stands out of its
+noise: score ≥ ``search_z`` (:data:`SEARCH_Z`) × its standard error (the spread of the
+halves' pixel products; ``search_z`` in ``extra``); below, the data do not hold the
+defocus and the calibration's is kept (at 0.006 counts per group and pattern, SrTiO3 at
+10 e/Å², the search's maximum was noise, landed on C10 = 0 and left no image).
 The shift fit is kept when it explains at least :data:`MIN_R2` of the shifts' variance
 with at least :data:`MIN_GROUPS` groups;
 otherwise (shifts that are noise: UiO-66 at ≤ 100 e/Å²) the search's C10 is, with the
-calibration's rotation (``fit_from`` in ``extra``).
+calibration's rotation (``fit_from`` in ``extra``: "shifts", "search" or "calibration").
 
 Image. Every sample I_g(r) belongs at specimen position r − d(k_g): samples are splatted
 bilinearly (weight ⟨I_g⟩) onto a grid ``upsample`` times finer than the scan, and
@@ -73,7 +78,9 @@ divided by the splatted weights ("drizzle"; sub-pixel shifts sample the specimen
 offsets, hence the up-sampling). ``bright_field`` is that aligned sum (≈ 2 sin χ₂ ∗ φ);
 ``phase`` is it with the sign of sin χ₂(Q) flipped (fitted A; mirror-extended FFT),
 proportional to φ at the frequencies where sin χ₂ is not small (arbitrary units). In
-focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing.
+focus sin χ₂ ≈ 0: the bright field holds no weak-phase contrast and tcBF measures nothing;
+with C10 = C12 = 0 exactly (nothing in the data moved the calibration's in-focus probe)
+sin χ₂ ≡ 0 and there is no image: ``phase`` is zero and ``extra["no_image"]`` says why.
 
 Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
 for 8/16-bit counts at bin 1; never copied to floats), the fit's stack (≤ ``fit_samples``
@@ -125,6 +132,10 @@ MIN_GROUPS = 30
 #: the tests' data; C10 +7 % fitted over the whole disc, within 3 % over half of it; on
 #: UiO-66 50/100 nm: 515/1017 Å for the true 515/1015)
 FIT_FRACTION = 0.5
+#: the C10 search's best score must be at least this many standard errors (pure noise:
+#: the best of its trials reached 2.6 on the quick grid's SrTiO3 at 10 e/Å², 100 nm) to
+#: replace the calibration's C10
+SEARCH_Z = 5.0
 
 #: most samples (fit groups × scan positions) the C10 search and the shift fit work on
 #: (``TcbfParameters.fit_samples``): their cost is ~60 splats and ~20 padded FFTs per
@@ -146,7 +157,9 @@ class TcbfParameters:
     fit C12 (else C10 and the rotation only); ctf: "flip" (phase-flip by sin χ₂) or
     "none"; search: ± Å of the first search for C10 around the calibration's (0: off);
     fit_samples: most samples (groups × scan positions) the search and the shift fit use
-    (:func:`fit_reduction`: groups binned in k, a central window of the scan; 0: all)."""
+    (:func:`fit_reduction`: groups binned in k, a central window of the scan; 0: all);
+    search_z: the search's best score must stand this many standard errors out of its
+    noise to replace the calibration's C10 (0: always replaces it)."""
 
     bin: int | None = None
     upsample: int = 1
@@ -156,6 +169,7 @@ class TcbfParameters:
     ctf: str = "flip"
     search: float = 1000.0
     fit_samples: int = FIT_SAMPLES
+    search_z: float = SEARCH_Z
 
     def __post_init__(self):
         if self.bin is not None and int(self.bin) < 1:
@@ -168,6 +182,8 @@ class TcbfParameters:
             raise PtyengineError(f"tcBF search must be ≥ 0 Å, got {self.search}")
         if int(self.fit_samples) < 0:
             raise PtyengineError(f"tcBF fit_samples must be ≥ 0, got {self.fit_samples}")
+        if not (math.isfinite(self.search_z) and self.search_z >= 0):
+            raise PtyengineError(f"tcBF search_z must be ≥ 0, got {self.search_z}")
         if self.ctf not in ("flip", "none"):
             raise PtyengineError(f"tcBF ctf must be 'flip' or 'none', not {self.ctf!r}")
 
@@ -213,7 +229,9 @@ class TcbfResult:
                 f"{signed_deg(self.rotation_deg):.2f}° (fit rms {self.residual_A:.2f} Å, "
                 f"{int(self.used.sum())}/{len(self.used)} groups): start an iterative run "
                 f"from --defocus {c10:.0f} and the rotation {signed_deg(self.rotation_deg):.2f}° "
-                "(convert --rotation), or give it this result: --probe-from")  # fmt: skip
+                "(convert --rotation), or give it this result: --probe-from"
+                + (f"; no phase image: {self.extra['no_image']}"
+                   if self.extra.get("no_image") else ""))  # fmt: skip
 
 
 def signed_deg(deg: float) -> float:
@@ -406,20 +424,29 @@ def ctf_flip(image, aberrations, sampling, lam):
     return out[:ny, :nx]
 
 
-def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live) -> float:
+def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live, with_error=False):
     """How well the model (ab, rot) aligns the groups, at any dose: the product of the
     splatted sums (num_h = Σ w·rel, den_h = Σ w, h = the two interleaved halves of the
     groups) summed over the grid, Σ num₀num₁ / √(Σ den₀den₁). The halves' noise is
     independent, so its expectation is the aligned image's power weighted by the
     coverage, and its noise has the same spread wherever the groups land (a z-score: the
     mean product over the covered area instead let a few groups landing on a small area,
-    at a C10 far from the truth, outscore the truth on small fields)."""
+    at a C10 far from the truth, outscore the truth on small fields). ``with_error``:
+    (score, its standard error: √Σ(p − p̄)² / √(Σ den₀den₁) over the covered pixels'
+    products p = num₀num₁)."""
     d = model_shifts(k, ab, rot, tr, cal.wavelength)
     step = tuple(cal.scan_step)
     parts = [drizzle(rel, weights, d, step, index=live & (half == h)) for h in (0, 1)]
     (n0, d0), (n1, d1) = parts
     cover = float((d0 * d1).sum())
-    return float((n0 * n1).sum() / math.sqrt(cover)) if cover > 0 else -math.inf
+    if not cover > 0:
+        return (-math.inf, math.inf) if with_error else -math.inf
+    prod = n0 * n1
+    value = float(prod.sum() / math.sqrt(cover))
+    if not with_error:
+        return value
+    p = prod[d0 * d1 > 0]
+    return value, float(np.sqrt(np.sum((p - p.mean()) ** 2)) / math.sqrt(cover))
 
 
 def defocus_search(score, ab, rot, span: float) -> dict:
@@ -611,22 +638,28 @@ def tcbf_from_stack(stack, bf: BrightField, cal, params: TcbfParameters,
     phase = ctf_flip(image, ab, sampling, lam) if params.ctf == "flip" else image
     counts = float(means[live].sum() / max(bf.n_groups, 1))
     ny, nx = fs.cal.scan_shape
+    extra = {"fit_from": fit.source, "search_C10": fit.found["C10"],
+             "search_z": fit.search_z, "fit_r2": float(fit.r2), "fit_bin": fs.fit_bin,
+             "fit_scan": [int(ny), int(nx)], "fit_window": list(fs.window),
+             "C12_cartesian_A": [ab["C12"] * math.cos(2 * ab["phi12"]),
+                                 ab["C12"] * math.sin(2 * ab["phi12"])]}  # fmt: skip
+    if params.ctf == "flip" and ab["C10"] == 0 and ab["C12"] == 0:
+        extra["no_image"] = (f"in focus (C10 = C12 = 0 Å, from the {fit.source}): sin χ₂ ≡ "
+                             "0, the bright field holds no weak-phase contrast")  # fmt: skip
     return TcbfResult(phase.astype(np.float32), image.astype(np.float32), ab, rot, tr,
                       fit.shifts, model_shifts(fs.k, ab, rot, tr, lam), fs.k.copy(),
                       fit.used, fit.residual, sampling, tuple(cal.scan_origin), bf.bin,
-                      counts, float(cal.rotation),
-                      {"fit_from": fit.source, "search_C10": fit.searched["C10"],
-                       "fit_r2": float(fit.r2), "fit_bin": fs.fit_bin,
-                       "fit_scan": [int(ny), int(nx)], "fit_window": list(fs.window),
-                       "C12_cartesian_A": [ab["C12"] * math.cos(2 * ab["phi12"]),
-                                           ab["C12"] * math.sin(2 * ab["phi12"])]})  # fmt: skip
+                      counts, float(cal.rotation), extra)
 
 
 @dataclass
 class Fit:
     """What :func:`fit_aberrations` found: aberrations, rotation (deg); shifts (F, 2) Å
-    measured per fit group, used (F,) bool, residual (Å rms), r2; searched: the C10
-    search's aberrations; source: "shifts" or "search" (the module docstring)."""
+    measured per fit group, used (F,) bool, residual (Å rms), r2; searched: the
+    aberrations the fit started from (the search's, or the calibration's where the search's
+    best score is not ``search_z`` standard errors out of its noise); found: the search's
+    best; search_z: its score in standard errors (NaN without a search); source: "shifts",
+    "search" or "calibration" (the module docstring)."""
 
     aberrations: dict
     rotation: float
@@ -636,6 +669,8 @@ class Fit:
     r2: float
     searched: dict
     source: str
+    found: dict
+    search_z: float
 
 
 def fit_aberrations(fs: FitStack, k_alpha: float, ab: dict, rot: float,
@@ -656,7 +691,15 @@ def fit_aberrations(fs: FitStack, k_alpha: float, ab: dict, rot: float,
     def score(ab_, rot_):
         return half_correlation(rel, weights, k, ab_, rot_, tr, cal, half, live)
 
-    ab = defocus_search(score, ab, rot, span)
+    found = defocus_search(score, ab, rot, span)
+    search_z = math.nan
+    if span > 0:
+        best, error = half_correlation(rel, weights, k, found, rot, tr, cal, half, live,
+                                       with_error=True)  # fmt: skip
+        search_z = best / error if error > 0 else math.inf
+    from_search = span > 0 and search_z >= params.search_z
+    if from_search:  # else the data do not hold the defocus: the calibration's stays
+        ab = found
     searched = (dict(ab), rot)
     radius = max(4 * max(step), 0.15 * field_a)
     fractions = list(np.linspace(1.0 / params.stages, 1.0, params.stages) * FIT_FRACTION)
@@ -700,5 +743,7 @@ def fit_aberrations(fs: FitStack, k_alpha: float, ab: dict, rot: float,
         radius = max(3 * resid_rms, 2 * max(step), 0.1 * field_a)
     source = "shifts"
     if not (r2 >= MIN_R2 and used.sum() >= MIN_GROUPS):  # noise: keep the search's C10
-        ab, rot, source = searched[0], searched[1], "search"
-    return Fit(ab, rot, shifts, used, resid_rms, r2, searched[0], source)
+        ab, rot = searched
+        source = "search" if from_search else "calibration"
+    return Fit(ab, rot, shifts, used, resid_rms, r2, searched[0], source, found,
+               float(search_z))  # fmt: skip
