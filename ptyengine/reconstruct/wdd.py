@@ -33,10 +33,12 @@ bare slice is not in rad). WDD returns
 
     Φ̂(Q) = i D(Q) T*(Q) / (|T(Q)|² + τ²),   φ = Re IFFT Φ̂   (rad, zero mean),
 
-τ = :data:`TRANSFER_FLOOR` (Φ̂ = 0 where no Q overlaps the disc: |Q| ≥ 2α/λ), so a weak
-phase object gives its phase in radians (to first order the phase of the deconvolved O,
-−arg(1 + IFFT(D/T))). χ_P carries χ, so the aberrations (those of the calibration, C10 from
-``defocus`` if given) are deconvolved, not assumed away.
+τ = :data:`TRANSFER_FLOOR` (Φ̂ = 0 where no Q overlaps the disc: |Q| ≥ 2α/λ), scaled by
+(T_m² + τ²)/T_m² with T_m = max|T| (1.0025 for T_m = 1; at low counts, where ε shrinks
+every T far below τ, it keeps φ in rad), so a weak phase object gives its phase in
+radians (to first order the phase of the deconvolved O, −arg(1 + IFFT(D/T))). χ_P
+carries χ, so the aberrations (those of the calibration, C10 from ``defocus`` if given)
+are deconvolved, not assumed away.
 
 Wiener constant. The noise of H is flat in ρ: var H = n·SQ/I₀ for n bright-field pixels
 and SQ positions; the object's Wigner distribution has power ≈ 2·SQ·σ² (σ the phase's rms,
@@ -311,6 +313,12 @@ def wdd_from_stack(buf, bf, cal, params: WddParameters, device: str = "cpu",
         phi[r0:r1] = est.reshape(r1 - r0, sx)
         transfer[r0:r1] = mag.reshape(r1 - r0, sx)
     phi[0, 0] = 0
+    # at low counts ε ≫ |χ_P|² shrinks T (and D) as 1/ε far below τ, which would leave φ
+    # 1/ε² too small (1e-7 rad at 20 e/Å²): rescale so that Φ̂ = iD/T at the best-
+    # transferred Q, which keeps every Q's relative weight (≈ 1 where T ≫ τ)
+    t_max = float(transfer.max())
+    if t_max > 0:
+        phi *= (t_max**2 + TRANSFER_FLOOR**2) / t_max**2
     phase = np.fft.ifft2(phi).real.astype(np.float32)
     return WddResult(phase, ab, float(cal.rotation), bool(cal.transpose),
                      tuple(cal.scan_step), tuple(cal.scan_origin), int(params.bin), eps_rel,
