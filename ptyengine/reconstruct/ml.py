@@ -170,6 +170,7 @@ from .priors import (
     total_variation,
     tv_curvature,
     tv_delta,
+    tv_weights,
 )
 from .probe_coefficients import (
     PROBE_COEFFICIENTS,
@@ -396,7 +397,7 @@ class _Engine:
         if g_z is not None:
             c += float(xp.sum(d * g_z))
         if self.tv:
-            c += tv_curvature(d, total_variation(u, self.tv, self.tv_delta, xp)[2], self.tv, xp)
+            c += tv_curvature(d, tv_weights(u, self.tv_delta, xp), self.tv, xp)
         return c
 
     def depth_prior(self, u):

@@ -57,13 +57,24 @@ def tv_delta(sampling, scale: float) -> float:
     return float(scale) * float(np.sqrt(sampling[0] * sampling[1]))
 
 
+def _tv_parts(u, delta: float, xp):
+    """(∇_y u, ∇_x u, √(1 + |∇u|²/δ²), w = its inverse in float32) of
+    :func:`total_variation`."""
+    gy, gx = _grad(u, xp)
+    root = xp.sqrt(1 + (gy * gy + gx * gx) / np.float32(delta * delta))
+    return gy, gx, root, (1 / root).astype(np.float32)
+
+
+def tv_weights(u, delta: float, xp):
+    """w of :func:`total_variation` alone (what :func:`tv_curvature` takes)."""
+    return _tv_parts(u, delta, xp)[3]
+
+
 def total_variation(u, strength: float, delta: float, xp):
     """(R_tv(u), ∂R_tv/∂u, w) of the module docstring (``delta`` in rad per pixel; u of
     shape (..., Ny, Nx), every leading index (slice) alike); w the weights the curvature
     bound :func:`tv_curvature` takes."""
-    gy, gx = _grad(u, xp)
-    root = xp.sqrt(1 + (gy * gy + gx * gx) / np.float32(delta * delta))
-    w = (1 / root).astype(np.float32)
+    gy, gx, root, w = _tv_parts(u, delta, xp)
     value = strength * delta * delta * float(xp.sum(root - 1))
     g = (np.float32(strength) * _grad_adjoint(w * gy, w * gx, xp)).astype(np.float32)
     return value, g, w
