@@ -11,8 +11,11 @@ lattice reflections stay at the same pixels. So
 1. F_i = FFT[(frame_i − mean)·w] (w a Tukey edge taper against the frame edge's streaks),
    A = Σ_i |F_i| (the sum of the amplitudes: at a reflection the signal adds up ∝ N, while
    the background's scatter about its mean grows only ∝ √N);
-2. background B(|k|) = median of A on rings one Fourier pixel wide, σ(|k|) = 1.4826 × the
-   median absolute deviation on the same ring; keep the pixels with A − B > k·σ
+2. background B(|k|) = median of A on rings one Fourier pixel wide; its scatter
+   σ = B·√(4/π − 1)/√N, that of a sum of N Rayleigh-distributed amplitudes (the modulus
+   of random-phase noise) of mean B/N — from the statistics rather than from the ring's
+   MAD, which the lattice's own leakage inflates on the short rings of small frames;
+   keep the pixels with A − B > k·σ
    (``threshold`` = k, default 4: ~2 noise pixels of a 256² frame pass by chance) and
    |k| ≥ 2 pixels;
 3. filtered frame i = IFFT[mask · A/N · exp(i arg F_i)]: the strong, shared amplitudes with
@@ -47,6 +50,10 @@ from ..errors import PtyengineError
 from ..metrics import shift_image, taper_window
 
 
+#: Relative scatter std/mean of a Rayleigh-distributed amplitude, √(4/π − 1).
+RAYLEIGH = math.sqrt(4 / math.pi - 1)
+
+
 @dataclass
 class FilterResult:
     """The amplitude filter: filtered frames (N, ny, nx) float32, the mask (ny, nx) bool
@@ -67,21 +74,19 @@ def ring_index(shape) -> np.ndarray:
     return np.rint(np.hypot(fy, fx)).astype(int)
 
 
-def ring_background(amplitude) -> tuple[np.ndarray, np.ndarray]:
-    """(median, 1.4826·MAD) of ``amplitude`` on each ring of :func:`ring_index`, mapped
-    back onto the grid."""
+def ring_background(amplitude) -> np.ndarray:
+    """Median of ``amplitude`` on each ring of :func:`ring_index`, mapped back onto the
+    grid."""
     rings = ring_index(amplitude.shape)
     flat, a = rings.ravel(), amplitude.ravel()
     order = np.argsort(flat, kind="stable")
     bounds = np.searchsorted(flat[order], np.arange(flat.max() + 2))
     med = np.zeros(flat.max() + 1)
-    sig = np.zeros(flat.max() + 1)
     for r in range(flat.max() + 1):
         vals = a[order[bounds[r]:bounds[r + 1]]]
         if len(vals):
             med[r] = np.median(vals)
-            sig[r] = 1.4826 * np.median(np.abs(vals - med[r]))
-    return med[rings], sig[rings]
+    return med[rings]
 
 
 def amplitude_filter(frames, threshold: float = 4.0, min_radius: int = 2,
@@ -92,7 +97,8 @@ def amplitude_filter(frames, threshold: float = 4.0, min_radius: int = 2,
         raise PtyengineError(f"threshold must be a positive number of σ, got {threshold}")
     spectra = spectra_of(frames, window)
     amp = np.abs(spectra).sum(axis=0)
-    bg, sig = ring_background(amp)
+    bg = ring_background(amp)
+    sig = bg * RAYLEIGH / math.sqrt(len(frames))
     mask = (amp - bg > threshold * np.maximum(sig, 1e-30)) & (ring_index(amp.shape)
                                                               >= min_radius)
     if not mask.any():
