@@ -201,7 +201,13 @@ def ctf(image, output, defocus, energy, cs, focal_spread, convergence, aperture,
         out = ctfm.phase_flip(img, pixel, optics)
         how = "phase flip"
     stk.write_array(output, out, pixel)
-    click.echo(f"{how} at C10 = {optics.defocus:.1f} Å, Cs = {cs:g} mm: wrote {output}")
+    stk.write_json(stk.sidecar(output, "json"), {
+        "pixel_size_A": pixel, "source": str(image), "correction": how,
+        "optics": {"energy_eV": optics.energy, "C10_A": optics.defocus, "Cs_mm": cs,
+                   "focal_spread_A": focal_spread, "convergence_mrad": convergence,
+                   "aperture_mrad": aperture}})
+    click.echo(f"{how} at C10 = {optics.defocus:.1f} Å, Cs = {cs:g} mm: wrote {output} "
+               f"and {stk.sidecar(output, 'json')}")
 
 
 @hrtem.command()
