@@ -49,7 +49,6 @@ import numpy as np
 from ..errors import PtyengineError
 from ..metrics import shift_image, taper_window
 
-
 #: Relative scatter std/mean of a Rayleigh-distributed amplitude, √(4/π − 1).
 RAYLEIGH = math.sqrt(4 / math.pi - 1)
 
