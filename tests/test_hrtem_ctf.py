@@ -115,6 +115,15 @@ def test_thon_ring_fit_recovers_the_defocus():
     noisy = np.random.default_rng(4).poisson(img * 50) / 50
     fit = ctf.fit_defocus(noisy, 0.4, ctf.Optics(energy=E, cs=1.2e7, focal_spread=30.0))
     assert fit.defocus == pytest.approx(-1234.0, abs=15) and fit.score > 0.25
+    assert ctf.lattice_power_fraction(noisy, 0.4, fit.k_range) < 0.05
+
+
+def test_thon_ring_fit_refuses_a_crystal(weak_crystal):
+    _, s, o, img = weak_crystal
+    frame = ctf.camera_frames(img, s, 0.5, (128, 128))[0]
+    assert ctf.lattice_power_fraction(frame, 0.5, (0.05, 0.9)) > 0.8
+    with pytest.raises(PtyengineError, match="lattice reflections: Thon rings need an amorphous"):
+        ctf.fit_defocus(frame, 0.5, o)
 
 
 def test_bad_inputs():

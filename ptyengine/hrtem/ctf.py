@@ -270,6 +270,28 @@ def _flatten(k, profile, width: int = 9):
     return lp - smooth
 
 
+#: Largest share of the band's power that sharp peaks may hold for a Thon-ring fit.
+MAX_SPOT_FRACTION = 0.5
+
+
+def lattice_power_fraction(image, pixel: float, k_range) -> float:
+    """Share of the (Hann-windowed) power spectrum in ``k_range`` (1/Å) held by pixels
+    above 10 × the median of their ring one Fourier pixel wide: ~0 for the smooth Thon
+    rings of an amorphous specimen (exponential speckle exceeds 10 × its median with
+    probability 2^-10), most of it for a crystal's lattice reflections."""
+    from .drift import ring_background, ring_index
+
+    img = np.asarray(image, dtype=np.float64)
+    w = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
+    p = np.abs(np.fft.fft2((img - img.mean()) * w)) ** 2
+    ky, kx = _grid(img.shape, (pixel, pixel))
+    k = np.hypot(ky, kx)
+    band = (k >= k_range[0]) & (k <= k_range[1]) & (ring_index(p.shape) > 0)
+    spots = band & (p > 10 * ring_background(p))
+    total = p[band].sum()
+    return float(p[spots].sum() / total) if total > 0 else 0.0
+
+
 def fit_defocus(image, pixel: float, optics: Optics, defocus_range=(-20000.0, 0.0),
                 fit_cs: bool = False, cs_range=(0.0, 5 * MM), k_range=None) -> DefocusFit:
     """Fit C10 (Å; and C30 with ``fit_cs``) to the Thon rings of ``image`` (pixel Å).
@@ -280,13 +302,21 @@ def fit_defocus(image, pixel: float, optics: Optics, defocus_range=(-20000.0, 0.
     1/4 of the ring spacing at the band's top) is refined by scipy's bounded scalar
     minimiser (Nelder–Mead in (C10, Cs) with ``fit_cs``). sin²χ is even in C10 for
     Cs = 0, so the sign comes from ``defocus_range`` (underfocus, C10 < 0, by default);
-    Cs is determined only when the rings reach k where ½πCsλ³k⁴ is ≳ π.
+    Cs is determined only when the rings reach k where ½πCsλ³k⁴ is ≳ π. An image whose
+    band holds more than half its power in sharp peaks (:func:`lattice_power_fraction`: a
+    crystal) is refused: its rotational average shows reflections, not rings.
     """
     from scipy import optimize
 
     img = np.asarray(image, dtype=np.float64)
     k, prof = radial_profile(img, pixel)
     lo, hi = k_range or (0.05, 0.9 * min(0.5 / pixel, optics.information_limit()))
+    spot = lattice_power_fraction(img, pixel, (lo, hi))
+    if spot > MAX_SPOT_FRACTION:
+        raise PtyengineError(
+            f"{100 * spot:.0f} % of the power spectrum between {lo:.3g} and {hi:.3g} 1/Å is in "
+            "sharp lattice reflections: Thon rings need an amorphous (non-periodic) area; "
+            "crop one, or give --defocus")
     sel = (k >= lo) & (k <= hi)
     if sel.sum() < 12:
         raise PtyengineError(f"the k band {lo:.3g}-{hi:.3g} 1/Å holds {sel.sum()} profile "
