@@ -79,9 +79,11 @@ def test_align_sums_the_original_frames(lattice):
 
 
 def test_no_lattice_is_an_error():
-    flat = np.zeros((4, 32, 32))
-    flat[:, :, :16] = 1  # a step edge: its amplitudes follow the rings' median nowhere
+    """All zeros, and pure shot noise (which passes ~2 pixels at 4σ by chance)."""
     with pytest.raises(PtyengineError, match="no lattice reflections"):
         drift.amplitude_filter(np.zeros((4, 32, 32)))
+    noise = np.random.default_rng(0).poisson(0.033, (120, 128, 128)).astype(np.float32)
+    with pytest.raises(PtyengineError, match="no more than pure noise would"):
+        drift.amplitude_filter(noise)
     with pytest.raises(PtyengineError, match="threshold"):
-        drift.amplitude_filter(flat, threshold=-1)
+        drift.amplitude_filter(noise, threshold=-1)

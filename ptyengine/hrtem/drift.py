@@ -17,7 +17,8 @@ lattice reflections stay at the same pixels. So
    MAD, which the lattice's own leakage inflates on the short rings of small frames;
    keep the pixels with A − B > k·σ
    (``threshold`` = k, default 4: ~2 noise pixels of a 256² frame pass by chance) and
-   |k| ≥ 2 pixels;
+   |k| ≥ 2 pixels; a stack where no more pixels pass than pure noise would
+   (n·Q(k) + 5√(n·Q(k)) + 3, :func:`chance_pixels`) is refused as showing no lattice;
 3. filtered frame i = IFFT[mask · A/N · exp(i arg F_i)]: the strong, shared amplitudes with
    the frame's own phases, i.e. the lattice of that frame at its position, almost free of
    the shot noise of the 99 % of Fourier pixels that carry none.
@@ -88,6 +89,12 @@ def ring_background(amplitude) -> np.ndarray:
     return med[rings]
 
 
+def chance_pixels(n_pixels: int, threshold: float) -> float:
+    """Fourier pixels of pure noise expected above ``threshold`` σ: n·Q(threshold), Q the
+    Gaussian tail (the sum of N Rayleigh amplitudes is near-Gaussian for N ≳ 10)."""
+    return n_pixels * 0.5 * math.erfc(threshold / math.sqrt(2))
+
+
 def amplitude_filter(frames, threshold: float = 4.0, min_radius: int = 2,
                      window: str | None = "tukey") -> FilterResult:
     """The amplitude filter (module docstring) of ``frames`` (N, ny, nx)."""
@@ -100,10 +107,13 @@ def amplitude_filter(frames, threshold: float = 4.0, min_radius: int = 2,
     sig = bg * RAYLEIGH / math.sqrt(len(frames))
     mask = (amp - bg > threshold * np.maximum(sig, 1e-30)) & (ring_index(amp.shape)
                                                               >= min_radius)
-    if not mask.any():
-        raise PtyengineError(f"the amplitude filter kept no Fourier pixel at {threshold:g} σ "
-                             "above the ring background: the stack shows no lattice "
-                             "reflections (lower --threshold, or use more frames)")
+    kept = int(mask.sum())
+    chance = chance_pixels(int(np.sum(ring_index(amp.shape) >= min_radius)), threshold)
+    if kept <= chance + 5 * math.sqrt(chance) + 3:
+        raise PtyengineError(
+            f"the amplitude filter kept {kept} Fourier pixels at {threshold:g} σ above the ring "
+            f"background, no more than pure noise would (~{chance:.1f}): the stack shows no "
+            "lattice reflections (lower --threshold, or use more frames)")
     n = len(frames)
     kept = np.exp(1j * np.angle(spectra)) * (mask * amp / n)
     filtered = np.fft.ifft2(kept).real.astype(np.float32)
