@@ -23,21 +23,28 @@ lattice reflections stay at the same pixels. So
    the frame's own phases, i.e. the lattice of that frame at its position, almost free of
    the shot noise of the 99 % of Fourier pixels that carry none.
 
-Trajectory (:func:`estimate_drift`): cross-correlation (:func:`metrics.register_shift`,
-upsampled ×20 DFT around the peak, then a parabola) of each filtered frame with a
-reference. A first pass goes through the frames in order against the running sum of those
-already aligned, predicting each frame at its predecessor's shift and searching only
-±``max_step`` pixels around it (a lattice correlates with itself at every lattice vector:
-an unrestricted search may hop by one); ``iterations`` further passes register every frame
-against the sum of all the others (leave-one-out, so a frame's own noise does not pull
-the reference to it), again around its last estimate. Shifts are reported relative to the
-mean over the stack (the absolute position is arbitrary). ``smooth`` fits a polynomial of
-``degree`` in the frame index to each coordinate, robustly (Tukey bisquare, iteratively
-reweighted), and replaces the measured shifts by it.
+Trajectory (:func:`estimate_drift`): cross-correlation of each filtered frame with a
+reference, evaluated as a DFT of the cross-power spectrum on the search window only (the
+filter leaves a few dozen Fourier pixels, so no FFT is needed): integer steps, then steps of
+1/20 px around the best, then a 3-point parabola (the upsampled-DFT idea of Guizar-Sicairos,
+Thurman & Fienup, Opt. Lett. 33 (2008) 156). A first pass goes through the frames in order
+against the running sum of those already aligned, predicting each frame at its predecessor's
+shift and searching only ±``max_step`` pixels around it (a lattice correlates with itself at
+every lattice vector: an unrestricted search may hop by one); ``iterations`` further passes
+register every frame against the sum of all the others (leave-one-out, so a frame's own
+noise does not pull the reference to it), again around its last estimate. Shifts are
+reported relative to the mean over the stack (the absolute position is arbitrary).
+``smooth`` fits a polynomial of ``degree`` in the frame index to each coordinate, robustly
+(Tukey bisquare, iteratively reweighted), and replaces the measured shifts by it.
 
 :func:`align` runs this on the filtered frames and, for comparison, the same procedure on
-the raw frames (no filter), shifts the ORIGINAL frames by −d_i (Fourier shift, periodic)
+the raw frames (no filter: all Fourier pixels of the tapered frames), shifts the ORIGINAL
+frames by −d_i (Fourier shift: periodic, so up to max|d| pixels at each edge wrap round)
 and sums them.
+
+Measured (benchmarks/RESULTS.md, "HRTEM"): UiO-66 [110], 120 frames of 256² at 0.033
+e/pixel: 0.13–0.23 px rms with the smooth fit, 0.71–1.01 px frame by frame (each frame's
+~2200 electrons), raw cross-correlation 10–20 px.
 """
 
 from __future__ import annotations
