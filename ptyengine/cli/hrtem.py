@@ -178,6 +178,7 @@ def ctf(image, output, defocus, energy, cs, focal_spread, convergence, aperture,
         raise PtyengineError("give either --wiener SNR or --phase-flip, not both")
     if Path(output).exists() and not overwrite:
         raise PtyengineError(f"{output} exists; pass --overwrite to replace it")
+    stk.check_output(output)
     img, file_pixel = stk.read_image(image)
     pixel = pixel_size or file_pixel
     if not (pixel and math.isfinite(pixel) and pixel > 0):
@@ -256,6 +257,7 @@ def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal
     from ..hrtem import ctf as ctfm
     from ..hrtem import stack as stk
 
+    stk.check_output(output)
     shape = _pair(size, "--size", int)
     if min(shape) < 8 or frames < 1 or not (pixel_size > 0 and sampling > 0):
         raise PtyengineError(f"--size {size} (>= 8 px), --frames {frames} (>= 1), "

@@ -158,6 +158,11 @@ def sidecar(path, kind: str) -> Path:
     return path.with_name(f"{stem}.json" if kind == "json" else f"{stem}_trajectory.csv")
 
 
+def check_output(path) -> None:
+    """Refuse an output name whose suffix :func:`write_array` cannot write (before work)."""
+    _suffix(Path(path), WRITE_SUFFIXES)
+
+
 def _suffix(path: Path, allowed) -> str:
     suffix = path.suffix.lower()
     if suffix not in allowed:
