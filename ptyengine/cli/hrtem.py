@@ -242,9 +242,10 @@ def ctf(image, output, defocus, energy, cs, focal_spread, convergence, aperture,
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise and jitter seed.")
 @click.option("--sampling", type=float, default=0.1, show_default=True,
               help="Exit-wave sampling in Å (at most; the grid holds whole unit cells).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal_spread,
              convergence, aperture, pixel_size, size, frames, dose_per_pixel, dose,
-             noise_free, velocity, curve, jitter, seed, sampling):
+             noise_free, velocity, curve, jitter, seed, sampling, overwrite):
     """Simulate an HRTEM stack with a known drift (or one image with --frames 1):
     exit wave exp(iσV_proj) of a crystal → objective lens (defocus, Cs, partial-coherence
     envelopes) → camera pixels → Poisson noise.
@@ -258,6 +259,8 @@ def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal
     from ..hrtem import stack as stk
 
     stk.check_output(output)
+    if Path(output).exists() and not overwrite:
+        raise PtyengineError(f"{output} exists; pass --overwrite to replace it")
     shape = _pair(size, "--size", int)
     if min(shape) < 8 or frames < 1 or not (pixel_size > 0 and sampling > 0):
         raise PtyengineError(f"--size {size} (>= 8 px), --frames {frames} (>= 1), "
