@@ -1,6 +1,6 @@
 """The ``ptyengine`` command line: parses, calls the library, reports progress, writes
 files. One module per command (simulate, info, convert, reconstruct, demo, doctor,
-study, config, export, suggest, bench); run configuration files in ``runconfig``.
+study, config, export, suggest, bench, hrtem); run configuration files in ``runconfig``.
 
 User errors (bad input, missing files, impossible parameters) end with one line on stderr
 and exit status 2, never a traceback (``PTYENGINE_DEBUG=1``, ``true`` or ``yes`` shows it);
@@ -23,6 +23,7 @@ from .convert import convert
 from .demo import demo
 from .doctor import doctor
 from .export import export
+from .hrtem import hrtem
 from .info import info
 from .reconstruct import reconstruct
 from .simulate import simulate
@@ -40,8 +41,8 @@ def cli():
 
 
 
-for _command in (bench, config, convert, demo, doctor, export, info, reconstruct, simulate,
-                 study, suggest):
+for _command in (bench, config, convert, demo, doctor, export, hrtem, info, reconstruct,
+                 simulate, study, suggest):
     cli.add_command(_command)
 
 
