@@ -36,6 +36,12 @@ dz·tan θ below the sampling's resolution, or thin the slices, for high-angle d
 :data:`MAX_TILT` (100 mrad) bounds the tilt. The Laue circle's reflections that a fit
 needs lie within the detector, which must lie inside the field's band limit (2/3 of
 Nyquist): :func:`plane_wave_specimen` picks the sampling from the detector's reach.
+At 5° (87 mrad) the Laue circle's radius is sin φ/λ = 4.4 1/Å at 300 kV, so a detector
+holds an arc of it, not the whole circle: the benchmark (benchmarks/bench_zone_axis.py)
+uses SrTiO3 [001] to 5.12 1/Å (pixel 0.065 Å, 64² per 3.905 Å cell) and UiO-66 [110] to
+2.56 1/Å (pixel 0.13 Å), 2 Å slices (dz·tan θ ≤ 0.17 Å, at most 2.7 pixels of 0.065 Å
+at 5°), one unit cell laterally (a static lattice's exit wave has the cell's period; frozen
+phonons, whose diffuse scattering needs a larger field, are not used there).
 
 Units: Å, 1/Å, mrad, eV; intensities are fractions of the incident electrons (a noise-free
 pattern sums to the fraction that reaches the detector), counts with a dose.
