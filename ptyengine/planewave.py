@@ -125,7 +125,8 @@ def exit_waves(specimen, energy: float, tilt=(0.0, 0.0), xp=np) -> list:
     for t in specimen.transmissions:
         t = xp.asarray(t)
         psi = xp.ones((1, *gpts), dtype=dtype)
-        propagate(psi, t.shape[0], lambda s, t=t, psi=psi: psi.__imul__(t[s]), props)
+        propagate(psi, t.shape[0], lambda s, t=t, psi=psi: xp.multiply(psi, t[s], out=psi),
+                  props)  # ψ ← ψ·t_s in place
         waves.append(psi[0])
     return waves
 

@@ -14,7 +14,7 @@ HELP_AXES = ("Direction of the {} tilt axis on the pattern, in degrees from the 
 def _pixel_size(pixel_size, camera_length, detector_pixel, energy_ev) -> float:
     """1/Å per pixel: given, or p/(L λ) from a camera length L (mm) and pixel p (µm)."""
     from ..errors import PtyengineError
-    from ..physics import wavelength
+    from ..hrtem.zone_axis import pixel_size_from_camera
 
     if pixel_size is not None:
         if camera_length is not None or detector_pixel is not None:
@@ -24,10 +24,7 @@ def _pixel_size(pixel_size, camera_length, detector_pixel, energy_ev) -> float:
     if camera_length is None or detector_pixel is None:
         raise PtyengineError("the pattern's calibration is missing: give --pixel-size (1/Å per "
                              "pixel) or --camera-length (mm) and --detector-pixel (µm)")
-    if not (camera_length > 0 and detector_pixel > 0):
-        raise PtyengineError(f"--camera-length {camera_length:g} mm and --detector-pixel "
-                             f"{detector_pixel:g} µm must be positive")  # fmt: skip
-    return detector_pixel * 1e-6 / (camera_length * 1e-3 * wavelength(energy_ev) * 1e-10) * 1e-10
+    return pixel_size_from_camera(camera_length, detector_pixel, energy_ev)
 
 
 def _report(label: str, path, result, lam: float) -> None:

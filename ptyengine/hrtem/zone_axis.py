@@ -459,6 +459,15 @@ def holder_tilts(zone_axis, alpha_axis: float, beta_axis: float) -> tuple[float,
 # ------------------------------------------------------------------ one pattern
 
 
+def pixel_size_from_camera(camera_length: float, detector_pixel: float, energy: float) -> float:
+    """Pattern calibration (1/Å per pixel) p/(L λ) from a camera length L (mm), a physical
+    detector pixel p (µm) and the beam energy (eV)."""
+    if not (camera_length > 0 and detector_pixel > 0):
+        raise PtyengineError(f"camera length {camera_length:g} mm and detector pixel "
+                             f"{detector_pixel:g} µm must be positive")  # fmt: skip
+    return (detector_pixel * 1e-6) / (camera_length * 1e-3) / physics.wavelength(energy)
+
+
 def _pixel_size(pixel_size) -> np.ndarray:
     ps = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (2,)).copy()
     if not np.all(np.isfinite(ps)) or np.any(ps <= 0):
