@@ -135,6 +135,21 @@ def interpolation_matrix(width: int, sampling: float, k, xp=np, dtype=np.complex
     return xp.asarray(np.fft.ifft(direct, axis=1), dtype=dtype)
 
 
+def propagate(psi, n_slices: int, transmit, propagators):
+    """The multislice loop, in place on a batch of waves ``psi`` (B, ny, nx): for each
+    slice s, ``transmit(s)`` multiplies ψ by slice s's transmission function, then (except
+    after the last slice) ψ ← IFFT[FFT[ψ] · propagators[s]]. The one propagation code of
+    the STEM simulator (:meth:`ProbeWindow.exit_waves`) and the plane-wave (TEM) mode
+    (:mod:`ptyengine.planewave`, whose propagators carry the crystal tilt)."""
+    for s in range(n_slices):
+        transmit(s)
+        if s < n_slices - 1:
+            backend.fft2(psi, out=psi)
+            kernels.broadcast_multiply(psi, propagators[s])
+            backend.ifft2(psi, out=psi)
+    return psi
+
+
 @dataclass
 class PaddedSlices:
     """Transmission functions (n_slices, ny + W, nx + W) of a periodic field of shape
@@ -226,12 +241,8 @@ class ProbeWindow:
         n_slices = slab.padded.shape[0]
         psi, corner = self.probes_at(positions, xp)
         wrapped = xp.asarray(corner % np.array([ny, nx]))
-        for s in range(n_slices):
-            kernels.window_multiply(psi, slab.padded[s], wrapped)
-            if s < n_slices - 1:
-                backend.fft2(psi, out=psi)
-                kernels.broadcast_multiply(psi, self.propagators[s])
-                backend.ifft2(psi, out=psi)
+        propagate(psi, n_slices, lambda s: kernels.window_multiply(psi, slab.padded[s], wrapped),
+                  self.propagators)  # fmt: skip
         return psi, corner
 
     def diffraction(self, transmissions, positions, xp=np):
