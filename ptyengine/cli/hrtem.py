@@ -1,4 +1,5 @@
-"""``ptyengine hrtem``: low-dose HRTEM — drift correction of dose-fractionated stacks
+"""``ptyengine hrtem``: low-dose HRTEM — zone-axis alignment from one diffraction pattern
+(``zone-axis``, :mod:`.hrtem_zone`), drift correction of dose-fractionated stacks
 (``align``), CTF correction of weak-phase images (``ctf``) and simulated test data
 (``simulate``). The library is :mod:`ptyengine.hrtem`."""
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 
 from .common import _pair, _zone_axis
+from .hrtem_zone import zone_axis
 
 DEFOCUS_HRTEM = ("Objective-lens defocus C10 in Å; NEGATIVE = underfocus (the image shows a "
                  "plane upstream of the exit surface), the Scherzer side for Cs > 0 "
@@ -55,11 +57,15 @@ def _publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:
 
 @click.group()
 def hrtem():
-    """Low-dose HRTEM: drift correction, CTF correction, simulated stacks.
+    """Low-dose HRTEM: zone-axis alignment, drift correction, CTF correction, simulated
+    stacks and diffraction patterns.
 
     Units: Å, mrad, kV, Cs in mm; shifts in camera pixels (dy, dx); doses in e/pixel per
     frame or e/Å². C10 < 0 is underfocus.
     """
+
+
+hrtem.add_command(zone_axis)
 
 
 @hrtem.command()
@@ -219,7 +225,7 @@ def ctf(image, output, defocus, energy, cs, focal_spread, convergence, aperture,
               help="Builtin structure (uio66, srtio3, mos2) or a CIF file.")
 @click.option("--zone-axis", default="1,1,0", show_default=True, help="Beam direction u,v,w.")
 @click.option("--thickness", type=float, default=30.0, show_default=True,
-              help="Crystal thickness in Å (exit wave in the projection approximation).")
+              help="Crystal thickness in Å (the simulator's multislice, 2 Å slices).")
 @click.option("--defocus", type=float, default=None,
               help=DEFOCUS_HRTEM + " [default: Scherzer, −√(4/3 Cs λ)]")
 @_optics_options
@@ -247,8 +253,9 @@ def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal
              convergence, aperture, pixel_size, size, frames, dose_per_pixel, dose,
              noise_free, velocity, curve, jitter, seed, sampling, overwrite):
     """Simulate an HRTEM stack with a known drift (or one image with --frames 1):
-    exit wave exp(iσV_proj) of a crystal → objective lens (defocus, Cs, partial-coherence
-    envelopes) → camera pixels → Poisson noise.
+    the exit wave of a plane wave through the crystal (the simulator's plane-wave mode:
+    its specimen and multislice, static lattice) → objective lens (defocus, Cs,
+    partial-coherence envelopes) → camera pixels → Poisson noise.
 
     \b
     Example (the issue 18 benchmark stack: UiO-66 [110], 120 frames, 0.033 e/pixel):
@@ -280,7 +287,7 @@ def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal
     st = stk.simulate_frames(image, samp, pixel_size, shape, frames,
                              None if noise_free else dose_per_pixel, seed, traj)
     meta = {"structure": structure, "zone_axis": list(uvw), "thickness_A": thickness,
-            "cell_A": list(cell), "exit_wave": "projection approximation exp(i sigma V)",
+            "cell_A": list(cell), "exit_wave": "multislice, plane wave (ptyengine.planewave), 2 A slices",
             "optics": {"energy_eV": optics.energy, "C10_A": optics.defocus, "Cs_mm": cs,
                        "focal_spread_A": focal_spread, "convergence_mrad": convergence,
                        "aperture_mrad": aperture},
@@ -292,3 +299,54 @@ def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal
     paths = stk.write_stack(output, st, meta)
     click.echo(f"{frames} frame(s) of {shape[0]} x {shape[1]} px at {pixel_size:g} Å, "
                f"C10 = {defocus:.1f} Å: wrote {', '.join(str(p) for p in paths)}")
+
+
+@hrtem.command()
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="The pattern: .npy, .tif or .mrc; beside it NAME.json (the truth: tilt, "
+                   "calibration).")
+@click.option("--structure", default="srtio3", show_default=True,
+              help="Builtin structure (uio66, srtio3, mos2) or a CIF file.")
+@click.option("--zone-axis", default="0,0,1", show_default=True, help="Zone axis u,v,w.")
+@click.option("--tilt", default="0,0", show_default=True,
+              help="Crystal tilt θ_y,θ_x in mrad off the zone axis (the zone axis points "
+                   "along (tan θ_x, tan θ_y, 1); at most 100 mrad).")
+@click.option("--thickness", type=float, default=50.0, show_default=True, help="Å.")
+@click.option("--energy", type=float, default=300.0, show_default=True, help="kV.")
+@click.option("--pixels", type=int, default=512, show_default=True, help="Detector pixels.")
+@click.option("--pixel-size", type=float, default=0.02, show_default=True,
+              help="Detector pixel in 1/Å (dk = p/(L λ) for a camera length L).")
+@click.option("--electrons", type=float, default=None,
+              help="Electrons per pattern (Poisson); none: noise-free.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def pattern(output, structure, zone_axis, tilt, thickness, energy, pixels, pixel_size,
+            electrons, seed, overwrite):
+    """Simulate a selected-area electron-diffraction pattern of a crystal tilted off its
+    zone axis (the simulator's plane-wave mode; test data for ``zone-axis``).
+
+    \b
+    Example: SrTiO3 [001] 30 mrad off along y and 40 along x, then its correction
+      ptyengine hrtem pattern --tilt 30,40 --electrons 1e7 -o saed.npy
+      ptyengine hrtem zone-axis saed.npy --alpha-axis 0 --beta-axis 90 --pixel-size 0.02
+    """
+    from .. import planewave
+    from ..errors import PtyengineError
+    from ..hrtem import stack as stk
+
+    stk.check_output(output)
+    if Path(output).exists() and not overwrite:
+        raise PtyengineError(f"{output} exists; pass --overwrite to replace it")
+    angles = planewave.check_tilt(_pair(tilt, "--tilt"))
+    spec = planewave.plane_wave_specimen(structure, _zone_axis(zone_axis),
+                                         thickness=thickness, energy=energy * 1e3,
+                                         k_max=pixels // 2 * pixel_size)  # fmt: skip
+    image = planewave.diffraction_pattern(spec, energy * 1e3, angles, pixels, pixel_size,
+                                          dose=electrons, seed=seed)  # fmt: skip
+    meta = {"structure": structure, "zone_axis": list(_zone_axis(zone_axis)),
+            "tilt_mrad": list(angles), "thickness_A": thickness, "energy_eV": energy * 1e3,
+            "pixel_size_per_A": pixel_size, "electrons": electrons, "seed": seed,
+            "direct_beam_px": [pixels // 2, pixels // 2]}
+    paths = stk.write_stack(output, stk.Stack(image[None], None), meta)
+    click.echo(f"pattern of {pixels}² px at {pixel_size:g} 1/Å, tilt {angles[0]:g}, "
+               f"{angles[1]:g} mrad: wrote {', '.join(str(p) for p in paths)}")

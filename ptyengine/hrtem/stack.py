@@ -4,11 +4,9 @@ writing.
 Units: pixel sizes Å, shifts and trajectories in camera pixels (dy, dx) (frame i's content
 is moved by +d_i relative to the specimen frame), doses e/pixel per frame.
 
-Simulation (:func:`simulate_frames`): the exit wave of a thin crystal in the projection
-approximation, ψ = exp(iσV_proj) (:func:`crystal_exit_wave`: one orthogonal unit cell,
-periodic, V_proj from :func:`potentials.projected_potential`, σ from
-:func:`physics.interaction_constant`; valid while the crystal is thin enough that Fresnel
-propagation inside it can be neglected), imaged through the objective lens
+Simulation (:func:`simulate_frames`): the exit wave of a crystal from the simulator's
+plane-wave mode (:func:`crystal_exit_wave`: one orthogonal unit cell, periodic, the same
+specimen and multislice as the 4D-STEM simulator), imaged through the objective lens
 (:func:`ctf.exit_wave_image`: any exit wave on a periodic grid may be given), then sampled
 by the camera at each frame's shift (:func:`ctf.camera_frames`) with Poisson noise.
 
@@ -24,13 +22,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .. import physics, potentials, structures
 from ..errors import PtyengineError, atomic_file
 from . import ctf
 
@@ -44,18 +40,24 @@ READ_SUFFIXES = WRITE_SUFFIXES + tuple(RSCIIO)
 
 
 def crystal_exit_wave(structure: str = "uio66", zone_axis=(1, 1, 0), thickness: float = 30.0,
-                      energy: float = 300e3, sampling: float = 0.1, hydrogen: bool = True):
-    """exp(iσV_proj) of one orthogonal unit cell of ``structure`` along ``zone_axis``,
-    ``thickness`` Å thick (projection approximation). Returns (ψ complex128 (ny, nx),
+                      energy: float = 300e3, sampling: float = 0.1, tilt=(0.0, 0.0),
+                      slice_thickness: float = 2.0):
+    """The exit wave of a plane wave through one orthogonal unit cell of ``structure``
+    along ``zone_axis``, ``thickness`` Å thick, tilted by ``tilt`` (θ_y, θ_x) mrad: the
+    simulator's specimen and multislice (:func:`planewave.plane_wave_specimen`,
+    :func:`planewave.exit_waves`; Kirkland potentials in slices of ``slice_thickness`` Å,
+    static lattice). ``sampling`` bounds the pixel (Å). Returns (ψ complex128 (ny, nx),
     sampling (dy, dx) Å, cell (Ly, Lx) Å); the grid covers the cell exactly, periodic."""
-    atoms = structures.load_structure(structure)
-    slab = structures.build_specimen(atoms, zone_axis, size=(1.0, 1.0), thickness=thickness,
-                                     hydrogen=hydrogen)
-    lx, ly = float(slab.cell.array[0, 0]), float(slab.cell.array[1, 1])
-    gpts = (max(2, math.ceil(ly / sampling)), max(2, math.ceil(lx / sampling)))
-    v = potentials.projected_potential(slab, gpts, dtype=np.float64)
-    psi = np.exp(1j * physics.interaction_constant(energy) * v)
-    return psi, (ly / gpts[0], lx / gpts[1]), (ly, lx)
+    from .. import planewave
+
+    spec = planewave.plane_wave_specimen(structure, zone_axis, field=(1.0, 1.0),
+                                         thickness=thickness, energy=energy,
+                                         k_max=1 / (3 * sampling),
+                                         slice_thickness=min(slice_thickness, thickness),
+                                         sampling=sampling)  # fmt: skip
+    (psi,) = planewave.exit_waves(spec, energy, tilt)
+    return (np.asarray(psi, dtype=np.complex128), tuple(spec.sampling),
+            tuple(spec.cell[:2]))  # fmt: skip
 
 
 def drift_trajectory(n_frames: int, seed: int = 0, velocity=(0.12, -0.18), curve=2.0,
