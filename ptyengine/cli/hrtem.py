@@ -287,7 +287,8 @@ def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal
     st = stk.simulate_frames(image, samp, pixel_size, shape, frames,
                              None if noise_free else dose_per_pixel, seed, traj)
     meta = {"structure": structure, "zone_axis": list(uvw), "thickness_A": thickness,
-            "cell_A": list(cell), "exit_wave": "multislice, plane wave (ptyengine.planewave), 2 A slices",
+            "cell_A": list(cell),
+            "exit_wave": "multislice, plane wave (ptyengine.planewave), 2 A slices",
             "optics": {"energy_eV": optics.energy, "C10_A": optics.defocus, "Cs_mm": cs,
                        "focal_spread_A": focal_spread, "convergence_mrad": convergence,
                        "aperture_mrad": aperture},
