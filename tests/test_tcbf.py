@@ -135,6 +135,10 @@ def test_the_drizzle_kernel_equals_the_bincount_splat(u):
     # images landing one column/row from the edge, partly and wholly off the grid
     shifts[:6] = [[0.0, -5.0], [0.0, 5.0], [-3.2, -4.9], [0.0, 5.6], [4.0, -6.0], [0.0, -5.25]]
     shifts[6:8] = [[0.0, 5.5], [0.3, 5.4]]  # one column before the grid: the last one's tap
+    # rows: the last image row alone on the first grid row, the first alone on the last,
+    # partly off above and below, an integer offset (one tap per axis)
+    shifts[8:13] = [[0.4 * 8.6, 0.2], [-0.4 * 8.7, -0.3], [0.4 * 3.3, 1.1], [-0.4 * 5.5, 0.0],
+                    [0.8, -1.0]]
     got = drizzle(values, weights, shifts, (0.4, 0.5), u)
     ref = drizzle_reference(values, weights, shifts, (0.4, 0.5), u)
     for a, b in zip(got, ref, strict=True):
