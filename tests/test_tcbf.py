@@ -1,6 +1,7 @@
 """tcBF: parallax shifts, the aberration/rotation fit (physics' defocus sign), the image."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,34 @@ def test_in_focus_tcbf_gives_no_image_and_says_why():
     res = tcbf(InMemoryDataset(_few_counts(cal, 0.0), cal))
     assert res.aberrations["C10"] == 0.0 and "in focus" in res.extra["no_image"]
     assert "no phase image: in focus" in res.summary()
+
+
+def vm_flags(address: int) -> list[str]:
+    """The kernel's VmFlags of the mapping that holds ``address`` (/proc/self/smaps)."""
+    flags, inside = None, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                flags = line.split()[1:]
+    assert flags is not None, "no mapping holds the address"
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_the_stack_asks_for_no_transparent_huge_pages():
+    """The bright-field stack is fresh memory written once by the reading threads; numpy
+    marks arrays ≥ 4 MiB MADV_HUGEPAGE, whose first touch cost 3–5× that of plain pages on
+    the benchmarks' VM (RESULTS.md): the stack is allocated without that hint ("hg")."""
+    from ptyengine.reconstruct.direct import bright_field_groups, bright_field_stack
+
+    cal = calibration(32, 0.5, 64, 25)
+    data = np.random.default_rng(0).integers(0, 9, (32, 32, 64, 64)).astype(np.float32)
+    bf = bright_field_groups(cal, 1)
+    stack = bright_field_stack(InMemoryDataset(data, cal), bf)
+    assert stack.nbytes >= 4 << 20 and "hg" not in vm_flags(stack.ctypes.data + stack.nbytes // 2)
+    flat = data.reshape(32 * 32, -1)[:, bf.pixels].T.reshape(-1, 32, 32)
+    np.testing.assert_array_equal(stack, flat)
