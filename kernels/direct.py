@@ -166,8 +166,8 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
                         j = s1 + 1
                         continue
                     ix = j % sx
-                    if ix >= h and iy != nyquist:
-                        j += 1
+                    if ix >= h and iy != nyquist:  # only for j < 0, and every j up to −1
+                        j = 0
                         continue
                     dxm, dxp = kxb - qx[ix], kxb + qx[ix]
                     minus = dym * dym + dxm * dxm
