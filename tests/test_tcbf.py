@@ -123,12 +123,16 @@ def drizzle_reference(values, weights, shifts, step, u):
     return num.reshape(ny, nx), den.reshape(ny, nx)
 
 
-@pytest.mark.parametrize("u", [1, 3])
-def test_the_drizzle_kernel_equals_the_bincount_splat(u):
-    """tcbf.drizzle (kernels.direct.drizzle_cpu, images split over the cores) puts every
-    sample where the numpy splat did, shifts of either sign, samples off the grid dropped;
-    stored counts (uint16) with a per-image offset and scale as their float contrast."""
+@pytest.mark.parametrize("u, split", [(1, False), (1, True), (3, True)])
+def test_the_drizzle_kernel_equals_the_bincount_splat(u, split, monkeypatch):
+    """tcbf.drizzle (kernels.direct.drizzle_cpu, in the calling thread or the images split
+    over the cores) puts every sample where the numpy splat did, shifts of either sign,
+    samples off the grid dropped; stored counts (uint16) with a per-image offset and scale
+    as their float contrast."""
+    from ptyengine.reconstruct import tcbf as module
     from ptyengine.reconstruct.tcbf import drizzle
+
+    monkeypatch.setattr(module, "SPLIT_SAMPLES", 0 if split else 1 << 40)
 
     rng = np.random.default_rng(4)
     values = rng.normal(size=(37, 9, 11)).astype(np.float32)

@@ -147,6 +147,9 @@ FIT_SAMPLES = 1 << 19
 FIT_GROUPS = 200
 #: fewest scan positions a side of the fit's window
 FIT_SIDE = 24
+#: splats of fewer samples run in the calling thread (~0.5 ms of the kernel's work: the
+#: hand-off to a second thread costs as much on a loaded 2-core machine)
+SPLIT_SAMPLES = 1 << 20
 
 
 @dataclass
@@ -321,7 +324,9 @@ def drizzle(values, weights, shifts, step, upsample: int = 1, index=None, offset
                     float(step[1]), u, num, den)  # fmt: skip
         return num, den
 
-    parts = split_map(run, len(idx)) if len(idx) else [run(slice(0, 0))]
+    if len(idx) * sy * sx < SPLIT_SAMPLES:  # the search's small splats: no hand-offs
+        return run(slice(0, len(idx)))
+    parts = split_map(run, len(idx))
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
