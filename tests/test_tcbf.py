@@ -270,3 +270,30 @@ def test_the_stack_asks_for_no_transparent_huge_pages():
     assert stack.nbytes >= 4 << 20 and "hg" not in vm_flags(stack.ctypes.data + stack.nbytes // 2)
     flat = data.reshape(32 * 32, -1)[:, bf.pixels].T.reshape(-1, 32, 32)
     np.testing.assert_array_equal(stack, flat)
+
+
+def test_the_ctf_flip_is_the_full_spectrum_flip_in_a_third_of_the_memory():
+    """tcbf.ctf_flip (half spectra, the phase factor in place) equals the flip of the
+    mirror-extended image's full spectrum by sign(sin χ₂) with astigmatism, and its numpy
+    allocations peak below 12× the image's bytes (the full spectra took 32×: scan-sized
+    memory grows with the data, the memory-flat bound of bench_direct_memory.py)."""
+    import tracemalloc
+
+    from ptyengine.reconstruct.tcbf import ctf_flip
+
+    image = np.random.default_rng(6).normal(size=(300, 101))
+    ab, sampling, lam = {"C10": 300.0, "C12": 40.0, "phi12": 0.3}, (0.3, 0.4), 0.0197
+    ext = np.block([[image, image[:, ::-1]], [image[::-1], image[::-1, ::-1]]])
+    qy = np.fft.fftfreq(600, sampling[0])[:, None]
+    qx = np.fft.fftfreq(202, sampling[1])[None, :]
+    a, b = 40.0 * math.cos(0.6), 40.0 * math.sin(0.6)
+    chi2 = math.pi * lam * ((300.0 + a) * qx**2 + 2 * b * qx * qy + (300.0 - a) * qy**2)
+    ref = np.fft.ifft2(np.fft.fft2(ext) * np.sign(np.sin(chi2))).real[:300, :101]
+    tracemalloc.start()
+    try:
+        got = ctf_flip(image, ab, sampling, lam)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    assert peak < 12 * image.nbytes
