@@ -85,15 +85,17 @@ sin χ₂ ≡ 0 and there is no image: ``phase`` is zero and ``extra["no_image"]
 Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
 for 8/16-bit counts at bin 1; never copied to floats), the fit's stack (≤ ``fit_samples``
 ·4 bytes, 2 MiB by default), and while measuring shifts a batch of b padded window images
-(~b·ny·nx·256 bytes, b ≤ 256 within a quarter of the budget: :func:`shift_batch`); one
+(~b·ny·nx·256 bytes, b ≤ 256 within a quarter of the budget: :func:`shift_batch`), and
+a few scan-sized images (the CTF flip: ~9× the image's bytes, :func:`ctf_flip`); one
 read of the data. ``bin`` = None picks the smallest bin
 with at most :data:`MAX_GROUPS` groups and a stack within a quarter of the memory budget,
 so memory is bounded by the budget (``--memory-limit``), not by the data.
 
 Speed: the aligned sums (every score of the C10 search, every reference, the image) are
 splats of whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one
-fractional offset per image; the stack read as stored with a per-image offset and
-scale), over an index of the images (no copies), split over the cores; the
+fractional offset per image, so separable taps summed once per image row; the stack
+read as stored with a per-image offset and scale), over an index of the images (no
+copies), split over the cores where they hold ≥ :data:`SPLIT_SAMPLES` samples; the
 cross-correlations use half spectra (rfft2/irfft2). The search (49 scores) and the fit
 cost a fixed amount whatever the data's size (the fit's stack); the image is one splat of
 the whole stack: with the read, its cost grows with the data.
