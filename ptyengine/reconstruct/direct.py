@@ -182,7 +182,7 @@ def fresh_zeros(shape, dtype) -> np.ndarray:
     without numpy's transparent-huge-page hint (numpy marks every array of ≥ 4 MiB
     MADV_HUGEPAGE). The stack is fresh memory written once, in the reading threads: on the
     benchmarks' VM the first touch of hinted memory cost 3–5× that of plain pages
-    (0.35–0.55 against 0.10 CPU s for 195 MiB, pages the host had taken back;
+    (0.33–0.61 against 0.10–0.16 CPU s for 195 MiB, pages the host had taken back;
     benchmarks/RESULTS.md). The system's default for plain memory stays in force.
     Freed with the array."""
     shape = tuple(int(v) for v in shape)
