@@ -190,7 +190,7 @@ def fresh_zeros(shape, dtype) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < mmap.PAGESIZE or not hasattr(mmap, "MAP_PRIVATE"):  # small, or not POSIX
         return np.zeros(shape, dtype)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # fileno −1: anonymous
     return np.frombuffer(buf, dtype, math.prod(shape)).reshape(shape)
 
 
