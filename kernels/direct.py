@@ -166,8 +166,8 @@ def trotter_sums_cpu(half, ky, kx, use, qy, qx, dqx, lo, hi, coef, power, m, rot
                         j = s1 + 1
                         continue
                     ix = j % sx
-                    if ix >= h and iy != nyquist:
-                        j += 1
+                    if ix >= h and iy != nyquist:  # only for j < 0, and every j up to −1
+                        j = 0
                         continue
                     dxm, dxp = kxb - qx[ix], kxb + qx[ix]
                     minus = dym * dym + dxm * dxm
@@ -237,14 +237,20 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
     With an integer ``u`` the fractional offsets are the same for every sample of an
     image: (i − o)·u = i·u + b + f, b = ⌊−o·u⌋, f = −o·u − b; so each image adds four
     shifted, scaled copies of itself, row by row over the columns that land on the grid
-    (no test per sample; for u = 1 the two corners of a row in one pass, two taps per
-    grid point). A copy adds the same weight to every grid point it lands on:
-    ``den`` is summed as row differences (two additions per row and corner, the running
-    sums taken once at the end), for ``u`` = 1 (contiguous columns) and every u (one
-    running sum per column residue mod u)."""
+    (no test per sample). For u = 1 the four weights are separable, (1 − f_y, f_y) ⊗
+    (1 − f_x, f_x): each image row's two horizontal taps are summed once and each grid
+    row gets two image rows' (:func:`_splat_separable`: one pass over the grid per image;
+    ~2·10⁹ uint16 samples/s per core, the former two-pass kernel 3.5·10⁸). A copy
+    adds the same weight to every grid point it lands on: ``den`` is summed as row
+    differences (two additions per row and corner, the running sums taken once at the
+    end), for ``u`` = 1 (contiguous columns) and every u (one running sum per column
+    residue mod u). Inner loops run over views from index 0 up: with indices numba
+    cannot prove ≥ 0 it selects a wrap-around per element and LLVM vectorises the stores
+    as scatters (most of the former kernel's cost)."""
     ny, nx = num.shape
     sy, sx = values.shape[1], values.shape[2]
     diff = np.zeros((ny, nx + u))  # den's row differences: +wf at a run's start, −wf past it
+    hp, hc = np.zeros(nx), np.zeros(nx)  # u = 1: the horizontal taps of two image rows
     for gi in range(index.shape[0]):
         g = index[gi]
         w = weights[g]
@@ -256,34 +262,11 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
         by, bx = math.floor(ty), math.floor(tx)
         fy, fx = ty - by, tx - bx
         iby, ibx = int(by), int(bx)
+        if u == 1:
+            _splat_separable(values[g], w, off, sc, iby, ibx, fy, fx, num, diff, hp, hc)
+            continue
         for cy in range(2):
             f_y = fy if cy else 1.0 - fy
-            if u == 1:  # both corners of a row in one pass: x gets v[x − bx]·a0 + v[x − bx − 1]·a1
-                a0, a1 = w * f_y * (1.0 - fx) * sc, w * f_y * fx * sc
-                xa, xb = max(0, ibx), min(nx, ibx + sx + 1)
-                xe = min(xb, ibx + sx)
-                for i in range(sy):
-                    yy = i + iby + cy
-                    if yy < 0 or yy >= ny:
-                        continue
-                    row, nrow = values[g, i], num[yy]
-                    x = xa
-                    if x == ibx and x < xb:  # column 0 of the image: its own corner only
-                        nrow[x] += (row[0] - off) * a0
-                        x += 1
-                    for xx in range(x, xe):
-                        jj = xx - ibx
-                        nrow[xx] += (row[jj] - off) * a0 + (row[jj - 1] - off) * a1
-                    if 0 <= xe < xb:  # one past the image's last column: its right corner
-                        nrow[xe] += (row[sx - 1] - off) * a1
-                    for cx in range(2):
-                        ox = ibx + cx
-                        j0, j1 = max(0, -ox), min(sx, nx - ox)
-                        if j1 > j0:
-                            wf = w * f_y * (fx if cx else 1.0 - fx)
-                            diff[yy, j0 + ox] += wf
-                            diff[yy, j1 + ox] -= wf
-                continue
             for cx in range(2):
                 f = f_y * (fx if cx else 1.0 - fx)
                 wf = w * f
@@ -298,9 +281,10 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
                     yy = i * u + iby + cy
                     if yy < 0 or yy >= ny:
                         continue
-                    row, nrow = values[g, i], num[yy]
-                    for j in range(j0, j1):
-                        nrow[j * u + ox] += (row[j] - off) * wfs
+                    # views from index 0 up: no wrap-around selects, no scatters
+                    src, dst = values[g, i, j0:j1], num[yy, j0 * u + ox::u]
+                    for t in range(j1 - j0):
+                        dst[t] += (src[t] - off) * wfs
                     diff[yy, j0 * u + ox] += wf
                     diff[yy, j1 * u + ox] -= wf
     for yy in range(ny):  # the running sums, one per column residue mod u
@@ -310,3 +294,76 @@ def drizzle_cpu(values, index, offsets, scales, weights, shifts, step_y, step_x,
             for xx in range(r, nx, u):
                 acc += d[xx]
                 drow[xx] += acc
+
+
+@numba.njit(nogil=True, cache=True)
+def _row_taps(row, off, c0, c1, ibx, xa, xb, h):
+    """h[x − xa] = c0·(row[x − ibx] − off) + c1·(row[x − ibx − 1] − off) for x in [xa, xb)
+    (a term whose column lies off the image is 0): one image row moved by ibx + fx
+    columns, its two bilinear taps (c0 = (1 − fx)·a, c1 = fx·a) summed once. The loops
+    run over views from index 0 up (an index numba can prove ≥ 0 needs no wrap-around
+    select, and the loop vectorises without scatters)."""
+    sx = row.shape[0]
+    x0, x1 = max(xa, ibx + 1), min(xb, ibx + sx)  # both taps on the image
+    if xa == ibx:  # column 0 of the image: its own tap only
+        h[0] = c0 * (row[0] - off)
+    k = (c0 + c1) * off
+    if x1 > x0:
+        src = row[x0 - ibx - 1:x1 - ibx]
+        dst = h[x0 - xa:x1 - xa]
+        for t in range(x1 - x0):
+            dst[t] = c0 * src[t + 1] + c1 * src[t] - k
+    if x1 == ibx + sx and x1 < xb:  # one past the image's last column: its right tap
+        h[x1 - xa] = c1 * (row[sx - 1] - off)
+
+
+@numba.njit(nogil=True, cache=True)
+def _splat_separable(image, w, off, sc, iby, ibx, fy, fx, num, diff, hp, hc):
+    """drizzle_cpu's splat of one image at u = 1, offset (iby + fy, ibx + fx) grid points:
+    the bilinear weights are separable and the same for every sample, so each image row's
+    horizontal taps are summed once (:func:`_row_taps`) and every grid row gets
+    (1 − fy)·h_i + fy·h_{i−1} of the image rows i, i − 1 that land on it: one pass over
+    the grid per image (the four corners as four passes cost twice the arithmetic and
+    twice the grid's reads and writes). den's row differences as drizzle_cpu's."""
+    ny, nx = num.shape
+    sy, sx = image.shape
+    xa, xb = max(0, ibx), min(nx, ibx + sx + 1)
+    ya, yb = max(0, iby), min(ny, iby + sy + 1)
+    if xb <= xa or yb <= ya:
+        return
+    m = xb - xa
+    a = w * sc
+    c0, c1 = (1.0 - fx) * a, fx * a
+    cy0, cy1 = 1.0 - fy, fy
+    # den: a row's run of grid columns gets w·r_y·(1 − fx) from column ibx on and
+    # w·r_y·fx from ibx + 1 on (those on the grid)
+    s0, e0 = max(0, ibx), min(sx + ibx, nx)
+    s1, e1 = max(0, ibx + 1), min(sx + ibx + 1, nx)
+    i = ya - iby - 1  # the image row above the first grid row
+    prev = 0 <= i < sy
+    if prev:
+        _row_taps(image[i], off, c0, c1, ibx, xa, xb, hp)
+    for yy in range(ya, yb):
+        i = yy - iby
+        cur = i < sy
+        if cur:
+            _row_taps(image[i], off, c0, c1, ibx, xa, xb, hc)
+        nrow = num[yy, xa:xb]
+        if cur and prev:
+            for t in range(m):
+                nrow[t] += cy0 * hc[t] + cy1 * hp[t]
+        elif cur:
+            for t in range(m):
+                nrow[t] += cy0 * hc[t]
+        elif prev:
+            for t in range(m):
+                nrow[t] += cy1 * hp[t]
+        ry = w * ((cy0 if cur else 0.0) + (cy1 if prev else 0.0))
+        if e0 > s0:
+            diff[yy, s0] += ry * (1.0 - fx)
+            diff[yy, e0] -= ry * (1.0 - fx)
+        if e1 > s1:
+            diff[yy, s1] += ry * fx
+            diff[yy, e1] -= ry * fx
+        hp, hc = hc, hp
+        prev = cur

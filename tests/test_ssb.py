@@ -95,6 +95,7 @@ def test_a_disc_off_the_detector_is_refused():
     ((10, 12), {}, 0.0, False),
     ((9, 11), {"C10": 150.0}, 30.0, False),
     ((12, 7), {"C10": -80.0, "C12": 40.0, "phi12": 0.5, "C30": 2e5, "C21": 300.0}, 205.0, True),
+    ((8, 17), {"C10": 120.0}, 10.0, False),  # rows of a prime ≥ 17: the DFT-matrix rfft
 ])  # fmt: skip
 def test_the_trotter_kernel_equals_the_array_code(scan, ab, rotation, transpose):
     """The CPU pass (rfft2 of blocks, kernels.direct.trotter_sums_cpu on the half spectrum,
@@ -159,3 +160,16 @@ def test_the_stack_leaves_out_only_pixels_no_sum_uses():
         assert ssb_groups(cal, b).n_groups < full.n_groups
         np.testing.assert_allclose(ssb(ds, SsbParameters(bin=b)).phase, ref.phase,
                                    rtol=0, atol=1e-6 * np.abs(ref.phase).max())  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(6, 47), (5, 48), (7, 101), (4, 17), (3, 257)])
+def test_the_scan_rfft2_equals_numpys(shape):
+    """ssb.scan_rfft2 (pocketfft, or a DFT-matrix product along rows of a prime ≥ 17):
+    numpy's rfft2 in float64 within float32 rounding, uint32 counts as stored."""
+    from ptyengine.reconstruct.ssb import scan_rfft2
+
+    a = np.random.default_rng(5).integers(0, 70, (3, *shape)).astype(np.uint32)
+    got = scan_rfft2(shape)(a)
+    ref = np.fft.rfft2(a.astype(np.float64))
+    assert got.dtype == np.complex64 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())

@@ -1,6 +1,7 @@
 """tcBF: parallax shifts, the aberration/rotation fit (physics' defocus sign), the image."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,12 +123,16 @@ def drizzle_reference(values, weights, shifts, step, u):
     return num.reshape(ny, nx), den.reshape(ny, nx)
 
 
-@pytest.mark.parametrize("u", [1, 3])
-def test_the_drizzle_kernel_equals_the_bincount_splat(u):
-    """tcbf.drizzle (kernels.direct.drizzle_cpu, images split over the cores) puts every
-    sample where the numpy splat did, shifts of either sign, samples off the grid dropped;
-    stored counts (uint16) with a per-image offset and scale as their float contrast."""
+@pytest.mark.parametrize("u, split", [(1, False), (1, True), (3, True)])
+def test_the_drizzle_kernel_equals_the_bincount_splat(u, split, monkeypatch):
+    """tcbf.drizzle (kernels.direct.drizzle_cpu, in the calling thread or the images split
+    over the cores) puts every sample where the numpy splat did, shifts of either sign,
+    samples off the grid dropped; stored counts (uint16) with a per-image offset and scale
+    as their float contrast."""
+    from ptyengine.reconstruct import tcbf as module
     from ptyengine.reconstruct.tcbf import drizzle
+
+    monkeypatch.setattr(module, "SPLIT_SAMPLES", 0 if split else 1 << 40)
 
     rng = np.random.default_rng(4)
     values = rng.normal(size=(37, 9, 11)).astype(np.float32)
@@ -135,6 +140,10 @@ def test_the_drizzle_kernel_equals_the_bincount_splat(u):
     # images landing one column/row from the edge, partly and wholly off the grid
     shifts[:6] = [[0.0, -5.0], [0.0, 5.0], [-3.2, -4.9], [0.0, 5.6], [4.0, -6.0], [0.0, -5.25]]
     shifts[6:8] = [[0.0, 5.5], [0.3, 5.4]]  # one column before the grid: the last one's tap
+    # rows: the last image row alone on the first grid row, the first alone on the last,
+    # partly off above and below, an integer offset (one tap per axis)
+    shifts[8:13] = [[0.4 * 8.6, 0.2], [-0.4 * 8.7, -0.3], [0.4 * 3.3, 1.1], [-0.4 * 5.5, 0.0],
+                    [0.8, -1.0]]
     got = drizzle(values, weights, shifts, (0.4, 0.5), u)
     ref = drizzle_reference(values, weights, shifts, (0.4, 0.5), u)
     for a, b in zip(got, ref, strict=True):
@@ -230,3 +239,61 @@ def test_in_focus_tcbf_gives_no_image_and_says_why():
     res = tcbf(InMemoryDataset(_few_counts(cal, 0.0), cal))
     assert res.aberrations["C10"] == 0.0 and "in focus" in res.extra["no_image"]
     assert "no phase image: in focus" in res.summary()
+
+
+def vm_flags(address: int) -> list[str]:
+    """The kernel's VmFlags of the mapping that holds ``address`` (/proc/self/smaps)."""
+    flags, inside = None, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                flags = line.split()[1:]
+    assert flags is not None, "no mapping holds the address"
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_the_stack_asks_for_no_transparent_huge_pages():
+    """The bright-field stack is fresh memory written once by the reading threads; numpy
+    marks arrays ≥ 4 MiB MADV_HUGEPAGE, whose first touch cost 3–5× that of plain pages on
+    the benchmarks' VM (RESULTS.md): the stack is allocated without that hint ("hg")."""
+    from ptyengine.reconstruct.direct import bright_field_groups, bright_field_stack
+
+    cal = calibration(32, 0.5, 64, 25)
+    data = np.random.default_rng(0).integers(0, 9, (32, 32, 64, 64)).astype(np.float32)
+    bf = bright_field_groups(cal, 1)
+    stack = bright_field_stack(InMemoryDataset(data, cal), bf)
+    assert stack.nbytes >= 4 << 20 and "hg" not in vm_flags(stack.ctypes.data + stack.nbytes // 2)
+    flat = data.reshape(32 * 32, -1)[:, bf.pixels].T.reshape(-1, 32, 32)
+    np.testing.assert_array_equal(stack, flat)
+
+
+def test_the_ctf_flip_is_the_full_spectrum_flip_in_a_third_of_the_memory():
+    """tcbf.ctf_flip (half spectra, the phase factor in place) equals the flip of the
+    mirror-extended image's full spectrum by sign(sin χ₂) with astigmatism, and its numpy
+    allocations peak below 12× the image's bytes (the full spectra took 32×: scan-sized
+    memory grows with the data, the memory-flat bound of bench_direct_memory.py)."""
+    import tracemalloc
+
+    from ptyengine.reconstruct.tcbf import ctf_flip
+
+    image = np.random.default_rng(6).normal(size=(300, 101))
+    ab, sampling, lam = {"C10": 300.0, "C12": 40.0, "phi12": 0.3}, (0.3, 0.4), 0.0197
+    ext = np.block([[image, image[:, ::-1]], [image[::-1], image[::-1, ::-1]]])
+    qy = np.fft.fftfreq(600, sampling[0])[:, None]
+    qx = np.fft.fftfreq(202, sampling[1])[None, :]
+    a, b = 40.0 * math.cos(0.6), 40.0 * math.sin(0.6)
+    chi2 = math.pi * lam * ((300.0 + a) * qx**2 + 2 * b * qx * qy + (300.0 - a) * qy**2)
+    ref = np.fft.ifft2(np.fft.fft2(ext) * np.sign(np.sin(chi2))).real[:300, :101]
+    tracemalloc.start()
+    try:
+        got = ctf_flip(image, ab, sampling, lam)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    assert peak < 12 * image.nbytes

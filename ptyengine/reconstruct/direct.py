@@ -19,6 +19,7 @@ Detector pixels masked out (:func:`.dataset.detector_mask`) are left out of ever
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,7 +146,7 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     pix, onehot = (None, None) if xp is np else (xp.asarray(bf.pixels), group_matrix(bf, xp))
 
     if out is None:
-        out = np.zeros((bf.n_groups, sy, sx), dataset_stack_dtype(ds, bf, device))
+        out = fresh_zeros((bf.n_groups, sy, sx), dataset_stack_dtype(ds, bf, device))
     stack = out
     # CPU, a stack in memory whose rows follow each other: the reading threads gather
     # straight into it (no block-sized temporary: fresh pages cost ~10 µs each on a VM)
@@ -174,6 +175,23 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
     if done != sy:
         raise PtyengineError(f"{name}: read {done} scan rows, expected {sy}")
     return stack
+
+
+def fresh_zeros(shape, dtype) -> np.ndarray:
+    """A zero array of ``shape``, ``dtype`` in an anonymous private memory map of its own,
+    without numpy's transparent-huge-page hint (numpy marks every array of ≥ 4 MiB
+    MADV_HUGEPAGE). The stack is fresh memory written once, in the reading threads: on the
+    benchmarks' VM the first touch of hinted memory cost 3–5× that of plain pages
+    (0.33–0.61 against 0.10–0.16 CPU s for 195 MiB, pages the host had taken back;
+    benchmarks/RESULTS.md). The system's default for plain memory stays in force.
+    Freed with the array."""
+    shape = tuple(int(v) for v in shape)
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < mmap.PAGESIZE or not hasattr(mmap, "MAP_PRIVATE"):  # small, or not POSIX
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # fileno −1: anonymous
+    return np.frombuffer(buf, dtype, math.prod(shape)).reshape(shape)
 
 
 def group_matrix(bf: BrightField, xp=np):

@@ -36,7 +36,8 @@ file (:class:`.direct.StackFile`, ``stack_on_disk``; plain file I/O, so resident
 does not grow with it). It is then transformed ``block`` pixels at a time (from
 ``memory_limit``: block·Sy·Sx·16 bytes ≤ budget/4, so memory in use is scan size × block
 whatever the data's size). On the CPU each block is split over the cores; a part takes
-the real FFT over the scan (rfft2) of 16 pixels at a time and sums their trotters with
+the real FFT over the scan (rfft2; rows of a large prime length as a DFT-matrix product:
+:func:`scan_rfft2`) of 16 pixels at a time and sums their trotters with
 :func:`kernels.direct.trotter_sums_cpu` on half of the Q grid (Φ(−Q) = Φ*(Q) exactly
 gives the rest), visiting for each pixel k only the Q within α/λ of ±k, with the
 aberration phases e^{iχ(k ∓ Q)} from forward differences along each row of Q. On a GPU
@@ -57,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import physics
-from ..backend import fft2, get_xp, rfft2, split_map, to_numpy
+from ..backend import _blas, fft2, get_xp, split_map, to_numpy
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
@@ -81,6 +82,10 @@ EDGE = 1.0
 #: kernel), and at most this many bytes of them per thread (memory independent of the scan)
 FFT_PIXELS = 16
 FFT_BYTES = 4 << 20
+#: scan rows of Sx ≤ DFT_MAX_X positions whose length has a prime factor ≥ DFT_MIN_PRIME
+#: are transformed along x as a product with the DFT matrix (:func:`scan_rfft2`)
+DFT_MIN_PRIME = 17
+DFT_MAX_X = 256
 
 
 @dataclass
@@ -251,6 +256,44 @@ def trotter_terms(k_d, cal, ab) -> TrotterTerms:
                         float(cal.scan_step[1]))  # fmt: skip
 
 
+def largest_prime_factor(n: int) -> int:
+    """The largest prime factor of ``n`` ≥ 1 (1 for 1)."""
+    n, p, out = int(n), 2, 1
+    while p * p <= n:
+        while n % p == 0:
+            out, n = p, n // p
+        p += 1
+    return max(out, n)
+
+
+def scan_rfft2(shape):
+    """f(images (b, Sy, Sx), any real dtype) → (b, Sy, Sx//2 + 1) complex64, their rfft2
+    over the scan (numpy's convention and layout), for scans of ``shape``. pocketfft
+    (scipy.fft, one thread) in general; where Sx ≤ :data:`DFT_MAX_X` has a prime factor
+    ≥ :data:`DFT_MIN_PRIME` (pocketfft's generic radix pass costs O(p) per point) the
+    transform along x is a float32 matrix product with the (Sx, Sx//2 + 1) DFT matrix
+    (BLAS), then pocketfft along y: the same transform within float32 rounding, at half
+    the cost on UiO-66's 52 × 47 scan (3.1 against 6.1 ns per point; 2.6–2.8× at Sx =
+    97–127; slower at smooth lengths such as 48, 128, 256: benchmarks/RESULTS.md)."""
+    import scipy.fft as sfft
+
+    sy, sx = (int(v) for v in shape)
+    if sx > DFT_MAX_X or largest_prime_factor(sx) < DFT_MIN_PRIME:
+        return lambda a: sfft.rfft2(np.asarray(a, np.float32), axes=(-2, -1))
+    h = sx // 2 + 1
+    arg = 2 * np.pi * np.outer(np.arange(sx), np.arange(h)) / sx
+    w = np.concatenate([np.cos(arg), -np.sin(arg)], axis=1).astype(np.float32)  # (Sx, 2h)
+
+    def dft(a):
+        b = len(a)
+        x = (np.asarray(a, np.float32).reshape(b * sy, sx) @ w).reshape(b, sy, 2 * h)
+        z = np.empty((b, sy, h), np.complex64)
+        z.real, z.imag = x[..., :h], x[..., h:]
+        return sfft.fft(z, axis=-2, overwrite_x=True)
+
+    return dft
+
+
 def trotter_pass(stack, t: TrotterTerms, block: int, xp=np):
     """(num (Sy, Sx) complex128, count (Sy, Sx) int32, dc): the trotter sums Σ of the estimates
     of Φ(Q)·I₀ and their number per Q over every pixel of ``stack`` (n, Sy, Sx), read
@@ -263,6 +306,7 @@ def trotter_pass(stack, t: TrotterTerms, block: int, xp=np):
     dqx = 1.0 / (sx * t.step_x)
     # pixels per rfft2: FFT_PIXELS, fewer where their spectra would pass FFT_BYTES
     per_fft = int(max(1, min(FFT_PIXELS, FFT_BYTES // (12 * sy * sx))))
+    transform = scan_rfft2((sy, sx))
     sums: dict = {}  # one (num, count, [dc]) per thread, kept over the blocks
     for b0 in range(0, n, block):
         b1 = min(b0 + block, n)
@@ -273,13 +317,17 @@ def trotter_pass(stack, t: TrotterTerms, block: int, xp=np):
                     np.zeros((sy, sx), np.complex128), np.zeros((sy, sx), np.int32), [0.0]))
                 for c0 in range(sl.start, sl.stop, per_fft):
                     c1 = min(c0 + per_fft, sl.stop)
-                    half = rfft2(part[c0:c1])
+                    half = transform(part[c0:c1])
                     idx = slice(b0 + c0, b0 + c1)
                     trotter_sums_cpu(half, t.ky[idx], t.kx[idx], t.use[idx], t.qy, t.qx,
                                      dqx, t.lo, t.hi, *coef, nm, ct)  # fmt: skip
                     d[0] += float(half[t.use[idx], 0, 0].real.sum(dtype=np.float64))
 
-            split_map(run, b1 - b0)
+            # the DFT products' GEMMs in one thread each, also where split_map runs a
+            # single part itself (OpenBLAS's threads on these small products: 8–20× the
+            # wall time at a load of 10 on 2 cores)
+            with _blas().limit(limits=1, user_api="blas"):
+                split_map(run, b1 - b0)
         else:
             g = fft2(xp.asarray(part, np.float32).astype(np.complex64))
             sl = slice(b0, b1)

@@ -85,15 +85,17 @@ sin χ₂ ≡ 0 and there is no image: ``phase`` is zero and ``extra["no_image"]
 Memory: the stack of group images, Sy·Sx·G·4 bytes (G ≈ π(α/λ)²/(dk² bin²) groups; 2
 for 8/16-bit counts at bin 1; never copied to floats), the fit's stack (≤ ``fit_samples``
 ·4 bytes, 2 MiB by default), and while measuring shifts a batch of b padded window images
-(~b·ny·nx·256 bytes, b ≤ 256 within a quarter of the budget: :func:`shift_batch`); one
+(~b·ny·nx·256 bytes, b ≤ 256 within a quarter of the budget: :func:`shift_batch`), and
+a few scan-sized images (the CTF flip: ~9× the image's bytes, :func:`ctf_flip`); one
 read of the data. ``bin`` = None picks the smallest bin
 with at most :data:`MAX_GROUPS` groups and a stack within a quarter of the memory budget,
 so memory is bounded by the budget (``--memory-limit``), not by the data.
 
 Speed: the aligned sums (every score of the C10 search, every reference, the image) are
 splats of whole images by :func:`kernels.direct.drizzle_cpu` (integer up-sampling: one
-fractional offset per image; the stack read as stored with a per-image offset and
-scale), over an index of the images (no copies), split over the cores; the
+fractional offset per image, so separable taps summed once per image row; the stack
+read as stored with a per-image offset and scale), over an index of the images (no
+copies), split over the cores where they hold ≥ :data:`SPLIT_SAMPLES` samples; the
 cross-correlations use half spectra (rfft2/irfft2). The search (49 scores) and the fit
 cost a fixed amount whatever the data's size (the fit's stack); the image is one splat of
 the whole stack: with the read, its cost grows with the data.
@@ -147,6 +149,9 @@ FIT_SAMPLES = 1 << 19
 FIT_GROUPS = 200
 #: fewest scan positions a side of the fit's window
 FIT_SIDE = 24
+#: splats of fewer samples run in the calling thread (~0.5 ms of the kernel's work: the
+#: hand-off to a second thread costs as much on a loaded 2-core machine)
+SPLIT_SAMPLES = 1 << 20
 
 
 @dataclass
@@ -321,7 +326,9 @@ def drizzle(values, weights, shifts, step, upsample: int = 1, index=None, offset
                     float(step[1]), u, num, den)  # fmt: skip
         return num, den
 
-    parts = split_map(run, len(idx)) if len(idx) else [run(slice(0, 0))]
+    if len(idx) * sy * sx < SPLIT_SAMPLES:  # the search's small splats: no hand-offs
+        return run(slice(0, len(idx)))
+    parts = split_map(run, len(idx))
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
@@ -412,16 +419,26 @@ def measure_shifts(values, ref, cover, pred, radius, step, batch: int = BATCH):
 
 def ctf_flip(image, aberrations, sampling, lam):
     """``image`` with its spectrum multiplied by sign(sin χ₂(Q)) (scan-frame A, mirrored
-    extension against edge artefacts)."""
+    extension against edge artefacts). χ₂(−Q) = χ₂(Q), so the product of the real
+    extension's spectrum is Hermitian: half spectra (rfft2/irfft2), the phase factor
+    formed in place: 8.7× the image's bytes at its peak (32× with full complex spectra),
+    scan-sized memory being what grows with the data in tcBF's last step."""
+    import scipy.fft as sfft
+
     ny, nx = image.shape
     ext = np.block([[image, image[:, ::-1]], [image[::-1], image[::-1, ::-1]]])
+    spec = sfft.rfft2(ext, workers=cpu_workers())
+    del ext
     qy = np.fft.fftfreq(2 * ny, sampling[0])[:, None]
-    qx = np.fft.fftfreq(2 * nx, sampling[1])[None, :]
+    qx = np.fft.rfftfreq(2 * nx, sampling[1])[None, :]
     c10, c12, phi = aberrations["C10"], aberrations["C12"], aberrations["phi12"]
     a, b = c12 * math.cos(2 * phi), c12 * math.sin(2 * phi)
-    chi2 = math.pi * lam * ((c10 + a) * qx**2 + 2 * b * qx * qy + (c10 - a) * qy**2)
-    out = np.fft.ifft2(np.fft.fft2(ext) * np.sign(np.sin(chi2))).real
-    return out[:ny, :nx]
+    chi2 = (c10 + a) * qx**2 + (c10 - a) * qy**2
+    chi2 += 2 * b * qx * qy
+    chi2 *= math.pi * lam
+    spec *= np.sign(np.sin(chi2, out=chi2), out=chi2)
+    del chi2
+    return sfft.irfft2(spec, (2 * ny, 2 * nx), workers=cpu_workers(), overwrite_x=True)[:ny, :nx]
 
 
 def half_correlation(rel, weights, k, ab, rot, tr, cal, half, live, with_error=False):
