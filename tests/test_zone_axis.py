@@ -169,3 +169,33 @@ def test_command_errors_are_one_line(tmp_path, capsys, make, args, message):
     code, out, err = run(capsys, *argv)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif", ".mrc", ".dm4", ".png"])
+def test_a_pattern_reads_from_each_format(tmp_path, suffix):
+    """read_pattern: the pattern as written, in every format the command takes (PNG as an
+    8-bit grey image); a stack is refused."""
+    from test_convert import write_dm4
+
+    from ptyengine.hrtem import stack
+
+    pattern = np.random.default_rng(3).poisson(20.0, (24, 20)).astype(np.uint16)
+    path = tmp_path / f"p{suffix}"
+    if suffix == ".dm4":
+        write_dm4(path, pattern, [0.02, 0.02], ["1/nm", "1/nm"], [0, 0], 300e3)
+    elif suffix == ".png":
+        import matplotlib.pyplot as plt
+
+        plt.imsave(path, pattern, cmap="gray", vmin=0, vmax=255)
+    else:
+        stack.write_array(path, pattern, None)
+    got = za.read_pattern(path)
+    assert got.shape == pattern.shape
+    if suffix == ".png":  # grey levels scaled to 0..1
+        assert np.allclose(got * 255, pattern, atol=1.5)  # the colour map's 256 levels
+    else:
+        assert np.array_equal(got, pattern)
+    if suffix in (".npy", ".tif", ".mrc"):
+        stack.write_array(tmp_path / f"s{suffix}", np.stack([pattern] * 2), None)
+        with pytest.raises(PtyengineError, match="2-D"):
+            za.read_pattern(tmp_path / f"s{suffix}")

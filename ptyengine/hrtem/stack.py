@@ -173,7 +173,7 @@ def _suffix(path: Path, allowed) -> str:
     return suffix
 
 
-def _read_array(path: Path) -> tuple[np.ndarray, float | None]:
+def read_array(path: Path) -> tuple[np.ndarray, float | None]:
     """(data, pixel size Å or None) of an npy, TIFF, MRC or rosettasciio file."""
     suffix = _suffix(path, READ_SUFFIXES)
     if not path.exists():
@@ -242,7 +242,7 @@ def read_stack(path, min_frames: int = 2) -> Stack:
     the pixel size comes from the file, else from ``NAME.json``; the true trajectory from
     ``NAME_trajectory.csv`` when present."""
     path = Path(path)
-    data, pixel = _read_array(path)
+    data, pixel = read_array(path)
     frames = check_frames(data, str(path), min_frames)
     meta = {}
     if sidecar(path, "json").exists():
@@ -260,7 +260,7 @@ def read_stack(path, min_frames: int = 2) -> Stack:
 def read_image(path) -> tuple[np.ndarray, float | None]:
     """A 2-D image and its pixel size (Å or None), checked by :func:`check_image`."""
     path = Path(path)
-    data, pixel = _read_array(path)
+    data, pixel = read_array(path)
     if sidecar(path, "json").exists():
         pixel = json.loads(sidecar(path, "json").read_text()).get("pixel_size_A", pixel)
     return check_image(data, str(path)), pixel

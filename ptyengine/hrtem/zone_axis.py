@@ -145,39 +145,26 @@ class Alignment:
 
 
 def read_pattern(path) -> np.ndarray:
-    """One 2-D diffraction pattern (float64) from .npy, .png, .tif/.tiff, .dm3/.dm4 or
-    .mrc (the first frame of a stack is refused: give one pattern)."""
+    """One 2-D diffraction pattern (float64) from .png/.jpg (grey: the mean of the colour
+    channels) or any format :func:`.stack.read_array` reads (.npy, .tif/.tiff, .mrc,
+    .dm3/.dm4, .hspy, .emd); a stack is refused: give one pattern."""
+    from .stack import read_array
+
     path = Path(path)
     if not path.is_file():
         raise PtyengineError(f"{path} does not exist or is not a file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        elif suffix in (".png", ".jpg", ".jpeg"):
-            from matplotlib.image import imread
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        from matplotlib.image import imread
 
+        try:
             data = imread(path)
-            if data.ndim == 3:  # RGB(A) -> grey (mean of the colour channels)
-                data = data[..., :3].mean(axis=-1)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            data = tifffile.imread(path)
-        elif suffix in (".dm3", ".dm4", ".mrc"):
-            import importlib
-
-            module = "mrc" if suffix == ".mrc" else "digitalmicrograph"
-            found = importlib.import_module(f"rsciio.{module}").file_reader(str(path))
-            data = np.asarray(found[0]["data"])
-        else:
-            raise PtyengineError(f"{path}: unknown pattern format {suffix or '(no suffix)'!r}; "
-                                 "use .npy, .png, .tif, .dm3/.dm4 or .mrc")  # fmt: skip
-    except PtyengineError:
-        raise
-    except Exception as exc:  # readers raise many kinds of errors on foreign files
-        raise PtyengineError(f"{path}: not a readable {suffix[1:]} file "
-                             f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+        except Exception as exc:  # Pillow/matplotlib raise many kinds on foreign files
+            raise PtyengineError(f"{path}: not a readable image "
+                                 f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+        if data.ndim == 3:  # RGB(A) -> grey
+            data = data[..., :3].mean(axis=-1)
+    else:
+        data, _ = read_array(path)
     data = np.squeeze(np.asarray(data))
     if data.ndim != 2:
         raise PtyengineError(f"{path}: holds an array of shape {data.shape}; a diffraction "
