@@ -11,7 +11,7 @@ Methods (all from the calibration's defocus, probe refined; every method of a ro
 data, ``--detector-pixels``):
   ePIE  single slice, ``--epie-iterations`` iterations, batch 16;
   ML1   ("ml1") single-slice ML, at most ``--ml-iterations`` iterations, library defaults
-        (phase object): the single-slice baseline of the Poisson likelihood;
+        but ``--ml-object-model``: the single-slice baseline of the Poisson likelihood;
   mepie S slices of Δz = t / S, ``--mepie-iterations`` K iterations, batch 16, flat start;
   ML    S slices, started from exactly that mepie run (``mepie_start_iterations`` K), then
         at most ``--ml-iterations`` Poisson-ML iterations (library defaults otherwise:
@@ -206,7 +206,8 @@ def main():
                 s_ncc, s_sec = "–", 0.0
                 if "ml1" in methods:
                     t0 = time.perf_counter()
-                    res = ml(mem, MLParameters(iterations=args.ml_iterations))
+                    res = ml(mem, MLParameters(iterations=args.ml_iterations,
+                                               object_model=args.ml_object_model))
                     s_sec = time.perf_counter() - t0
                     s_ncc = f"{_ncc(res, truth, t_sampling, k_max):.3f}"
                 for s in s_list:
