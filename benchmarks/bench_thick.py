@@ -7,8 +7,11 @@ entrance surface (0: on it), a 20 × 20 scan at 0.4 Å over one 7.81 Å cell,
 ``--detector-pixels`` (48: a probe window of 11.8 Å; 96: 23.6 Å) to 40 mrad; noise-free,
 or Poisson counts at each ``--doses`` e/Å² (seed 0).
 
-Methods (all from the calibration's defocus, probe refined):
+Methods (all from the calibration's defocus, probe refined; every method of a row on the same
+data, ``--detector-pixels``):
   ePIE  single slice, ``--epie-iterations`` iterations, batch 16;
+  ML1   ("ml1") single-slice ML, at most ``--ml-iterations`` iterations, library defaults
+        but ``--ml-object-model``: the single-slice baseline of the Poisson likelihood;
   mepie S slices of Δz = t / S, ``--mepie-iterations`` K iterations, batch 16, flat start;
   ML    S slices, started from exactly that mepie run (``mepie_start_iterations`` K), then
         at most ``--ml-iterations`` Poisson-ML iterations (library defaults otherwise:
@@ -32,7 +35,7 @@ Scored with study.Truth (NCC and NCC after the 1 Å blur) over the fully dosed c
 (study.object_border).
 
     python benchmarks/bench_thick.py [--thicknesses 200,400] [--defoci 0,100]
-        [--doses none,1000] [--slices rule|4,8,16] [--methods epie,mepie,ml]
+        [--doses none,1000] [--slices rule|4,8,16] [--methods epie,ml1,mepie,ml]
         [--detector-pixels 48] [--workdir DIR]
     python benchmarks/bench_thick.py --structure uio66 [--methods epie,mepie,ml,mlss]
 """
@@ -180,9 +183,9 @@ def main():
     methods = args.methods.split(",")
     tmp = args.workdir or tempfile.mkdtemp()
     print(f"load average {os.getloadavg()[0]:.1f}")
-    print("| t (Å) | crossover (Å) | dose | S | Δz (Å) | ePIE | mepie | ML | ML best it. "
-          "| ML C10 (Å) | s (ePIE/mepie/ML) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| t (Å) | crossover (Å) | dose | px | S | Δz (Å) | ePIE | ML, S = 1 | mepie | ML | "
+          "ML best it. | ML C10 (Å) | s (ePIE/ML1/mepie/ML) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in (float(v) for v in args.thicknesses.split(",")):
         for z in (float(v) for v in args.defoci.split(",")):
             data, cal, meta, truth, t_sampling = _simulate(t, z, args.detector_pixels or 48,
@@ -200,6 +203,13 @@ def main():
                                                    batch_size=16))  # fmt: skip
                     e_sec = time.perf_counter() - t0
                     e_ncc = f"{_ncc(res, truth, t_sampling, k_max):.3f}"
+                s_ncc, s_sec = "–", 0.0
+                if "ml1" in methods:
+                    t0 = time.perf_counter()
+                    res = ml(mem, MLParameters(iterations=args.ml_iterations,
+                                               object_model=args.ml_object_model))
+                    s_sec = time.perf_counter() - t0
+                    s_ncc = f"{_ncc(res, truth, t_sampling, k_max):.3f}"
                 for s in s_list:
                     m_ncc = l_ncc = best = c10 = "–"
                     m_sec = l_sec = 0.0
@@ -220,9 +230,9 @@ def main():
                                         f"{_ncc(res, truth, t_sampling, k_max):.3f}")
                         best = f"{res.best_iteration} of {len(res.errors)}"
                         c10 = f"{res.extra['refined'].get('C10', float('nan')):.1f}"
-                    print(f"| {t:g} | {z:g} | {dose_s} | {s} | {t / s:.4g} | {e_ncc} | {m_ncc} "
-                          f"| {l_ncc} | {best} | {c10} | {e_sec:.0f}/{m_sec:.0f}/{l_sec:.0f} |",
-                          flush=True)
+                    print(f"| {t:g} | {z:g} | {dose_s} | {args.detector_pixels or 48} | {s} | "
+                          f"{t / s:.4g} | {e_ncc} | {s_ncc} | {m_ncc} | {l_ncc} | {best} | {c10} | "
+                          f"{e_sec:.0f}/{s_sec:.0f}/{m_sec:.0f}/{l_sec:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
