@@ -155,6 +155,12 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def single_blas():
+    """A context in which BLAS (numpy's matrix products) runs one thread: for callers
+    whose own threads each run products (split_map's parts, SSB's DFT products)."""
+    return _blas().limit(limits=1, user_api="blas")
+
+
 @functools.cache
 def _pool(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="ptyengine")
@@ -181,7 +187,7 @@ def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
 
     # BLAS (matrix products in the parts) would start threads of its own on top of ours;
     # the calling thread works on the first part itself instead of waiting
-    with _blas().limit(limits=1, user_api="blas"):
+    with single_blas():
         others = [_pool(parts - 1).submit(run, i) for i in range(1, parts)]
         return [run(0), *(f.result() for f in others)]
 

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import physics
-from ..backend import _blas, fft2, get_xp, split_map, to_numpy
+from ..backend import fft2, get_xp, single_blas, split_map, to_numpy
 from ..backend import memory_limit as memory_limit_bytes
 from ..dataset import as_dataset
 from ..errors import PtyengineError
@@ -326,7 +326,7 @@ def trotter_pass(stack, t: TrotterTerms, block: int, xp=np):
             # the DFT products' GEMMs in one thread each, also where split_map runs a
             # single part itself (OpenBLAS's threads on these small products: 8–20× the
             # wall time at a load of 10 on 2 cores)
-            with _blas().limit(limits=1, user_api="blas"):
+            with single_blas():
                 split_map(run, b1 - b0)
         else:
             g = fft2(xp.asarray(part, np.float32).astype(np.complex64))
