@@ -248,10 +248,12 @@ def ctf(image, output, defocus, energy, cs, focal_spread, convergence, aperture,
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise and jitter seed.")
 @click.option("--sampling", type=float, default=0.1, show_default=True,
               help="Exit-wave sampling in Å (at most; the grid holds whole unit cells).")
+@click.option("--tilt", default="0,0", show_default=True,
+              help="Crystal tilt θ_y,θ_x in mrad off the zone axis (as for hrtem pattern).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal_spread,
              convergence, aperture, pixel_size, size, frames, dose_per_pixel, dose,
-             noise_free, velocity, curve, jitter, seed, sampling, overwrite):
+             noise_free, velocity, curve, jitter, seed, sampling, tilt, overwrite):
     """Simulate an HRTEM stack with a known drift (or one image with --frames 1):
     the exit wave of a plane wave through the crystal (the simulator's plane-wave mode:
     its specimen and multislice, static lattice) → objective lens (defocus, Cs,
@@ -281,13 +283,17 @@ def simulate(output, structure, zone_axis, thickness, defocus, energy, cs, focal
         defocus = ctfm.scherzer_defocus(energy * 1e3, cs * ctfm.MM) if cs > 0 else 0.0
     optics = _optics(energy, defocus, cs, focal_spread, convergence, aperture)
     uvw = _zone_axis(zone_axis)
-    psi, samp, cell = stk.crystal_exit_wave(structure, uvw, thickness, optics.energy, sampling)
+    from .. import planewave
+
+    angles = planewave.check_tilt(_pair(tilt, "--tilt"))
+    psi, samp, cell = stk.crystal_exit_wave(structure, uvw, thickness, optics.energy, sampling,
+                                            angles)  # fmt: skip
     image = ctfm.exit_wave_image(psi, samp, optics)
     traj = stk.drift_trajectory(frames, seed, _pair(velocity, "--velocity"), curve, jitter)
     st = stk.simulate_frames(image, samp, pixel_size, shape, frames,
                              None if noise_free else dose_per_pixel, seed, traj)
     meta = {"structure": structure, "zone_axis": list(uvw), "thickness_A": thickness,
-            "cell_A": list(cell),
+            "cell_A": list(cell), "tilt_mrad": list(angles),
             "exit_wave": "multislice, plane wave (ptyengine.planewave), 2 A slices",
             "optics": {"energy_eV": optics.energy, "C10_A": optics.defocus, "Cs_mm": cs,
                        "focal_spread_A": focal_spread, "convergence_mrad": convergence,
