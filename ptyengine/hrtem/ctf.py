@@ -42,6 +42,7 @@ import numpy as np
 
 from .. import physics
 from ..errors import PtyengineError
+from ..metrics import taper_window
 
 MM = 1e7  # Å per mm (Cs on the command line is in mm)
 
@@ -230,16 +231,21 @@ def wiener_filter(image, pixel: float, optics: Optics, snr: float) -> np.ndarray
 # --------------------------------------------------------------- Thon-ring defocus fit
 
 
-def radial_profile(image, pixel: float, n_bins: int | None = None):
-    """Rotational average of the power spectrum of ``image`` (Hann-windowed, mean removed):
-    (k centres 1/Å, power) over 0 < k ≤ Nyquist in bins of one Fourier pixel."""
+def power_spectrum(image) -> np.ndarray:
+    """|FFT[(I − Ī)·w]|² of a 2-D image with a Hann window w (FFT order)."""
     img = np.asarray(image, dtype=np.float64)
-    w = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
-    p = np.abs(np.fft.fft2((img - img.mean()) * w)) ** 2
-    ky, kx = _grid(img.shape, (pixel, pixel))
+    return np.abs(np.fft.fft2((img - img.mean()) * taper_window(img.shape, "hann"))) ** 2
+
+
+def radial_profile(image, pixel: float, n_bins: int | None = None, power=None):
+    """Rotational average of the power spectrum of ``image`` (Hann-windowed, mean removed;
+    ``power``: that spectrum when already computed): (k centres 1/Å, power) over
+    0 < k ≤ Nyquist in bins of one Fourier pixel."""
+    p = power_spectrum(image) if power is None else power
+    ky, kx = _grid(p.shape, (pixel, pixel))
     k = np.hypot(ky, kx)
     k_nyq = 0.5 / pixel
-    n_bins = n_bins or min(img.shape) // 2
+    n_bins = n_bins or min(p.shape) // 2
     edges = np.linspace(0, k_nyq, n_bins + 1)
     idx = np.digitize(k.ravel(), edges) - 1
     ok = (idx >= 0) & (idx < n_bins)
@@ -271,17 +277,16 @@ def _smooth(values, width: int = 9):
 MAX_SPOT_FRACTION = 0.5
 
 
-def lattice_power_fraction(image, pixel: float, k_range) -> float:
+def lattice_power_fraction(image, pixel: float, k_range, power=None) -> float:
     """Share of the (Hann-windowed) power spectrum in ``k_range`` (1/Å) held by pixels
     above 10 × the median of their ring one Fourier pixel wide: ~0 for the smooth Thon
     rings of an amorphous specimen (exponential speckle exceeds 10 × its median with
-    probability 2^-10), most of it for a crystal's lattice reflections."""
+    probability 2^-10), most of it for a crystal's lattice reflections. ``power``: the
+    spectrum (:func:`power_spectrum`) when already computed."""
     from .drift import ring_background, ring_index
 
-    img = np.asarray(image, dtype=np.float64)
-    w = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
-    p = np.abs(np.fft.fft2((img - img.mean()) * w)) ** 2
-    ky, kx = _grid(img.shape, (pixel, pixel))
+    p = power_spectrum(image) if power is None else power
+    ky, kx = _grid(p.shape, (pixel, pixel))
     k = np.hypot(ky, kx)
     band = (k >= k_range[0]) & (k <= k_range[1]) & (ring_index(p.shape) > 0)
     spots = band & (p > 10 * ring_background(p))
@@ -312,9 +317,10 @@ def fit_defocus(image, pixel: float, optics: Optics, defocus_range=(-20000.0, 0.
     from scipy import optimize
 
     img = np.asarray(image, dtype=np.float64)
-    k, prof = radial_profile(img, pixel)
+    power = power_spectrum(img)  # one FFT for the profile and the crystal check
+    k, prof = radial_profile(img, pixel, power=power)
     lo, hi = k_range or (0.05, 0.9 * min(0.5 / pixel, optics.information_limit()))
-    spot = lattice_power_fraction(img, pixel, (lo, hi))
+    spot = lattice_power_fraction(img, pixel, (lo, hi), power=power)
     if spot > MAX_SPOT_FRACTION:
         raise PtyengineError(
             f"{100 * spot:.0f} % of the power spectrum between {lo:.3g} and {hi:.3g} 1/Å is in "

@@ -121,21 +121,13 @@ def amplitude_filter(frames, threshold: float = 4.0, min_radius: int = 2,
             f"the amplitude filter kept {kept} Fourier pixels at {threshold:g} σ above the ring "
             f"background, no more than pure noise would (~{chance:.1f}): the stack shows no "
             "lattice reflections (lower --threshold, or use more frames)")
-    n = len(frames)
-    kept = np.exp(1j * np.angle(spectra)) * (mask * amp / n)
-    filtered = np.fft.ifft2(kept).real.astype(np.float32)
-    return FilterResult(filtered, mask, amp, bg, kept)
+    combined = np.exp(1j * np.angle(spectra)) * (mask * amp / len(frames))
+    filtered = np.fft.ifft2(combined).real.astype(np.float32)
+    return FilterResult(filtered, mask, amp, bg, combined)
 
 
 def _relative(shifts) -> np.ndarray:
     return shifts - shifts.mean(axis=0)
-
-
-def _ramp(shape, d) -> np.ndarray:
-    """exp(+2πi k·d) on the FFT grid: multiplying a spectrum by it moves the image by −d."""
-    fy = np.fft.fftfreq(shape[0])[:, None]
-    fx = np.fft.fftfreq(shape[1])[None, :]
-    return np.exp(2j * np.pi * (fy * d[0] + fx * d[1]))
 
 
 def _peak(cross, fy, fx, centre, half: float, step: float):
