@@ -99,3 +99,14 @@ def test_bad_plane_wave_input(sto):
         planewave.diffraction_pattern(sto, E300, detector_pixels=512, dk=0.05)
     with pytest.raises(PtyengineError, match="dose"):
         planewave.diffraction_pattern(sto, E300, detector_pixels=64, dk=0.05, dose=-1)
+
+
+def test_tilt_and_zone_axis_direction_round_trip():
+    """zone_axis_direction is the zone axis (tan θ_x, tan θ_y, 1)/norm of a tilt, and
+    tilt_from_direction inverts it; the Laue circle's centre lies along its transverse part."""
+    tilt = (-35.0, 62.0)
+    n = planewave.zone_axis_direction(tilt)
+    assert np.isclose(np.linalg.norm(n), 1.0)
+    assert np.allclose(planewave.tilt_from_direction(n), tilt)
+    (cy, cx), _ = planewave.laue_circle(300e3, tilt)
+    assert np.isclose(np.arctan2(cy, cx), np.arctan2(n[1], n[0]))
