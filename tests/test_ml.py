@@ -652,4 +652,5 @@ def test_prior_strengths_follow_the_dose(thin):
         assert (eng.params.smoothness, eng.params.ridge) == pytest.approx(expected), dose
     noise_free = ml(path, MLParameters(iterations=1, refine_probe="aberrations"))
     assert noise_free.extra["prior"] == {"smoothness": 3.0, "ridge": 8.0, "tv": 0.0,
-                                         "tv_scale": 0.15}
+                                         "tv_scale": 0.15, "kind": "gaussian",
+                                         "pilot": None}

@@ -220,6 +220,16 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--tv-scale", type=float,
               help="ML: phase gradient δ (rad/Å) where the total variation turns from "
                    "smoothing to keeping edges [default: 0.15].")
+@click.option("--prior", type=click.Choice(["auto", "gaussian", "empirical"]),
+              help="ML: the object's prior: gaussian (--smoothness, --ridge), or empirical "
+                   "(a pilot run with it, then a run whose prior spectrum is the pilot's "
+                   "above its noise: twice the time); auto: empirical below 100 e/Å² on one "
+                   "slice [default: auto].")
+@click.option("--prior-scale", type=float,
+              help="ML: c of the empirical prior, Λ = c N / Ŝ (< 1: weaker) [default: 0.3].")
+@click.option("--prior-floor", type=float,
+              help="ML: f of the empirical prior: the share of each ring's noise power "
+                   "kept as prior power [default: 0.1].")
 @click.option("--holdout", type=float,
               help="ML: fraction of the detector pixels held out of the fit; the run keeps "
                    "the latest iterate where their likelihood is within noise of the best "

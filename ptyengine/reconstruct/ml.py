@@ -160,11 +160,17 @@ from .epie import PtychoGeometry, initial_probe
 from .forward import direction_pass, exit_wave_pass
 from .frame import present
 from .iterative import IterativeState, load_checkpoint, opened, run
-from .ml_parameters import DEPTH_SMOOTHNESS, MLParameters, refines_positions  # noqa: F401
+from .ml_parameters import (  # noqa: F401
+    DEPTH_SMOOTHNESS,
+    MLParameters,
+    prior_kind,
+    refines_positions,
+)
 from .ml_result import MLResult
 from .patterns import choose_patterns
 from .priors import (
     band_mask,
+    empirical_spectrum,
     prior_spectrum,
     prior_strengths,
     total_variation,
@@ -233,6 +239,14 @@ class _Engine:
         self.band = (band_mask(geom.object_shape, geom.sampling, k_max, xp)
                      if params.band_limit else None)  # fmt: skip
         self.seed = params.seed
+
+    def set_spectrum(self, spectrum) -> None:
+        """Replace the Gaussian prior's spectrum Λ (the empirical prior, :mod:`.priors`);
+        the preconditioner takes it too (with the total variation's small-gradient term)."""
+        xp = self.xp
+        self.spectrum = xp.asarray(spectrum, dtype=np.float32)
+        self.pc_spectrum = self.spectrum + (prior_spectrum(
+            self.geom.object_shape, self.geom.sampling, self.tv, 0.0, xp) if self.tv else 0)
 
     def set_positions(self, p) -> int:
         """Move the windows to ``p`` (N, 2) object pixels (:func:`.positions.pixel_positions`)
@@ -672,10 +686,12 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
              if params.slices > 1 else None)  # fmt: skip
     counts = mean_sum * cscale
     dose = cal.dose or counts / (cal.scan_step[0] * cal.scan_step[1])  # e/Å²
+    prior = prior_kind(params, dose)
     strengths = prior_strengths(dose, params.smoothness, params.ridge)
     params = dataclasses.replace(params, smoothness=strengths[0], ridge=strengths[1])
     eng = _Engine(patterns, geom, params, cal, cscale, xp, props)
     eng.counts_per_pattern = counts
+    eng.prior_kind = prior
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
     eng.probe_kind = probe_kind(params, eng.per_bf_pixel)
@@ -710,6 +726,9 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     eng = setup(ds, params, xp, memory_limit, positions=positions)
     if not (resume and checkpoint):  # after setup: the data's errors come first
         mep = starts.mepie_start(ds, params, xp, data_id, memory_limit, report, positions)
+    pilot = None
+    if not (resume and checkpoint) and eng.prior_kind == "empirical":
+        pilot = starts.pilot(_ml, ds, params, xp, data_id, memory_limit, report, positions)
     if not (resume and checkpoint) and eng.pm.kind == "pixels":
         first = starts.coefficient_start(_ml, ds, params, xp, data_id, memory_limit, report,
                                          positions)  # fmt: skip
@@ -728,6 +747,8 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
             eng.pm.start(state.arrays["probe_reference"], None, None,
                          reference=backend.to_numpy(state.arrays["reference_coeffs"]))
         eng.set_positions(backend.to_numpy(state.arrays["positions"]))
+        if "prior_spectrum" in state.arrays:
+            eng.set_spectrum(state.arrays["prior_spectrum"])
     else:
         span = search_span(params.defocus_search, params.defocus, cal)
         if span > 0 and single is None and first is None and mep is None:
@@ -736,6 +757,10 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
                 report(search.describe())
             eng.start_at(search.defocus)
         state = _new_state(geom, eng.pm.initial(), xp, eng.shape)
+        if pilot is not None:
+            state.arrays["prior_spectrum"] = empirical_spectrum(
+                pilot.phase, geom.sampling, params.prior_scale, params.prior_floor, xp)
+            eng.set_spectrum(state.arrays["prior_spectrum"])
         if single is not None:
             starts.start_from_single(eng, state, single, xp)
         if first is not None:
@@ -761,6 +786,10 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
         return converged(backend.to_numpy(st.arrays["objective"]), params.patience)
 
     run(state, sweep, params.iterations, xp, fp, checkpoint, checkpoint_every, progress, stop)
-    return ml_result.assemble(eng, state, params, start_positions, search, single, mep,
-                              use_best=bool(params.holdout) and backend.to_numpy(
-                                  state.arrays["scalars"])[2] < BIG)  # fmt: skip
+    result = ml_result.assemble(eng, state, params, start_positions, search, single, mep,
+                                use_best=bool(params.holdout) and backend.to_numpy(
+                                    state.arrays["scalars"])[2] < BIG)  # fmt: skip
+    result.extra["prior"]["kind"] = eng.prior_kind
+    result.extra["prior"]["pilot"] = None if pilot is None else {
+        "iterations": len(pilot.errors), "best_iteration": pilot.best_iteration}
+    return result

@@ -11,11 +11,15 @@ from ..errors import PtyengineError
 from . import position_models as pm
 from . import slices as sl
 from .defocus_search import check_search
-from .priors import TV_SCALE
+from .priors import EMPIRICAL_FLOOR, EMPIRICAL_SCALE, TV_SCALE
 from .probe_coefficients import PROBE_COEFFICIENTS
 
 DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
 MAX_MODES = 8  # incoherent probe modes at most
+PRIORS = ("auto", "gaussian", "empirical")
+#: e/Å²: "auto" takes the empirical prior below this dose (benchmarks/RESULTS.md, "ML,
+#: eighth part")
+EMPIRICAL_BELOW = 100.0
 
 
 @dataclass
@@ -42,6 +46,13 @@ class MLParameters:
         iterations (60–80) to converge.
     tv_scale: δ_Å, rad/Å: the phase gradient where the total variation turns from
         quadratic to linear.
+    prior: the object's Gaussian prior: "gaussian" (the smoothness and ridge above) or
+        "empirical" (:func:`.priors.empirical_spectrum`: a pilot run with the Gaussian
+        prior, then the run itself from flat with a prior whose spectrum is the pilot's,
+        above its noise; twice the time); "auto" (default): empirical on one slice below
+        EMPIRICAL_BELOW e/Å², else gaussian. Measured on the UiO-66 quick study
+        (benchmarks/RESULTS.md, "ML, eighth part").
+    prior_scale, prior_floor: c and f of the empirical prior (:mod:`.priors`).
     band_limit: band-limit the search directions to 2α/λ.
     holdout: fraction of the pixels held out for the stopping rule (0: none, then the run
         stops at ``iterations`` or when the objective has converged).
@@ -112,6 +123,9 @@ class MLParameters:
     ridge: float | None = None
     tv: float = 0.0
     tv_scale: float = TV_SCALE
+    prior: str = "auto"
+    prior_scale: float = EMPIRICAL_SCALE
+    prior_floor: float = EMPIRICAL_FLOOR
     band_limit: bool = True
     holdout: float = 0.05
     patience: int = 15
@@ -185,6 +199,17 @@ class MLParameters:
                 and self.tv_scale > 0):
             raise PtyengineError(f"--tv-scale must be a positive number of rad/Å, got "
                                  f"{self.tv_scale!r}")  # fmt: skip
+        if self.prior not in PRIORS:
+            raise PtyengineError(f"--prior must be one of {', '.join(PRIORS)}, got "
+                                 f"{self.prior!r}")  # fmt: skip
+        if self.prior == "empirical" and self.slices > 1:
+            raise PtyengineError(f"--prior empirical: the pilot is single-slice; use --slices "
+                                 f"1 or --prior gaussian (got --slices {self.slices})")
+        for name in ("prior_scale", "prior_floor"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                flag = "--" + name.replace("_", "-")
+                raise PtyengineError(f"{flag} must be a positive number, got {v!r}")
         for name in ("smoothness", "ridge", "tv"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
@@ -222,3 +247,11 @@ def refines_positions(params: MLParameters) -> bool:
     if params.refine_positions == "auto":
         return params.slices == 1 and params.probe_modes == 1
     return params.refine_positions == "on"
+
+
+def prior_kind(params: MLParameters, dose: float) -> str:
+    """The prior a run uses: ``params.prior``, or for "auto" "empirical" on one slice below
+    EMPIRICAL_BELOW e/Å² (``dose``), else "gaussian"."""
+    if params.prior != "auto":
+        return params.prior
+    return "empirical" if params.slices == 1 and dose < EMPIRICAL_BELOW else "gaussian"

@@ -40,6 +40,19 @@ def single_slice_start(run_ml, ds, params, xp, data_id, memory_limit, report,
     return res
 
 
+def pilot(run_ml, ds, params, xp, data_id, memory_limit, report, positions=None):
+    """The empirical prior's pilot (:func:`.priors.empirical_spectrum`): a run of
+    ``params`` with the Gaussian prior (the reconstruction frame; ``run_ml`` is
+    :func:`.ml._ml`)."""
+    first = dataclasses.replace(params, prior="gaussian")
+    res = run_ml(ds, first, xp, None, 0, False, None, data_id, memory_limit, report,
+                 positions)  # fmt: skip
+    if report:
+        report(f"empirical prior: pilot of {len(res.errors)} iterations, the result of "
+               f"iteration {res.best_iteration}")
+    return res
+
+
 def start_from_single(eng, state, single, xp) -> None:
     """Slices from the single-slice result: φ_s = φ/S, a_s = a/S, and the probe, its
     defocus moved from the single-slice plane to the first slice's entrance by z̄, the

@@ -17,6 +17,26 @@ a projected potential (sparse peaks on a flat floor) keeps its peaks while the n
 between them is flattened. Both limits are the same in Å at every pixel size. Its
 gradient is μ_tv ∇ᵀ(w ∇u) with w = 1/√(1 + |∇u|²/δ²), and μ_tv Σ w |∇d|² bounds its
 curvature along d from above (:func:`tv_curvature`; the Newton step uses the bound).
+
+Empirical (:func:`empirical_spectrum`): a Gaussian prior whose spectrum is estimated from
+the data themselves, through a pilot reconstruction φ₁ made with the Gaussian prior above
+(the two-stage "empirical Wiener" idea of Ghael, Sayeed & Baraniuk, Proc. SPIE 3169, 389
+(1997): a pilot estimate designs the Wiener filter of a second pass). With
+S₁(k) = |F[φ₁ − mean]|² and ν(|k|) its median over the ring |k| (the pilot's noise, where
+the specimen's power is concentrated in few Fourier coefficients, as a crystal's Bragg
+peaks),
+
+    Ŝ(k) = max(S₁(k) − ν(|k|), 0) + f ν(|k|),      Λ(k) = c N / Ŝ(k)
+
+(N the object's pixels; R(u) = ½ Σ_pixels u (Λ * u) as for the Gaussian prior, so Λ = N/S
+is the prior of a Gaussian field with mean power S(k) per Fourier coefficient). The prior
+is weak where the pilot found power above its noise (a crystal's reflections) and strong
+elsewhere. f (``floor``) keeps a weak prior's share of every ring; c (``scale``) < 1
+widens it, because the pilot is itself shrunk by its prior. Unlike the Gaussian prior it
+does not scale with the dose: against the likelihood, which grows with the counts, it
+fades at high dose as a Bayesian prior should. What it costs: features that are not in the
+pilot's strong Fourier coefficients (a crystal's defects, its non-periodic surroundings)
+are shrunk harder than by the Gaussian prior.
 """
 
 from __future__ import annotations
@@ -31,6 +51,11 @@ FULL_PRIOR = (3.0, 8.0)
 FULL_PRIOR_DOSE = 100.0
 #: δ_Å (rad/Å), the phase gradient where the total variation turns from quadratic to linear
 TV_SCALE = 0.15
+#: the empirical prior's c and f, and its rings' width in units of the object's
+#: Fourier-pixel (1 / the larger field side): benchmarks/RESULTS.md, "ML, eighth part"
+EMPIRICAL_SCALE = 0.3
+EMPIRICAL_FLOOR = 0.1
+EMPIRICAL_RING = 2.0
 
 
 def prior_strengths(dose: float, smoothness=None, ridge=None) -> tuple[float, float]:
@@ -100,3 +125,37 @@ def band_mask(shape, sampling, k_max: float, xp):
     ky = np.fft.fftfreq(shape[0], sampling[0])[:, None]
     kx = np.fft.fftfreq(shape[1], sampling[1])[None, :]
     return xp.asarray(np.hypot(ky, kx) <= k_max, dtype=np.float32)
+
+
+def ring_median(power: np.ndarray, sampling, width: float = EMPIRICAL_RING) -> np.ndarray:
+    """ν: the median of ``power`` (FFT order) over rings of |k| ``width`` Fourier pixels
+    wide (1 / the larger field side in Å), returned at every pixel."""
+    ny, nx = power.shape
+    ky = np.fft.fftfreq(ny, sampling[0])[:, None]
+    kx = np.fft.fftfreq(nx, sampling[1])[None, :]
+    dk = width / max(ny * sampling[0], nx * sampling[1])
+    ring = np.floor(np.hypot(ky, kx) / dk).astype(np.int64).ravel()
+    order = np.argsort(ring, kind="stable")
+    cuts = np.flatnonzero(np.diff(ring[order])) + 1
+    groups = np.split(power.ravel()[order], cuts)
+    medians = np.array([np.median(g) for g in groups])
+    labels = ring[order][np.r_[0, cuts]]
+    table = np.zeros(ring.max() + 1)
+    table[labels] = medians
+    return table[ring].reshape(ny, nx)
+
+
+def empirical_spectrum(pilot, sampling, scale: float = EMPIRICAL_SCALE,
+                       floor: float = EMPIRICAL_FLOOR, xp=np):  # fmt: skip
+    """Λ(k) (FFT order, float32 on ``xp``) of the empirical prior (module docstring) from a
+    pilot phase ``pilot`` (rad, the object grid; host or device) on pixels of ``sampling``
+    (Å): Λ = scale · N / (max(S₁ − ν, 0) + floor ν), S₁ the pilot's power spectrum, ν its
+    ring median (:func:`ring_median`)."""
+    u = np.asarray(pilot.get() if hasattr(pilot, "get") else pilot, dtype=np.float64)
+    if u.ndim != 2 or not np.all(np.isfinite(u)):
+        raise ValueError(f"the pilot phase must be one finite 2-D image, got shape {u.shape}")
+    power = np.abs(np.fft.fft2(u - u.mean())) ** 2
+    nu = ring_median(power, sampling)
+    signal = np.maximum(power - nu, 0.0) + floor * nu
+    signal = np.maximum(signal, 1e-6 * max(float(signal.max()), 1e-30))
+    return xp.asarray(scale * power.size / signal, dtype=np.float32)
