@@ -10,7 +10,7 @@ from ptyengine import io
 from ptyengine.errors import PtyengineError
 from ptyengine.reconstruct import ml as mlmod
 from ptyengine.reconstruct.ml import MLParameters, ml
-from ptyengine.reconstruct.ml_parameters import EMPIRICAL_BELOW, prior_kind
+from ptyengine.reconstruct.ml_parameters import EMPIRICAL_DEFOCUS, EMPIRICAL_UP_TO, prior_kind
 from ptyengine.reconstruct.priors import empirical_spectrum, ring_median
 from ptyengine.simulate import simulate
 
@@ -55,12 +55,15 @@ def test_empirical_spectrum_is_weak_at_the_pilots_reflections():
         empirical_spectrum(np.full((8, 8), np.nan), (d, d))
 
 
-def test_auto_takes_the_empirical_prior_at_low_dose_on_one_slice():
-    assert prior_kind(MLParameters(), EMPIRICAL_BELOW / 5) == "empirical"
-    assert prior_kind(MLParameters(), EMPIRICAL_BELOW) == "gaussian"
-    assert prior_kind(MLParameters(slices=4, slice_thickness=2.0), 20.0) == "gaussian"
-    assert prior_kind(MLParameters(prior="gaussian"), 20.0) == "gaussian"
-    assert prior_kind(MLParameters(prior="empirical"), 1e6) == "empirical"
+def test_auto_takes_the_empirical_prior_at_low_dose_out_of_focus_on_one_slice():
+    far = EMPIRICAL_DEFOCUS
+    assert prior_kind(MLParameters(), EMPIRICAL_UP_TO / 5, far) == "empirical"
+    assert prior_kind(MLParameters(), EMPIRICAL_UP_TO, -far) == "empirical"
+    assert prior_kind(MLParameters(), EMPIRICAL_UP_TO * 1.01, far) == "gaussian"
+    assert prior_kind(MLParameters(), 20.0, 0.5 * far) == "gaussian"  # near focus
+    assert prior_kind(MLParameters(slices=4, slice_thickness=2.0), 20.0, far) == "gaussian"
+    assert prior_kind(MLParameters(prior="gaussian"), 20.0, far) == "gaussian"
+    assert prior_kind(MLParameters(prior="empirical"), 1e6, 0.0) == "empirical"
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -73,7 +76,8 @@ def test_bad_prior_options(bad, match):
 
 
 def test_empirical_prior_beats_the_gaussian_on_noisy_crystal_data(thin):
-    """SrTiO3 at 20 e/Å² (0.5 e per bright-field pixel per pattern), two noise draws: the
+    """SrTiO3 at 20 e/Å² (0.5 e per bright-field pixel per pattern), the crossover 15 nm
+    from it (the prior asked for: "auto" takes it from 20 nm), two noise draws: the
     empirical prior's phase correlates better with σV than the Gaussian pilot's, and the
     result records its prior and pilot."""
     path = thin[0]
@@ -81,7 +85,7 @@ def test_empirical_prior_beats_the_gaussian_on_noisy_crystal_data(thin):
     for seed in (0, 1):
         ds = _counts(thin, 20.0, seed=seed)
         gauss = ml(ds, MLParameters(prior="gaussian", seed=seed))
-        emp = ml(ds, MLParameters(seed=seed))  # auto: empirical at 20 e/Å²
+        emp = ml(ds, MLParameters(prior="empirical", seed=seed))
         assert emp.extra["prior"]["kind"] == "empirical"
         assert emp.extra["prior"]["pilot"]["iterations"] == len(gauss.errors)
         gains.append(_ncc(emp.phase, emp.geometry, path) - _ncc(gauss.phase, gauss.geometry,

@@ -223,8 +223,8 @@ def _multislice(method: str, slices) -> bool:
 @click.option("--prior", type=click.Choice(["auto", "gaussian", "empirical"]),
               help="ML: the object's prior: gaussian (--smoothness, --ridge), or empirical "
                    "(a pilot run with it, then a run whose prior spectrum is the pilot's "
-                   "above its noise: twice the time); auto: empirical below 100 e/Å² on one "
-                   "slice [default: auto].")
+                   "above its noise: twice the time); auto: empirical up to 100 e/Å² on one "
+                   "slice with the crossover ≥ 20 nm from the specimen [default: auto].")
 @click.option("--prior-scale", type=float,
               help="ML: c of the empirical prior, Λ = c N / Ŝ (< 1: weaker) [default: 0.3].")
 @click.option("--prior-floor", type=float,

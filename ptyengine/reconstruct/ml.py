@@ -38,6 +38,9 @@ flattens the noise between atoms more than it blurs them (a projected potential 
 peaks on a flat floor); its curvature enters the Newton step as an upper bound. It raises
 the plain NCC at 20–100 e/Å² but not reliably NCC(1 Å) (benchmarks/RESULTS.md, "ML,
 sixth part"), hence off.
+Up to 100 e/Å² with the crossover ≥ 20 nm out (``prior`` "auto"), R's Gaussian part is
+the empirical prior of :mod:`.priors` instead: a pilot run with the prior above, then the
+run with a spectrum Λ(k) from the pilot's phase (weak where it has power above noise).
 Besides R, the search directions are band-limited to |k| ≤ 2α/λ, the information limit of
 the data, so φ and a hold nothing beyond it.
 
@@ -686,18 +689,17 @@ def setup(ds, params: MLParameters, xp, memory_limit: int | None = None,
              if params.slices > 1 else None)  # fmt: skip
     counts = mean_sum * cscale
     dose = cal.dose or counts / (cal.scan_step[0] * cal.scan_step[1])  # e/Å²
-    prior = prior_kind(params, dose)
     strengths = prior_strengths(dose, params.smoothness, params.ridge)
     params = dataclasses.replace(params, smoothness=strengths[0], ridge=strengths[1])
     eng = _Engine(patterns, geom, params, cal, cscale, xp, props)
     eng.counts_per_pattern = counts
-    eng.prior_kind = prior
     eng.per_bf_pixel = eng.counts_per_pattern / max(bright_field_pixels(cal), 1.0)
     eng.complex_object = params.object_model == "complex"
     eng.probe_kind = probe_kind(params, eng.per_bf_pixel)
     eng.names = PROBE_COEFFICIENTS.get(eng.probe_kind, ())
     eng.pm = probe_model(cal, eng.probe_kind, params.probe_modes, eng.names, xp)
     eng.start_at(params.defocus)
+    eng.prior_kind = prior_kind(params, dose, eng.start_defocus)
     return eng
 
 

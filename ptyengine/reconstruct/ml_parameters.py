@@ -17,9 +17,11 @@ from .probe_coefficients import PROBE_COEFFICIENTS
 DEPTH_SMOOTHNESS = 0.0  # μ_z: the depth prior's default, off (module docstring: measured)
 MAX_MODES = 8  # incoherent probe modes at most
 PRIORS = ("auto", "gaussian", "empirical")
-#: e/Å²: "auto" takes the empirical prior below this dose (benchmarks/RESULTS.md, "ML,
-#: eighth part")
-EMPIRICAL_BELOW = 100.0
+#: "auto" takes the empirical prior up to this dose (e/Å²; measured from 10 to 100, not
+#: above) with the crossover at least this far from the specimen (|C10|, Å): in focus and
+#: 10 nm from it the prior lowered NCC(1 Å) (benchmarks/RESULTS.md, "ML, eighth part")
+EMPIRICAL_UP_TO = 100.0
+EMPIRICAL_DEFOCUS = 200.0
 
 
 @dataclass
@@ -49,8 +51,9 @@ class MLParameters:
     prior: the object's Gaussian prior: "gaussian" (the smoothness and ridge above) or
         "empirical" (:func:`.priors.empirical_spectrum`: a pilot run with the Gaussian
         prior, then the run itself from flat with a prior whose spectrum is the pilot's,
-        above its noise; twice the time); "auto" (default): empirical on one slice below
-        EMPIRICAL_BELOW e/Å², else gaussian. Measured on the UiO-66 quick study
+        above its noise; twice the time); "auto" (default): empirical on one slice up to
+        EMPIRICAL_UP_TO e/Å² with the crossover ≥ EMPIRICAL_DEFOCUS Å (20 nm) from the
+        specimen, else gaussian. Measured on the UiO-66 quick study
         (benchmarks/RESULTS.md, "ML, eighth part").
     prior_scale, prior_floor: c and f of the empirical prior (:mod:`.priors`).
     band_limit: band-limit the search directions to 2α/λ.
@@ -249,9 +252,11 @@ def refines_positions(params: MLParameters) -> bool:
     return params.refine_positions == "on"
 
 
-def prior_kind(params: MLParameters, dose: float) -> str:
-    """The prior a run uses: ``params.prior``, or for "auto" "empirical" on one slice below
-    EMPIRICAL_BELOW e/Å² (``dose``), else "gaussian"."""
+def prior_kind(params: MLParameters, dose: float, defocus: float) -> str:
+    """The prior a run uses: ``params.prior``, or for "auto" "empirical" on one slice up to
+    EMPIRICAL_UP_TO e/Å² (``dose``) with the crossover at least EMPIRICAL_DEFOCUS Å from
+    the specimen (|``defocus``|, the start's C10), else "gaussian"."""
     if params.prior != "auto":
         return params.prior
-    return "empirical" if params.slices == 1 and dose < EMPIRICAL_BELOW else "gaussian"
+    return ("empirical" if params.slices == 1 and dose <= EMPIRICAL_UP_TO
+            and abs(defocus) >= EMPIRICAL_DEFOCUS else "gaussian")  # fmt: skip
