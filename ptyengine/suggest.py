@@ -49,7 +49,7 @@ from .calibration import Calibration
 from .errors import PtyengineError
 from .reconstruct.counts import bright_field_pixels
 from .reconstruct.epie import LOW_COUNTS as EPIE_MIN_COUNTS
-from .reconstruct.ml_parameters import MLParameters
+from .reconstruct.ml_parameters import MLParameters, prior_kind
 from .reconstruct.patterns import resident_bytes
 from .reconstruct.priors import FULL_PRIOR_DOSE
 from .reconstruct.probe_model import probe_kind
@@ -59,6 +59,7 @@ AIRY = 1.22  # the Airy disc's first-zero diameter in units of λ/α
 LOW_DOSE = 10.0  # e/Å²: a rule of thumb (module docstring)
 WORK_ARRAYS = 6  # complex64 window arrays per position of a batch (exit waves, gradients)
 MIN_UPDATES = 16  # a batch is at most 1/16 of the positions: ≥ 16 updates per iteration
+PILOT_NOTE = " (a pilot run with the Gaussian prior first: twice the time)"
 
 
 def probe_diameter(wavelength: float, semiangle: float, defocus: float) -> float:
@@ -125,6 +126,7 @@ class Suggestion:
     streamed: bool
     budget: int
     reasons: list[str] = field(default_factory=list)
+    ml_prior: str = "gaussian"
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -183,6 +185,8 @@ def suggest(cal: Calibration, memory_limit: int | None = None) -> Suggestion:
     s = Suggestion(cal, d, d0, overlap, overlap_area(step, d), cal.real_space_sampling, sigma,
                    per_pattern, per_px, method, ml_probe, batch, memory, streamed, budget,
                    reasons)  # fmt: skip
+    s.ml_prior = prior_kind(MLParameters(), math.inf if cal.dose is None else cal.dose,
+                            cal.defocus)  # fmt: skip
     if overlap < OVERLAP_WARN:
         s.warnings.append(f"overlap {overlap:.0%} < {OVERLAP_WARN:.0%} (Bunk et al. 2008): "
                           f"a step ≤ {(1 - OVERLAP_WARN) * d:.3g} Å gives "
@@ -227,7 +231,8 @@ def describe(s: Suggestion) -> str:
                      f"{s.counts_per_bf_pixel:.3g}")  # fmt: skip
     advice = "use ML (--method ml)" if s.method == "ml" else "use ePIE or ML"
     lines.append(f"method:           {advice}: {'; '.join(s.reasons)}; ML's probe model "
-                 f"(--refine-probe auto): {s.ml_probe}")  # fmt: skip
+                 f"(--refine-probe auto): {s.ml_probe}; ML's prior (--prior auto): "
+                 f"{s.ml_prior}{PILOT_NOTE if s.ml_prior == 'empirical' else ''}")  # fmt: skip
     m = s.memory
     lines.append(f"batch size:       {s.batch_size} (--batch-size)")
     lines.append(f"memory:           ≈ {format_bytes(sum(m.values()))} (patterns "

@@ -11,6 +11,7 @@ from ptyengine import physics
 from ptyengine.calibration import Calibration
 from ptyengine.suggest import (
     calibration_from_options,
+    describe,
     overlap_area,
     probe_diameter,
     suggest,
@@ -54,7 +55,7 @@ def test_in_focus_high_dose():
     assert s.probe_diameter == pytest.approx(1.22 * LAM300 / 20e-3)
     assert s.overlap == pytest.approx(1 - 0.4 / s.probe_diameter)
     assert s.counts_per_pattern == pytest.approx(1e5 * 0.16)
-    assert s.method == "either" and s.ml_probe == "pixels"
+    assert s.method == "either" and s.ml_probe == "pixels" and s.ml_prior == "gaussian"
     assert s.warnings == []
 
 
@@ -65,7 +66,8 @@ def test_defocus_100nm_20_e():
     assert s.overlap > 0.9
     assert s.counts_per_pattern == pytest.approx(20 * 1.44)
     assert s.counts_per_bf_pixel < 1  # ePIE's amplitude update is biased here
-    assert s.method == "ml" and s.ml_probe == "aberrations"
+    assert s.method == "ml" and s.ml_probe == "aberrations" and s.ml_prior == "empirical"
+    assert "prior (--prior auto): empirical (a pilot run" in describe(s)
     assert not any("undersampled" in w for w in s.warnings)
     assert not any("dose" in w for w in s.warnings)
 
