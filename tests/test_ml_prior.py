@@ -116,3 +116,25 @@ def test_empirical_prior_survives_checkpoint_resume(thin, tmp_path):
         mlmod.starts.pilot = real
     assert not calls
     np.testing.assert_array_equal(resumed.phase, ref.phase)
+
+
+def test_cli_records_the_prior(tmp_path, capsys):
+    """``--prior empirical`` on the command line: the result's attributes name the prior and
+    its pilot, the summary line says so; a bad value is a usage error."""
+    from cli_helpers import TINY_SIMULATION, run
+
+    from ptyengine.results import read_result
+
+    data = tmp_path / "tiny.zarr"
+    assert run(capsys, *TINY_SIMULATION, "--dose", "50", "-o", data)[0] == 0
+    out = tmp_path / "r.zarr"
+    code, stdout, err = run(capsys, "reconstruct", data, "--method", "ml", "--iterations", 3,
+                            "--prior", "empirical", "--prior-scale", 0.5, "-o", out)
+    assert code == 0, err
+    _, attrs = read_result(out)
+    assert attrs["parameters"]["prior"] == "empirical"
+    assert attrs["parameters"]["prior_scale"] == 0.5
+    assert attrs["prior"]["kind"] == "empirical" and attrs["prior"]["pilot"]["iterations"] <= 3
+    assert "empirical prior (pilot" in err  # the "wrote …" line
+    code, _, err = run(capsys, "reconstruct", data, "--method", "ml", "--prior", "wiener")
+    assert code == 2 and "--prior" in err

@@ -600,6 +600,8 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     if method == "ml":
         summary += (f", result = iteration {res.best_iteration} (held-out likelihood), "
                     f"{res.extra['counts_per_pattern']:.4g} counts/pattern")  # fmt: skip
+        if res.extra["prior"].get("pilot"):
+            summary += f", empirical prior (pilot {res.extra['prior']['pilot']['iterations']} it.)"
         if res.extra["refined"]:
             summary += ", probe " + ", ".join(f"{k} {v:.1f} Å"
                                               for k, v in res.extra["refined"].items())
