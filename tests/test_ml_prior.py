@@ -4,23 +4,16 @@ data it gives a better phase than the Gaussian prior it starts from."""
 
 import numpy as np
 import pytest
-from test_ml import THIN, _counts, _ncc
+import test_ml
+from test_ml import _counts, _ncc
 
-from ptyengine import io
 from ptyengine.errors import PtyengineError
 from ptyengine.reconstruct import ml as mlmod
 from ptyengine.reconstruct.ml import MLParameters, ml
 from ptyengine.reconstruct.ml_parameters import EMPIRICAL_DEFOCUS, EMPIRICAL_UP_TO, prior_kind
 from ptyengine.reconstruct.priors import empirical_spectrum, ring_median
-from ptyengine.simulate import simulate
 
-
-@pytest.fixture(scope="module")
-def thin(tmp_path_factory):
-    path = tmp_path_factory.mktemp("mlprior") / "thin.zarr"
-    simulate(THIN, str(path))
-    with io.open_dataset(path) as ds:
-        return path, ds.read_rows(0, ds.shape[0]), ds.calibration
+thin = test_ml.thin  # the noise-free one-cell SrTiO3 data (a module fixture: made again here)
 
 
 def test_ring_median_of_a_radial_function_is_itself():

@@ -719,18 +719,21 @@ def objective(eng: _Engine, phase, absorption, coefficients=None):
 
 
 def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
-        memory_limit, report, positions=None) -> MLResult:  # fmt: skip
+        memory_limit, report, positions=None, patterns=None) -> MLResult:  # fmt: skip
+    """The run behind :func:`ml`; ``patterns``: a pattern source already made for the same
+    geometry (the empirical prior's pilot shares the run's, not a second copy)."""
     cal = ds.calibration
     single = first = mep = None
     if not (resume and checkpoint):
         single = starts.single_slice_start(_ml, ds, params, xp, data_id, memory_limit,
                                            report, positions)  # fmt: skip
-    eng = setup(ds, params, xp, memory_limit, positions=positions)
+    eng = setup(ds, params, xp, memory_limit, patterns, positions)
     if not (resume and checkpoint):  # after setup: the data's errors come first
         mep = starts.mepie_start(ds, params, xp, data_id, memory_limit, report, positions)
     pilot = None
     if not (resume and checkpoint) and eng.prior_kind == "empirical":
-        pilot = starts.pilot(_ml, ds, params, xp, data_id, memory_limit, report, positions)
+        pilot = starts.pilot(_ml, ds, params, xp, data_id, memory_limit, report,
+                             positions, eng.patterns)  # fmt: skip
     if not (resume and checkpoint) and eng.pm.kind == "pixels":
         first = starts.coefficient_start(_ml, ds, params, xp, data_id, memory_limit, report,
                                          positions)  # fmt: skip

@@ -40,13 +40,15 @@ def single_slice_start(run_ml, ds, params, xp, data_id, memory_limit, report,
     return res
 
 
-def pilot(run_ml, ds, params, xp, data_id, memory_limit, report, positions=None):
+def pilot(run_ml, ds, params, xp, data_id, memory_limit, report, positions=None,
+          patterns=None):  # fmt: skip
     """The empirical prior's pilot (:func:`.priors.empirical_spectrum`): a run of
     ``params`` with the Gaussian prior (the reconstruction frame; ``run_ml`` is
-    :func:`.ml._ml`)."""
+    :func:`.ml._ml`) on the run's own pattern source ``patterns`` (the same geometry: the
+    data are not read or held twice)."""
     first = dataclasses.replace(params, prior="gaussian")
     res = run_ml(ds, first, xp, None, 0, False, None, data_id, memory_limit, report,
-                 positions)  # fmt: skip
+                 positions, patterns)  # fmt: skip
     if report:
         report(f"empirical prior: pilot of {len(res.errors)} iterations, the result of "
                f"iteration {res.best_iteration}")
