@@ -17,9 +17,10 @@ data, ``--detector-pixels``):
         at most ``--ml-iterations`` Poisson-ML iterations (library defaults otherwise:
         C10/C12 refined, held-out stopping; ``--ml-object-model``: phase, or complex:
         a_s = −log|O_s| of mepie's slices kept and refined).
-S: ``--slices`` (comma list: a sweep) or ("rule") S = round(t / Δz_rule), Δz_rule =
-λ/(2α²) (24.6 Å at 300 kV, 20 mrad: a quarter of the depth of field 2λ/α²; RESULTS.md,
-"Thick specimens", has the sweep that chose it).
+S: ``--slices`` (comma list: a sweep) or ("rule") the library's rule
+(``slices.rule_slices``): S = round(t / Δz_rule), Δz_rule = λ/(2α²) (24.6 Å at 300 kV,
+20 mrad: a quarter of the depth of field 2λ/α²), at most 8; RESULTS.md, "Thick
+specimens", has the sweeps that chose it).
 The NCC is the CLI's: summed phase against σ·V_proj band-limited to 2α/λ, scanned area.
 
 ``--structure uio66``: UiO-66 [110] as the uio66-defocus quick preset builds it
@@ -54,6 +55,7 @@ from ptyengine import io, metrics, physics, presets
 from ptyengine.reconstruct.epie import EpieParameters, epie
 from ptyengine.reconstruct.mepie import MepieParameters, mepie
 from ptyengine.reconstruct.ml import MLParameters, ml
+from ptyengine.reconstruct.slices import rule_slices
 from ptyengine.simulate import SimulationParameters, simulate
 from ptyengine.study import Truth, object_border
 
@@ -124,8 +126,7 @@ def main_uio66(args):
     for t in (float(v) for v in args.thicknesses.split(",")):
         for z in (float(v) for v in args.defoci.split(",")):
             data, cal, meta, truth = _simulate_uio66(t, z, args.detector_pixels or 80, tmp)
-            dz_rule = cal.wavelength / (2 * (cal.semiangle * 1e-3) ** 2)
-            s_list = ([max(1, round(t / dz_rule))] if args.slices == "rule"
+            s_list = ([rule_slices(cal.wavelength, cal.semiangle, t)] if args.slices == "rule"
                       else [int(v) for v in args.slices.split(",")])  # fmt: skip
             for dose_s in doses.split(","):
                 dose = None if dose_s == "none" else float(dose_s)
@@ -191,8 +192,7 @@ def main():
             data, cal, meta, truth, t_sampling = _simulate(t, z, args.detector_pixels or 48,
                                                            tmp)  # fmt: skip
             k_max = 2 * cal.semiangle * 1e-3 / cal.wavelength
-            dz_rule = cal.wavelength / (2 * (cal.semiangle * 1e-3) ** 2)
-            s_list = ([max(1, round(t / dz_rule))] if args.slices == "rule"
+            s_list = ([rule_slices(cal.wavelength, cal.semiangle, t)] if args.slices == "rule"
                       else [int(v) for v in args.slices.split(",")])  # fmt: skip
             for dose_s in args.doses.split(","):
                 mem = memory_dataset(data, cal, meta, None if dose_s == "none" else float(dose_s))

@@ -127,6 +127,8 @@ class Suggestion:
     budget: int
     reasons: list[str] = field(default_factory=list)
     ml_prior: str = "gaussian"
+    thickness: float | None = None  # Å, the specimen's (None: not known)
+    slices: int | None = None  # S of slices.rule_slices for it
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -165,10 +167,14 @@ def _memory(cal: Calibration, budget: int) -> tuple[int, dict[str, int], bool]:
     return batch, {"patterns": patterns, "object": obj, "batch": batch * per}, streamed
 
 
-def suggest(cal: Calibration, memory_limit: int | None = None) -> Suggestion:
+def suggest(cal: Calibration, memory_limit: int | None = None,
+            thickness: float | None = None) -> Suggestion:  # fmt: skip
     """Advice for a calibration (rules and sources: module docstring); ``memory_limit``
-    bytes, default this machine's CPU budget (:func:`backend.memory_limit`)."""
+    bytes, default this machine's CPU budget (:func:`backend.memory_limit`); ``thickness``
+    the specimen's in Å, if known: the slices of :func:`.reconstruct.slices.rule_slices`
+    and whether the probe window holds the beam through it."""
     from . import backend
+    from .reconstruct.slices import RULE_MAX_SLICES, WINDOW_FACTOR, rule_slices
 
     budget = backend.memory_limit(memory_limit)
     lam = cal.wavelength
@@ -205,6 +211,20 @@ def suggest(cal: Calibration, memory_limit: int | None = None) -> Suggestion:
     if streamed:
         s.notes.append("the patterns exceed half the memory budget: they are streamed "
                        "from disk every iteration")  # fmt: skip
+    if thickness is not None:
+        s.thickness = float(thickness)
+        s.slices = rule_slices(lam, cal.semiangle, s.thickness)
+        c10 = cal.defocus
+        beam = 2 * cal.semiangle * 1e-3 * max(abs(c10), abs(c10 + thickness))
+        window = 1 / max(cal.dk)
+        if s.slices > 1 and beam > WINDOW_FACTOR * window:
+            need = math.ceil(max(cal.detector_shape) * beam / window - 1e-9)
+            s.warnings.append(f"the beam is {beam:.3g} Å wide at the specimen's exit, the "
+                              f"probe window {window:.3g} Å: multislice wraps it round the "
+                              f"window; record at least {need} detector pixels over the same "
+                              "angles")  # fmt: skip
+        s.notes.append(f"slices: S = round(t / (λ/(2α²))), at most {RULE_MAX_SLICES} "
+                       "(reconstruct/slices.py: rule_slices)")  # fmt: skip
     return s
 
 
@@ -233,6 +253,13 @@ def describe(s: Suggestion) -> str:
     lines.append(f"method:           {advice}: {'; '.join(s.reasons)}; ML's probe model "
                  f"(--refine-probe auto): {s.ml_probe}; ML's prior (--prior auto): "
                  f"{s.ml_prior}{PILOT_NOTE if s.ml_prior == 'empirical' else ''}")  # fmt: skip
+    if s.slices is not None:
+        t = s.thickness
+        lines.append(
+            f"slices:           {s.slices} for {t:g} Å"
+            + (": one slice is enough" if s.slices == 1 else
+               f" (--slices {s.slices} --slice-thickness {t / s.slices:.4g}); mepie, or ML "
+               "from it (--method ml --mepie-start-iterations 30)"))  # fmt: skip
     m = s.memory
     lines.append(f"batch size:       {s.batch_size} (--batch-size)")
     lines.append(f"memory:           ≈ {format_bytes(sum(m.values()))} (patterns "

@@ -100,3 +100,35 @@ def test_cli_errors_one_line(tmp_path, capsys):
     code, _, err = run(capsys, "suggest", tmp_path / "none.zarr")
     assert code == 2 and len(err.splitlines()) == 1
     assert isinstance(cal(), Calibration)
+
+
+def test_slice_rule():
+    from ptyengine.reconstruct.slices import RULE_MAX_SLICES, rule_slices
+
+    dz = LAM300 / (2 * 20e-3**2)  # 24.6 Å: a quarter of the depth of field 2λ/α²
+    assert dz == pytest.approx(24.6, abs=0.05)
+    assert rule_slices(LAM300, 20, 10.0) == 1  # thin: one slice
+    assert rule_slices(LAM300, 20, 100.0) == round(100 / dz) == 4
+    assert rule_slices(LAM300, 20, 200.0) == 8
+    assert rule_slices(LAM300, 20, 400.0) == RULE_MAX_SLICES == 8  # the cap (measured)
+    assert rule_slices(LAM300, 10, 100.0) == 1  # α/2: 4× the depth of field
+    with pytest.raises(Exception, match="positive thickness"):
+        rule_slices(LAM300, 20, 0.0)
+
+
+def test_thick_specimen_advice(capsys):
+    s = suggest(cal(pixels=48, dose=1000.0), thickness=400.0)
+    assert s.slices == 8 and "--slices 8 --slice-thickness 50" in describe(s)
+    # 2α·400 Å = 16 Å of beam at the exit against the 11.8 Å window of 48 px to 40 mrad
+    assert any("record at least 66 detector pixels" in w for w in s.warnings)
+    s = suggest(cal(pixels=96, dose=1000.0), thickness=400.0)
+    assert not any("detector pixels" in w for w in s.warnings)
+    assert suggest(cal(), thickness=20.0).slices == 1
+    assert suggest(cal()).slices is None and "slices:" not in describe(suggest(cal()))
+    code, out, err = run(capsys, "suggest", "--energy", 300, "--semiangle", 20, "--scan-step",
+                         0.4, "--detector-pixels", 96, "--max-angle", 40, "--thickness", 200)
+    assert code == 0, err
+    assert "slices:           8 for 200 Å (--slices 8 --slice-thickness 25)" in out
+    code, _, err = run(capsys, "suggest", "--energy", 300, "--semiangle", 20, "--scan-step",
+                       0.4, "--detector-pixels", 96, "--max-angle", 40, "--thickness", -1)
+    assert code == 2 and len(err.splitlines()) == 1 and "--thickness" in err

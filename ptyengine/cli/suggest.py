@@ -19,13 +19,17 @@ from .common import _pair
 @click.option("--dk", type=float, help="Detector pixel in 1/Å (instead of --max-angle).")
 @click.option("--dose", type=float, help="Dose in e/Å² (none: noise-free).")
 @click.option("--defocus", type=float, default=None, help="Probe defocus C10 in Å [0].")
+@click.option("--thickness", type=float, default=None,
+              help="Specimen thickness in Å, for the multislice advice [the dataset's "
+                   "recorded thickness, if any].")
 @click.option("--memory-limit", default=None,
               help="Memory budget, e.g. 16GB [default: half of this machine's memory].")
 def suggest(data, energy, semiangle, scan_step, scan_shape, detector_pixels, max_angle, dk,
-            dose, defocus, memory_limit):  # fmt: skip
+            dose, defocus, thickness, memory_limit):  # fmt: skip
     """Advice for a reconstruction: overlap, probe diameter (with defocus), real-space
     pixel, counts per pattern and per bright-field pixel, ePIE or ML, batch size, memory,
-    and warnings (undersampled detector, overlap < 60 %, dose below ~10 e/Å²). Give a
+    the slices for a thick specimen (--thickness), and warnings (undersampled detector,
+    overlap < 60 %, dose below ~10 e/Å², a probe window narrower than the beam). Give a
     dataset, or its calibration as options; the rules and their sources are in
     ptyengine/suggest.py.
 
@@ -36,6 +40,8 @@ def suggest(data, energy, semiangle, scan_step, scan_shape, detector_pixels, max
           --max-angle 40 --dose 20 --defocus 1000
     """
     from .. import io
+    from ..errors import PtyengineError
+    from ..reconstruct.slices import recorded_thickness
     from ..suggest import calibration_from_options, describe
     from ..suggest import suggest as advise
 
@@ -49,8 +55,12 @@ def suggest(data, energy, semiangle, scan_step, scan_shape, detector_pixels, max
                                    "not both")  # fmt: skip
         with io.open_dataset(data) as ds:
             cal = ds.calibration
+            if thickness is None:
+                thickness = recorded_thickness(ds)
     else:
         options["scan_step"] = _pair(scan_step, "--scan-step")
         options["scan_shape"] = _pair(scan_shape, "--scan-shape", int)
         cal = calibration_from_options(**options)
-    click.echo(describe(advise(cal, memory_limit)))
+    if thickness is not None and not thickness > 0:
+        raise PtyengineError(f"--thickness must be positive Å, got {thickness}")
+    click.echo(describe(advise(cal, memory_limit, thickness)))

@@ -410,8 +410,10 @@ def measure_shifts(values, ref, cover, pred, radius, step, batch: int = BATCH):
         for axis, (lo, hi, base, q) in enumerate((
                 (cc[rows, (iy - 1) % py_, ix], cc[rows, (iy + 1) % py_, ix], sy_[iy, 0], step[0]),
                 (cc[rows, iy, (ix - 1) % px_], cc[rows, iy, (ix + 1) % px_], sx_[0, ix], step[1]))):
+            ok = np.isfinite(lo) & np.isfinite(hi)  # a neighbour outside `near` is −inf
+            lo, hi = np.where(ok, lo, c), np.where(ok, hi, c)
             curv = lo - 2 * c + hi
-            ok = np.isfinite(lo) & np.isfinite(hi) & (curv < 0)
+            ok &= curv < 0
             frac = np.where(ok, 0.5 * (lo - hi) / np.where(ok, curv, -1.0), 0.0)
             out[g0:g0 + batch, axis] = p[:, axis] + base + np.clip(frac, -0.5, 0.5) * q
     return out, peak
