@@ -513,6 +513,7 @@ def test_cli_mepie_writes_slices_and_depth_montage(two_layers, tmp_path, capsys)
     (("--slice-thickness", "-2"), "--slice-thickness must be positive Å, got -2.0"),
     (("--slice-thickness", "2,x"), "--slice-thickness takes Å, one value or one per slice"),
     (("--slices", "3", "--slice-thickness", "1,2"), "has 2 values for 3 slices"),
+    (("--slices", "x"), "--slices takes a whole number ≥ 1 or 'rule', not 'x'"),
 ])  # fmt: skip
 def test_cli_bad_slices(two_layers, tmp_path, capsys, args, message, method):
     from cli_helpers import run
@@ -719,3 +720,39 @@ def test_cli_mepie_kz_filter(two_layers, tmp_path, capsys):
     code, _, err = run(capsys, "reconstruct", two_layers[0], "--kz-filter", "5", "-o",
                        tmp_path / "e.zarr")  # fmt: skip
     assert code == 2 and "--kz-filter: not an option of --method epie" in err
+
+
+def test_cli_slices_by_the_rule(two_layers, tmp_path, capsys):
+    """--slices rule: S from the dataset's recorded thickness (slices.rule_slices), said on
+    stderr and stored as the run's S; a dataset that records no thickness is refused."""
+    from cli_helpers import run
+
+    from ptyengine import io
+    from ptyengine.reconstruct.slices import recorded_thickness, rule_slices
+    from ptyengine.results import read_result
+
+    with io.open_dataset(two_layers[0]) as ds:
+        t, cal = recorded_thickness(ds), ds.calibration
+    expected = rule_slices(cal.wavelength, cal.semiangle, t)
+    assert expected > 1  # 81 Å at 25 mrad: Δz = λ/(2α²) = 15.8 Å
+    out = tmp_path / "rule.zarr"
+    code, _, err = run(capsys, "reconstruct", two_layers[0], "--method", "mepie", "--slices",
+                       "rule", "--iterations", "1", "--batch-size", "16", "-o", out)  # fmt: skip
+    assert code == 0, err
+    assert f"slices: {expected} by the rule (specimen {t:g} Å" in err
+    arrays, attrs = read_result(out)
+    assert attrs["parameters"]["slices"] == expected == arrays["slice_phase"].shape[0]
+    assert attrs["slice_thicknesses_A"] == pytest.approx([t / expected] * expected)
+    assert (tmp_path / "rule_depth.png").exists()
+
+
+def test_slices_rule_needs_a_recorded_thickness(two_layers):
+    from ptyengine import io
+    from ptyengine.cli.slicing import resolve_rule
+    from ptyengine.dataset import InMemoryDataset
+
+    with io.open_dataset(two_layers[0]) as ds:
+        mem = InMemoryDataset(ds.read_rows(0, SCAN), ds.calibration)
+    with pytest.raises(PtyengineError, match="records no specimen thickness; give --slices S"):
+        resolve_rule(mem, {"slices": "rule"})
+    assert resolve_rule(mem, {"slices": 3}) == {"slices": 3}  # a number passes as given

@@ -12,6 +12,14 @@ import click
 from ..errors import PtyengineError
 from .common import DEFOCUS_SIGN, _progress_bar, keep_on_interrupt
 from .runconfig import current_run_config, run_config
+from .slicing import (
+    checkable,
+    depth_path,
+    multislice,
+    resolve_rule,
+    slice_thickness_option,
+    slices_option,
+)
 
 
 def _epie_parameters():
@@ -67,18 +75,6 @@ def _rotation_option(ctx, param, value):
         raise click.BadParameter(f"give degrees, 'auto' or 'calibration', not {value!r}") from None
 
 
-def _slice_thickness(ctx, param, value):
-    """'2.5' -> 2.5, '80,1' -> (80.0, 1.0); checked further by MepieParameters."""
-    if value is None:
-        return None
-    try:
-        values = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise PtyengineError(f"--slice-thickness takes Å, one value or one per slice "
-                             f"separated by commas, not {value!r}") from None  # fmt: skip
-    return values[0] if len(values) == 1 else values
-
-
 def _default_output(data: Path, method: str) -> Path:
     return data.parent / f"{data.stem}_{method}.zarr"
 
@@ -89,17 +85,6 @@ def _checkpoint_path(output: Path) -> Path:
 
 def _preview_path(output: Path) -> Path:
     return output.with_name(output.stem + "_preview.png")
-
-
-def _depth_path(output: Path) -> Path:
-    """The depth montage of a multislice result (mepie, ML with --slices > 1): every
-    slice's phase."""
-    return output.with_name(output.stem + "_depth.png")
-
-
-def _multislice(method: str, slices) -> bool:
-    """Whether a method with these --slices (None: its default) gives a slice stack."""
-    return method == "mepie" or (method == "ml" and (slices or 1) > 1)
 
 
 @run_config
@@ -176,10 +161,11 @@ def _multislice(method: str, slices) -> bool:
                    "specimens at low dose [default: off].")
 @click.option("--seed", type=int, help="ePIE: seed of the random position order; ML: of the "
                                       "held-out pixels [default: 0].")
-@click.option("--slices", type=int,
+@click.option("--slices", callback=slices_option,
               help="mepie: object slices S ≥ 1; S = 1 is ePIE [default: 2]. ML: S = 1 is "
-                   "the single-slice model, S > 1 multislice ML [default: 1].")
-@click.option("--slice-thickness", callback=_slice_thickness,
+                   "the single-slice model, S > 1 multislice ML [default: 1]. 'rule': "
+                   "S = round(t/(λ/(2α²))), at most 8, t the dataset's recorded thickness.")
+@click.option("--slice-thickness", callback=slice_thickness_option,
               help="mepie/ML: Δz in Å between slices, one value or one per slice (80,1); the "
                    "wave propagates Δz_s from slice s to s + 1 [default: the dataset's "
                    "recorded specimen thickness / S].")
@@ -367,7 +353,7 @@ def check_options(method: str, given: dict, rotation=None, checkpoint_every: int
         flags = [f"--{k.replace('_', '-')}" for k in given if k not in fields]
         if flags:
             raise click.UsageError(f"{', '.join(flags)}: not an option of --method {method}")
-        ITERATIVE[method]()(**given)  # bad values end here, before any data are read
+        ITERATIVE[method]()(**checkable(given))  # bad values end here, before any reading
     else:
         flags = [f"--{k.replace('_', '-')}" for k in given]
         flags += [f for f, on in (("--checkpoint-every", checkpoint_every), ("--resume", resume),
@@ -398,6 +384,7 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
     given_mask = None if mask is None else load_mask(mask)
     start = None if probe_from is None else probe_start(probe_from)
     with io.open_dataset(data) as ds, _locked(out, default=output is None):
+        epie_options = resolve_rule(ds, epie_options or {})
         if start is not None:
             _start_probe_from(ds, probe_from, start)
         if given_mask is not None:
@@ -413,7 +400,7 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         # one writer per output; the result and its preview are protected alike (a resumed
         # run continues, and replaces, its own); the partial is made before any work
         if not overwrite and not (resume and _checkpoint_path(out).exists()):
-            extra = ([_depth_path(out)] if _multislice(method, (epie_options or {}).get(
+            extra = ([depth_path(out)] if multislice(method, (epie_options or {}).get(
                 "slices")) else [])  # fmt: skip
             for path in (out, _preview_path(out), *extra):
                 if path.exists():
@@ -528,7 +515,7 @@ def _reconstruct_into(ds, data: Path, out: Path, method: str, device, epie_optio
     png = preview_png(_preview_path(out), rec["panels"], title=title)
     click.echo(f"result: {path}\npreview: {png}")
     if rec.get("depth"):
-        depth = preview_png(_depth_path(out), rec["depth"], title=f"{data.name}: slice phases")
+        depth = preview_png(depth_path(out), rec["depth"], title=f"{data.name}: slice phases")
         click.echo(f"depth montage: {depth}")
     ck = rec.get("checkpoint")
     if ck is not None and ck.exists() and not keep_checkpoint:
@@ -627,7 +614,7 @@ def _run_iterative(ds, data: Path, out: Path, method: str, device, options, chec
     if method == "ml" and (res.extra["positions"]["update_rms_A"] or positions is not None):
         arrays["positions"] = np.asarray(res.positions, dtype=np.float64)
     depth = []
-    if _multislice(method, getattr(params, "slices", None)):
+    if multislice(method, getattr(params, "slices", None)):
         arrays["slice_phase"] = res.slice_phase.astype(np.float32)
         extra.update(slice_positions_A=res.extra["slice_positions_A"],
                      slice_thicknesses_A=res.extra["slice_thicknesses_A"])  # fmt: skip
