@@ -139,6 +139,9 @@ class Alignment:
     direct_beam: tuple[float, float]
     reflections: np.ndarray = field(repr=False)
     intensities: np.ndarray = field(repr=False)
+    #: the kinematic refinement (:mod:`.kinematic`) where a crystal was given, else None;
+    #: ``circle`` is then the estimator's circle, the tilts are the refinement's
+    refinement: object = None
 
 
 # ------------------------------------------------------------------ reading patterns
@@ -464,7 +467,7 @@ def _pixel_size(pixel_size) -> np.ndarray:
 
 def align(pattern, alpha_axis: float, beta_axis: float, pixel_size, energy: float = 300e3,
           threshold: float = THRESHOLD_SIGMA, max_tilt: float = MAX_TILT,
-          method: str = "circle") -> Alignment:
+          method: str = "circle", crystal=None) -> Alignment:
     """Measure the zone axis's tilt on one diffraction pattern and the holder tilts that
     bring it back (module docstring).
 
@@ -474,7 +477,9 @@ def align(pattern, alpha_axis: float, beta_axis: float, pixel_size, energy: floa
     ``max_tilt`` (degrees) the largest tilt searched. ``method``: "circle" (the Laue
     circle fit, :func:`fit_laue_circle`; tilts from ~0.5° up) or "friedel" (the small-tilt
     estimator, :func:`fit_friedel`; tilts below ~0.5°, e.g. the residual on a second
-    pattern after a correction).
+    pattern after a correction). ``crystal``: a :class:`.kinematic.CrystalModel` (the
+    specimen's structure along its zone axis) refines the estimator's circle with the
+    kinematic intensities of every reflection (:func:`.kinematic.refine`).
     """
     check_axes(alpha_axis, beta_axis)
     if method not in METHODS:
@@ -512,15 +517,23 @@ def align(pattern, alpha_axis: float, beta_axis: float, pixel_size, energy: floa
         circle = LaueCircle((float(c[0]), float(c[1])), float(np.linalg.norm(c)), inliers,
                             float(np.corrcoef(friedel_model(kf, c, lam), lr)[0, 1])
                             if np.linalg.norm(c) > 0 else 0.0, LAUE_S0, rms)  # fmt: skip
-    sin_phi = lam * circle.radius
-    if sin_phi >= 1:
-        raise PtyengineError(f"the fitted Laue circle's radius {circle.radius:.4g} 1/Å exceeds "
-                             f"1/λ: check --pixel-size and --energy")  # fmt: skip
     cy, cx = circle.centre
+    refinement = None
+    if crystal is not None:
+        from .kinematic import refine
+
+        refinement = refine(image, centre, k, intensity, crystal, ps, energy, circle.centre,
+                            math.sin(math.radians(max_tilt)) / lam)  # fmt: skip
+        cy, cx = refinement.centre
+    sin_phi = lam * math.hypot(cy, cx)
+    if sin_phi >= 1:
+        raise PtyengineError(f"the fitted Laue circle's radius {math.hypot(cy, cx):.4g} 1/Å "
+                             "exceeds 1/λ: check --pixel-size and --energy")  # fmt: skip
     n = np.array([lam * cx, lam * cy, math.sqrt(1 - sin_phi**2)])
     return Alignment(math.degrees(math.asin(sin_phi)), math.degrees(math.atan2(cy, cx)),
                      holder_tilts(n, alpha_axis, beta_axis), n, circle,
-                     (float(centre[0]), float(centre[1])), k, intensity)  # fmt: skip
+                     (float(centre[0]), float(centre[1])), k, intensity,
+                     refinement)  # fmt: skip
 
 
 def radial_envelope(k: np.ndarray, intensity: np.ndarray, width: float) -> np.ndarray:
