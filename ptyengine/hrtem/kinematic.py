@@ -46,6 +46,8 @@ from ..errors import PtyengineError
 #: fraction of the best position score are all tried by the kinematic fit.
 ORIENT_STEP = 0.5
 ORIENT_KEEP = 0.97
+#: Å: the least depth of whole lattice repeats :func:`zolz_coefficients` projects.
+MODEL_DEPTH = 20.0
 #: Thickness starts of :func:`refine`, as multiples of the given thickness.
 THICKNESS_STARTS = (0.6, 1.0, 1.6)
 #: Fewest lattice points inside the detector for a fit.
@@ -88,19 +90,28 @@ def zolz_coefficients(structure: str, zone_axis, k_max: float, energy: float = 3
                       thickness: float = 100.0, slice_thickness: float = 2.0) -> CrystalModel:
     """|U_g|² of every ZOLZ reflection with |g| ≤ ``k_max`` 1/Å of ``structure`` (a builtin
     name or a structure file, as the simulator takes) along ``zone_axis`` at ``energy`` eV:
-    the phases of the simulator's slices of one projected cell ``thickness`` Å deep, summed
-    (σ V_proj, rad), Fourier-transformed and divided by the depth (rad/Å)."""
+    the phases of the simulator's slices of one projected cell, summed (σ V_proj, rad),
+    Fourier-transformed and divided by the depth (rad/Å). The depth is a whole number of
+    the lattice's repeats along the zone axis, at least MODEL_DEPTH Å (a partial repeat
+    would weight the atoms at some depths more than others); a layer (a 2-D structure) is
+    projected once over ``thickness``. ``thickness`` is also where the fit starts."""
     from ..planewave import plane_wave_specimen
+    from ..structures import load_structure, orthogonal_cell
 
     if not (math.isfinite(thickness) and thickness > 0):
         raise PtyengineError(f"the crystal's thickness must be positive Å, got {thickness}")
+    atoms = load_structure(structure)
+    depth = float(thickness)
+    if atoms.pbc[2]:
+        repeat = float(orthogonal_cell(atoms, tuple(zone_axis)).cell.lengths()[2])
+        depth = repeat * math.ceil(MODEL_DEPTH / repeat)
     spec = plane_wave_specimen(structure=structure, zone_axis=tuple(zone_axis),
-                               field=(1.0, 1.0), thickness=thickness, energy=energy,
+                               field=(1.0, 1.0), thickness=depth, energy=energy,
                                k_max=k_max * 1.01, slice_thickness=slice_thickness)  # fmt: skip
     t = np.asarray(spec.transmissions[0])
     phase = np.angle(t).sum(axis=0)
     ny, nx = phase.shape
-    u = np.fft.fft2(phase) / (ny * nx * thickness)
+    u = np.fft.fft2(phase) / (ny * nx * depth)
     ky = np.fft.fftfreq(ny, spec.sampling[0])[:, None] + 0 * np.zeros((1, nx))
     kx = np.fft.fftfreq(nx, spec.sampling[1])[None, :] + 0 * np.zeros((ny, 1))
     keep = (np.hypot(ky, kx) <= k_max) & ((ky != 0) | (kx != 0))
