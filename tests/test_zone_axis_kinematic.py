@@ -44,12 +44,20 @@ def test_zolz_coefficients_of_srtio3(model):
 
 def test_fit_recovers_the_circle_and_thickness_from_kinematic_intensities(model):
     """Intensities made by the model itself (noise-free): the fit from a circle 0.3 1/Å off
-    and a thickness 30 % off comes back to both."""
+    and a thickness 30 % off comes back to both, and to a Debye–Waller damping."""
     c_true, t_true = np.array([1.2, -2.1]), 50.0
     measured = 3e4 * kinematic.predicted(model.g, model.u2, c_true, t_true, LAM)
-    c, t, a, cost = kinematic.fit(model.g, model.u2, measured, LAM, c_true + 0.3, 35.0)
+    c, t, a, cost, b = kinematic.fit(model.g, model.u2, measured, LAM, c_true + 0.3, 35.0)
     np.testing.assert_allclose(c, c_true, atol=1e-5)
     assert t == pytest.approx(t_true, rel=1e-5) and a == pytest.approx(3e4, rel=1e-4)
+    assert b == pytest.approx(0.0, abs=1e-6)
+    # damped by a Debye–Waller factor B = 0.8 Å² (e^{−B|g|²/2}): b = 0.4 Å² comes back from
+    # near the truth (b trades off against c and t: from 0.03 1/Å and 5 Å off, or from the
+    # start above, the fit stops in a local minimum 0.1–0.2 1/Å away; measured)
+    damped = measured * np.exp(-0.4 * (model.g**2).sum(axis=1))
+    c, t, a, cost, b = kinematic.fit(model.g, model.u2, damped, LAM, c_true + 0.01, 50.0)
+    np.testing.assert_allclose(c, c_true, atol=1e-5)
+    assert b == pytest.approx(0.4, rel=1e-4) and t == pytest.approx(t_true, rel=1e-5)
 
 
 @pytest.mark.parametrize("alpha, beta", [(1.5, 1.2), (-2.6, 3.1)])

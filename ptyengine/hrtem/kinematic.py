@@ -18,7 +18,9 @@ reflections' pixel positions on the pattern follow from the lattice's in-plane r
 (:func:`orient_lattice`). Then c, t and A are fitted to the integrated intensities of
 every lattice point inside the detector, bright or not (:func:`refine`): robust least
 squares (soft-L1) on √I, which makes Poisson counts' variance nearly uniform, from the
-circle's centre and three thicknesses around the given one.
+circle's centre and the best centres of a global grid, with three thicknesses around the
+given one; a Debye–Waller factor e^{−B|g|²/2} is fitted too (thermal vibration damps the
+Bragg beams, increasingly with |g|, where a static model of the structure does not).
 
 What it assumes: the specimen scatters mostly once along the beam (thin or light; the
 dynamical interaction of strong beams changes intensities by tens of per cent, which the
@@ -46,6 +48,10 @@ from ..errors import PtyengineError
 #: fraction of the best position score are all tried by the kinematic fit.
 ORIENT_STEP = 0.5
 ORIENT_KEEP = 0.97
+#: Å²: the largest Debye–Waller exponent b of :func:`fit` (I_g × exp(−b|g|²), b = B/2 with
+#: B = 8π²⟨u²⟩: 5 Å² is an rms displacement of 0.36 Å, beyond any crystal at room
+#: temperature).
+MAX_B = 5.0
 #: Å: the least depth of whole lattice repeats :func:`zolz_coefficients` projects.
 MODEL_DEPTH = 20.0
 #: Thickness starts of :func:`refine`, as multiples of the given thickness.
@@ -75,7 +81,8 @@ class CrystalModel:
 class Refinement:
     """The fitted circle ``centre`` (k_y, k_x) 1/Å, ``thickness`` t (Å), ``scale`` A, the
     lattice's ``rotation`` (degrees) and ``mirror`` on the pattern, ``points`` integrated,
-    and ``cost`` (the robust loss per point, in units of √counts²)."""
+    ``cost`` (the robust loss per point, in units of √counts²) and the Debye–Waller
+    ``debye_waller`` B (Å²)."""
 
     centre: tuple[float, float]
     thickness: float
@@ -84,6 +91,7 @@ class Refinement:
     mirror: bool
     points: int
     cost: float
+    debye_waller: float = 0.0  # B (Å²) of the fitted damping e^{−B|g|²/2}
 
 
 def zolz_coefficients(structure: str, zone_axis, k_max: float, energy: float = 300e3,
@@ -213,10 +221,12 @@ def grid_starts(g, u2, root, wavelength: float, thickness: float, max_radius: fl
 
 def fit(g, u2, measured, wavelength: float, centre0, thickness0: float,
         max_radius: float | None = None):  # fmt: skip
-    """(centre, t, A, cost per point) minimising Σ ρ(√(A·predicted) − √measured), ρ soft-L1
-    at the median √measured of the bright points, from ``centre0`` and (``max_radius``
-    1/Å given) the best centres of :func:`grid_starts`, each with THICKNESS_STARTS ×
-    ``thickness0``."""
+    """(centre, t, A, cost per point, b) minimising Σ ρ(√(A·predicted·e^{−b|g|²}) −
+    √measured), ρ soft-L1 at the median √measured of the bright points, from ``centre0``
+    and (``max_radius`` 1/Å given) the best centres of :func:`grid_starts`, each with
+    THICKNESS_STARTS × ``thickness0``. b (Å², 0 to MAX_B, from 0) is a Debye–Waller
+    factor: thermal vibration damps the Bragg intensities by e^{−B|g|²/2} (B = 8π²⟨u²⟩),
+    which a static model of the structure lacks."""
     from scipy.optimize import least_squares
 
     root = np.sqrt(np.clip(measured, 0, None))
@@ -225,22 +235,26 @@ def fit(g, u2, measured, wavelength: float, centre0, thickness0: float,
     starts = [np.asarray(centre0, dtype=np.float64)]
     if max_radius:
         starts += grid_starts(g, u2, root, wavelength, thickness0, max_radius, scale)
+    g2 = (g**2).sum(axis=1)
+    lower = [-np.inf, -np.inf, -np.inf, -np.inf, 0.0]
+    upper = [np.inf, np.inf, np.inf, np.inf, MAX_B]
     best = None
     for c0 in starts:
         for f in THICKNESS_STARTS:
             p0 = predicted(g, u2, c0, f * thickness0, wavelength)
             a0 = (float(root @ np.sqrt(p0)) / max(float(p0.sum()), 1e-300)) ** 2
-            x0 = np.r_[c0, f * thickness0, math.log(max(a0, 1e-300))]
+            x0 = np.r_[c0, f * thickness0, math.log(max(a0, 1e-300)), 0.0]
 
             def resid(q):
-                p = predicted(g, u2, q[:2], abs(q[2]), wavelength)
+                p = predicted(g, u2, q[:2], abs(q[2]), wavelength) * np.exp(-q[4] * g2)
                 return np.sqrt(math.exp(q[3]) * p) - root
 
-            r = least_squares(resid, x0, loss="soft_l1", f_scale=scale)
+            r = least_squares(resid, x0, loss="soft_l1", f_scale=scale, bounds=(lower, upper))
             if best is None or r.cost < best.cost:
                 best = r
     q = best.x
-    return (float(q[0]), float(q[1])), abs(float(q[2])), math.exp(q[3]), best.cost / len(root)
+    return ((float(q[0]), float(q[1])), abs(float(q[2])), math.exp(q[3]),
+            best.cost / len(root), float(q[4]))  # fmt: skip
 
 
 def refine(image: np.ndarray, direct_beam, k_obs: np.ndarray, weights: np.ndarray,
@@ -272,12 +286,13 @@ def refine(image: np.ndarray, direct_beam, k_obs: np.ndarray, weights: np.ndarra
             scale = float(np.median(root[root > 0])) if (root > 0).any() else 1.0
             starts = grid_starts(g[inside], crystal.u2[inside], root, lam, crystal.thickness,
                                  max_radius, scale)  # fmt: skip
-        c, t, a, cost = min((fit(g[inside], crystal.u2[inside], measured, lam, c0,
-                                 crystal.thickness)
-                             for c0 in [np.asarray(centre0, dtype=np.float64), *starts]),
-                            key=lambda r: r[3])  # fmt: skip
+        c, t, a, cost, b = min((fit(g[inside], crystal.u2[inside], measured, lam, c0,
+                                    crystal.thickness)
+                                for c0 in [np.asarray(centre0, dtype=np.float64), *starts]),
+                               key=lambda r: r[3])  # fmt: skip
         if best is None or cost < best.cost:
-            best = Refinement(c, t, a, math.degrees(angle), mirror, int(inside.sum()), cost)
+            best = Refinement(c, t, a, math.degrees(angle), mirror, int(inside.sum()), cost,
+                              2 * b)  # fmt: skip
     if best is None:
         raise PtyengineError(f"fewer than {MIN_POINTS} reflections of {crystal.name} fall on "
                              "the pattern: check --pixel-size, --energy and the crystal")
