@@ -94,6 +94,17 @@ def test_command_with_a_crystal(tmp_path, capsys, sto):
     first = next(line for line in out.splitlines() if line.startswith("apply:"))
     alpha, beta = (float(v.split()[1].rstrip("°,")) for v in first[7:].split(", "))
     assert abs(alpha - 1.5) < 0.1 and abs(beta - 1.2) < 0.1
+    # a second pattern's small residual goes to the Friedel estimator, not the refinement
+    second = tmp_path / "residual.npy"
+    np.save(second, pattern(sto, 0.15, -0.12, dose=1e7, seed=2))
+    code, out, err = run(capsys, *argv, "--crystal", "srtio3", "--zone", "0,0,1", "--second",
+                         second)  # fmt: skip
+    assert code == 0, err
+    assert out.count("kinematic refinement") == 1
+    nxt = next(line for line in out.splitlines() if line.startswith("residual after"))
+    ra, rb = (float(v.split()[1].rstrip("°,")) for v in nxt.split("apply next: ")[1].split(
+        " (")[0].split(", "))  # fmt: skip
+    assert abs(ra - 0.15) < 0.1 and abs(rb + 0.12) < 0.1
     for extra, message in ((["--crystal", "srtio3"], "--crystal and --zone go together"),
                            (["--crystal", "srtio3", "--zone", "0,1"], "three whole numbers"),
                            (["--crystal", "srtio3", "--zone", "0,0,0"], "not all 0")):

@@ -101,8 +101,9 @@ def zone_axis(pattern, alpha_axis, beta_axis, pixel_size, camera_length, detecto
     from the circle's centre, and splits it between the holder's α and β axes (α > 0: a
     right-handed rotation about the α axis; β is carried by α). With --crystal and --zone
     the circle is refined by the kinematic intensities of every reflection of the crystal's
-    zero-order Laue zone (ptyengine/hrtem/kinematic.py; thickness fitted). PATTERN: .npy,
-    .png, .tif, .dm3/.dm4 or .mrc, one 2-D pattern.
+    zero-order Laue zone (ptyengine/hrtem/kinematic.py; thickness fitted; not on a --second
+    pattern measured with Friedel pairs, whose small residual tilt they measure better).
+    PATTERN: .npy, .png, .tif, .dm3/.dm4 or .mrc, one 2-D pattern.
 
     \b
     Example:
@@ -130,8 +131,11 @@ def zone_axis(pattern, alpha_axis, beta_axis, pixel_size, camera_length, detecto
     if second is None:
         return
     second_method = "friedel" if method == "auto" else method
+    # the kinematic model is poorest near the zone axis (many beams at once): the small
+    # residual of a second pattern is the Friedel estimator's (benchmarks/RESULTS.md)
     rest = za.align(za.read_pattern(second), alpha_axis, beta_axis, ps, energy_ev,
-                    threshold=threshold, method=second_method, crystal=model)  # fmt: skip
+                    threshold=threshold, method=second_method,
+                    crystal=model if second_method == "circle" else None)  # fmt: skip
     _report("second", second, rest, lam)
     ra, rb = rest.correction
     click.echo(f"residual after the first correction: {rest.tilt:.3f}°; apply next: α "
