@@ -167,7 +167,7 @@ def bright_field_stack(ds, bf: BrightField, device: str = "cpu", memory_limit=No
         if direct:
             done += part
             continue
-        if isinstance(stack, StackFile):
+        if hasattr(stack, "write"):  # a stack in a file (StackFile, wdd's MappedStack)
             stack.write(row0, part)
         else:
             stack[:, row0:row0 + part.shape[1]] = part

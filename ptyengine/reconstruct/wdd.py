@@ -57,7 +57,9 @@ u = 0 slice does not depend on the frame.
 Passes and memory. One read of the 4-D data (:func:`.direct.bright_field_stack`: the
 bright-field pixels, or ``bin`` × ``bin`` groups, of every pattern), into a stack of
 n·Sy·(Sx + 2)·4 bytes (n pixels or groups; written to a temporary file beyond half the
-memory budget, ``stack_on_disk``). Then two passes over the stack, none over the data:
+memory budget, ``stack_on_disk``: a :class:`MappedStack`, whose pages are handed back to
+the page cache after every block, so they do not stay resident). Then two passes over
+the stack, none over the data:
 (1) its FFT over the scan, in place (rfft2: the data are real, G(k, −Q) = G*(k, Q)), in
 blocks of pixels (block·Sy·Sx·32 bytes); (2) blocks of ``block`` scan frequencies, each
 with every pixel: the box FFTs of G, f_Q and f_Q(k − Q) (block·N_box·~200 bytes, N_box ≈
@@ -68,6 +70,7 @@ set by the budget (``--memory-limit``). On a GPU (``device="gpu"``) the blocks r
 from __future__ import annotations
 
 import math
+import mmap
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,12 +176,14 @@ def wdd(ds, params: WddParameters | None = None, device: str = "cpu",
         with tempfile.TemporaryDirectory(prefix="ptyengine-wdd-") as tmp:
             on_disk = 4 * math.prod(shape) > limit / 2
             if on_disk:
-                buf = np.lib.format.open_memmap(Path(tmp) / "stack.npy", mode="w+",
-                                                dtype=np.float32, shape=shape)  # fmt: skip
+                buf = MappedStack(Path(tmp) / "stack.npy", shape)
+                bright_field_stack(dset, bf, device, memory_limit, out=buf)
             else:
                 buf = np.zeros(shape, np.float32)
-            bright_field_stack(dset, bf, device, memory_limit, out=buf[:, :, :sx])
+                bright_field_stack(dset, bf, device, memory_limit, out=buf[:, :, :sx])
             result = wdd_from_stack(buf, bf, cal, params, device, limit, source)
+            if on_disk:
+                buf.close()
             del buf
     finally:
         if dset is not ds:
@@ -187,15 +192,52 @@ def wdd(ds, params: WddParameters | None = None, device: str = "cpu",
     return result
 
 
+class MappedStack:
+    """The stack (n, Sy, Sx + 2) float32 in a memory-mapped file, for stacks beyond the
+    memory budget. A mapped file's pages count in the process's resident memory once
+    touched, which grew WDD's peak with the data (1.2 GB at 2 GB of data, 6.5 GB at 16 GB:
+    benchmarks/RESULTS.md); :meth:`release` hands the touched pages back to the page cache
+    (MADV_DONTNEED: the file keeps what was written), after every block of rows written
+    (:meth:`write`, as :func:`.direct.bright_field_stack` fills it) and every block of the
+    passes that follow, so resident memory is a block's, whatever the stack's size."""
+
+    def __init__(self, path, shape):
+        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                               shape=tuple(shape))  # fmt: skip
+        self.shape, self.dtype = self.array.shape, self.array.dtype
+
+    def write(self, row0: int, part) -> None:
+        """Put the (n, rows, Sx) images of a block of scan rows in place, then release."""
+        self.array[:, row0:row0 + part.shape[1], :part.shape[2]] = part
+        self.release()
+
+    def release(self) -> None:
+        mm = getattr(self.array, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        self.array.flush()
+        del self.array
+
+
+def _release(buf) -> None:
+    if isinstance(buf, MappedStack):
+        buf.release()
+
+
 def fft_in_place(buf, sx: int, block: int, xp) -> np.ndarray:
-    """Replace the real stack ``buf[:, :, :sx]`` (n, Sy, ≥ Sx + 1 float32) by its rfft2 over
-    the scan, ``block`` pixels at a time; returns the complex64 view (n, Sy, Sx//2 + 1)."""
-    n = buf.shape[0]
-    spec = buf.view(np.complex64)
+    """Replace the real stack ``buf[:, :, :sx]`` (n, Sy, ≥ Sx + 1 float32, or a
+    :class:`MappedStack`) by its rfft2 over the scan, ``block`` pixels at a time; returns
+    the complex64 view (n, Sy, Sx//2 + 1)."""
+    arr = buf.array if isinstance(buf, MappedStack) else buf
+    n = arr.shape[0]
+    spec = arr.view(np.complex64)
     for b0 in range(0, n, block):
         sl = slice(b0, min(b0 + block, n))
-        part = xp.asarray(np.asarray(buf[sl, :, :sx]))
+        part = xp.asarray(np.asarray(arr[sl, :, :sx]))
         spec[sl] = to_numpy(xp.fft.rfft2(part).astype(np.complex64))
+        _release(buf)
     return spec
 
 
@@ -312,6 +354,7 @@ def wdd_from_stack(buf, bf, cal, params: WddParameters, device: str = "cpu",
             mag[sel] = to_numpy(xp.abs(t))
         phi[r0:r1] = est.reshape(r1 - r0, sx)
         transfer[r0:r1] = mag.reshape(r1 - r0, sx)
+        _release(buf)
     phi[0, 0] = 0
     # at low counts ε ≫ |χ_P|² shrinks T (and D) as 1/ε far below τ, which would leave φ
     # 1/ε² too small (1e-7 rad at 20 e/Å²): rescale so that Φ̂ = iD/T at the best-
