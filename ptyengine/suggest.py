@@ -174,7 +174,13 @@ def suggest(cal: Calibration, memory_limit: int | None = None,
     the specimen's in Å, if known: the slices of :func:`.reconstruct.slices.rule_slices`
     and whether the probe window holds the beam through it."""
     from . import backend
-    from .reconstruct.slices import RULE_MAX_SLICES, WINDOW_FACTOR, rule_slices
+    from .reconstruct.slices import (
+        RULE_MAX_SLICES,
+        WINDOW_FACTOR,
+        exit_beam,
+        pixels_to_hold,
+        rule_slices,
+    )
 
     budget = backend.memory_limit(memory_limit)
     lam = cal.wavelength
@@ -214,11 +220,9 @@ def suggest(cal: Calibration, memory_limit: int | None = None,
     if thickness is not None:
         s.thickness = float(thickness)
         s.slices = rule_slices(lam, cal.semiangle, s.thickness)
-        c10 = cal.defocus
-        beam = 2 * cal.semiangle * 1e-3 * max(abs(c10), abs(c10 + thickness))
-        window = 1 / max(cal.dk)
+        beam, window = exit_beam(cal, thickness), 1 / max(cal.dk)
         if s.slices > 1 and beam > WINDOW_FACTOR * window:
-            need = math.ceil(max(cal.detector_shape) * beam / window - 1e-9)
+            need = pixels_to_hold(max(cal.detector_shape), beam, window)
             s.warnings.append(f"the beam is {beam:.3g} Å wide at the specimen's exit, the "
                               f"probe window {window:.3g} Å: multislice wraps it round the "
                               f"window; record at least {need} detector pixels over the same "

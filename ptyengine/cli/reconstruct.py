@@ -400,8 +400,7 @@ def _reconstruct(data: Path, method: str, output: Path | None = None, device: st
         # one writer per output; the result and its preview are protected alike (a resumed
         # run continues, and replaces, its own); the partial is made before any work
         if not overwrite and not (resume and _checkpoint_path(out).exists()):
-            extra = ([depth_path(out)] if multislice(method, (epie_options or {}).get(
-                "slices")) else [])  # fmt: skip
+            extra = [depth_path(out)] if multislice(method, epie_options.get("slices")) else []
             for path in (out, _preview_path(out), *extra):
                 if path.exists():
                     raise PtyengineError(f"{path} exists; pass --overwrite to replace it")

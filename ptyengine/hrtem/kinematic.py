@@ -43,6 +43,7 @@ from scipy.spatial import cKDTree
 
 from .. import physics
 from ..errors import PtyengineError
+from .zone_axis import _integrate, background_subtracted, excitation_errors
 
 #: Rotation search step (degrees) of :func:`orient_lattice`; orientations within this
 #: fraction of the best position score are all tried by the kinematic fit.
@@ -120,8 +121,8 @@ def zolz_coefficients(structure: str, zone_axis, k_max: float, energy: float = 3
     phase = np.angle(t).sum(axis=0)
     ny, nx = phase.shape
     u = np.fft.fft2(phase) / (ny * nx * depth)
-    ky = np.fft.fftfreq(ny, spec.sampling[0])[:, None] + 0 * np.zeros((1, nx))
-    kx = np.fft.fftfreq(nx, spec.sampling[1])[None, :] + 0 * np.zeros((ny, 1))
+    ky, kx = np.meshgrid(np.fft.fftfreq(ny, spec.sampling[0]),
+                         np.fft.fftfreq(nx, spec.sampling[1]), indexing="ij")  # fmt: skip
     keep = (np.hypot(ky, kx) <= k_max) & ((ky != 0) | (kx != 0))
     g = np.stack([ky[keep], kx[keep]], axis=1)
     name = f"{structure} [{''.join(str(int(v)) for v in zone_axis)}]"
@@ -177,19 +178,17 @@ def orient_lattice(k_obs: np.ndarray, weights: np.ndarray, g: np.ndarray,
     return keep
 
 
-def intensities(image: np.ndarray, positions: np.ndarray, radius: int) -> np.ndarray:
-    """Integrated intensities at ``positions`` (N, 2) pixels: the background-subtracted
-    pattern (:func:`.zone_axis.background_subtracted`) summed over (2r+1)² windows."""
-    from .zone_axis import _integrate, background_subtracted
-
-    total, _ = _integrate(background_subtracted(image), positions, radius)
-    return total
-
-
 def predicted(g, u2, centre, thickness: float, wavelength: float) -> np.ndarray:
     """|U_g|² sin²(π s_g t)/(π s_g)² for the circle ``centre`` (1/Å) and thickness t (Å)."""
-    s = wavelength * (g @ np.asarray(centre, dtype=np.float64) - 0.5 * (g**2).sum(axis=1))
+    s = excitation_errors(g, np.asarray(centre, dtype=np.float64), wavelength)
     return u2 * (thickness * np.sinc(s * thickness)) ** 2
+
+
+def _roots(measured):
+    """(√I clipped at 0, the soft-L1 scale: the median √I of the bright points)."""
+    root = np.sqrt(np.clip(measured, 0, None))
+    bright = root[root > 0]
+    return root, float(np.median(bright)) if len(bright) else 1.0
 
 
 def _soft_l1(r, scale: float):
@@ -208,38 +207,30 @@ def grid_starts(g, u2, root, wavelength: float, thickness: float, max_radius: fl
     cy, cx = np.meshgrid(axis, axis, indexing="ij")
     keep = np.hypot(cy, cx) <= max_radius
     centres = np.stack([cy[keep], cx[keep]], axis=1)
-    half = 0.5 * (g**2).sum(axis=1)
     costs = np.empty(len(centres))
     for i in range(0, len(centres), GRID_CHUNK):
-        c = centres[i:i + GRID_CHUNK]
-        s = wavelength * (c @ g.T - half)
+        s = excitation_errors(g, centres[i:i + GRID_CHUNK], wavelength)
         sp = np.sqrt(u2) * np.abs(thickness * np.sinc(s * thickness))  # √predicted
         a = (sp @ root) / np.maximum((sp * sp).sum(axis=1), 1e-300)  # √A, least squares
         costs[i:i + GRID_CHUNK] = _soft_l1(a[:, None] * sp - root, scale)
     return [centres[j] for j in np.argsort(costs)[:count]]
 
 
-def fit(g, u2, measured, wavelength: float, centre0, thickness0: float,
-        max_radius: float | None = None):  # fmt: skip
+def fit(g, u2, measured, wavelength: float, starts, thickness0: float):
     """(centre, t, A, cost per point, b) minimising Σ ρ(√(A·predicted·e^{−b|g|²}) −
-    √measured), ρ soft-L1 at the median √measured of the bright points, from ``centre0``
-    and (``max_radius`` 1/Å given) the best centres of :func:`grid_starts`, each with
-    THICKNESS_STARTS × ``thickness0``. b (Å², 0 to MAX_B, from 0) is a Debye–Waller
-    factor: thermal vibration damps the Bragg intensities by e^{−B|g|²/2} (B = 8π²⟨u²⟩),
-    which a static model of the structure lacks."""
+    √measured), ρ soft-L1 at the median √measured of the bright points, from each circle
+    centre of ``starts`` ((2,) or (K, 2) 1/Å) with each of THICKNESS_STARTS ×
+    ``thickness0``. b (Å², 0 to MAX_B, from 0) is a Debye–Waller factor: thermal
+    vibration damps the Bragg intensities by e^{−B|g|²/2} (B = 8π²⟨u²⟩), which a static
+    model of the structure lacks."""
     from scipy.optimize import least_squares
 
-    root = np.sqrt(np.clip(measured, 0, None))
-    bright = root[root > 0]
-    scale = float(np.median(bright)) if len(bright) else 1.0
-    starts = [np.asarray(centre0, dtype=np.float64)]
-    if max_radius:
-        starts += grid_starts(g, u2, root, wavelength, thickness0, max_radius, scale)
+    root, scale = _roots(measured)
     g2 = (g**2).sum(axis=1)
     lower = [-np.inf, -np.inf, -np.inf, -np.inf, 0.0]
     upper = [np.inf, np.inf, np.inf, np.inf, MAX_B]
     best = None
-    for c0 in starts:
+    for c0 in np.atleast_2d(np.asarray(starts, dtype=np.float64)):
         for f in THICKNESS_STARTS:
             p0 = predicted(g, u2, c0, f * thickness0, wavelength)
             a0 = (float(root @ np.sqrt(p0)) / max(float(p0.sum()), 1e-300)) ** 2
@@ -271,6 +262,7 @@ def refine(image: np.ndarray, direct_beam, k_obs: np.ndarray, weights: np.ndarra
     ny, nx = image.shape
     ps = np.asarray(pixel_size, dtype=np.float64)
     beam = np.asarray(direct_beam, dtype=np.float64)
+    residual = background_subtracted(image)  # integrated at every orientation's points
     best = None
     starts = None
     for angle, mirror, _ in orient_lattice(k_obs, weights, crystal.g):
@@ -280,16 +272,14 @@ def refine(image: np.ndarray, direct_beam, k_obs: np.ndarray, weights: np.ndarra
                   & (pix[:, 1] >= radius) & (pix[:, 1] <= nx - 1 - radius))  # fmt: skip
         if inside.sum() < MIN_POINTS:
             continue
-        measured = intensities(image, pix[inside], radius)
+        measured, _ = _integrate(residual, pix[inside], radius)
         if starts is None:  # the grid, once: the first orientation places the lattice best
-            root = np.sqrt(np.clip(measured, 0, None))
-            scale = float(np.median(root[root > 0])) if (root > 0).any() else 1.0
-            starts = grid_starts(g[inside], crystal.u2[inside], root, lam, crystal.thickness,
-                                 max_radius, scale)  # fmt: skip
-        c, t, a, cost, b = min((fit(g[inside], crystal.u2[inside], measured, lam, c0,
-                                    crystal.thickness)
-                                for c0 in [np.asarray(centre0, dtype=np.float64), *starts]),
-                               key=lambda r: r[3])  # fmt: skip
+            root, scale = _roots(measured)
+            starts = [np.asarray(centre0, dtype=np.float64),
+                      *grid_starts(g[inside], crystal.u2[inside], root, lam,
+                                   crystal.thickness, max_radius, scale)]  # fmt: skip
+        c, t, a, cost, b = fit(g[inside], crystal.u2[inside], measured, lam, starts,
+                               crystal.thickness)  # fmt: skip
         if best is None or cost < best.cost:
             best = Refinement(c, t, a, math.degrees(angle), mirror, int(inside.sum()), cost,
                               2 * b)  # fmt: skip

@@ -103,6 +103,19 @@ def band_fraction(ds, sampling) -> float:
     return min(1.0, (2 / 3) * max(sampling) / max(float(v) for v in d_sim))
 
 
+def exit_beam(cal, thickness: float) -> float:
+    """The bright-field cone's widest diameter (Å) in ``thickness`` Å of specimen below the
+    entrance: 2α·max(|C10|, |C10 + t|), C10 the calibration's crossover above the entrance."""
+    c10 = float(cal.aberrations.get("C10", 0.0))
+    return 2 * cal.semiangle * 1e-3 * max(abs(c10), abs(c10 + thickness))
+
+
+def pixels_to_hold(pixels: int, beam: float, window: float) -> int:
+    """Detector pixels over the same angles whose window (Å) holds a ``beam`` Å wide, for a
+    detector of ``pixels`` whose window is ``window`` Å."""
+    return math.ceil(pixels * beam / window - 1e-9)
+
+
 def check_window(cal, geom, thickness: float) -> None:
     """Warn when the bright-field cone is more than WINDOW_FACTOR times wider than the
     probe window (W·d Å, 1/detector pixel) somewhere in the ``thickness`` Å the slices
@@ -113,11 +126,10 @@ def check_window(cal, geom, thickness: float) -> None:
     won with 96 pixels (a 23.6 Å window); at 200 Å (12 Å, factor 1.02) it won with 48
     (benchmarks/RESULTS.md, "Thick specimens")."""
     c10 = float(cal.aberrations.get("C10", 0.0))
-    alpha = cal.semiangle * 1e-3
-    beam = 2 * alpha * max(abs(c10), abs(c10 + thickness))
+    beam = exit_beam(cal, thickness)
     window = min(w * d for w, d in zip(geom.window, geom.sampling, strict=True))
     if beam > WINDOW_FACTOR * window:
-        pixels = math.ceil(max(geom.window) * beam / window - 1e-9)
+        pixels = pixels_to_hold(max(geom.window), beam, window)
         warnings.warn(
             f"the beam is {beam:.4g} Å wide at the exit of the {thickness:.4g} Å the slices "
             f"model (2α·max(|C10|, |C10 + t|), C10 {c10:.4g} Å), the probe window "
