@@ -25,21 +25,23 @@ def fourier_modulus_cpu(psi_k, amplitude, index, mask, err, scale):
     to err; err (B,) float64. Where |Ψ| = 0 the new value is the amplitude with zero phase.
     """
     nb, w0, w1 = psi_k.shape
+    zero = amplitude.dtype.type(0)
     for b in range(nb):
         acc = 0.0
         for i in range(w0):
             row = psi_k[b, i]
             amp = amplitude[index[b], i]
             mrow = mask[i]
-            for j in range(w1):
+            racc = zero  # a row's misfit in the data's precision, the rows' sum in float64
+            for j in range(w1):  # branch-free, so that LLVM vectorises the row
                 v = row[j]
-                if mrow[j] == 0:
-                    row[j] = v * scale
-                    continue
                 mag = np.sqrt(v.real * v.real + v.imag * v.imag)
                 a = amp[j]
-                acc += (mag - a) * (mag - a)
-                row[j] = v * (a * scale / mag) if mag > 0 else a * scale + 0j
+                data = mrow[j] != 0
+                racc += (mag - a) * (mag - a) if data else zero
+                f = (a * scale / mag if mag > 0 else zero) if data else scale
+                row[j] = v * f + (a * scale if data and mag == 0 else zero)
+            acc += racc
         err[b] += acc
 
 
