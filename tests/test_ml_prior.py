@@ -46,6 +46,26 @@ def test_empirical_spectrum_is_weak_at_the_pilots_reflections():
                                2 * lam, rtol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="finite"):
         empirical_spectrum(np.full((8, 8), np.nan), (d, d))
+    with pytest.raises(ValueError, match="flat"):  # Λ would be infinite: the object pinned
+        empirical_spectrum(np.full((8, 8), 0.25), (d, d))
+
+
+def test_a_flat_pilot_or_no_iterations_keep_the_gaussian_prior(thin, recwarn):
+    """A pilot whose flat start won (the held-out rule can pick iteration 0) gives no
+    spectrum: the run keeps the Gaussian prior and says so; with no iterations to
+    regularise no pilot runs (this was an overflow to an infinite Λ)."""
+    from types import SimpleNamespace
+
+    from ptyengine.reconstruct import ml_starts
+
+    lines = []
+    flat = SimpleNamespace(phase=np.zeros((16, 16)), errors=[1.0], best_iteration=0)
+    assert ml_starts.pilot(lambda *a: flat, None, MLParameters(), np, "", None,
+                           lines.append) is None  # fmt: skip
+    assert "flat; the Gaussian prior stays" in lines[-1]
+    res = ml(_counts(thin, 20.0), MLParameters(prior="empirical", iterations=0))
+    assert res.extra["prior"]["kind"] == "gaussian" and res.extra["prior"]["pilot"] is None
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_auto_takes_the_empirical_prior_at_low_dose_out_of_focus_on_one_slice():

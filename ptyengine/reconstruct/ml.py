@@ -733,7 +733,9 @@ def _ml(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_id,
     pilot = None
     if not (resume and checkpoint) and eng.prior_kind == "empirical":
         pilot = starts.pilot(_ml, ds, params, xp, data_id, memory_limit, report,
-                             positions, eng.patterns)  # fmt: skip
+                             positions, eng.patterns) if params.iterations else None  # fmt: skip
+        if pilot is None:  # no iteration to regularise, or a pilot with no structure
+            eng.prior_kind = "gaussian"
     if not (resume and checkpoint) and eng.pm.kind == "pixels":
         first = starts.coefficient_start(_ml, ds, params, xp, data_id, memory_limit, report,
                                          positions)  # fmt: skip

@@ -45,13 +45,17 @@ def pilot(run_ml, ds, params, xp, data_id, memory_limit, report, positions=None,
     """The empirical prior's pilot (:func:`.priors.empirical_spectrum`): a run of
     ``params`` with the Gaussian prior (the reconstruction frame; ``run_ml`` is
     :func:`.ml._ml`) on the run's own pattern source ``patterns`` (the same geometry: the
-    data are not read or held twice)."""
+    data are not read or held twice); None where its phase is flat (its start won)."""
     first = dataclasses.replace(params, prior="gaussian")
     res = run_ml(ds, first, xp, None, 0, False, None, data_id, memory_limit, report,
                  positions, patterns)  # fmt: skip
     if report:
         report(f"empirical prior: pilot of {len(res.errors)} iterations, the result of "
                f"iteration {res.best_iteration}")
+    if not np.ptp(res.phase) > 0:  # its flat start won: no spectrum to estimate
+        if report:
+            report("empirical prior: the pilot's phase is flat; the Gaussian prior stays")
+        return None
     return res
 
 

@@ -155,6 +155,8 @@ def empirical_spectrum(pilot, sampling, scale: float = EMPIRICAL_SCALE,
     if u.ndim != 2 or not np.all(np.isfinite(u)):
         raise ValueError(f"the pilot phase must be one finite 2-D image, got shape {u.shape}")
     power = np.abs(np.fft.fft2(u - u.mean())) ** 2
+    if not power.max() > 0:  # Λ = scale·N/(floor·0): infinite, the object pinned flat
+        raise ValueError("the pilot phase is flat: it holds no spectrum to estimate")
     nu = ring_median(power, sampling)
     signal = np.maximum(power - nu, 0.0) + floor * nu
     signal = np.maximum(signal, 1e-6 * max(float(signal.max()), 1e-30))
