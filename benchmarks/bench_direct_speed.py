@@ -3,6 +3,7 @@ SSB, tcBF and WDD as fractions of the read loop's throughput, best of N fresh pr
 
     python benchmarks/bench_direct_speed.py [--gb 1] [--repeats 3]
         [--methods read,ssb,ssb500,tcbf,wdd] [--memory-limit 4GB] [--dir /tmp/ptyengine-direct]
+        [--device cpu|gpu]
 
 Data: ``bench_stream.py``'s counting-detector dataset (the demo's SrTiO3 [001] patterns,
 128 × 128 px to 40 mrad, 20 mrad probe: 3205 bright-field pixels, tiled over 256 scan
@@ -44,7 +45,7 @@ from ptyengine.backend import limit_malloc_arenas
 limit_malloc_arenas()  # as the ptyengine command does at start
 from ptyengine import io
 from ptyengine.reconstruct.icom import row_blocks
-mode, path, limit = sys.argv[1], sys.argv[2], sys.argv[3] or None
+mode, path, limit, device = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4]
 with io.open_dataset(path) as ds:
     raw = ds.data.nbytes
     t0, c0 = time.perf_counter(), time.process_time()
@@ -54,13 +55,13 @@ with io.open_dataset(path) as ds:
     elif mode.startswith("ssb"):
         from ptyengine.reconstruct.ssb import SsbParameters, ssb
         c10 = float(mode[3:]) if mode[3:] else None
-        ssb(ds, SsbParameters(defocus=c10), memory_limit=limit)
+        ssb(ds, SsbParameters(defocus=c10), device=device, memory_limit=limit)
     elif mode == "tcbf":
         from ptyengine.reconstruct.tcbf import tcbf
-        tcbf(ds, memory_limit=limit)
+        tcbf(ds, device=device, memory_limit=limit)
     elif mode == "wdd":
         from ptyengine.reconstruct.wdd import wdd
-        wdd(ds, memory_limit=limit)
+        wdd(ds, device=device, memory_limit=limit)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")]
 print(json.dumps({"mode": mode, "bytes": raw, "seconds": seconds, "cpu": cpu,
@@ -68,14 +69,15 @@ print(json.dumps({"mode": mode, "bytes": raw, "seconds": seconds, "cpu": cpu,
 """
 
 
-def measure(path: Path, label: str, limit: str, before: str | None = None) -> dict:
+def measure(path: Path, label: str, limit: str, before: str | None = None,
+            device: str = "cpu") -> dict:
     # run outside the repository: ``python -c`` puts the working directory first on the
     # path, which would shadow a PYTHONPATH pointing at another version of ptyengine
     mode, _, version = label.partition("@")
     env = dict(os.environ)
     if version:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [before, env.get("PYTHONPATH")]))
-    r = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), limit],
+    r = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), limit, device],
                        capture_output=True, text=True, check=True,
                        cwd=Path(path).resolve().parent, env=env)  # fmt: skip
     m = json.loads(r.stdout.strip().splitlines()[-1])
@@ -84,11 +86,11 @@ def measure(path: Path, label: str, limit: str, before: str | None = None) -> di
     return m
 
 
-def warm(path: Path, modes, limit: str, before: str | None = None) -> None:
+def warm(path: Path, modes, limit: str, before: str | None = None, device: str = "cpu") -> None:
     """One untimed run of each method: numba's kernels compiled into its on-disk cache."""
     for mode in modes:
         if mode != "read":
-            measure(path, mode, limit, before)
+            measure(path, mode, limit, before, device)
 
 
 def main():
@@ -100,6 +102,8 @@ def main():
                                                        "the available memory)")
     ap.add_argument("--dose", type=float, default=5e4, help="e/Å²")
     ap.add_argument("--dir", default="/tmp/ptyengine-direct")
+    ap.add_argument("--device", default="cpu", help="cpu | gpu: where the methods run "
+                    "(the read is the same CPU loop either way)")
     ap.add_argument("--data", help="an existing dataset to use instead (any ptyengine reads)")
     ap.add_argument("--no-warm", action="store_true",
                     help="no untimed first run of each method (numba's cache already warm)")
@@ -120,11 +124,11 @@ def main():
     print(f"{path.name}: {how}; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
     if not args.no_warm:
-        warm(path, modes, args.memory_limit, args.before)
+        warm(path, modes, args.memory_limit, args.before, args.device)
     runs = []
     for _ in range(args.repeats):
         for mode in modes:
-            m = measure(path, mode, args.memory_limit, args.before)
+            m = measure(path, mode, args.memory_limit, args.before, args.device)
             runs.append(m)
             print(f"  {mode:14s} {m['GBps']:.3f} GB/s ({m['seconds']:6.2f} s, CPU "
                   f"{m['cpu']:6.2f} s), peak RSS {m['peak_MiB']:5.0f} MiB, load "
