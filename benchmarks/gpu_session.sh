@@ -74,6 +74,9 @@ run() {
         nproc
         $PY -c "import numpy, numba, ptyengine, sys; print(sys.version); print('numpy', numpy.__version__, 'numba', numba.__version__, 'ptyengine', ptyengine.__file__)"
         $PY -c "import cupy; print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceProperties(0)['name'])" 2>&1
+        # numba-cuda before its DLPack import syncs the stream per cupy argument per launch
+        # (NUMBA_CUDA_ARRAY_INTERFACE_SYNC): the version tells whether the timings carry that
+        $PY -c "import importlib.metadata as m; print('numba-cuda', m.version('numba-cuda'))" 2>&1
     } >"$OUT/env.log" 2>&1
     cat "$OUT/env.log"
     # from /tmp, so that the checkout's ptyengine/ (no kernels/ inside) does not shadow the

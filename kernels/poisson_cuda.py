@@ -6,7 +6,7 @@ import numpy as np
 from numba import cuda
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True, inline="always")
 def holdout_hash(position, pixel, seed):
     """Device twin of :func:`poisson.holdout_hash` (the same uint64 arithmetic)."""
     z = (np.uint64(position) * np.uint64(0x9E3779B97F4A7C15)

@@ -577,9 +577,9 @@ def memory_limit(limit=None, xp: ModuleType = np) -> int:
     limit = parse_bytes(limit) if isinstance(limit, str) else int(limit)
     if limit <= 0:
         raise PtyengineError(f"a memory limit must be positive, got {limit}")
-    if xp is not np:
+    if xp is not np:  # the device's free memory and what cupy's pool holds for reuse
         free, _ = xp.cuda.runtime.memGetInfo()
-        limit = min(limit, int(free))
+        limit = min(limit, int(free) + int(xp.get_default_memory_pool().free_bytes()))
     return limit
 
 

@@ -123,7 +123,9 @@ def test_streamed_epie_gpu_equals_resident(tmp_path):
     held = epie(rows, params, device="gpu")
     streamed = epie(rows, params, device="gpu", memory_limit=8 * data[:2].nbytes)
     assert streamed.extra["streamed"] and not held.extra["streamed"]
-    np.testing.assert_array_equal(streamed.object, held.object)
+    # the GPU's overlap sums are float atomics, whose order changes from run to run: two
+    # resident runs already differ in the last bits
+    np.testing.assert_allclose(streamed.object, held.object, rtol=1e-5, atol=1e-6)
 
 
 def test_fft_buffer_gpu_round_trip():

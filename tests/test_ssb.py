@@ -118,6 +118,32 @@ def test_the_trotter_kernel_equals_the_array_code(scan, ab, rotation, transpose)
     assert dc == pytest.approx(stack[t.use].sum() / t.use.sum(), rel=1e-6)
 
 
+def test_the_array_code_takes_a_block_without_trotters():
+    """A block of only the pixels at k ≈ 0 has no trotter on either side: the array code
+    (the GPU's) adds nothing, also with cupy's bincount, which refuses an empty array
+    (emulated here on numpy)."""
+    import types
+
+    from ptyengine.reconstruct.direct import bright_field_groups
+    from ptyengine.reconstruct.ssb import trotter_sums_xp, trotter_terms
+
+    def strict_bincount(x, *args, **kwargs):
+        if x.size == 0:
+            raise ValueError("zero-size array to reduction operation maximum")
+        return np.bincount(x, *args, **kwargs)
+
+    strict = types.SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if n[0] != "_"})
+    strict.bincount = strict_bincount
+    cal = calibration(9, 0.4, 32, 7)
+    k = bright_field_groups(cal, 1).k
+    t = trotter_terms(k, cal, {})
+    centre = np.flatnonzero(np.hypot(k[:, 0], k[:, 1]) < 0.6 * max(cal.dk))
+    assert len(centre) and t.use[centre].all()
+    g = np.fft.fft2(np.random.default_rng(0).random((len(k), 9, 9)))
+    num, count = trotter_sums_xp(g[centre], t, centre, strict)
+    assert not count.any() and not num.any()
+
+
 def test_the_gather_kernel_and_the_stack_file_keep_every_count(tmp_path):
     """kernels.direct.gather_cpu (uint16 read as stored) equals the gather and indicator
     product of direct.reduce_block, and a StackFile returns the blocks written to it."""

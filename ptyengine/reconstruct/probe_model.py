@@ -85,7 +85,7 @@ class Coefficients:
         return np.zeros(len(self.names))
 
     def probe(self, c):
-        c = np.asarray(c, dtype=np.float64)
+        c = backend.to_numpy(c).astype(np.float64)  # host or device (cupy: no np.asarray)
         if len(c) == 0 or not np.any(c != self.c0):
             return self.probe0
         xp = self.xp

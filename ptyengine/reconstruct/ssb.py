@@ -371,6 +371,8 @@ def trotter_sums_xp(g, t: TrotterTerms, sl: slice, xp):
                                   t.energy, t.ab, xp)  # fmt: skip
         val = g[b, iy, ix] * (sign * 1j) * xp.exp(sign * 1j * d)
         flat = iy * sx + ix
+        if not flat.size:  # no trotter on this side (pixels at k ≈ 0): cupy's bincount
+            continue  # takes max(flat) and refuses an empty array, numpy's gives zeros
         num_re += xp.bincount(flat, val.real, sy * sx)
         num_im += xp.bincount(flat, val.imag, sy * sx)
         count += xp.bincount(flat, minlength=sy * sx)
