@@ -22,7 +22,7 @@ def poisson_ratio_gpu(psi_k, amplitude, index, positions, mask, nll, held, count
                       scale, seed, thr, n_modes):  # fmt: skip
     """One thread per pattern and pixel, looping over the modes (mode-major layout, as the
     CPU twin); the half-deviance is summed with atomics."""
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     nb = psi_k.shape[0] // n_modes
     if b < nb and i < psi_k.shape[1] and j < psi_k.shape[2]:
         if mask[i, j] == 0:
@@ -52,7 +52,7 @@ def poisson_ratio_gpu(psi_k, amplitude, index, positions, mask, nll, held, count
 @cuda.jit
 def poisson_curvature_gpu(psi_k, d_k, amplitude, index, positions, mask, d1, d2, count_scale,
                           eps, seed, thr, n_modes):  # fmt: skip
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     nb = psi_k.shape[0] // n_modes
     if b < nb and i < psi_k.shape[1] and j < psi_k.shape[2]:
         if mask[i, j] == 0:

@@ -9,7 +9,7 @@ from numba import cuda
 def fourier_modulus_gpu(psi_k, amplitude, index, mask, err, scale):
     """One thread per element: |Ψ| -> A, phase kept, times scale; err[b] += (|Ψ| − A)²
     atomically. Where mask is 0, Ψ keeps its modulus (times scale) and adds no error."""
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     if b < psi_k.shape[0] and i < psi_k.shape[1] and j < psi_k.shape[2]:
         v = psi_k[b, i, j]
         if mask[i, j] == 0:
@@ -26,7 +26,7 @@ def fourier_modulus_gpu(psi_k, amplitude, index, mask, err, scale):
 
 @cuda.jit
 def ramp_multiply_gpu(out, wave, ry, rx, scale):
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     if b < out.shape[0] and i < out.shape[1] and j < out.shape[2]:
         out[b, i, j] = wave[i, j] * ry[b, i] * rx[b, j] * scale
 
@@ -34,7 +34,7 @@ def ramp_multiply_gpu(out, wave, ry, rx, scale):
 @cuda.jit
 def ramp_reduce_gpu(acc, u, ry, rx):
     """One thread per (i, j), looping over the batch: no atomics needed."""
-    _, i, j = cuda.grid(3)
+    j, i, _ = cuda.grid(3)
     if i < acc.shape[0] and j < acc.shape[1]:
         s = acc[i, j]
         for b in range(u.shape[0]):
@@ -44,7 +44,7 @@ def ramp_reduce_gpu(acc, u, ry, rx):
 
 @cuda.jit
 def exit_waves_gpu(probes, obj, corners, psi, o_weight):
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     if b < probes.shape[0] and i < probes.shape[1] and j < probes.shape[2]:
         o = obj[corners[b, 0] + i, corners[b, 1] + j]
         psi[b, i, j] = probes[b, i, j] * o
@@ -53,14 +53,14 @@ def exit_waves_gpu(probes, obj, corners, psi, o_weight):
 
 @cuda.jit
 def transmit_gpu(incident, obj, corners, out):
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     if b < incident.shape[0] and i < incident.shape[1] and j < incident.shape[2]:
         out[b, i, j] = incident[b, i, j] * obj[corners[b, 0] + i, corners[b, 1] + j]
 
 
 @cuda.jit
 def difference_updates_gpu(num_real, den, probes, obj, psi, corners, origin):
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     if b < psi.shape[0] and i < psi.shape[1] and j < psi.shape[2]:
         p = probes[b, i, j]
         o = obj[corners[b, 0] + i, corners[b, 1] + j]
@@ -76,7 +76,7 @@ def difference_updates_gpu(num_real, den, probes, obj, psi, corners, origin):
 
 @cuda.jit
 def slice_updates_gpu(num_real, den, incident, obj, delta, corners, origin):
-    b, i, j = cuda.grid(3)
+    j, i, b = cuda.grid(3)
     if b < delta.shape[0] and i < delta.shape[1] and j < delta.shape[2]:
         p = incident[b, i, j]
         d = delta[b, i, j]

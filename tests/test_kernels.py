@@ -324,3 +324,34 @@ def test_slice_updates_twins():
                         delta.copy(), corners, origin], [0, 1, 4])
     for got, ref in zip(gpu, (num_ref, den_ref, term_ref), strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_launch_covers_windows_larger_than_a_block():
+    """Windows of more rows and columns than a thread block spans (32 × 8), a batch of 3:
+    every element is computed once, in the right place, by a row-wise kernel (a complex
+    multiply), one with per-row ramps (rows ≠ columns) and one that adds overlapping
+    windows with atomics (the launch's index order must match the kernels')."""
+    from ptyengine.kernels import ptycho
+
+    rng = np.random.default_rng(11)
+    nb, w0, w1 = 3, 40, 36
+    psi = _waves(rng, (nb, w0, w1))
+    p = _waves(rng, (w0, w1))
+    np.testing.assert_allclose(_run_gpu(windows.broadcast_multiply_cuda, psi, p), psi * p,
+                               rtol=1e-6)  # fmt: skip
+    ry, rx = _waves(rng, (nb, w0)), _waves(rng, (nb, w1))
+    ref = p[None] * ry[:, :, None] * rx[:, None, :] * 0.5
+    (gpu,) = _gpu_outputs(ptycho.ramp_multiply_cuda,
+                          [np.empty_like(psi), p, ry, rx, np.float32(0.5)], [0])  # fmt: skip
+    np.testing.assert_allclose(gpu, ref, rtol=1e-5)
+    obj = _waves(rng, (50, 47))
+    corners = np.array([[0, 0], [7, 3], [10, 11]], dtype=np.int64)
+    origin = np.zeros(2, np.int64)
+    num, den, delta = np.zeros((50, 47), np.complex64), np.zeros((50, 47), np.float32), psi.copy()
+    ptycho.slice_updates_cpu(num, den, p[None].repeat(nb, 0), obj, delta, corners, origin)
+    out = _gpu_outputs(ptycho.slice_updates_cuda,
+                       [np.zeros((50, 47), np.complex64), np.zeros((50, 47), np.float32),
+                        p[None].repeat(nb, 0), obj, psi.copy(), corners, origin],
+                       [0, 1, 4])  # fmt: skip
+    for g, c in zip(out, (num, den, delta), strict=True):
+        np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-4)
