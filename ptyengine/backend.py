@@ -166,8 +166,10 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="ptyengine")
 
 
-def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
-    """[fn(slice) for contiguous slices covering range(n_items)], in parallel on the CPU.
+def split_map(fn, n_items: int, xp: ModuleType = np, min_part: int = 1) -> list:
+    """[fn(slice) for contiguous slices covering range(n_items)], in parallel on the CPU,
+    in parts of at least ``min_part`` items (fewer parts than cores where the work is too
+    small to pay for the hand-offs).
 
     On the CPU the batch is split into one part per core, each run in its own thread with
     single-threaded FFTs (pyfftw and the numba kernels release the GIL). One pool of
@@ -176,7 +178,7 @@ def split_map(fn, n_items: int, xp: ModuleType = np) -> list:
     there is one part.
     """
     workers = cpu_workers() if xp is np else 1
-    parts = min(workers, n_items)
+    parts = min(workers, max(1, n_items // max(1, int(min_part))))
     if parts <= 1:
         return [fn(slice(0, n_items))]
     edges = [n_items * i // parts for i in range(parts + 1)]

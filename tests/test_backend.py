@@ -148,3 +148,20 @@ def test_unusable_wisdom_file_falls_back_to_estimate(monkeypatch, tmp_path):
     monkeypatch.setenv("PTYENGINE_FFTW_PLANNER", "fast")
     with pytest.raises(PtyengineError, match="PTYENGINE_FFTW_PLANNER='FAST': use one of"):
         backend.fftw_planner()
+
+
+def test_split_map_keeps_small_work_in_one_part(monkeypatch):
+    """Parts of at least ``min_part`` items: small batches stay on the calling thread
+    (a pass over small windows, where the hand-off costs more than a core saves), and the
+    parts always cover every item once, in order."""
+    from ptyengine.reconstruct.forward import SPLIT_MIN_ELEMENTS, _min_part
+
+    monkeypatch.setenv("PTYENGINE_THREADS", "2")
+    spans = lambda n, m=1: backend.split_map(lambda p: (p.start, p.stop), n, np, m)  # noqa: E731
+    assert spans(64) == [(0, 32), (32, 64)]
+    assert spans(64, 40) == [(0, 64)] and spans(64, 32) == [(0, 32), (32, 64)]
+    assert spans(1, 0) == [(0, 1)]
+    assert _min_part((16, 16), 1, 1) * 256 >= SPLIT_MIN_ELEMENTS  # 16²: 64 positions
+    assert spans(64, _min_part((16, 16), 1, 1)) == [(0, 64)]  # batch 64 of 16²: one part
+    assert len(spans(64, _min_part((64, 64), 1, 1))) == 2  # of 64²: both cores
+    assert len(spans(64, _min_part((16, 16), 8, 1))) == 2  # 8 slices: enough work again

@@ -72,6 +72,21 @@ def _tiled(corners, n_modes: int, xp):
     return corners if n_modes == 1 else xp.concatenate([corners] * n_modes)
 
 
+#: window elements × slices × modes a CPU part of a pass must hold at least, else the batch
+#: is not split over the cores: below it the hand-off to a second thread (~0.2 ms a batch
+#: on 2 cores) costs more than the thread saves. Measured with benchmarks/bench_mepie.py's
+#: data, batch 64 (32 positions a part), 1 against 2 threads, ms per iteration: 16², S = 1
+#: 3.5 against 6.7 (8192 elements a part); 24² 11.3 / 9.6 (18432); 32² 9.1 / 9.1; 64² 33.5
+#: / 21.6 (session 12, 2-core VM).
+SPLIT_MIN_ELEMENTS = 1 << 14
+
+
+def _min_part(window, n_slices: int, n_modes: int) -> int:
+    """Positions a CPU part of a pass takes at least (:data:`SPLIT_MIN_ELEMENTS`)."""
+    per_position = window[0] * window[1] * n_slices * n_modes
+    return -(-SPLIT_MIN_ELEMENTS // per_position)
+
+
 def _chunk(window, n_slices: int = 1, n_modes: int = 1) -> int:
     """Positions per sub-chunk on the CPU. A single slice: ~2 MB of waves over the 2
     arrays a pass holds (1 MB per array, cache-sized: benchmarks/bench_epie.py). S > 1
@@ -217,7 +232,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
                     pk.ramp_reduce(upd[m], psi.a[m * nb:(m + 1) * nb], ry.conj(), rx.conj())
         return num, den, upd, o_weight
 
-    parts = backend.split_map(part, len(idx), xp)
+    parts = backend.split_map(part, len(idx), xp, _min_part((w0, w1), n_s, n_m))
     num, den, upd, o_weight = parts[0]
     for p in parts[1:]:  # summed in place into the first part's arrays
         num += p[0]
@@ -302,4 +317,4 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
             dpsi.forward()  # [1 FFT]
             reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s0 + len(sub))
 
-    backend.split_map(part, len(idx), xp)
+    backend.split_map(part, len(idx), xp, _min_part((w0, w1), n_s, n_m))
