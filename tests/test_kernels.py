@@ -355,3 +355,25 @@ def test_the_launch_covers_windows_larger_than_a_block():
                        [0, 1, 4])  # fmt: skip
     for g, c in zip(out, (num, den, delta), strict=True):
         np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-4)
+
+
+def test_fourier_modulus_on_rows_the_cpu_vectorises():
+    """Rows of 64 (the CPU twin's vector loop, not its remainder): zeros of Ψ and masked
+    pixels inside the vectors give the amplitude with zero phase and Ψ times the scale."""
+    from ptyengine.kernels import ptycho
+
+    rng = np.random.default_rng(12)
+    psi = _waves(rng, (2, 4, 64))
+    psi[0, 1, 17] = psi[1, 3, 40] = psi[1, 0, 0] = 0
+    amp = rng.uniform(0.1, 2.0, size=(2, 4, 64)).astype(np.float32)
+    mask = np.ones((4, 64), np.uint8)
+    mask[1, 9] = mask[3, 40] = mask[2, 63] = 0
+    mag = np.abs(psi)
+    ref = np.where(mag > 0, psi * amp / np.where(mag > 0, mag, 1), amp) * 0.5
+    ref = np.where(mask == 0, psi * 0.5, ref)
+    err = np.zeros(2)
+    out = psi.copy()
+    ptycho.fourier_modulus(out, amp, np.arange(2), err, 0.5, mask=mask)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(err, ((mag - amp) ** 2 * mask).sum(axis=(1, 2)), rtol=1e-5)
