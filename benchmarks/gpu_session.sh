@@ -11,7 +11,7 @@
 #    psutil, threadpoolctl, tqdm, pyyaml, setuptools and pytest (Python 3.12; the device
 #    library's KINDS.md); the wheels are the rest of ptyengine's dependencies.
 # 2. The device tool: run(command="bash benchmarks/gpu_session.sh run", carry=[".whl"],
-#    timeout_s=420). The steps' limits add up to 375 s after a ~30 s install: with the
+#    timeout_s=450). The steps' limits add up to 405 s after a ~30 s install: with the
 #    machine's start (1-2 min) that leaves ~6 of the 15 minutes for rerunning a failed step.
 # 3. Record the numbers in benchmarks/RESULTS.md ("GPU") with the machine's line from
 #    $OUT/env.log.
@@ -80,7 +80,9 @@ run() {
     } >"$OUT/env.log" 2>&1
     cat "$OUT/env.log"
     # from /tmp, so that the checkout's ptyengine/ (no kernels/ inside) does not shadow the
-    # installed package; pytest's rootdir and conftest stay the checkout's
+    # installed package; pytest's rootdir and conftest stay the checkout's. First the
+    # doctor's tiny CPU and GPU runs: where they fail, so does every step after them.
+    (cd /tmp && step doctor 30 $PY -m ptyengine doctor)
     (cd /tmp && step tests 100 $PY -m pytest -q -p no:cacheprovider --rootdir "$repo" \
         "$repo/tests/test_gpu.py" "$repo/tests/test_kernels.py")
     step simulate 25 $PY benchmarks/bench_simulate.py --device "$device" --positions 256
