@@ -58,7 +58,9 @@ run() {
         # ptyengine itself, laid out as installed (kernels/ and datasets/ become
         # ptyengine.kernels and ptyengine.datasets: pyproject's package-dir); pure Python, so
         # a copy is the install. The tests and benchmarks then import this copy.
-        cp -r ptyengine /tmp/site/ && cp -r kernels /tmp/site/ptyengine/kernels &&
+        # (fresh each call: a rerun on a warm machine must not keep the last call's copy)
+        rm -rf /tmp/site/ptyengine && cp -r ptyengine /tmp/site/ptyengine &&
+            cp -r kernels /tmp/site/ptyengine/kernels &&
             cp -r datasets /tmp/site/ptyengine/datasets || exit 1
         PY=python3
     else
