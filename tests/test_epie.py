@@ -146,6 +146,26 @@ def test_phase_only_object(datasets, tmp_path):
     assert phase > free + 0.08, (phase, free)
 
 
+def test_the_low_count_warning_reads_counts_as_ml_does(datasets):
+    """Real-valued data with a recorded dose hold dose × step² electrons per pattern,
+    whatever their own scale (noise-free intensities summing to ~1): no low-count warning
+    at 10⁴ e/Å², one at 10 e/Å²; integer data are counts as stored."""
+    import warnings
+
+    with io.open_dataset(datasets[0.0]) as ds:
+        data, cal = np.asarray(ds.read_rows(0, ds.calibration.scan_shape[0])), ds.calibration
+    params = EpieParameters(iterations=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        epie(InMemoryDataset(data, dataclasses.replace(cal, dose=1e4)), params)
+    with pytest.warns(UserWarning, match="counts per bright-field pixel"):
+        epie(InMemoryDataset(data, dataclasses.replace(cal, dose=10.0)), params)
+    counts = np.random.default_rng(0).poisson(data * 1e4 * 0.16).astype(np.uint32)
+    with warnings.catch_warnings():  # ~1600 counts a pattern: plenty
+        warnings.simplefilter("error")
+        epie(InMemoryDataset(counts, dataclasses.replace(cal, dose=1.0)), params)
+
+
 def test_streamed_equals_resident(datasets, tmp_path):
     """A memory limit below the data's size streams the amplitudes from disk every
     iteration, block by block (here 3 scan rows per chunk), with the same result."""

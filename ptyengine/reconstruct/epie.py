@@ -59,6 +59,7 @@ from ..errors import PtyengineError
 from ..kernels import ptycho as pk
 from ..shift import ramps_2d
 from . import frame as frm
+from .counts import bright_field_pixels, count_scale
 from .defocus_search import check_search, estimate_defocus, search_span
 from .forward import exit_wave_pass
 from .iterative import IterativeState, iteration_rng, load_checkpoint, opened, run
@@ -214,14 +215,15 @@ def initial_probe(cal: Calibration, defocus: float | None, mean_intensity: float
 LOW_COUNTS = 1.0
 
 
-def _warn_low_counts(cal: Calibration, mean_counts: float, params: EpieParameters) -> None:
+def _warn_low_counts(ds, cal: Calibration, mean_sum: float, params: EpieParameters) -> None:
     """Amplitude projection is biased far below one count per bright-field pixel
-    (E[√n] ≪ √λ): say so, with the settings that measured better (benchmarks/RESULTS.md)."""
+    (E[√n] ≪ √λ): say so, with the settings that measured better (benchmarks/RESULTS.md).
+    Counts as ML reads them (:func:`.counts.count_scale`): integer data as stored,
+    real-valued data as dose × step² per pattern (their own scale is arbitrary)."""
     if cal.dose is None:
         return
-    lam = cal.wavelength
-    disc = math.pi * (cal.semiangle * 1e-3 / lam) ** 2 / (cal.dk[0] * cal.dk[1])  # pixels
-    per_pixel = mean_counts / max(disc, 1.0)
+    counts = mean_sum * count_scale(ds, cal, mean_sum)
+    per_pixel = counts / max(bright_field_pixels(cal), 1.0)
     if per_pixel < LOW_COUNTS and not (params.phase_only and params.probe_update_start > 0):
         warnings.warn(
             f"only {per_pixel:.3g} counts per bright-field pixel: plain ePIE's amplitude "
@@ -397,7 +399,7 @@ def _epie(ds, params, xp, checkpoint, checkpoint_every, resume, progress, data_i
     mean_int = patterns.total / len(geom.corners)
     if mean_int <= 0:
         raise PtyengineError(f"{getattr(ds, 'path', 'data')}: every pattern is empty")
-    _warn_low_counts(cal, mean_int, params)
+    _warn_low_counts(ds, cal, mean_int, params)
     # the rows per stored chunk (the visiting order) and the mask: part of what a resume matches
     fp = fingerprint(cal, params, f"{data_id or getattr(ds, 'path', '')}|{patterns.key}")
     defocus = params.defocus
