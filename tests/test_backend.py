@@ -165,3 +165,19 @@ def test_split_map_keeps_small_work_in_one_part(monkeypatch):
     assert spans(64, _min_part((16, 16), 1, 1)) == [(0, 64)]  # batch 64 of 16²: one part
     assert len(spans(64, _min_part((64, 64), 1, 1))) == 2  # of 64²: both cores
     assert len(spans(64, _min_part((16, 16), 8, 1))) == 2  # 8 slices: enough work again
+
+
+def test_sub_chunks_cover_a_part_in_few_shapes():
+    """The CPU's fixed sub-chunks, and the GPU's powers of two (largest first): every
+    position once, in order; parts of 1-64 positions make 7 batch shapes in all."""
+    from ptyengine.reconstruct.forward import sub_chunks
+
+    assert sub_chunks(37, 8) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 37)]
+    assert sub_chunks(37, None) == [(0, 32), (32, 36), (36, 37)]
+    assert sub_chunks(64, None) == [(0, 64)] and sub_chunks(0, None) == []
+    shapes = set()
+    for n in range(1, 65):
+        bounds = sub_chunks(n, None)
+        assert [b for s in bounds for b in range(*s)] == list(range(n))
+        shapes |= {s1 - s0 for s0, s1 in bounds}
+    assert shapes == {1, 2, 4, 8, 16, 32, 64}

@@ -166,6 +166,21 @@ def test_the_low_count_warning_reads_counts_as_ml_does(datasets):
         epie(InMemoryDataset(counts, dataclasses.replace(cal, dose=1.0)), params)
 
 
+def test_the_gpus_sub_chunks_give_the_cpus_result(datasets, monkeypatch):
+    """A part taken in powers of two (the GPU's sub-chunks, forward.sub_chunks(n, None))
+    gives the result of the CPU's fixed sub-chunks: the pass's sums do not depend on how
+    a part is cut (batch 24: parts of 12 = 8 + 4 on 2 cores)."""
+    from ptyengine.reconstruct import forward
+
+    params = EpieParameters(iterations=2, batch_size=24)
+    fixed = epie(datasets[150.0], params)
+    monkeypatch.setattr(forward, "_chunk", lambda *a, **k: None)
+    powers = epie(datasets[150.0], params)
+    np.testing.assert_allclose(powers.object, fixed.object, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(powers.probe, fixed.probe, rtol=1e-4,
+                               atol=1e-5 * np.abs(fixed.probe).max())  # fmt: skip
+
+
 def test_streamed_equals_resident(datasets, tmp_path):
     """A memory limit below the data's size streams the amplitudes from disk every
     iteration, block by block (here 3 scan rows per chunk), with the same result."""

@@ -104,6 +104,22 @@ def _chunk(window, n_slices: int = 1, n_modes: int = 1) -> int:
     return max(1, budget // (per_position * (n_slices + 1)))
 
 
+def sub_chunks(n: int, step: int | None) -> list[tuple[int, int]]:
+    """[s0, s1) bounds covering range(n): of ``step`` positions (the CPU's cache-sized
+    sub-chunks, :func:`_chunk`), or, for ``step`` None (a GPU, which takes a part whole),
+    of powers of two, largest first (37 → 32, 4, 1): parts of any size then make at most
+    log₂ n + 1 batch shapes, each one FFT buffer and one cuFFT plan (ML's curvature pass
+    draws a random number of positions per block, which would make a shape of every size)."""
+    if step is not None:
+        return [(s0, min(s0 + step, n)) for s0 in range(0, n, step)]
+    out, s0 = [], 0
+    while s0 < n:
+        size = 1 << ((n - s0).bit_length() - 1)
+        out.append((s0, s0 + size))
+        s0 += size
+    return out
+
+
 @dataclass
 class SlicePropagators:
     """The Fresnel propagators between S object slices on the probe window, each times
@@ -185,14 +201,14 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        step = step_cpu if xp is np else len(sel)
+        step = step_cpu if xp is np else None
         # per slice: O_s, its sums and the propagators, as views made once per part
         obj_s, num_s, den_s = list(slices), list(num), list(den)
         q_fwd = list(propagators.forward) if n_s > 1 else []
         q_adj = list(propagators.adjoint) if n_s > 1 else []
         buffers = {}  # sub-chunk size -> (probes, psi, waves): at most two sizes per part
-        for s0 in range(0, len(sel), step):
-            sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
+        for s0, s1 in sub_chunks(len(sel), step):
+            sub, loc = idx_dev[s0:s1], local_dev[s0:s1]
             nb = len(sub)
             c = _tiled(corners_dev[sub], n_m, xp)
             ry, rx = ramp_y[loc], ramp_x[loc]
@@ -216,7 +232,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
             else:
                 pk.transmit(waves[last].a, obj_s[last], c, psi.a)
             psi.forward()  # [1 FFT]
-            revise(psi.a, loc, sub, offset + s0, offset + s0 + len(sub))
+            revise(psi.a, loc, sub, offset + s0, offset + s1)
             psi.inverse()  # [1 FFT] revised exit waves
             # Δφ feeds the last slice's overlap sums and conj(O)Δφ in one pass
             pk.difference_updates(num_s[last], den_s[last], waves[last].a, obj_s[last], psi.a,
@@ -274,10 +290,10 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        step = step_cpu if xp is np else len(sel)
+        step = step_cpu if xp is np else None
         scratch = xp.zeros((w0, w1), dtype=REAL)
-        for s0 in range(0, len(sel), step):
-            sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
+        for s0, s1 in sub_chunks(len(sel), step):
+            sub, loc = idx_dev[s0:s1], local_dev[s0:s1]
             nb = len(sub)
             c = _tiled(corners_dev[sub], n_m, xp)
             ry, rx = ramp_y[loc], ramp_x[loc]
@@ -315,6 +331,6 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
                 pk.exit_waves(psi.a, slices[s], c, psi.a, scratch)  # φ_s = ψ_s O_s
             psi.forward()  # [1 FFT]
             dpsi.forward()  # [1 FFT]
-            reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s0 + len(sub))
+            reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s1)
 
     backend.split_map(part, len(idx), xp, _min_part((w0, w1), n_s, n_m))

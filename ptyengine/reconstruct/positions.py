@@ -87,7 +87,7 @@ from ..kernels import poisson as pp
 from ..kernels import ptycho as pk
 from . import frame as frm
 from . import position_models as pm
-from .forward import CPLX, REAL, _chunk
+from .forward import CPLX, REAL, _chunk, sub_chunks
 
 #: λ / (median tr F / 2): small enough not to slow well-determined positions, large enough
 #: that a position over a flat patch (F ≪ median) takes a step ~g/λ, not g/F.
@@ -209,10 +209,10 @@ def position_pass(obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        step = step_cpu if xp is np else len(sel)
+        step = step_cpu if xp is np else None
         scratch = xp.zeros((w0, w1), dtype=REAL)
-        for s0 in range(0, len(sel), step):
-            sub, loc = idx_dev[s0:s0 + step], local_dev[s0:s0 + step]
+        for s0, s1 in sub_chunks(len(sel), step):
+            sub, loc = idx_dev[s0:s1], local_dev[s0:s1]
             c = corners_dev[sub]
             ry, rx = ramp_y[loc], ramp_x[loc]
             shape = (len(sub), w0, w1)
@@ -224,7 +224,7 @@ def position_pass(obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
                 pk.exit_waves(buf.a, obj, c, buf.a, scratch)  # times O_j
                 buf.forward()  # [3 FFTs]
             psi, d_y, d_x = (b.a for b in bufs)
-            reduce(psi, d_y, d_x, loc, sub, p.start + s0, p.start + s0 + len(sub))
+            reduce(psi, d_y, d_x, loc, sub, p.start + s0, p.start + s1)
 
     backend.split_map(part, len(idx), xp)
 
