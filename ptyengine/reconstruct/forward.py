@@ -185,7 +185,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     inv_n = 1.0 / (w0 * w1)
     slices = obj if obj.ndim == 3 else obj[None]
     n_s = slices.shape[0]
-    step_cpu = _chunk((w0, w1), n_s, n_m)
+    step = _chunk((w0, w1), n_s, n_m) if xp is np else None  # GPU: sub_chunks' powers
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
     last = n_s - 1
@@ -201,12 +201,11 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        step = step_cpu if xp is np else None
         # per slice: O_s, its sums and the propagators, as views made once per part
         obj_s, num_s, den_s = list(slices), list(num), list(den)
         q_fwd = list(propagators.forward) if n_s > 1 else []
         q_adj = list(propagators.adjoint) if n_s > 1 else []
-        buffers = {}  # sub-chunk size -> (probes, psi, waves): at most two sizes per part
+        buffers = {}  # sub-chunk size -> (probes, psi, waves): a few sizes per part
         for s0, s1 in sub_chunks(len(sel), step):
             sub, loc = idx_dev[s0:s1], local_dev[s0:s1]
             nb = len(sub)
@@ -281,7 +280,7 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
     slices = obj if obj.ndim == 3 else obj[None]
     d_slices = d_obj if d_obj is None or d_obj.ndim == 3 else d_obj[None]
     n_s = slices.shape[0]
-    step_cpu = _chunk((w0, w1), n_s, n_m)
+    step = _chunk((w0, w1), n_s, n_m) if xp is np else None  # GPU: sub_chunks' powers
     if n_s > 1 and (propagators is None or propagators.n_slices != n_s):
         raise ValueError(f"{n_s} object slices need {n_s - 1} propagators")
 
@@ -290,7 +289,6 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        step = step_cpu if xp is np else None
         scratch = xp.zeros((w0, w1), dtype=REAL)
         for s0, s1 in sub_chunks(len(sel), step):
             sub, loc = idx_dev[s0:s1], local_dev[s0:s1]

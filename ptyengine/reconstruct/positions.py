@@ -202,14 +202,13 @@ def position_pass(obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
     w0, w1 = int(probe_k.shape[0]), int(probe_k.shape[1])
     inv_n = 1.0 / (w0 * w1)
     d_probes = derivative_probes(probe_k, xp)
-    step_cpu = _chunk((w0, w1), 2)
+    step = _chunk((w0, w1), 2) if xp is np else None  # GPU: sub_chunks' powers
 
     def part(p):
         sel = idx[p]
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        step = step_cpu if xp is np else None
         scratch = xp.zeros((w0, w1), dtype=REAL)
         for s0, s1 in sub_chunks(len(sel), step):
             sub, loc = idx_dev[s0:s1], local_dev[s0:s1]
