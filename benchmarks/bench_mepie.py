@@ -7,11 +7,14 @@ pixels, mepie with batches of ``--batch`` positions, the probe refined, S slices
 probe's sub-pixel shift and the return of its update, the detector pair, and 2 per slice
 boundary each way (forward model and adjoint). The floor runs exactly that many FFTs on
 batches of the same shape (:func:`bench_epie.fft_floor`, in the same process, medians of
-5 runs); the ratio is time per iteration / floor. The issue's floor counts the forward
+5 runs); the ratio is time per iteration / floor, measured ``--rounds`` times, each run
+followed by its floor (a shared machine's speed drifts by ±15 % within minutes), and the
+median of the rounds' ratios printed with their range. The issue's floor counts the forward
 half only (2 FFTs per slice boundary plus the detector pair, 2 + 2(S − 1)): that ratio is
 printed too. Target: ≤ 1.5× the floor of the FFTs done, time linear in S.
 
-    python benchmarks/bench_mepie.py [--slices 1,4,8] [--window 64] [--scan 32] [--device cpu]
+    python benchmarks/bench_mepie.py [--slices 1,4,8] [--window 64] [--scan 32] [--rounds 3]
+                                     [--device cpu]
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs per S, each followed by its floor; medians of the rounds' ratios")
     args = ap.parse_args()
     xp = backend.get_xp(args.device)
     ds = synthetic(args.scan, args.window)
@@ -78,17 +83,25 @@ def main():
     for s in (int(v) for v in args.slices.split(",")):
         params = MepieParameters(slices=s, slice_thickness=10.0, iterations=args.iterations + 1,
                                  batch_size=args.batch)  # fmt: skip
-        stamps = []
-        mepie(ds, params, device=args.device, progress=lambda k, e, t=stamps: t.append(clocks()))
-        per_it = np.median(np.diff(stamps, axis=0), axis=0)
         pairs = 2 + 2 * (s - 1)  # FFT pairs done per position
-        floor = fft_floor(n_pos, window, args.batch, xp, _chunk(window, s), pairs=pairs)
-        issue = floor * (1 + (s - 1)) / pairs  # 2 + 2(S − 1) FFTs
+        runs, floors = [], []
+        for _ in range(args.rounds):  # run and floor alternated: the machine's drift hits both
+            stamps = []
+            mepie(ds, params, device=args.device,
+                  progress=lambda k, e, t=stamps: t.append(clocks()))  # fmt: skip
+            runs.append(np.median(np.diff(stamps, axis=0), axis=0))
+            floors.append(fft_floor(n_pos, window, args.batch, xp, _chunk(window, s), pairs=pairs))
+        runs, floors = np.array(runs), np.array(floors)
+        ratio = runs / floors  # per round, (wall, CPU)
+        per_it, floor = np.median(runs, axis=0), np.median(floors, axis=0)
+        issue = np.median(ratio, axis=0) * pairs / (1 + (s - 1))  # against 2 + 2(S − 1) FFTs
         rows.append((s, per_it[1]))
+        spread = (f" (rounds {ratio[:, 1].min():.2f}–{ratio[:, 1].max():.2f})"
+                  if args.rounds > 1 else "")  # fmt: skip
         print(f"S = {s:2d}: wall {per_it[0]:.3f} s/iteration, FFT floor ({2 * pairs} FFTs per "
-              f"position) {floor[0]:.3f} s, ratio {per_it[0] / floor[0]:.2f}x; against the "
-              f"issue's floor ({2 * (1 + (s - 1))} FFTs) {per_it[0] / issue[0]:.2f}x; CPU "
-              f"{per_it[1]:.3f} s, ratio {per_it[1] / floor[1]:.2f}x; load average "
+              f"position) {floor[0]:.3f} s, ratio {np.median(ratio[:, 0]):.2f}x; against the "
+              f"issue's floor ({2 * (1 + (s - 1))} FFTs) {issue[0]:.2f}x; CPU {per_it[1]:.3f} "
+              f"s, ratio {np.median(ratio[:, 1]):.2f}x{spread}; load average "
               f"{os.getloadavg()[0]:.1f}", flush=True)
     if len(rows) > 1:  # CPU time: what other processes on a shared machine inflate least
         s, t = np.array(rows).T

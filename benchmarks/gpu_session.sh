@@ -89,7 +89,7 @@ run() {
         "$repo/tests/test_gpu.py" "$repo/tests/test_kernels.py")
     step simulate 25 $PY benchmarks/bench_simulate.py --device "$device" --positions 256
     step mepie 50 $PY benchmarks/bench_mepie.py --device "$device" --window 128 --scan 24 \
-        --slices 1,4,8,16 --iterations 3
+        --slices 1,4,8,16 --iterations 3 --rounds 1
     step epie 70 $PY benchmarks/bench_epie.py --device "$device" --sizes 160 --batches 16,64
     step ml 70 $PY benchmarks/bench_ml.py --device "$device" --iterations 8 --repeats 2 \
         --out /tmp/ptyengine-bench-ml

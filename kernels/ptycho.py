@@ -77,7 +77,11 @@ def ramp_reduce_cpu(acc, u, ry, rx):
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def exit_waves_cpu(probes, obj, corners, psi, o_weight):
-    """psi[b] = probes[b] · obj[window_b]; o_weight += Σ_b |obj[window_b]|²."""
+    """psi[b] = probes[b] · obj[window_b]; o_weight += Σ_b |obj[window_b]|².
+
+    Two loops per row, not one: fused, the weight's read-modify-write beside the wave's
+    store vectorised worse (64², 32 overlapping windows in cache: 3.8 µs per window
+    fused, 2.5 µs in two loops; the product alone, :func:`transmit_cpu`, 2.1 µs)."""
     nb, w0, w1 = probes.shape
     for b in range(nb):
         cy = corners[b, 0]
@@ -88,8 +92,9 @@ def exit_waves_cpu(probes, obj, corners, psi, o_weight):
             out = psi[b, i]
             wrow = o_weight[i]
             for j in range(w1):
+                out[j] = prow[j] * row[j]
+            for j in range(w1):
                 o = row[j]
-                out[j] = prow[j] * o
                 wrow[j] += o.real * o.real + o.imag * o.imag
 
 

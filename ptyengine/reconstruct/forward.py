@@ -289,7 +289,6 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        scratch = xp.zeros((w0, w1), dtype=REAL)
         for s0, s1 in sub_chunks(len(sel), step):
             sub, loc = idx_dev[s0:s1], local_dev[s0:s1]
             nb = len(sub)
@@ -303,14 +302,14 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
                 pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], modes[m], ry, rx, inv_n)
             probes.inverse()  # [1 FFT]
             # slice 0: φ_0 = P_j O_0 (psi), dφ_0 = P_j dO_0 + dP_j O_0 (dpsi)
-            pk.exit_waves(probes.a, slices[0], c, psi.a, scratch)
+            pk.transmit(probes.a, slices[0], c, psi.a)
             if d_obj is not None:
-                pk.exit_waves(probes.a, d_slices[0], c, dpsi.a, scratch)
+                pk.transmit(probes.a, d_slices[0], c, dpsi.a)
             if d_probe_k is not None:  # dP_j · O_0, in the probes buffer (P_j is used up)
                 for m in range(n_m):
                     pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], d_modes[m], ry, rx, inv_n)
                 probes.inverse()  # [1 FFT]
-                pk.exit_waves(probes.a, slices[0], c, probes.a, scratch)
+                pk.transmit(probes.a, slices[0], c, probes.a)
                 if d_obj is None:
                     dpsi.a[...] = probes.a
                 else:
@@ -322,11 +321,11 @@ def direction_pass(obj, d_obj, probe_k, block, idx, corners_dev, reduce, xp,
                     buf.forward()
                     wk.broadcast_multiply(buf.a, propagators.forward[s - 1])
                     buf.inverse()
-                pk.exit_waves(dpsi.a, slices[s], c, dpsi.a, scratch)  # dψ_s O_s
+                pk.transmit(dpsi.a, slices[s], c, dpsi.a)  # dψ_s O_s
                 if d_obj is not None:  # + ψ_s dO_s
-                    pk.exit_waves(psi.a, d_slices[s], c, probes.a, scratch)
+                    pk.transmit(psi.a, d_slices[s], c, probes.a)
                     dpsi.a += probes.a
-                pk.exit_waves(psi.a, slices[s], c, psi.a, scratch)  # φ_s = ψ_s O_s
+                pk.transmit(psi.a, slices[s], c, psi.a)  # φ_s = ψ_s O_s
             psi.forward()  # [1 FFT]
             dpsi.forward()  # [1 FFT]
             reduce(psi.a, dpsi.a, loc, sub, p.start + s0, p.start + s1)

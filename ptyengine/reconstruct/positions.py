@@ -87,7 +87,7 @@ from ..kernels import poisson as pp
 from ..kernels import ptycho as pk
 from . import frame as frm
 from . import position_models as pm
-from .forward import CPLX, REAL, _chunk, sub_chunks
+from .forward import CPLX, _chunk, sub_chunks
 
 #: λ / (median tr F / 2): small enough not to slow well-determined positions, large enough
 #: that a position over a flat patch (F ≪ median) takes a step ~g/λ, not g/F.
@@ -209,7 +209,6 @@ def position_pass(obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
         idx_dev = xp.asarray(sel)
         local_dev = idx_dev - block.first
         ramp_y, ramp_x = block.ramps
-        scratch = xp.zeros((w0, w1), dtype=REAL)
         for s0, s1 in sub_chunks(len(sel), step):
             sub, loc = idx_dev[s0:s1], local_dev[s0:s1]
             c = corners_dev[sub]
@@ -220,7 +219,7 @@ def position_pass(obj, probe_k, block, idx, corners_dev, reduce, xp) -> None:
             for buf, wave in zip(bufs, (probe_k, *d_probes), strict=True):
                 pk.ramp_multiply(buf.a, wave, ry, rx, inv_n)
                 buf.inverse()  # [3 FFTs] P_j, ∂P_j/∂p_y, ∂P_j/∂p_x
-                pk.exit_waves(buf.a, obj, c, buf.a, scratch)  # times O_j
+                pk.transmit(buf.a, obj, c, buf.a)  # times O_j
                 buf.forward()  # [3 FFTs]
             psi, d_y, d_x = (b.a for b in bufs)
             reduce(psi, d_y, d_x, loc, sub, p.start + s0, p.start + s1)
