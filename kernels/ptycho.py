@@ -80,8 +80,8 @@ def exit_waves_cpu(probes, obj, corners, psi, o_weight):
     """psi[b] = probes[b] · obj[window_b]; o_weight += Σ_b |obj[window_b]|².
 
     Two loops per row, not one: fused, the weight's read-modify-write beside the wave's
-    store vectorised worse (64², 32 overlapping windows in cache: 3.8 µs per window
-    fused, 2.5 µs in two loops; the product alone, :func:`transmit_cpu`, 2.1 µs)."""
+    store vectorised worse (64², 32 overlapping windows in cache: 3.4–3.8 µs per window
+    fused, 2.2 µs in two loops; the product alone, :func:`transmit_cpu`, 1.6–1.9 µs)."""
     nb, w0, w1 = probes.shape
     for b in range(nb):
         cy = corners[b, 0]

@@ -190,7 +190,7 @@ def test_the_pass_sums_do_not_depend_on_how_a_part_is_cut(monkeypatch):
 
     def run():
         return forward.exit_wave_pass(obj, probe_k, block, np.arange(n), corners, lo, box,
-                                      revise, True, np)  # fmt: skip
+                                      revise, True, np, with_weight=True)  # fmt: skip
 
     ref = run()
     for cut in (4, None):

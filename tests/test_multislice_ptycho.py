@@ -29,7 +29,8 @@ def _pass(obj, probe_k, corners, frac, props, revise, with_probe=True):
     idx = np.arange(len(corners))
     box = obj.shape[-2:]
     return exit_wave_pass(obj, probe_k, block, idx, np.asarray(corners, np.int64),
-                          np.zeros(2, np.int64), box, revise, with_probe, np, props)
+                          np.zeros(2, np.int64), box, revise, with_probe, np, props,
+                          with_weight=True)
 
 
 def _capture(store, inv_n, add=None):

@@ -310,7 +310,7 @@ def _sweep_factory(patterns, geom: PtychoGeometry, params: EpieParameters, xp,
 
         num, den, upd, weight = exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo,
                                                box_shape, revise, with_probe, xp,
-                                               propagators)  # fmt: skip
+                                               propagators, with_weight=with_probe)  # fmt: skip
         # O += α Σ num / max Σ den on the box; |O| = 1 for a pure phase object (phase_only)
         box = (..., slice(lo[0], hi[0]), slice(lo[1], hi[1]))
         if obj.ndim == 2:

@@ -165,8 +165,9 @@ def _pass_buffers(shape, n_slices: int, xp):
 
 
 def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
-                   with_probe: bool, xp, propagators: SlicePropagators | None = None):
-    """(num, den, upd or None, o_weight) of the positions ``idx`` (flat scan indices, a
+                   with_probe: bool, xp, propagators: SlicePropagators | None = None,
+                   with_weight: bool = False):
+    """(num, den, upd or None, o_weight or None) of the positions ``idx`` (flat scan indices, a
     host array) of ``block``, one part per CPU core, summed over the parts.
 
     ``obj`` is one slice (Ny, Nx), or S slices (S, Ny, Nx) with ``propagators`` between
@@ -177,7 +178,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     space, B × W × W) in place and multiplies it by 1/N (the inverse FFT that follows is
     unnormalised); ``local`` indexes the block's arrays, ``positions`` are the flat scan
     indices (both device arrays), [s0, s1) the members' places in ``idx``.
-    o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation).
+    o_weight = Σ_j |O_0[window_j]|² (ePIE's probe normalisation), with ``with_weight``.
     ``probe_k`` (M, W, W): M incoherent probe modes (see the module docstring); the
     batch then holds M·B waves, mode-major, and upd has the modes' axis."""
     modes = _modes(probe_k)
@@ -195,7 +196,7 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
         offset = p.start
         num = xp.zeros((n_s, *box_shape), dtype=CPLX)
         den = xp.zeros((n_s, *box_shape), dtype=REAL)
-        o_weight = xp.zeros((w0, w1), dtype=REAL)
+        o_weight = xp.zeros((w0, w1), dtype=REAL) if with_weight else None
         upd = xp.zeros((n_m, w0, w1), dtype=CPLX) if with_probe else None
         lo_dev = xp.asarray(lo)
         idx_dev = xp.asarray(sel)
@@ -217,20 +218,16 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
             for m in range(n_m):
                 pk.ramp_multiply(probes.a[m * nb:(m + 1) * nb], modes[m], ry, rx, inv_n)
             probes.inverse()  # [1 FFT] probes shifted to their sub-pixel positions
-            for s in range(last):  # [2 FFTs per slice boundary] ψ_{s+1} = F⁻¹[Q_s F[ψ_s O_s]]
-                nxt = waves[s + 1]
-                if s == 0:
+            for s in range(n_s):  # φ_s = ψ_s O_s, then [2 FFTs per slice boundary]
+                nxt = psi if s == last else waves[s + 1]  # ψ_{s+1} = F⁻¹[Q_s F[φ_s]]
+                if s == 0 and with_weight:  # Σ|O_0|² in the same pass
                     pk.exit_waves(waves[0].a, obj_s[0], c, nxt.a, o_weight)
-                else:  # Σ|O_s|² is wanted of the first slice only
+                else:
                     pk.transmit(waves[s].a, obj_s[s], c, nxt.a)
-                nxt.forward()
-                wk.broadcast_multiply(nxt.a, q_fwd[s])
-                nxt.inverse()
-            if last == 0:
-                pk.exit_waves(waves[0].a, obj_s[0], c, psi.a, o_weight)
-            else:
-                pk.transmit(waves[last].a, obj_s[last], c, psi.a)
-            psi.forward()  # [1 FFT]
+                nxt.forward()  # the last: [1 FFT] to the detector
+                if s < last:
+                    wk.broadcast_multiply(nxt.a, q_fwd[s])
+                    nxt.inverse()
             revise(psi.a, loc, sub, offset + s0, offset + s1)
             psi.inverse()  # [1 FFT] revised exit waves
             # Δφ feeds the last slice's overlap sums and conj(O)Δφ in one pass
@@ -252,7 +249,8 @@ def exit_wave_pass(obj, probe_k, block, idx, corners_dev, lo, box_shape, revise,
     for p in parts[1:]:  # summed in place into the first part's arrays
         num += p[0]
         den += p[1]
-        o_weight += p[3]
+        if with_weight:
+            o_weight += p[3]
         if with_probe:
             upd += p[2]
     if obj.ndim == 2:
